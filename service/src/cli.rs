@@ -1,0 +1,160 @@
+//! What the command line prints: the `check-config` summary and the `status` table.
+//! Pure functions over config and API types, so tests can check the text.
+
+use std::fmt::Write;
+use std::time::SystemTime;
+
+use crate::config::{Config, ForwardKind};
+use crate::tunnel::TunnelStatus;
+
+/// A short summary of what `robbie-mesh run` would do with this config.
+pub fn config_summary(cfg: &Config) -> String {
+    let mut out = String::new();
+    let src = cfg.source.as_ref().map_or("built-in default".to_string(), |p| p.display().to_string());
+    let _ = writeln!(out, "{src}: OK");
+    let _ = writeln!(out, "node {}, API on http://{}", cfg.node, cfg.api.listen);
+    if cfg.peers.is_empty() {
+        let _ = writeln!(out, "no peers: local-only mode");
+    }
+    for p in &cfg.peers {
+        let ids: Vec<String> = p.identities.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "peer {} = {} (keepalive {:?} x {})", p.name, p.target, p.keepalive.interval, p.keepalive.count);
+        let _ = writeln!(out, "  keys: {}", ids.join(", "));
+        let kh: Vec<String> = p.known_hosts.iter().map(|k| k.display().to_string()).collect();
+        let _ = writeln!(
+            out,
+            "  host keys: {}{}",
+            kh.join(", "),
+            if p.accept_new { " (accept new)" } else { " (strict)" }
+        );
+        for f in &p.forwards {
+            let arrow = match f.kind {
+                ForwardKind::Local => format!("listen {} -> {} on {}", f.local, f.remote, p.name),
+                ForwardKind::Remote => format!("{} listens on {} -> {} here", p.name, f.remote, f.local),
+            };
+            let _ = writeln!(out, "  {} {:<20} {arrow}", f.kind.flag(), f.name);
+        }
+    }
+    out
+}
+
+/// The `status` table: one line per tunnel, its reason underneath when it is not up.
+pub fn tunnel_table(node: &str, tunnels: &[TunnelStatus], now: SystemTime) -> String {
+    let mut out = String::new();
+    if tunnels.is_empty() {
+        let _ = writeln!(out, "{node}: no tunnels (local-only mode)");
+        return out;
+    }
+    let _ = writeln!(out, "{node}: {} tunnel(s), {} up", tunnels.len(), tunnels.iter().filter(|t| t.state == "up").count());
+    let rows: Vec<[String; 7]> = tunnels
+        .iter()
+        .map(|t| {
+            [
+                t.name.clone(),
+                t.peer.clone(),
+                if t.kind == "local" { "-L".into() } else { "-R".into() },
+                format!("{} -> {}", t.local, t.remote),
+                t.state.to_uppercase(),
+                ago(&t.since, now),
+                format!("{} / {}", bytes(t.bytes_received), bytes(t.bytes_sent)),
+            ]
+        })
+        .collect();
+    let header = ["TUNNEL", "PEER", "KIND", "FORWARD", "STATE", "SINCE", "IN / OUT"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 7]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let _ = write!(s, "{:<w$}  ", c, w = widths[i]);
+        }
+        s.trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(header));
+    for (r, t) in rows.iter().zip(tunnels) {
+        let _ = writeln!(out, "{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]]));
+        if let Some(reason) = &t.reason {
+            let retry = t.retry_at.as_ref().map(|at| format!(" (retry {})", until(at, now))).unwrap_or_default();
+            let _ = writeln!(out, "    {reason}{retry}");
+        }
+    }
+    out
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok()
+}
+
+fn ago(at: &str, now: SystemTime) -> String {
+    match parse_time(at).and_then(|t| now.duration_since(t).ok()) {
+        Some(d) => format!("{} ago", short(d.as_secs())),
+        None => "just now".into(),
+    }
+}
+
+fn until(at: &str, now: SystemTime) -> String {
+    match parse_time(at).and_then(|t| t.duration_since(now).ok()) {
+        Some(d) if d.as_secs() > 0 => format!("in {}", short(d.as_secs())),
+        _ => "now".into(),
+    }
+}
+
+fn short(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..=86399 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_state_reason_and_sizes() {
+        let now = SystemTime::now();
+        let t = TunnelStatus {
+            name: "aurora-L21434".into(),
+            peer: "aurora".into(),
+            kind: "local".into(),
+            local: "127.0.0.1:21434".into(),
+            remote: "127.0.0.1:11434".into(),
+            state: "waiting".into(),
+            reason: Some("host key changed".into()),
+            retry_at: None,
+            since: crate::util::rfc3339(now - std::time::Duration::from_secs(125)),
+            reconnects: 2,
+            bytes_sent: 1536,
+            bytes_received: 3 * 1024 * 1024,
+            connections_open: 0,
+            connections_total: 4,
+        };
+        let out = tunnel_table("robbiebook1", &[t], now);
+        assert!(out.contains("aurora-L21434"), "{out}");
+        assert!(out.contains("WAITING"), "{out}");
+        assert!(out.contains("2m5s ago"), "{out}");
+        assert!(out.contains("3.0 MiB / 1.5 KiB"), "{out}");
+        assert!(out.contains("    host key changed"), "{out}");
+    }
+}

@@ -1,0 +1,352 @@
+//! Configuration: the TOML file a user writes, validated into a [`Config`] that the
+//! rest of the service uses without unwrapping anything.
+//!
+//! `raw` holds the serde structs exactly as written; [`parse`] deserializes them (with
+//! the path of the offending field on error), then `validate` checks every value,
+//! resolves `~/.ssh/config` aliases and applies defaults. Every problem is reported
+//! with the file, line, column and field it concerns, and all problems are reported
+//! at once rather than the first only.
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::parse_host_port;
+
+/// Default loopback address of the service API (the seed's port 8007).
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8007";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from; `None` for the built-in local-only default.
+    pub source: Option<PathBuf>,
+    /// This node's name.
+    pub node: String,
+    pub api: ApiConfig,
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+
+/// One SSH server this node keeps a session with, and the forwards over it.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub name: String,
+    /// The `ssh =` value as written (alias or user@host:port), for display.
+    pub ssh: String,
+    pub target: SshTarget,
+    /// Tried in order until the server accepts one.
+    pub identities: Vec<IdentitySource>,
+    /// known_hosts files; the first one is where `accept_new` records a new key.
+    pub known_hosts: Vec<PathBuf>,
+    pub accept_new: bool,
+    pub keepalive: Keepalive,
+    pub backoff: Backoff,
+    pub connect_timeout: Duration,
+    pub forwards: Vec<ForwardConfig>,
+}
+
+/// Where the SSH server is, after `~/.ssh/config` resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl SshTarget {
+    /// The name known_hosts lists this server under: `host`, or `[host]:port`.
+    pub fn known_hosts_name(&self) -> String {
+        if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for SshTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}@[{}]:{}", self.user, self.host, self.port)
+        } else {
+            write!(f, "{}@{}:{}", self.user, self.host, self.port)
+        }
+    }
+}
+
+/// One place a private key may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// An ssh-agent: the socket given, or `$SSH_AUTH_SOCK`.
+    Agent { socket: Option<PathBuf> },
+    /// A private key stored in the OS keychain under this entry name
+    /// (see [`crate::keys::keychain_entry`]).
+    Keychain { entry: String },
+    /// A private key file; a passphrase, if needed, comes from the keychain.
+    File { path: PathBuf },
+}
+
+impl fmt::Display for IdentitySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdentitySource::Agent { socket: None } => write!(f, "agent"),
+            IdentitySource::Agent { socket: Some(p) } => write!(f, "agent:{}", p.display()),
+            IdentitySource::Keychain { entry } => write!(f, "keychain:{entry}"),
+            IdentitySource::File { path } => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// The longest a dead server can go unnoticed: interval × (count + 1).
+    pub fn detection_bound(&self) -> Duration {
+        self.interval * (self.count + 1)
+    }
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive { interval: Duration::from_secs(5), count: 3 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardKind {
+    /// `ssh -L`: listen here, connect from the server.
+    Local,
+    /// `ssh -R`: the server listens, we connect here.
+    Remote,
+}
+
+impl ForwardKind {
+    pub fn flag(self) -> &'static str {
+        match self {
+            ForwardKind::Local => "-L",
+            ForwardKind::Remote => "-R",
+        }
+    }
+}
+
+/// A host (name or address) and port, as sshd or this node will resolve it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// Unique across the config: the tunnel's name in the API.
+    pub name: String,
+    pub kind: ForwardKind,
+    /// `-L`: the loopback address we listen on; `-R`: where we connect to.
+    pub local: HostPort,
+    /// `-L`: where the server connects to; `-R`: what the server listens on.
+    pub remote: HostPort,
+}
+
+impl ForwardConfig {
+    /// For `-L`, the parsed listen address (validated to be loopback).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        match self.kind {
+            ForwardKind::Local => format!("{}", self.local).parse().ok(),
+            ForwardKind::Remote => None,
+        }
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line and column, when the problem is at a known place.
+    pub location: Option<(usize, usize)>,
+    /// The field's path, e.g. `peer[0].forward[1].local`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some((line, col)) => write!(f, "{}:{}:{}: ", self.file, line, col)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Everything wrong with a config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn single(file: &str, message: String) -> Self {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            location: None,
+            field: String::new(),
+            message,
+        }])
+    }
+}
+
+/// Read and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::single(
+            &path.display().to_string(),
+            format!("cannot read the config file: {e}"),
+        )
+    })?;
+    let mut cfg = parse(&text, &path.display().to_string())?;
+    cfg.source = Some(path.to_path_buf());
+    Ok(cfg)
+}
+
+/// Validate config text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    parse_with(text, file, &validate::Env::from_process())
+}
+
+pub(crate) fn parse_with(
+    text: &str,
+    file: &str,
+    env: &validate::Env,
+) -> Result<Config, ConfigErrors> {
+    let raw = deserialize(text, file)?;
+    validate::validate(raw, text, file, env)
+}
+
+fn deserialize(text: &str, file: &str) -> Result<raw::RawConfig, ConfigErrors> {
+    let to_error = |span: Option<std::ops::Range<usize>>, field: String, message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            location: span.map(|s| line_col(text, s.start)),
+            field,
+            message,
+        }])
+    };
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| to_error(e.span(), String::new(), e.message().to_string()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if field == "." { String::new() } else { field };
+        to_error(inner.span(), field, inner.message().to_string())
+    })
+}
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+/// Where the service looks for its config when none is given:
+/// `$ROBBIE_MESH_CONFIG`, else `<config dir>/robbie-mesh/config.toml`
+/// (`~/.config` on Linux, `~/Library/Application Support` on macOS).
+pub fn default_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ROBBIE_MESH_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    dirs::config_dir().map(|d| d.join("robbie-mesh").join("config.toml"))
+}
+
+impl Config {
+    /// The embedded default: no peers, API on its default port. The service runs
+    /// like this when no config file exists.
+    pub fn local_only() -> Config {
+        let node = hostname();
+        Config {
+            source: None,
+            node,
+            api: ApiConfig {
+                listen: DEFAULT_API_LISTEN.parse().unwrap_or_else(|_| {
+                    SocketAddr::from(([127, 0, 0, 1], 8007))
+                }),
+            },
+            peers: Vec::new(),
+        }
+    }
+
+    /// Every forward of every peer, with its peer.
+    pub fn forwards(&self) -> impl Iterator<Item = (&PeerConfig, &ForwardConfig)> {
+        self.peers.iter().flat_map(|p| p.forwards.iter().map(move |f| (p, f)))
+    }
+}
+
+/// `~` and `~/…` expanded against `home`.
+pub fn expand_tilde_path(path: &str, home: &Path) -> PathBuf {
+    validate::expand_tilde(path, home)
+}
+
+/// This machine's short host name, lower-case; "localhost" if it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().split('.').next().unwrap_or("").to_lowercase())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests;

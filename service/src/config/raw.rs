@@ -1,0 +1,73 @@
+//! The config file exactly as written: serde structs with `deny_unknown_fields`, and
+//! `Spanned` wherever validation later needs to point at a line. Nothing here is
+//! trusted; `super::validate` turns it into a [`super::Config`].
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node: Option<Spanned<String>>,
+    /// Path of the OpenSSH client config used to resolve host aliases.
+    pub ssh_config: Option<String>,
+    #[serde(default)]
+    pub api: RawApi,
+    #[serde(default)]
+    pub peer: Vec<RawPeer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    pub listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeer {
+    pub name: Spanned<String>,
+    pub ssh: Spanned<String>,
+    pub identity: Option<Vec<Spanned<String>>>,
+    pub known_hosts: Option<RawPaths>,
+    #[serde(default)]
+    pub accept_new: bool,
+    pub keepalive: Option<RawKeepalive>,
+    pub backoff: Option<RawBackoff>,
+    pub connect_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub forward: Vec<RawForward>,
+    #[serde(default)]
+    pub reverse: Vec<RawForward>,
+}
+
+/// `known_hosts` takes one path or a list, like OpenSSH's `UserKnownHostsFile`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPaths {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepalive {
+    pub interval: Option<Spanned<String>>,
+    pub count: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    pub initial: Option<Spanned<String>>,
+    pub max: Option<Spanned<String>>,
+}
+
+/// One `[[peer.forward]]` (ssh -L) or `[[peer.reverse]]` (ssh -R).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    pub name: Option<Spanned<String>>,
+    pub local: Spanned<String>,
+    pub remote: Spanned<String>,
+}

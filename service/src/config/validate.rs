@@ -1,0 +1,458 @@
+//! Turns a [`RawConfig`] into a [`Config`]: checks every value, applies defaults and
+//! resolves `~/.ssh/config` aliases, collecting every problem with its location.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawBackoff, RawConfig, RawForward, RawKeepalive, RawPaths, RawPeer};
+use super::{
+    line_col, ApiConfig, Backoff, Config, ConfigError, ConfigErrors, ForwardConfig, ForwardKind,
+    HostPort, IdentitySource, Keepalive, PeerConfig, SshTarget, DEFAULT_API_LISTEN,
+};
+use crate::ssh::ssh_config::SshConfigFile;
+
+/// What validation needs from the machine; tests build their own.
+#[derive(Debug, Clone)]
+pub(crate) struct Env {
+    pub home: PathBuf,
+    pub user: String,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("/"));
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "root".to_string());
+        Env { home, user }
+    }
+
+    /// `~` and `~/…` expanded against this environment's home.
+    pub fn expand(&self, path: &str) -> PathBuf {
+        expand_tilde(path, &self.home)
+    }
+}
+
+pub(crate) fn expand_tilde(path: &str, home: &Path) -> PathBuf {
+    if path == "~" {
+        home.to_path_buf()
+    } else if let Some(rest) = path.strip_prefix("~/") {
+        home.join(rest)
+    } else {
+        PathBuf::from(path)
+    }
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, span: Option<Range<usize>>, field: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            location: span.map(|s| line_col(self.text, s.start)),
+            field: field.into(),
+            message: msg.into(),
+        });
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, field: String, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.err(Some(v.span()), field, "must be longer than zero");
+                default
+            }
+            Err(e) => {
+                self.err(
+                    Some(v.span()),
+                    field,
+                    format!("`{}` is not a duration ({e}); write e.g. \"5s\" or \"500ms\"", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+}
+
+pub(crate) fn validate(raw: RawConfig, text: &str, file: &str, env: &Env) -> Result<Config, ConfigErrors> {
+    let mut c = Checker { text, file, errors: Vec::new() };
+
+    let node = match &raw.node {
+        Some(n) if valid_name(n.get_ref()) => n.get_ref().clone(),
+        Some(n) => {
+            c.err(Some(n.span()), "node", name_rule(n.get_ref()));
+            String::new()
+        }
+        None => super::hostname(),
+    };
+
+    let api_listen = match &raw.api.listen {
+        None => DEFAULT_API_LISTEN.parse().ok(),
+        Some(l) => loopback_addr(&mut c, l, "api.listen"),
+    };
+
+    let ssh_config_path = raw
+        .ssh_config
+        .as_deref()
+        .map(|p| env.expand(p))
+        .unwrap_or_else(|| env.home.join(".ssh").join("config"));
+    let ssh_config = SshConfigFile::load(&ssh_config_path, &env.home);
+
+    let mut peers = Vec::new();
+    let mut peer_names: HashMap<String, usize> = HashMap::new();
+    let mut tunnel_names: HashMap<String, String> = HashMap::new();
+    let mut listen_ports: HashMap<SocketAddr, String> = HashMap::new();
+    if let Some(a) = api_listen {
+        listen_ports.insert(a, "api.listen".to_string());
+    }
+
+    for (i, rp) in raw.peer.iter().enumerate() {
+        let field = format!("peer[{i}]");
+        let name = rp.name.get_ref();
+        if !valid_name(name) {
+            c.err(Some(rp.name.span()), format!("{field}.name"), name_rule(name));
+        } else if let Some(prev) = peer_names.insert(name.clone(), i) {
+            c.err(
+                Some(rp.name.span()),
+                format!("{field}.name"),
+                format!("two peers are named `{name}` (peer[{prev}] too); peer names must be unique"),
+            );
+        }
+        if let Some(peer) = validate_peer(&mut c, rp, &field, env, &ssh_config) {
+            // validate_peer keeps the order: every -L in file order, then every -R.
+            let raws = rp.forward.iter().enumerate().map(|(j, r)| (format!("{field}.forward[{j}]"), r));
+            let raws = raws.chain(rp.reverse.iter().enumerate().map(|(j, r)| (format!("{field}.reverse[{j}]"), r)));
+            for (f, (ffield, raw_f)) in peer.forwards.iter().zip(raws) {
+                if let Some(prev) = tunnel_names.insert(f.name.clone(), ffield.clone()) {
+                    let span = raw_f.name.as_ref().map_or(raw_f.local.span(), |n| n.span());
+                    c.err(
+                        Some(span),
+                        format!("{ffield}.name"),
+                        format!("tunnel name `{}` is already used by {prev}; set a unique `name`", f.name),
+                    );
+                }
+                if let Some(addr) = f.listen_addr() {
+                    let clash = listen_ports.iter().find(|(a, _)| a.port() == addr.port() && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified()));
+                    if let Some((_, prev)) = clash {
+                        c.err(
+                            Some(raw_f.local.span()),
+                            format!("{ffield}.local"),
+                            format!("local port {} is already used by {prev}; each -L forward needs its own local port", addr.port()),
+                        );
+                    } else {
+                        listen_ports.insert(addr, format!("{ffield}.local"));
+                    }
+                }
+            }
+            peers.push(peer);
+        }
+    }
+
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    Ok(Config {
+        source: None,
+        node,
+        api: ApiConfig { listen: api_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8007))) },
+        peers,
+    })
+}
+
+fn validate_peer(
+    c: &mut Checker<'_>,
+    rp: &RawPeer,
+    field: &str,
+    env: &Env,
+    ssh_config: &SshConfigFile,
+) -> Option<PeerConfig> {
+    let errors_before = c.errors.len();
+    let name = rp.name.get_ref().clone();
+
+    // user@host:port, or an alias that ~/.ssh/config resolves.
+    let target = match parse_ssh_target(rp.ssh.get_ref()) {
+        Ok((user, host, port)) => {
+            let resolved = ssh_config.resolve(&host);
+            Some(SshTarget {
+                user: user.or(resolved.user.clone()).unwrap_or_else(|| env.user.clone()),
+                host: resolved.hostname.clone().unwrap_or(host),
+                port: port.or(resolved.port).unwrap_or(22),
+            })
+            .map(|t| (t, resolved))
+        }
+        Err(msg) => {
+            c.err(Some(rp.ssh.span()), format!("{field}.ssh"), msg);
+            None
+        }
+    };
+
+    let identities = match &rp.identity {
+        Some(list) if list.is_empty() => {
+            c.err(None, format!("{field}.identity"), "is empty; list at least one of \"agent\", \"keychain:NAME\" or a key file");
+            Vec::new()
+        }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(j, s)| match parse_identity(s.get_ref(), env) {
+                Ok(id) => Some(id),
+                Err(msg) => {
+                    c.err(Some(s.span()), format!("{field}.identity[{j}]"), msg);
+                    None
+                }
+            })
+            .collect(),
+        None => {
+            // OpenSSH's order: agent first, then our keychain entry, then the files
+            // ~/.ssh/config names (or the default key files).
+            let mut ids = vec![
+                IdentitySource::Agent { socket: None },
+                IdentitySource::Keychain { entry: name.clone() },
+            ];
+            let files = target.as_ref().map(|(_, r)| r.identity_files.clone()).unwrap_or_default();
+            if files.is_empty() {
+                for f in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+                    ids.push(IdentitySource::File { path: env.home.join(".ssh").join(f) });
+                }
+            } else {
+                ids.extend(files.into_iter().map(|path| IdentitySource::File { path }));
+            }
+            ids
+        }
+    };
+
+    let known_hosts = match &rp.known_hosts {
+        Some(RawPaths::One(p)) => vec![env.expand(p)],
+        Some(RawPaths::Many(ps)) if !ps.is_empty() => ps.iter().map(|p| env.expand(p)).collect(),
+        Some(RawPaths::Many(_)) => {
+            c.err(None, format!("{field}.known_hosts"), "is an empty list; give at least one file");
+            Vec::new()
+        }
+        None => target
+            .as_ref()
+            .map(|(_, r)| r.known_hosts_files.clone())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| vec![env.home.join(".ssh").join("known_hosts")]),
+    };
+
+    let keepalive = validate_keepalive(c, rp.keepalive.as_ref(), field);
+    let backoff = validate_backoff(c, rp.backoff.as_ref(), field);
+    let connect_timeout =
+        c.duration(&rp.connect_timeout, format!("{field}.connect_timeout"), Duration::from_secs(10));
+
+    let mut forwards = Vec::new();
+    for (j, f) in rp.forward.iter().enumerate() {
+        if let Some(f) = validate_forward(c, f, ForwardKind::Local, &format!("{field}.forward[{j}]"), &name) {
+            forwards.push(f);
+        }
+    }
+    let mut remote_binds: HashMap<HostPort, usize> = HashMap::new();
+    for (j, f) in rp.reverse.iter().enumerate() {
+        let ffield = format!("{field}.reverse[{j}]");
+        if let Some(f) = validate_forward(c, f, ForwardKind::Remote, &ffield, &name) {
+            if let Some(prev) = remote_binds.insert(f.remote.clone(), j) {
+                let span = rp.reverse[j].remote.span();
+                c.err(Some(span), format!("{ffield}.remote"), format!("{} is already forwarded by {field}.reverse[{prev}]", f.remote));
+            }
+            forwards.push(f);
+        }
+    }
+
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    let (target, _) = target?;
+    Some(PeerConfig {
+        name,
+        ssh: rp.ssh.get_ref().clone(),
+        target,
+        identities,
+        known_hosts,
+        accept_new: rp.accept_new,
+        keepalive,
+        backoff,
+        connect_timeout,
+        forwards,
+    })
+}
+
+fn validate_keepalive(c: &mut Checker<'_>, k: Option<&RawKeepalive>, field: &str) -> Keepalive {
+    let d = Keepalive::default();
+    let Some(k) = k else { return d };
+    let interval = c.duration(&k.interval, format!("{field}.keepalive.interval"), d.interval);
+    let count = match &k.count {
+        Some(n) if *n.get_ref() == 0 => {
+            c.err(Some(n.span()), format!("{field}.keepalive.count"), "must be at least 1");
+            d.count
+        }
+        Some(n) => *n.get_ref(),
+        None => d.count,
+    };
+    Keepalive { interval, count }
+}
+
+fn validate_backoff(c: &mut Checker<'_>, b: Option<&RawBackoff>, field: &str) -> Backoff {
+    let d = Backoff::default();
+    let Some(b) = b else { return d };
+    let initial = c.duration(&b.initial, format!("{field}.backoff.initial"), d.initial);
+    let max = c.duration(&b.max, format!("{field}.backoff.max"), d.max.max(initial));
+    if max < initial {
+        let span = b.max.as_ref().map(|m| m.span());
+        c.err(span, format!("{field}.backoff.max"), "must not be shorter than backoff.initial");
+    }
+    Backoff { initial, max }
+}
+
+fn validate_forward(
+    c: &mut Checker<'_>,
+    f: &RawForward,
+    kind: ForwardKind,
+    field: &str,
+    peer: &str,
+) -> Option<ForwardConfig> {
+    let before = c.errors.len();
+    let local = match kind {
+        ForwardKind::Local => loopback_addr(c, &f.local, &format!("{field}.local"))
+            .map(|a| HostPort { host: a.ip().to_string(), port: a.port() }),
+        ForwardKind::Remote => host_port(c, &f.local, &format!("{field}.local")),
+    };
+    let remote = host_port(c, &f.remote, &format!("{field}.remote"));
+    let name = match &f.name {
+        Some(n) if valid_name(n.get_ref()) => Some(n.get_ref().clone()),
+        Some(n) => {
+            c.err(Some(n.span()), format!("{field}.name"), name_rule(n.get_ref()));
+            None
+        }
+        None => None,
+    };
+    if c.errors.len() > before {
+        return None;
+    }
+    let (local, remote) = (local?, remote?);
+    let name = name.unwrap_or_else(|| match kind {
+        ForwardKind::Local => format!("{peer}-L{}", local.port),
+        ForwardKind::Remote => format!("{peer}-R{}", remote.port),
+    });
+    Some(ForwardConfig { name, kind, local, remote })
+}
+
+fn host_port(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Option<HostPort> {
+    match parse_host_port(v.get_ref()) {
+        Ok(hp) => Some(hp),
+        Err(msg) => {
+            c.err(Some(v.span()), field, msg);
+            None
+        }
+    }
+}
+
+/// An address this node listens on: must be an IP on loopback with a port.
+fn loopback_addr(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Option<SocketAddr> {
+    let s = v.get_ref();
+    match s.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Some(a),
+        Ok(a) => {
+            c.err(
+                Some(v.span()),
+                field,
+                format!("{a} is not a loopback address; robbie-mesh only listens on loopback (use 127.0.0.1:{})", a.port()),
+            );
+            None
+        }
+        Err(_) => {
+            let hint = match parse_host_port(s) {
+                Ok(hp) => format!("; write an IP address, e.g. \"127.0.0.1:{}\"", hp.port),
+                Err(m) => format!(" ({m})"),
+            };
+            c.err(Some(v.span()), field, format!("`{s}` is not an IP:port address{hint}"));
+            None
+        }
+    }
+}
+
+/// `host:port` or `[v6]:port`.
+pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
+    let s = s.trim();
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(|| format!("`{s}` is not [address]:port"))?;
+        (h, p)
+    } else {
+        s.rsplit_once(':').ok_or_else(|| format!("`{s}` has no port; write host:port, e.g. \"127.0.0.1:11434\""))?
+    };
+    if host.is_empty() {
+        return Err(format!("`{s}` has no host; write host:port, e.g. \"127.0.0.1:11434\""));
+    }
+    if host.contains(':') && !s.starts_with('[') {
+        return Err(format!("`{s}`: write IPv6 addresses in brackets, e.g. \"[::1]:11434\""));
+    }
+    let port: u16 = port.parse().map_err(|_| format!("`{port}` in `{s}` is not a port number (1-65535)"))?;
+    if port == 0 {
+        return Err(format!("port 0 in `{s}` is not allowed; give a fixed port"));
+    }
+    Ok(HostPort { host: host.to_string(), port })
+}
+
+/// `[user@]host[:port]`; user and port are `None` when not written.
+fn parse_ssh_target(s: &str) -> Result<(Option<String>, String, Option<u16>), String> {
+    let s = s.trim();
+    if s.is_empty() || s.contains(char::is_whitespace) {
+        return Err(format!("`{s}` is not user@host[:port] or a ~/.ssh/config Host alias"));
+    }
+    let (user, rest) = match s.rsplit_once('@') {
+        Some((u, r)) if !u.is_empty() => (Some(u.to_string()), r),
+        Some(_) => return Err(format!("`{s}` has an empty user name")),
+        None => (None, s),
+    };
+    let (host, port) = if rest.starts_with('[') {
+        let hp = parse_host_port(rest)?;
+        (hp.host, Some(hp.port))
+    } else if let Some((h, p)) = rest.split_once(':') {
+        let port = p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("`{p}` in `{s}` is not a port number (1-65535)"))?;
+        (h.to_string(), Some(port))
+    } else {
+        (rest.to_string(), None)
+    };
+    if host.is_empty() {
+        return Err(format!("`{s}` has no host"));
+    }
+    Ok((user, host, port))
+}
+
+fn parse_identity(s: &str, env: &Env) -> Result<IdentitySource, String> {
+    let s = s.trim();
+    if s == "agent" {
+        Ok(IdentitySource::Agent { socket: None })
+    } else if let Some(p) = s.strip_prefix("agent:") {
+        Ok(IdentitySource::Agent { socket: Some(env.expand(p)) })
+    } else if let Some(e) = s.strip_prefix("keychain:") {
+        if e.is_empty() {
+            Err("`keychain:` needs an entry name, e.g. \"keychain:aurora\"".to_string())
+        } else {
+            Ok(IdentitySource::Keychain { entry: e.to_string() })
+        }
+    } else if s.is_empty() {
+        Err("is empty; write \"agent\", \"keychain:NAME\" or a key file path".to_string())
+    } else {
+        Ok(IdentitySource::File { path: env.expand(s) })
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+}
+
+fn name_rule(s: &str) -> String {
+    format!("`{s}` is not a valid name: use 1-64 letters, digits, '-', '_' or '.'")
+}

@@ -1,0 +1,53 @@
+//! The one event bus: every state change worth telling a user about (a tunnel going
+//! up or down, a host-key alarm) is published here once, and the API, the logs and
+//! later the tray read it. A slow subscriber loses old events, never blocks a sender.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::tunnel::TunnelState;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A tunnel's state changed.
+    Tunnel { tunnel: String, peer: String, state: TunnelState },
+    /// A server presented a host key we refuse (changed, revoked or unknown).
+    HostKeyAlarm { peer: String, message: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    #[serde(serialize_with = "crate::util::ser_time")]
+    pub at: SystemTime,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    pub fn new() -> Self {
+        EventBus { tx: broadcast::channel(1024).0 }
+    }
+
+    pub fn publish(&self, kind: EventKind) {
+        // No subscribers is fine: the event is already logged by whoever changed state.
+        let _ = self.tx.send(Event { at: SystemTime::now(), kind });
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}

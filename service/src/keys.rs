@@ -1,0 +1,79 @@
+//! SSH private keys and passphrases in the OS keychain (Secret Service on Linux,
+//! Keychain on macOS), through the `keyring` crate.
+//!
+//! The service and the tray app name entries with the same functions below, so a key
+//! the tray stores is the key the service logs in with. Keyring's in-memory mock is
+//! refused: a key that silently vanishes at exit is worse than a clear error.
+
+use std::path::Path;
+
+use keyring::credential::CredentialPersistence;
+
+/// The keychain "service" every robbie-mesh entry is filed under.
+pub const KEYCHAIN_SERVICE: &str = "robbie-mesh";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeychainError {
+    #[error("this build of robbie-mesh has no OS keychain backend; use an ssh-agent or a key file")]
+    NoBackend,
+    #[error("no keychain entry `{0}`; store one with the tray app or `secret-tool store --label=robbie-mesh service robbie-mesh username {0}`")]
+    NotFound(String),
+    #[error("keychain entry `{entry}`: {source}")]
+    Keyring {
+        entry: String,
+        #[source]
+        source: keyring::Error,
+    },
+}
+
+/// The account name of the entry holding the private key `name` (e.g. a peer name).
+pub fn key_account(name: &str) -> String {
+    format!("ssh-key:{name}")
+}
+
+/// The account name of the entry holding the passphrase of a key file.
+pub fn passphrase_account(key_file: &Path) -> String {
+    format!("passphrase:{}", key_file.display())
+}
+
+fn entry(account: &str) -> Result<keyring::Entry, KeychainError> {
+    let persistent = !matches!(
+        keyring::default::default_credential_builder().persistence(),
+        CredentialPersistence::EntryOnly | CredentialPersistence::ProcessOnly
+    );
+    if !persistent {
+        return Err(KeychainError::NoBackend);
+    }
+    keyring::Entry::new(KEYCHAIN_SERVICE, account)
+        .map_err(|source| KeychainError::Keyring { entry: account.to_string(), source })
+}
+
+/// Reads a secret; `Ok(None)` when there is no such entry.
+pub fn get(account: &str) -> Result<Option<String>, KeychainError> {
+    match entry(account)?.get_password() {
+        Ok(s) => Ok(Some(s)),
+        Err(keyring::Error::NoEntry) => Ok(None),
+        Err(source) => Err(KeychainError::Keyring { entry: account.to_string(), source }),
+    }
+}
+
+/// Stores (or replaces) a secret.
+pub fn set(account: &str, secret: &str) -> Result<(), KeychainError> {
+    entry(account)?
+        .set_password(secret)
+        .map_err(|source| KeychainError::Keyring { entry: account.to_string(), source })
+}
+
+/// Deletes a secret; deleting a missing entry is not an error.
+pub fn delete(account: &str) -> Result<(), KeychainError> {
+    match entry(account)?.delete_credential() {
+        Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
+        Err(source) => Err(KeychainError::Keyring { entry: account.to_string(), source }),
+    }
+}
+
+/// The OpenSSH-format private key stored as `name`.
+pub fn private_key(name: &str) -> Result<String, KeychainError> {
+    let account = key_account(name);
+    get(&account)?.ok_or(KeychainError::NotFound(account))
+}

@@ -1,0 +1,16 @@
+//! robbie-mesh: keeps SSH `-L`/`-R` forwards to a few machines alive in-process and
+//! (in later layers) routes local service endpoints to the best machine that is up.
+//!
+//! State flows one way: [`config`] → [`tunnel`] supervisors (over [`ssh`] sessions)
+//! → [`events`] and the loopback [`api`]. The binary in `main.rs` is a thin CLI over
+//! [`service::run`] and the API.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod keys;
+pub mod service;
+pub mod ssh;
+pub mod tunnel;
+mod util;

@@ -1,0 +1,226 @@
+//! The `robbie-mesh` command: run the service, check a config, show status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use robbie_mesh::api::{ReconnectReply, TunnelList};
+use robbie_mesh::config::{self, Config};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "robbie-mesh", version, about = "Keeps SSH tunnels between your machines alive and routes services over them")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (in the foreground; systemd/launchd keep it running).
+    Run {
+        /// Config file; default $ROBBIE_MESH_CONFIG or ~/.config/robbie-mesh/config.toml
+        /// (~/Library/Application Support/robbie-mesh/config.toml on macOS).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and summarise what would run.
+    CheckConfig { file: Option<PathBuf> },
+    /// Show the tunnels of the running service.
+    Status {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Drop a tunnel's SSH session and connect again now.
+    Reconnect {
+        tunnel: String,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct ApiArg {
+    /// API address of the service (default: from the config, else 127.0.0.1:8007).
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { file } => check_config(file),
+        Command::Status { json, api } => status(json, &api),
+        Command::Reconnect { tunnel, api } => reconnect(&tunnel, &api),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("robbie-mesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROBBIE_MESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// The config to run with: the file given, else the default file if it exists, else
+/// the built-in local-only default.
+fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<Config> {
+    if let Some(path) = explicit {
+        return config::load(&path).map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    match config::default_path() {
+        Some(path) if path.exists() => config::load(&path).map_err(|e| anyhow::anyhow!("{e}")),
+        other => {
+            let where_ = other.map_or("the default place".into(), |p| p.display().to_string());
+            tracing::info!("no config at {where_}: running in local-only mode (no peers); see `robbie-mesh check-config`");
+            Ok(Config::local_only())
+        }
+    }
+}
+
+fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let cfg = load_config(config)?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.api.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} for the API (is robbie-mesh already running? try `robbie-mesh status`; or set [api] listen)",
+                cfg.api.listen
+            )
+        })?;
+        tracing::info!(
+            "robbie-mesh {} on node {}: API on http://{}, {} peer(s)",
+            env!("CARGO_PKG_VERSION"),
+            cfg.node,
+            cfg.api.listen,
+            cfg.peers.len()
+        );
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        robbie_mesh::service::run(cfg, listener, shutdown).await.context("API server failed")?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}
+
+fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let path = match file.or_else(config::default_path) {
+        Some(p) => p,
+        None => bail!("no config file given and no default location on this system"),
+    };
+    if !path.exists() {
+        println!("{} does not exist: robbie-mesh would run in local-only mode.", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    match config::load(&path) {
+        Ok(cfg) => {
+            print!("{}", robbie_mesh::cli::config_summary(&cfg));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem(s) in {}", errors.0.len(), path.display());
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn api_addr(arg: &ApiArg) -> SocketAddr {
+    if let Some(a) = arg.api {
+        return a;
+    }
+    let from_config = arg
+        .config
+        .clone()
+        .or_else(config::default_path)
+        .filter(|p| p.exists())
+        .and_then(|p| config::load(&p).ok())
+        .map(|c| c.api.listen);
+    from_config.unwrap_or_else(|| Config::local_only().api.listen)
+}
+
+fn api_call(arg: &ApiArg, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::Response> {
+    let addr = api_addr(arg);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
+        client.request(method, format!("http://{addr}{path}")).send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow::anyhow!("robbie-mesh is not running at {addr} (start it with `robbie-mesh run`, or `systemctl --user start robbie-mesh`)")
+            } else {
+                anyhow::anyhow!("API at {addr} failed: {e}")
+            }
+        })
+    })
+}
+
+fn read_body<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<(reqwest::StatusCode, String, Option<T>)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let status = resp.status();
+    let text = rt.block_on(resp.text())?;
+    let parsed = serde_json::from_str(&text).ok();
+    Ok((status, text, parsed))
+}
+
+fn status(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
+    let resp = api_call(api, reqwest::Method::GET, "/v1/tunnels")?;
+    let (code, text, list) = read_body::<TunnelList>(resp)?;
+    if !code.is_success() {
+        bail!("API answered {code}: {text}");
+    }
+    if json {
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = list.context("the API answered something that is not a tunnel list")?;
+    print!("{}", robbie_mesh::cli::tunnel_table(&list.node, &list.tunnels, SystemTime::now()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reconnect(tunnel: &str, api: &ApiArg) -> anyhow::Result<ExitCode> {
+    let resp = api_call(api, reqwest::Method::POST, &format!("/v1/tunnels/{tunnel}/reconnect"))?;
+    let (code, text, reply) = read_body::<ReconnectReply>(resp)?;
+    match reply {
+        Some(r) if code.is_success() => {
+            println!("reconnecting {} ({})", r.peer, r.tunnels.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            let msg = serde_json::from_str::<robbie_mesh::api::ApiError>(&text).map_or(text, |e| e.error);
+            bail!("{msg}")
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The running service: one supervisor per peer, the clock watcher and the API, all
+//! under one cancellation token and task tracker. [`run`] takes the API listener
+//! already bound and a shutdown token, so tests bind port 0 and stop it cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::tunnel::{ClockWatch, PeerHandle, PeerSupervisor, Tunnel};
+
+/// Every task gets this long to finish after shutdown is requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// What the API and the CLI see of a running service.
+#[derive(Clone)]
+pub struct Service {
+    pub config: Arc<Config>,
+    pub peers: Arc<Vec<PeerHandle>>,
+    pub events: EventBus,
+}
+
+impl Service {
+    /// Starts every peer's supervisor on `tracker`.
+    pub fn start(config: Config, tracker: &TaskTracker, cancel: &CancellationToken) -> Service {
+        let events = EventBus::new();
+        let clock = ClockWatch::spawn(cancel.child_token());
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| PeerSupervisor::spawn(p.clone(), events.clone(), &clock, tracker, cancel.child_token()))
+            .collect();
+        Service { config: Arc::new(config), peers: Arc::new(peers), events }
+    }
+
+    pub fn tunnels(&self) -> impl Iterator<Item = &Arc<Tunnel>> {
+        self.peers.iter().flat_map(|p| p.tunnels.iter())
+    }
+
+    /// The tunnel called `name` and its peer.
+    pub fn find_tunnel(&self, name: &str) -> Option<(&PeerHandle, &Arc<Tunnel>)> {
+        self.peers.iter().find_map(|p| p.tunnels.iter().find(|t| t.name() == name).map(|t| (p, t)))
+    }
+
+    pub fn is_local_only(&self) -> bool {
+        self.config.peers.is_empty()
+    }
+}
+
+/// Runs the service until `shutdown` is cancelled, then stops every task within
+/// [`SHUTDOWN_GRACE`]. The API listener is closed when this returns.
+pub async fn run(config: Config, api: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    start(config, api, shutdown).1.await
+}
+
+/// Starts the service and returns at once: its handle, and a future that completes
+/// (listeners closed, tasks stopped) after `shutdown` is cancelled.
+pub fn start(
+    config: Config,
+    api: TcpListener,
+    shutdown: CancellationToken,
+) -> (Service, impl std::future::Future<Output = std::io::Result<()>> + Send + 'static) {
+    let tracker = TaskTracker::new();
+    let service = Service::start(config, &tracker, &shutdown);
+    let api_task = tokio::spawn(crate::api::serve(api, service.clone(), shutdown.clone()));
+    let done = async move {
+        let api_result = match api_task.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(format!("API task failed: {e}"))),
+        };
+        shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+        }
+        api_result
+    };
+    (service, done)
+}

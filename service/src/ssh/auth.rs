@@ -1,0 +1,138 @@
+//! Public-key authentication, trying the peer's identity sources in order: an
+//! ssh-agent (every key it holds), a private key in the OS keychain, key files (an
+//! encrypted file's passphrase comes from the keychain). What was tried and why it
+//! failed is kept for the error message; no secret is ever logged.
+
+use std::sync::Arc;
+
+use russh::client::{self, AuthResult};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::agent::AgentIdentity;
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg};
+
+use super::{MeshHandler, SshError};
+use crate::config::{IdentitySource, PeerConfig};
+use crate::keys;
+
+type Handle = client::Handle<MeshHandler>;
+
+pub async fn authenticate(handle: &mut Handle, peer: &PeerConfig) -> Result<(), SshError> {
+    let user = peer.target.user.clone();
+    let mut tried = Vec::new();
+    for source in &peer.identities {
+        let outcome = match source {
+            IdentitySource::Agent { socket } => try_agent(handle, &user, socket.as_deref()).await,
+            IdentitySource::Keychain { entry } => match keys::private_key(entry) {
+                Ok(pem) => match russh::keys::decode_secret_key(&pem, None) {
+                    Ok(key) => try_key(handle, &user, key).await,
+                    Err(e) => Outcome::Unusable(format!("unreadable key: {e}")),
+                },
+                Err(keys::KeychainError::NotFound(_)) => Outcome::Unusable("no such entry".into()),
+                Err(e) => Outcome::Unusable(e.to_string()),
+            },
+            IdentitySource::File { path } => match load_file(path) {
+                Ok(key) => try_key(handle, &user, key).await,
+                Err(why) => Outcome::Unusable(why),
+            },
+        };
+        match outcome {
+            Outcome::Accepted => {
+                tracing::debug!(peer = %peer.name, "authenticated as {user} with {source}");
+                return Ok(());
+            }
+            Outcome::Refused(n) => tried.push(format!("{source} ({n} key{} refused)", if n == 1 { "" } else { "s" })),
+            Outcome::Unusable(why) => tried.push(format!("{source} ({why})")),
+            Outcome::Broken(e) => return Err(e),
+        }
+    }
+    Err(SshError::AuthFailed { user, tried: if tried.is_empty() { "nothing".into() } else { tried.join(", ") } })
+}
+
+enum Outcome {
+    Accepted,
+    Refused(usize),
+    Unusable(String),
+    Broken(SshError),
+}
+
+async fn try_agent(handle: &mut Handle, user: &str, socket: Option<&std::path::Path>) -> Outcome {
+    let agent = match socket {
+        Some(path) => AgentClient::connect_uds(path).await,
+        None => match std::env::var_os("SSH_AUTH_SOCK") {
+            Some(p) => AgentClient::connect_uds(p).await,
+            None => return Outcome::Unusable("SSH_AUTH_SOCK is not set".into()),
+        },
+    };
+    let mut agent = match agent {
+        Ok(a) => a,
+        Err(e) => return Outcome::Unusable(format!("cannot connect: {e}")),
+    };
+    let identities = match agent.request_identities().await {
+        Ok(ids) => ids,
+        Err(e) => return Outcome::Unusable(format!("cannot list keys: {e}")),
+    };
+    let mut refused = 0;
+    for id in identities {
+        let AgentIdentity::PublicKey { key, .. } = id else { continue };
+        let hash = match rsa_hash(handle, key.algorithm().is_rsa()).await {
+            Ok(h) => h,
+            Err(e) => return Outcome::Broken(e),
+        };
+        match handle.authenticate_publickey_with(user, key, hash, &mut agent).await {
+            Ok(AuthResult::Success) => return Outcome::Accepted,
+            Ok(AuthResult::Failure { .. }) => refused += 1,
+            Err(e) => return Outcome::Unusable(format!("agent failed to sign: {e}")),
+        }
+    }
+    if refused == 0 {
+        Outcome::Unusable("holds no keys".into())
+    } else {
+        Outcome::Refused(refused)
+    }
+}
+
+async fn try_key(handle: &mut Handle, user: &str, key: PrivateKey) -> Outcome {
+    let hash = match rsa_hash(handle, key.algorithm().is_rsa()).await {
+        Ok(h) => h,
+        Err(e) => return Outcome::Broken(e),
+    };
+    match handle.authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await {
+        Ok(AuthResult::Success) => Outcome::Accepted,
+        Ok(AuthResult::Failure { .. }) => Outcome::Refused(1),
+        Err(e) => Outcome::Broken(SshError::Protocol(e.to_string())),
+    }
+}
+
+async fn rsa_hash(handle: &Handle, is_rsa: bool) -> Result<Option<HashAlg>, SshError> {
+    if !is_rsa {
+        return Ok(None);
+    }
+    match handle.best_supported_rsa_hash().await {
+        Ok(h) => Ok(h.flatten().or(Some(HashAlg::Sha256))),
+        Err(e) => Err(SshError::Protocol(e.to_string())),
+    }
+}
+
+/// Reads a key file; an encrypted one is opened with the passphrase stored in the
+/// keychain for that path.
+fn load_file(path: &std::path::Path) -> Result<PrivateKey, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
+        Err(e) => return Err(format!("cannot read: {e}")),
+    };
+    match russh::keys::decode_secret_key(&text, None) {
+        Ok(k) => Ok(k),
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            let account = keys::passphrase_account(path);
+            let pass = match keys::get(&account) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Err(format!("encrypted; store its passphrase in the keychain as `{account}`")),
+                Err(e) => return Err(format!("encrypted, and the keychain failed: {e}")),
+            };
+            russh::keys::decode_secret_key(&text, Some(&pass))
+                .map_err(|e| format!("cannot decrypt with the keychain passphrase: {e}"))
+        }
+        Err(e) => Err(format!("unreadable key: {e}")),
+    }
+}

@@ -1,0 +1,240 @@
+//! Strict host-key checking against OpenSSH `known_hosts` files.
+//!
+//! Covers what `ssh` reads: comma-separated host patterns with `*`/`?` wildcards and
+//! `!` negation, `[host]:port` for non-standard ports, hashed `|1|salt|hash` entries
+//! (HMAC-SHA1), `@revoked` keys, comments and tabs. `@cert-authority` lines are skipped
+//! (host certificates are not accepted). Writing appends a plain `[host]:port` line, as
+//! `ssh -o StrictHostKeyChecking=accept-new` does.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use russh::keys::PublicKey;
+
+use super::ssh_config::wildcard_match;
+
+/// The verdict on a server's host key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyVerdict {
+    /// A line lists this key for this host.
+    Trusted,
+    /// The key is marked `@revoked`.
+    Revoked { file: PathBuf, line: usize },
+    /// The host is known with a different key of the same type.
+    Changed { file: PathBuf, line: usize },
+    /// The host is not listed (or only with keys of other types).
+    Unknown { other_types: Vec<String> },
+}
+
+struct Entry {
+    file: PathBuf,
+    line: usize,
+    revoked: bool,
+    hosts: String,
+    key: PublicKey,
+}
+
+/// All usable entries of a set of known_hosts files.
+pub struct KnownHosts {
+    entries: Vec<Entry>,
+}
+
+impl KnownHosts {
+    /// Reads every file; missing files are empty, malformed lines are skipped
+    /// (as `ssh` does) and returned as warnings.
+    pub fn load(files: &[PathBuf]) -> (KnownHosts, Vec<String>) {
+        let mut kh = KnownHosts { entries: Vec::new() };
+        let mut warnings = Vec::new();
+        for f in files {
+            if let Ok(text) = std::fs::read_to_string(f) {
+                kh.add_text(f, &text, &mut warnings);
+            }
+        }
+        (kh, warnings)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> KnownHosts {
+        let mut kh = KnownHosts { entries: Vec::new() };
+        kh.add_text(file, text, &mut Vec::new());
+        kh
+    }
+
+    fn add_text(&mut self, file: &Path, text: &str, warnings: &mut Vec<String>) {
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.split_whitespace();
+            let mut first = fields.next().unwrap_or("");
+            let mut revoked = false;
+            if first.starts_with('@') {
+                match first {
+                    "@revoked" => revoked = true,
+                    // Host certificates are not supported: such a line trusts nothing.
+                    "@cert-authority" => continue,
+                    other => {
+                        warnings.push(format!("{}:{}: unknown marker {other}", file.display(), i + 1));
+                        continue;
+                    }
+                }
+                first = fields.next().unwrap_or("");
+            }
+            let (Some(kind), Some(b64)) = (fields.next(), fields.next()) else {
+                warnings.push(format!("{}:{}: not `hosts keytype key`", file.display(), i + 1));
+                continue;
+            };
+            match PublicKey::from_openssh(&format!("{kind} {b64}")) {
+                Ok(key) => self.entries.push(Entry {
+                    file: file.to_path_buf(),
+                    line: i + 1,
+                    revoked,
+                    hosts: first.to_string(),
+                    key,
+                }),
+                Err(e) => warnings.push(format!("{}:{}: unreadable {kind} key: {e}", file.display(), i + 1)),
+            }
+        }
+    }
+
+    /// Checks `key` offered by the server known as `name` (`host` or `[host]:port`).
+    pub fn check(&self, name: &str, key: &PublicKey) -> HostKeyVerdict {
+        let algo = key.algorithm();
+        // A revoked key is refused for every host.
+        if let Some(e) = self.entries.iter().find(|e| e.revoked && e.key.key_data() == key.key_data()) {
+            return HostKeyVerdict::Revoked { file: e.file.clone(), line: e.line };
+        }
+        let mut changed = None;
+        let mut other_types = Vec::new();
+        for e in self.entries.iter().filter(|e| !e.revoked && hosts_match(&e.hosts, name)) {
+            if e.key.key_data() == key.key_data() {
+                return HostKeyVerdict::Trusted;
+            }
+            if e.key.algorithm() == algo {
+                changed.get_or_insert((e.file.clone(), e.line));
+            } else {
+                other_types.push(e.key.algorithm().to_string());
+            }
+        }
+        match changed {
+            Some((file, line)) => HostKeyVerdict::Changed { file, line },
+            None => HostKeyVerdict::Unknown { other_types },
+        }
+    }
+
+    /// Key algorithms this host is known with, so negotiation can prefer them
+    /// (what `ssh` does to avoid a needless "unknown key type").
+    pub fn known_algorithms(&self, name: &str) -> Vec<russh::keys::Algorithm> {
+        let mut out = Vec::new();
+        for e in self.entries.iter().filter(|e| !e.revoked && hosts_match(&e.hosts, name)) {
+            let a = e.key.algorithm();
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+}
+
+/// Appends `name key` to `file`, creating it (and its directory) if needed.
+pub fn append(file: &Path, name: &str, key: &PublicKey) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let line = key
+        .to_openssh()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    let line = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+    writeln!(f, "{name} {line}")
+}
+
+/// Does a known_hosts host field (comma-separated patterns or one hashed entry) match?
+fn hosts_match(field: &str, name: &str) -> bool {
+    if let Some(hashed) = field.strip_prefix("|1|") {
+        return hashed_match(hashed, name);
+    }
+    let name = name.to_ascii_lowercase();
+    let mut matched = false;
+    for p in field.split(',') {
+        let p = p.to_ascii_lowercase();
+        if let Some(neg) = p.strip_prefix('!') {
+            if wildcard_match(neg, &name) {
+                return false;
+            }
+        } else if wildcard_match(&p, &name) {
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// `salt|hash`, both base64: HMAC-SHA1(key = salt, message = name) == hash.
+fn hashed_match(salt_and_hash: &str, name: &str) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let Some((salt, hash)) = salt_and_hash.split_once('|') else { return false };
+    let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else { return false };
+    let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt) else { return false };
+    mac.update(name.as_bytes());
+    mac.verify_slice(&hash).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED1: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAA76dJieginodV+Ryl5SwxKSCYFUNVUSrZJnIi1kXs+";
+    const ED2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEogFQF8fgu36LCxpMS30/sehb10sSt0LjcPVKVKYtf9";
+
+    fn key(s: &str) -> PublicKey {
+        PublicKey::from_openssh(s).expect("test key")
+    }
+
+    fn hashed(name: &str, salt: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(salt).expect("hmac");
+        mac.update(name.as_bytes());
+        format!("|1|{}|{}", b64.encode(salt), b64.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn plain_port_and_wildcard_entries() {
+        let text = format!("# c\nexample.com,10.0.0.1 {ED1}\n[example.com]:2222\t{ED2}\n*.lan,!bad.lan {ED1}\n");
+        let kh = KnownHosts::parse(Path::new("kh"), &text);
+        assert_eq!(kh.check("example.com", &key(ED1)), HostKeyVerdict::Trusted);
+        assert_eq!(kh.check("10.0.0.1", &key(ED1)), HostKeyVerdict::Trusted);
+        assert_eq!(kh.check("[example.com]:2222", &key(ED2)), HostKeyVerdict::Trusted);
+        assert!(matches!(kh.check("[example.com]:2222", &key(ED1)), HostKeyVerdict::Changed { line: 3, .. }));
+        assert_eq!(kh.check("box.lan", &key(ED1)), HostKeyVerdict::Trusted);
+        assert_eq!(kh.check("bad.lan", &key(ED1)), HostKeyVerdict::Unknown { other_types: vec![] });
+        assert_eq!(kh.check("other", &key(ED1)), HostKeyVerdict::Unknown { other_types: vec![] });
+    }
+
+    #[test]
+    fn hashed_entries() {
+        let text = format!("{} {ED1}\n", hashed("[127.0.0.1]:2200", b"0123456789abcdefghij"));
+        let kh = KnownHosts::parse(Path::new("kh"), &text);
+        assert_eq!(kh.check("[127.0.0.1]:2200", &key(ED1)), HostKeyVerdict::Trusted);
+        assert!(matches!(kh.check("[127.0.0.1]:2200", &key(ED2)), HostKeyVerdict::Changed { .. }));
+        assert!(matches!(kh.check("127.0.0.1", &key(ED1)), HostKeyVerdict::Unknown { .. }));
+    }
+
+    #[test]
+    fn revoked_wins_everywhere() {
+        let text = format!("host {ED1}\n@revoked * {ED1}\n");
+        let kh = KnownHosts::parse(Path::new("kh"), &text);
+        assert!(matches!(kh.check("host", &key(ED1)), HostKeyVerdict::Revoked { line: 2, .. }));
+    }
+
+    #[test]
+    fn append_then_trusted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("sub").join("known_hosts");
+        append(&f, "[h]:2022", &key(ED1)).expect("append");
+        let (kh, warnings) = KnownHosts::load(std::slice::from_ref(&f));
+        assert!(warnings.is_empty());
+        assert_eq!(kh.check("[h]:2022", &key(ED1)), HostKeyVerdict::Trusted);
+    }
+}

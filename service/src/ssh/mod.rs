@@ -1,0 +1,296 @@
+//! SSH sessions to peers, with russh: TCP connect, algorithm preferences, strict
+//! host-key checking (`known_hosts`), authentication (`auth`), and the dispatch of
+//! server-opened `forwarded-tcpip` channels to the `-R` forwards that asked for them.
+//!
+//! A session is a [`Session`]: the russh handle plus what the supervisor needs to
+//! know about it. Keepalives and reconnects are the supervisor's job (`tunnel`).
+
+pub mod auth;
+pub mod known_hosts;
+mod socket;
+pub mod ssh_config;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::PublicKey;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HostPort, PeerConfig};
+use known_hosts::{HostKeyVerdict, KnownHosts};
+
+/// Why a session could not be set up. Each message says what to do next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot reach {target}: {reason}")]
+    Unreachable { target: String, reason: String },
+    #[error("no answer from {target} within {timeout:?} (handshake not completed)")]
+    Timeout { target: String, timeout: Duration },
+    #[error("host key changed for {name} ({file}:{line} lists another {algo} key); if the server was reinstalled, remove that line (ssh-keygen -R '{name}')")]
+    HostKeyChanged { name: String, algo: String, file: String, line: usize },
+    #[error("host key for {name} is revoked ({file}:{line})")]
+    HostKeyRevoked { name: String, file: String, line: usize },
+    #[error("host key for {name} is unknown ({fingerprint}); add it to known_hosts (ssh-keyscan -p PORT HOST) or set accept_new = true for this peer")]
+    HostKeyUnknown { name: String, fingerprint: String },
+    #[error("authentication as {user} failed; tried {tried}")]
+    AuthFailed { user: String, tried: String },
+    #[error("ssh protocol error: {0}")]
+    Protocol(String),
+}
+
+impl SshError {
+    /// A short machine-friendly reason, for states and events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SshError::Unreachable { .. } => "unreachable",
+            SshError::Timeout { .. } => "timeout",
+            SshError::HostKeyChanged { .. } => "host key changed",
+            SshError::HostKeyRevoked { .. } => "host key revoked",
+            SshError::HostKeyUnknown { .. } => "host key unknown",
+            SshError::AuthFailed { .. } => "auth failed",
+            SshError::Protocol(_) => "protocol error",
+        }
+    }
+
+    /// Host-key problems are alarms (possible man in the middle), not outages.
+    pub fn is_host_key_alarm(&self) -> bool {
+        matches!(
+            self,
+            SshError::HostKeyChanged { .. } | SshError::HostKeyRevoked { .. } | SshError::HostKeyUnknown { .. }
+        )
+    }
+}
+
+/// Where the server's `forwarded-tcpip` channels go: (bind address, port) as we asked
+/// sshd to listen, to the local target and the accounting of that `-R` tunnel.
+#[derive(Default)]
+pub struct ReverseRoutes {
+    routes: Mutex<HashMap<(String, u32), Arc<ReverseRoute>>>,
+}
+
+pub struct ReverseRoute {
+    pub local: HostPort,
+    pub counters: Arc<crate::tunnel::Counters>,
+    /// Ends this forward's connections at shutdown.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl ReverseRoutes {
+    pub fn insert(&self, bind: &HostPort, route: Arc<ReverseRoute>) {
+        self.lock().insert((bind.host.clone(), u32::from(bind.port)), route);
+    }
+
+    pub fn remove(&self, bind: &HostPort) {
+        self.lock().remove(&(bind.host.clone(), u32::from(bind.port)));
+    }
+
+    fn find(&self, address: &str, port: u32) -> Option<Arc<ReverseRoute>> {
+        let routes = self.lock();
+        routes
+            .get(&(address.to_string(), port))
+            // sshd echoes the address we asked for; match on the port if it did not.
+            .or_else(|| routes.iter().find(|((_, p), _)| *p == port).map(|(_, r)| r))
+            .cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Arc<ReverseRoute>>> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// russh callbacks for one session.
+pub struct MeshHandler {
+    known_hosts_name: String,
+    peer: PeerConfig,
+    /// Why the host key was refused, read after the handshake fails.
+    refusal: Arc<Mutex<Option<SshError>>>,
+    reverse: Arc<ReverseRoutes>,
+    /// Cancelled when russh drops the handler, i.e. when the session has ended.
+    closed: CancellationToken,
+}
+
+impl Drop for MeshHandler {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+impl client::Handler for MeshHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, offered: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key: server_public_key, .. } = offered else {
+            // We never advertise certificate host-key algorithms.
+            return Ok(false);
+        };
+        let (kh, warnings) = KnownHosts::load(&self.peer.known_hosts);
+        for w in warnings {
+            tracing::warn!(peer = %self.peer.name, "known_hosts: {w}");
+        }
+        let name = &self.known_hosts_name;
+        let refusal = match kh.check(name, server_public_key) {
+            HostKeyVerdict::Trusted => return Ok(true),
+            HostKeyVerdict::Changed { file, line } => SshError::HostKeyChanged {
+                name: name.clone(),
+                algo: server_public_key.algorithm().to_string(),
+                file: file.display().to_string(),
+                line,
+            },
+            HostKeyVerdict::Revoked { file, line } => {
+                SshError::HostKeyRevoked { name: name.clone(), file: file.display().to_string(), line }
+            }
+            HostKeyVerdict::Unknown { other_types } if self.peer.accept_new && other_types.is_empty() => {
+                let Some(file) = self.peer.known_hosts.first() else { return Ok(false) };
+                match known_hosts::append(file, name, server_public_key) {
+                    Ok(()) => {
+                        tracing::info!(
+                            peer = %self.peer.name,
+                            "accepted new host key {} for {name} (saved to {})",
+                            fingerprint(server_public_key),
+                            file.display()
+                        );
+                        return Ok(true);
+                    }
+                    Err(e) => SshError::Protocol(format!("cannot record the new host key in {}: {e}", file.display())),
+                }
+            }
+            HostKeyVerdict::Unknown { .. } => {
+                SshError::HostKeyUnknown { name: name.clone(), fingerprint: fingerprint(server_public_key) }
+            }
+        };
+        *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(refusal);
+        Ok(false)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let Some(route) = self.reverse.find(connected_address, connected_port) else {
+            tracing::warn!(peer = %self.peer.name, "server opened a channel for {connected_address}:{connected_port}, which no -R forward asked for");
+            drop(reply); // rejects
+            return Ok(());
+        };
+        tokio::spawn(crate::tunnel::pipe::serve_reverse(channel, reply, route));
+        Ok(())
+    }
+}
+
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(russh::keys::HashAlg::Sha256).to_string()
+}
+
+/// An authenticated session.
+pub struct Session {
+    pub handle: client::Handle<MeshHandler>,
+    /// Cancelled once the session is over, whoever ended it.
+    pub closed: CancellationToken,
+}
+
+/// Connects, checks the host key and authenticates, all within the peer's connect timeout.
+pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<Session, SshError> {
+    let target = peer.target.clone();
+    let timeout = peer.connect_timeout;
+    let addr = format!("{}:{}", target.host, target.port);
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((target.host.as_str(), target.port)))
+        .await
+        .map_err(|_| SshError::Timeout { target: addr.clone(), timeout })?
+        .map_err(|e| SshError::Unreachable { target: addr.clone(), reason: e.to_string() })?;
+    let _ = tcp.set_nodelay(true);
+
+    let known_hosts_name = target.known_hosts_name();
+    let (kh, _) = KnownHosts::load(&peer.known_hosts);
+    let config = Arc::new(client_config(&kh.known_algorithms(&known_hosts_name)));
+    let refusal = Arc::new(Mutex::new(None));
+    let closed = CancellationToken::new();
+    let handler = MeshHandler {
+        known_hosts_name,
+        peer: peer.clone(),
+        refusal: refusal.clone(),
+        reverse,
+        closed: closed.clone(),
+    };
+    let handshake = async {
+        let mut handle = client::connect_stream(config, socket::QuickAck::new(tcp), handler)
+            .await
+            .map_err(|e| {
+                refusal
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_else(|| protocol_error(&addr, e))
+            })?;
+        auth::authenticate(&mut handle, peer).await?;
+        Ok(Session { handle, closed })
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| SshError::Timeout { target: addr.clone(), timeout })?
+}
+
+fn protocol_error(addr: &str, e: russh::Error) -> SshError {
+    match e {
+        russh::Error::IO(io) => SshError::Unreachable { target: addr.to_string(), reason: io.to_string() },
+        russh::Error::Disconnect | russh::Error::HUP => {
+            SshError::Unreachable { target: addr.to_string(), reason: "connection closed by the server".into() }
+        }
+        other => SshError::Protocol(other.to_string()),
+    }
+}
+
+/// russh settings: `nodelay`, our own keepalives (none from russh), AES-GCM first
+/// when the CPU has AES instructions, and host-key algorithms the host is already
+/// known with listed first.
+fn client_config(known_algorithms: &[russh::keys::Algorithm]) -> client::Config {
+    let mut preferred = russh::Preferred::default();
+    if cpu_has_aes() {
+        preferred.cipher = Cow::Borrowed(&[
+            russh::cipher::AES_128_GCM,
+            russh::cipher::AES_256_GCM,
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_256_CTR,
+            russh::cipher::AES_128_CTR,
+        ]);
+    }
+    if !known_algorithms.is_empty() {
+        let mut keys: Vec<_> = known_algorithms.to_vec();
+        // An RSA key is offered under rsa-sha2-512/256 signatures, all named "rsa".
+        if known_algorithms.iter().any(|a| matches!(a, russh::keys::Algorithm::Rsa { .. })) {
+            keys.retain(|a| !matches!(a, russh::keys::Algorithm::Rsa { .. }));
+            keys.extend(preferred.key.iter().filter(|a| matches!(a, russh::keys::Algorithm::Rsa { .. })).cloned());
+        }
+        keys.extend(preferred.key.iter().filter(|a| !keys.contains(a)).cloned().collect::<Vec<_>>());
+        preferred.key = Cow::Owned(keys);
+    }
+    client::Config {
+        nodelay: true,
+        keepalive_interval: None,
+        inactivity_timeout: None,
+        preferred,
+        ..Default::default()
+    }
+}
+
+fn cpu_has_aes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}

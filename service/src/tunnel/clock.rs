@@ -1,0 +1,87 @@
+//! Wake-from-sleep detection. While a laptop sleeps the monotonic clock stops and the
+//! wall clock does not; when they disagree by more than a threshold after a tick, the
+//! machine slept (or its clock was set), its TCP sessions are probably dead, and the
+//! supervisors re-check at once instead of waiting for keepalives to time out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How far the two clocks may drift apart in one tick before it counts as a jump.
+const THRESHOLD: Duration = Duration::from_secs(2);
+const TICK: Duration = Duration::from_secs(1);
+
+/// Compares one tick of both clocks; `Some(jump)` if they disagree by more than the threshold.
+pub fn jump(mono_elapsed: Duration, wall_before: SystemTime, wall_now: SystemTime) -> Option<Duration> {
+    let wall_elapsed = match wall_now.duration_since(wall_before) {
+        Ok(d) => d.abs_diff(mono_elapsed),
+        // The wall clock went backwards.
+        Err(e) => e.duration() + mono_elapsed,
+    };
+    (wall_elapsed > THRESHOLD).then_some(wall_elapsed)
+}
+
+/// A jump seen by the watcher: a counter that only grows, and the size of the last jump.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WallClockJump {
+    pub count: u64,
+    pub last: Duration,
+}
+
+/// Publishes every wall-clock jump on a `watch` channel.
+#[derive(Clone)]
+pub struct ClockWatch {
+    tx: Arc<watch::Sender<WallClockJump>>,
+}
+
+impl ClockWatch {
+    pub fn spawn(cancel: CancellationToken) -> ClockWatch {
+        let watch = ClockWatch::never();
+        let tx = watch.tx.clone();
+        tokio::spawn(async move {
+            let mut mono = Instant::now();
+            let mut wall = SystemTime::now();
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(TICK) => {}
+                }
+                let (mono_now, wall_now) = (Instant::now(), SystemTime::now());
+                if let Some(j) = jump(mono_now - mono, wall, wall_now) {
+                    tracing::info!("wall clock jumped by {j:?} (wake from sleep?); re-checking every session");
+                    tx.send_modify(|w| {
+                        w.count += 1;
+                        w.last = j;
+                    });
+                }
+                (mono, wall) = (mono_now, wall_now);
+            }
+        });
+        watch
+    }
+
+    /// A watch with no task behind it: it never fires (for tests and tools).
+    pub fn never() -> ClockWatch {
+        ClockWatch { tx: Arc::new(watch::Sender::new(WallClockJump::default())) }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<WallClockJump> {
+        self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_sleep_and_backwards_steps_but_not_jitter() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let one = Duration::from_secs(1);
+        assert_eq!(jump(one, t0, t0 + Duration::from_millis(1100)), None);
+        assert_eq!(jump(one, t0, t0 + Duration::from_secs(600)), Some(Duration::from_secs(599)));
+        assert_eq!(jump(one, t0, t0 - Duration::from_secs(5)), Some(Duration::from_secs(6)));
+    }
+}

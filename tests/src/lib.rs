@@ -1,0 +1,162 @@
+//! The robbie-mesh test harness: real processes (`sshd`, `ssh-agent`), small TCP/HTTP
+//! servers on free ports, and a robbie-mesh service run in-process against them.
+//! Everything waits by polling with a deadline; nothing sleeps for readiness.
+
+pub mod servers;
+pub mod sshd;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use robbie_mesh::config::Config;
+use robbie_mesh::service::Service;
+use robbie_mesh::tunnel::{Tunnel, TunnelState};
+use tokio_util::sync::CancellationToken;
+
+/// How long anything may take to become ready before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A port nobody listens on right now (bound to 0, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `ok` until it is true or `deadline` passes (then panics with `why()`).
+pub fn wait_for(deadline: Duration, mut ok: impl FnMut() -> bool, why: impl FnOnce() -> String) {
+    let end = Instant::now() + deadline;
+    while !ok() {
+        assert!(Instant::now() < end, "{}", why());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Async polling with a deadline; returns how long it took.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut ok: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if ok().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A robbie-mesh service running in this process, stopped on drop.
+pub struct Mesh {
+    pub service: Service,
+    pub api: SocketAddr,
+    shutdown: CancellationToken,
+    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Mesh {
+    /// Starts a service from config text (API on a free port).
+    pub async fn start(config_text: &str) -> Mesh {
+        let cfg = robbie_mesh::config::parse(config_text, "test.toml").unwrap_or_else(|e| panic!("config: {e}\n{config_text}"));
+        Mesh::start_config(cfg).await
+    }
+
+    pub async fn start_config(mut cfg: Config) -> Mesh {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind api");
+        let api = listener.local_addr().expect("addr");
+        cfg.api.listen = api;
+        let shutdown = CancellationToken::new();
+        let (service, done) = robbie_mesh::service::start(cfg, listener, shutdown.clone());
+        Mesh { service, api, shutdown, done: Some(tokio::spawn(done)) }
+    }
+
+    pub fn tunnel(&self, name: &str) -> Arc<Tunnel> {
+        self.service.find_tunnel(name).map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no tunnel {name}"))
+    }
+
+    /// Waits until the tunnel's state satisfies `pred`; returns the state and the wait.
+    pub async fn wait_state(
+        &self,
+        name: &str,
+        deadline: Duration,
+        pred: impl Fn(&TunnelState) -> bool,
+    ) -> (TunnelState, Duration) {
+        let t = self.tunnel(name);
+        let mut rx = t.subscribe();
+        let start = Instant::now();
+        let found = tokio::time::timeout(deadline, async {
+            loop {
+                let s = rx.borrow_and_update().state.clone();
+                if pred(&s) {
+                    return s;
+                }
+                if rx.changed().await.is_err() {
+                    return s;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(s) if pred(&s) => (s, start.elapsed()),
+            _ => panic!("tunnel {name} did not reach the expected state within {deadline:?}; it is {:?}", t.snapshot().state),
+        }
+    }
+
+    pub async fn wait_up(&self, name: &str) -> Duration {
+        self.wait_state(name, DEADLINE, TunnelState::is_up).await.1
+    }
+
+    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+        reqwest::get(format!("http://{}{path}", self.api))
+            .await
+            .expect("api get")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Stops the service and waits until it has (every listener closed).
+    pub async fn stop(mut self) -> Duration {
+        let start = Instant::now();
+        self.shutdown.cancel();
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+        start.elapsed()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A peer section for `sshd`, authenticating with its client key file.
+pub fn peer_toml(name: &str, sshd: &sshd::Sshd, known_hosts: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[peer]]\nname = \"{name}\"\nssh = \"{user}@127.0.0.1:{port}\"\nidentity = [\"{key}\"]\n\
+         known_hosts = \"{kh}\"\nkeepalive = {{ interval = \"1s\", count = 3 }}\n\
+         backoff = {{ initial = \"200ms\", max = \"1s\" }}\nconnect_timeout = \"3s\"\n{extra}\n",
+        user = whoami(),
+        port = sshd.port,
+        key = sshd.client_key.private.display(),
+        kh = known_hosts.display(),
+    )
+}
+
+/// Writes a known_hosts file that trusts `sshd`.
+pub fn trust(sshd: &sshd::Sshd) -> std::path::PathBuf {
+    let path = sshd.dir.path().join("known_hosts");
+    std::fs::write(&path, format!("{}\n", sshd.known_hosts_line())).expect("known_hosts");
+    path
+}
+
+pub fn whoami() -> String {
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+        let out = std::process::Command::new("id").arg("-un").output().expect("id -un");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+}

@@ -1,0 +1,194 @@
+//! A real OpenSSH `sshd` for tests: its own temp dir, host key, authorized_keys and
+//! free port, started in the foreground (`-D -e`) and killed on drop. Readiness is
+//! polled (the port answers with an SSH banner), never slept for.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::{free_port, wait_for, DEADLINE};
+
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// A key pair made by `ssh-keygen`.
+pub struct KeyPair {
+    pub private: PathBuf,
+    pub public_line: String,
+}
+
+pub fn keygen(dir: &Path, name: &str) -> KeyPair {
+    keygen_with(dir, name, "ed25519", "")
+}
+
+pub fn keygen_with(dir: &Path, name: &str, kind: &str, passphrase: &str) -> KeyPair {
+    let private = dir.join(name);
+    let _ = std::fs::remove_file(&private);
+    let _ = std::fs::remove_file(private.with_extension("pub"));
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", passphrase, "-C", name, "-f"])
+        .arg(&private)
+        .status()
+        .expect("ssh-keygen must be installed (openssh-client)");
+    assert!(st.success(), "ssh-keygen failed");
+    let public_line = std::fs::read_to_string(dir.join(format!("{name}.pub"))).expect("public key");
+    KeyPair { private, public_line: public_line.trim().to_string() }
+}
+
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub host_key: KeyPair,
+    /// A client key in authorized_keys.
+    pub client_key: KeyPair,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // sshd's privilege separation needs this directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let host_key = keygen(dir.path(), "host_ed25519");
+        let client_key = keygen(dir.path(), "id_ed25519");
+        std::fs::write(dir.path().join("authorized_keys"), format!("{}\n", client_key.public_line)).expect("write");
+        let port = free_port();
+        let mut s = Sshd { log: dir.path().join("sshd.log"), dir, port, host_key, client_key, child: None };
+        s.write_config();
+        s.spawn();
+        s
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path().display();
+        let cfg = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+             PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nGatewayPorts no\n\
+             ClientAliveInterval 1\nClientAliveCountMax 3\nMaxStartups 200:30:400\nMaxSessions 200\n\
+             LogLevel VERBOSE\n",
+            port = self.port
+        );
+        std::fs::write(self.dir.path().join("sshd_config"), cfg).expect("write sshd_config");
+    }
+
+    /// Authorizes another public key line.
+    pub fn authorize(&self, public_line: &str) {
+        let path = self.dir.path().join("authorized_keys");
+        let mut keys = std::fs::read_to_string(&path).unwrap_or_default();
+        keys.push_str(public_line);
+        keys.push('\n');
+        std::fs::write(path, keys).expect("write authorized_keys");
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(self.dir.path().join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sshd must be installed (openssh-server); run `bash tests/setup.sh`");
+        self.child = Some(child);
+        let addr = self.addr();
+        let log = self.log.clone();
+        wait_for(DEADLINE, || banner(addr), || format!("sshd on {addr} did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `[127.0.0.1]:port ssh-ed25519 AAAA…`, the known_hosts line for this server.
+    pub fn known_hosts_line(&self) -> String {
+        let key: Vec<&str> = self.host_key.public_line.split_whitespace().take(2).collect();
+        format!("[127.0.0.1]:{} {}", self.port, key.join(" "))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILLs the listener and every session process (as if the machine died).
+    pub fn kill(&mut self) {
+        let sessions = self.session_pids();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for p in sessions {
+            let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+        }
+    }
+
+    /// Starts again on the same port with the same keys.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Replaces the host key (as a reinstalled server would) and restarts.
+    pub fn change_host_key(&mut self) {
+        self.kill();
+        self.host_key = keygen(self.dir.path(), "host_ed25519");
+        self.spawn();
+    }
+
+    /// The per-connection sshd processes (children and grandchildren of the listener).
+    pub fn session_pids(&self) -> Vec<u32> {
+        let Some(root) = self.pid() else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut frontier = vec![root];
+        while let Some(p) = frontier.pop() {
+            for c in children(p) {
+                out.push(c);
+                frontier.push(c);
+            }
+        }
+        out
+    }
+
+    pub fn signal_sessions(&self, sig: Signal) -> usize {
+        let pids = self.session_pids();
+        for p in &pids {
+            let _ = kill(Pid::from_raw(*p as i32), sig);
+        }
+        pids.len()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.signal_sessions(Signal::SIGCONT);
+        self.kill();
+    }
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// True when `addr` answers with an SSH identification line.
+fn banner(addr: SocketAddr) -> bool {
+    let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("SSH-")
+}
