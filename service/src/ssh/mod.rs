@@ -271,12 +271,18 @@ fn client_config(known_algorithms: &[russh::keys::Algorithm]) -> client::Config 
         keys.extend(preferred.key.iter().filter(|a| !keys.contains(a)).cloned().collect::<Vec<_>>());
         preferred.key = Cow::Owned(keys);
     }
+    let defaults = client::Config::default();
     client::Config {
+        // With the window granted on consumption (third_party/russh), a server
+        // can have at most `window_size` bytes queued per channel; one slot per
+        // byte means the session never waits on a channel's queue. Slots are
+        // allocated on use, not up front.
+        channel_buffer_size: defaults.window_size as usize,
         nodelay: true,
         keepalive_interval: None,
         inactivity_timeout: None,
         preferred,
-        ..Default::default()
+        ..defaults
     }
 }
 

@@ -1,0 +1,163 @@
+//! Keeping tunnels alive against a real sshd: a killed server, a frozen server, a
+//! local port that is taken, a remote port that is taken, and a reconnect request.
+//! Keepalive is 1 s × 3, so a dead server must be seen within 4 s (+1 s slack).
+
+use std::time::Duration;
+
+use mesh_tests::servers::{echo, http, http_get};
+use mesh_tests::sshd::Sshd;
+use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
+use nix::sys::signal::Signal;
+use robbie_mesh::tunnel::TunnelState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DETECT: Duration = Duration::from_secs(5); // interval × (count + 1) + 1 s
+
+async fn echo_once(port: u16, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(msg).await?;
+    s.shutdown().await?;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got)).await.map_err(std::io::Error::other)??;
+    Ok(got)
+}
+
+fn not_up(s: &TunnelState) -> bool {
+    !s.is_up()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_sshd_is_detected_and_the_tunnel_comes_back_on_restart() {
+    let mut sshd = Sshd::start();
+    let backend = echo().await;
+    let local = free_port();
+    let cfg = peer_toml(
+        "aurora",
+        &sshd,
+        &trust(&sshd),
+        &format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n"),
+    );
+    let mesh = Mesh::start(&cfg).await;
+    mesh.wait_up("echo").await;
+    assert_eq!(echo_once(local, b"before").await.expect("echo"), b"before");
+
+    sshd.kill();
+    let (state, took) = mesh.wait_state("echo", DETECT, not_up).await;
+    eprintln!("down after {took:?}: {state:?}");
+
+    sshd.restart();
+    mesh.wait_up("echo").await;
+    assert_eq!(echo_once(local, b"after").await.expect("echo after restart"), b"after");
+    assert!(mesh.tunnel("echo").status().reconnects >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frozen_sshd_is_detected_by_keepalive_and_recovers() {
+    let sshd = Sshd::start();
+    let backend = echo().await;
+    let local = free_port();
+    let cfg = peer_toml(
+        "aurora",
+        &sshd,
+        &trust(&sshd),
+        &format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n"),
+    );
+    let mesh = Mesh::start(&cfg).await;
+    mesh.wait_up("echo").await;
+    let frozen = sshd.session_pids();
+    assert!(!frozen.is_empty(), "the session has sshd processes");
+
+    // SIGSTOP the session's processes: TCP stays open, nothing answers.
+    sshd.signal_sessions(Signal::SIGSTOP);
+    let (state, took) = mesh.wait_state("echo", DETECT, not_up).await;
+    eprintln!("frozen session noticed after {took:?}: {state:?}");
+    let events_reason = format!("{state:?}");
+    assert!(events_reason.contains("keepalive"), "reason names the keepalive: {events_reason}");
+
+    // The listener itself still runs, so a new session comes up; SIGCONT the old one.
+    mesh.wait_up("echo").await;
+    for p in frozen {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), Signal::SIGCONT);
+    }
+    assert_eq!(echo_once(local, b"thawed").await.expect("echo"), b"thawed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn taken_local_port_is_a_visible_state_and_is_retried() {
+    let sshd = Sshd::start();
+    let backend = echo().await;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let local = squatter.local_addr().expect("addr").port();
+    let cfg = peer_toml(
+        "aurora",
+        &sshd,
+        &trust(&sshd),
+        &format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n"),
+    );
+    let mesh = Mesh::start(&cfg).await;
+    let (state, _) = mesh
+        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("address already in use")))
+        .await;
+    assert!(matches!(state, TunnelState::Down { .. }), "{state:?}");
+    let api = mesh.api_get("/v1/tunnels").await;
+    assert!(api["tunnels"][0]["reason"].as_str().unwrap_or("").contains("already in use"), "{api}");
+
+    drop(squatter);
+    mesh.wait_up("echo").await;
+    assert_eq!(echo_once(local, b"free").await.expect("echo"), b"free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_remote_forward_is_visible_and_retried() {
+    let sshd = Sshd::start();
+    let here = http("book").await;
+    // Something on the server side already holds the port sshd is asked to listen on.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let remote = squatter.local_addr().expect("addr").port();
+    let cfg = peer_toml(
+        "aurora",
+        &sshd,
+        &trust(&sshd),
+        &format!("[[peer.reverse]]\nname = \"api\"\nremote = \"127.0.0.1:{remote}\"\nlocal = \"{here}\"\n"),
+    );
+    let mesh = Mesh::start(&cfg).await;
+    let (state, _) = mesh
+        .wait_state("api", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("refused")))
+        .await;
+    assert!(matches!(state, TunnelState::Down { .. }), "{state:?}");
+    drop(squatter);
+    mesh.wait_up("api").await;
+    let body = http_get(([127, 0, 0, 1], remote).into(), "/x").await.expect("GET through -R");
+    assert_eq!(body, "hello from book: /x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconnect_through_the_api() {
+    let sshd = Sshd::start();
+    let backend = echo().await;
+    let local = free_port();
+    let cfg = peer_toml(
+        "aurora",
+        &sshd,
+        &trust(&sshd),
+        &format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n"),
+    );
+    let mesh = Mesh::start(&cfg).await;
+    mesh.wait_up("echo").await;
+    let client = reqwest::Client::new();
+    let r = client.post(format!("http://{}/v1/tunnels/echo/reconnect", mesh.api)).send().await.expect("post");
+    assert_eq!(r.status(), 202);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["peer"], "aurora");
+    let t = mesh.tunnel("echo");
+    eventually(Duration::from_secs(10), "a reconnect", || {
+        let t = t.clone();
+        async move { t.status().reconnects >= 1 && t.snapshot().state.is_up() }
+    })
+    .await;
+    let r = client.post(format!("http://{}/v1/tunnels/nope/reconnect", mesh.api)).send().await.expect("post");
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(body["error"].as_str().unwrap_or("").contains("nope"), "{body}");
+}
