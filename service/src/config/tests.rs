@@ -1,1 +1,159 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::validate::Env;
 use super::*;
+
+fn env() -> Env {
+    Env { home: PathBuf::from("/home/u"), user: "u".into() }
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match parse_with(text, "bad.toml", &env()) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+/// The one error, checked for its line and field.
+fn one_error(text: &str, line: usize, field: &str) -> ConfigError {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let e = errs.into_iter().next().expect("one");
+    assert_eq!(e.location.map(|l| l.0), Some(line), "{e}");
+    assert_eq!(e.field, field, "{e}");
+    assert!(e.to_string().starts_with(&format!("bad.toml:{line}:")), "{e}");
+    e
+}
+
+const PEER: &str = "[[peer]]\nname = \"aurora\"\nssh = \"root@aurora.example:2222\"\n";
+
+#[test]
+fn every_example_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).expect("read");
+            let cfg = parse_with(&text, &path.display().to_string(), &env()).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!cfg.peers.is_empty(), "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 3, "aurora, vengeance and robbiebook1");
+}
+
+#[test]
+fn full_peer_is_validated_with_defaults() {
+    let text = format!(
+        "node = \"book\"\n{PEER}keepalive = {{ interval = \"1s\", count = 5 }}\n\
+         [[peer.forward]]\nlocal = \"127.0.0.1:21434\"\nremote = \"127.0.0.1:11434\"\n\
+         [[peer.reverse]]\nremote = \"127.0.0.1:8007\"\nlocal = \"localhost:8007\"\n"
+    );
+    let cfg = parse_with(&text, "ok.toml", &env()).expect("valid");
+    let p = &cfg.peers[0];
+    assert_eq!(p.target, SshTarget { user: "root".into(), host: "aurora.example".into(), port: 2222 });
+    assert_eq!(p.target.known_hosts_name(), "[aurora.example]:2222");
+    assert_eq!(p.keepalive, Keepalive { interval: Duration::from_secs(1), count: 5 });
+    assert_eq!(p.known_hosts, vec![PathBuf::from("/home/u/.ssh/known_hosts")]);
+    assert_eq!(p.identities[0], IdentitySource::Agent { socket: None });
+    assert_eq!(p.identities[1], IdentitySource::Keychain { entry: "aurora".into() });
+    let names: Vec<_> = p.forwards.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["aurora-L21434", "aurora-R8007"]);
+    assert_eq!(cfg.api.listen.port(), 8007);
+}
+
+#[test]
+fn unknown_key_names_line_and_field() {
+    let e = one_error(&format!("{PEER}keepalive = {{ interval = \"1s\", cuont = 3 }}\n"), 4, "peer[0].keepalive.cuont");
+    assert!(e.message.contains("cuont"), "{e}");
+}
+
+#[test]
+fn toml_syntax_error_has_a_line() {
+    let errs = errors("node = \"a\"\n[[peer]\nname = 1\n");
+    assert_eq!(errs[0].location.map(|l| l.0), Some(2), "{:?}", errs);
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    let e = one_error(&format!("{PEER}accept_new = \"yes\"\n"), 4, "peer[0].accept_new");
+    assert!(e.message.contains("bool"), "{e}");
+}
+
+#[test]
+fn bad_addresses_are_explained() {
+    let text = format!("{PEER}[[peer.forward]]\nlocal = \"127.0.0.1\"\nremote = \"db:99999\"\n");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!(errs[0].field, "peer[0].forward[0].local");
+    assert_eq!(errs[0].location.map(|l| l.0), Some(5));
+    assert!(errs[0].message.contains("no port"), "{}", errs[0]);
+    assert_eq!(errs[1].field, "peer[0].forward[0].remote");
+    assert_eq!(errs[1].location.map(|l| l.0), Some(6));
+    assert!(errs[1].message.contains("not a port number"), "{}", errs[1]);
+}
+
+#[test]
+fn non_loopback_listen_is_refused() {
+    let e = one_error(&format!("{PEER}[[peer.forward]]\nlocal = \"0.0.0.0:21434\"\nremote = \"127.0.0.1:1\"\n"), 5, "peer[0].forward[0].local");
+    assert!(e.message.contains("loopback"), "{e}");
+    let e = one_error("[api]\nlisten = \"192.168.1.4:8007\"\n", 2, "api.listen");
+    assert!(e.message.contains("loopback"), "{e}");
+}
+
+#[test]
+fn duplicate_local_ports_are_refused() {
+    let text = format!(
+        "{PEER}[[peer.forward]]\nlocal = \"127.0.0.1:21434\"\nremote = \"127.0.0.1:1\"\n\
+         [[peer.forward]]\nname = \"other\"\nlocal = \"127.0.0.1:21434\"\nremote = \"127.0.0.1:2\"\n"
+    );
+    let e = one_error(&text, 9, "peer[0].forward[1].local");
+    assert!(e.message.contains("already used by peer[0].forward[0].local"), "{e}");
+    // The API port counts too.
+    let text = format!("{PEER}[[peer.forward]]\nlocal = \"127.0.0.1:8007\"\nremote = \"127.0.0.1:1\"\n");
+    let e = one_error(&text, 5, "peer[0].forward[0].local");
+    assert!(e.message.contains("api.listen"), "{e}");
+}
+
+#[test]
+fn duplicate_peer_names_are_refused() {
+    let e = one_error(&format!("{PEER}{PEER}"), 5, "peer[1].name");
+    assert!(e.message.contains("two peers are named `aurora`"), "{e}");
+}
+
+#[test]
+fn bad_durations_and_counts() {
+    let errs = errors(&format!("{PEER}keepalive = {{ interval = \"soon\", count = 0 }}\n"));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs.iter().any(|e| e.field == "peer[0].keepalive.interval" && e.message.contains("not a duration")));
+    assert!(errs.iter().any(|e| e.field == "peer[0].keepalive.count" && e.message.contains("at least 1")));
+}
+
+#[test]
+fn ssh_config_alias_is_resolved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ssh_config = dir.path().join("config");
+    std::fs::write(
+        &ssh_config,
+        "Host aurora\n  HostName aurora-town.example\n  User root\n  Port 2200\n  IdentityFile ~/.ssh/aurora_key\n",
+    )
+    .expect("write");
+    let text = format!(
+        "ssh_config = \"{}\"\n[[peer]]\nname = \"aurora\"\nssh = \"aurora\"\n[[peer]]\nname = \"b\"\nssh = \"admin@aurora:22\"\n",
+        ssh_config.display()
+    );
+    let cfg = parse_with(&text, "ok.toml", &env()).expect("valid");
+    assert_eq!(cfg.peers[0].target, SshTarget { user: "root".into(), host: "aurora-town.example".into(), port: 2200 });
+    assert!(cfg.peers[0].identities.contains(&IdentitySource::File { path: "/home/u/.ssh/aurora_key".into() }));
+    // What the config says explicitly wins over ~/.ssh/config, as on ssh's command line.
+    assert_eq!(cfg.peers[1].target, SshTarget { user: "admin".into(), host: "aurora-town.example".into(), port: 22 });
+}
+
+#[test]
+fn identity_sources_parse() {
+    let text = format!("{PEER}identity = [\"agent\", \"agent:/tmp/a.sock\", \"keychain:aurora\", \"~/.ssh/k\", \"keychain:\"]\n");
+    let e = one_error(&text, 4, "peer[0].identity[4]");
+    assert!(e.message.contains("entry name"), "{e}");
+}
