@@ -22,15 +22,16 @@ pub async fn authenticate(handle: &mut Handle, peer: &PeerConfig) -> Result<(), 
     for source in &peer.identities {
         let outcome = match source {
             IdentitySource::Agent { socket } => try_agent(handle, &user, socket.as_deref()).await,
-            IdentitySource::Keychain { entry } => match keys::private_key(entry) {
-                Ok(pem) => match russh::keys::decode_secret_key(&pem, None) {
-                    Ok(key) => try_key(handle, &user, key).await,
-                    Err(e) => Outcome::Unusable(format!("unreadable key: {e}")),
-                },
-                Err(keys::KeychainError::NotFound(_)) => Outcome::Unusable("no such entry".into()),
-                Err(e) => Outcome::Unusable(e.to_string()),
+            IdentitySource::Keychain { entry } => match blocking(keychain_key(entry.clone())).await {
+                Ok(key) => try_key(handle, &user, key).await,
+                Err(why) => Outcome::Unusable(why),
             },
-            IdentitySource::File { path } => match load_file(path) {
+            IdentitySource::File { path } => match blocking({
+                let path = path.clone();
+                move || load_file(&path)
+            })
+            .await
+            {
                 Ok(key) => try_key(handle, &user, key).await,
                 Err(why) => Outcome::Unusable(why),
             },
@@ -46,6 +47,11 @@ pub async fn authenticate(handle: &mut Handle, peer: &PeerConfig) -> Result<(), 
         }
     }
     Err(SshError::AuthFailed { user, tried: if tried.is_empty() { "nothing".into() } else { tried.join(", ") } })
+}
+
+/// Keychain and file access block (D-Bus, disk): keep them off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(format!("worker failed: {e}")))
 }
 
 enum Outcome {
@@ -110,6 +116,15 @@ async fn rsa_hash(handle: &Handle, is_rsa: bool) -> Result<Option<HashAlg>, SshE
     match handle.best_supported_rsa_hash().await {
         Ok(h) => Ok(h.flatten().or(Some(HashAlg::Sha256))),
         Err(e) => Err(SshError::Protocol(e.to_string())),
+    }
+}
+
+/// The private key stored in the keychain as `entry`.
+fn keychain_key(entry: String) -> impl FnOnce() -> Result<PrivateKey, String> {
+    move || match keys::private_key(&entry) {
+        Ok(pem) => russh::keys::decode_secret_key(&pem, None).map_err(|e| format!("unreadable key: {e}")),
+        Err(keys::KeychainError::NotFound(_)) => Err("no such entry".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

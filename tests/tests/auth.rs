@@ -1,0 +1,131 @@
+//! Logging in to a real sshd with keys from a real `ssh-agent`, from the OS keychain
+//! (Secret Service: `gnome-keyring-daemon` on a D-Bus session bus, as `tests/run.sh`
+//! provides), and from an encrypted key file whose passphrase is in the keychain.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mesh_tests::servers::echo;
+use mesh_tests::sshd::{keygen_with, Sshd};
+use mesh_tests::{free_port, trust, wait_for, whoami, Mesh, DEADLINE};
+use robbie_mesh::keys;
+
+struct Agent {
+    child: Child,
+    sock: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &std::path::Path) -> Agent {
+        let sock = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ssh-agent (openssh-client)");
+        let s = sock.clone();
+        wait_for(DEADLINE, || s.exists(), || "ssh-agent socket did not appear".into());
+        Agent { child, sock }
+    }
+
+    fn add(&self, key: &std::path::Path) {
+        let st = Command::new("ssh-add").arg(key).env("SSH_AUTH_SOCK", &self.sock).stderr(Stdio::null()).status().expect("ssh-add");
+        assert!(st.success(), "ssh-add failed");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(sshd: &Sshd, identity: &str, local: u16, backend: std::net::SocketAddr) -> String {
+    format!(
+        "[[peer]]\nname = \"aurora\"\nssh = \"{user}@127.0.0.1:{port}\"\nidentity = [{identity}]\n\
+         known_hosts = \"{kh}\"\nkeepalive = {{ interval = \"1s\", count = 3 }}\nbackoff = {{ initial = \"200ms\", max = \"1s\" }}\n\
+         [[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n",
+        user = whoami(),
+        port = sshd.port,
+        kh = trust(sshd).display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agent_keys_log_in_and_a_refused_agent_says_why() {
+    let sshd = Sshd::start();
+    let backend = echo().await;
+
+    // An agent holding only an unauthorized key: refused, and the reason says so.
+    let stranger_dir = tempfile::tempdir().expect("tempdir");
+    let stranger = keygen_with(stranger_dir.path(), "stranger", "ed25519", "");
+    let agent = Agent::start(stranger_dir.path());
+    agent.add(&stranger.private);
+    let id = format!("\"agent:{}\"", agent.sock.display());
+    let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
+    let (state, _) = mesh
+        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("authentication")))
+        .await;
+    let reason = state.reason().unwrap_or_default().to_string();
+    assert!(reason.contains("1 key refused"), "{reason}");
+    drop(mesh);
+
+    // The authorized key added to the same agent: logged in.
+    agent.add(&sshd.client_key.private);
+    let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
+    mesh.wait_up("echo").await;
+}
+
+/// Secret Service needs a session bus and an unlocked keyring (tests/run.sh starts
+/// both). Outside that runner the test says so and passes only if not required.
+fn keychain_available() -> bool {
+    let required = std::env::var("MESH_TESTS_REQUIRE_KEYCHAIN").is_ok_and(|v| v == "1");
+    let probe = keys::set("robbie-mesh-test-probe", "x").and_then(|()| keys::delete("robbie-mesh-test-probe"));
+    match probe {
+        Ok(()) => true,
+        Err(e) if required => panic!("the OS keychain is required here but failed: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED: no usable OS keychain ({e}); run tests through tests/run.sh");
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keychain_key_and_keychain_passphrase_log_in() {
+    if !tokio::task::spawn_blocking(keychain_available).await.expect("probe") {
+        return;
+    }
+    let sshd = Sshd::start();
+    let backend = echo().await;
+
+    // A private key stored in the keychain under the shared entry name.
+    let entry = format!("test-{}", sshd.port);
+    let pem = std::fs::read_to_string(&sshd.client_key.private).expect("key");
+    keys::set(&keys::key_account(&entry), &pem).expect("store key in keychain");
+    let mesh = Mesh::start(&config(&sshd, &format!("\"keychain:{entry}\""), free_port(), backend)).await;
+    mesh.wait_up("echo").await;
+    drop(mesh);
+    keys::delete(&keys::key_account(&entry)).expect("delete");
+
+    // An encrypted key file; its passphrase lives in the keychain.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locked = keygen_with(dir.path(), "locked", "ed25519", "correct horse");
+    sshd.authorize(&locked.public_line);
+    let id = format!("\"{}\"", locked.private.display());
+    let account = keys::passphrase_account(&locked.private);
+
+    let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
+    let (state, _) = mesh
+        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("encrypted")))
+        .await;
+    assert!(state.reason().unwrap_or_default().contains(&account), "says which entry to create: {state:?}");
+    drop(mesh);
+
+    keys::set(&account, "correct horse").expect("store passphrase");
+    let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
+    mesh.wait_up("echo").await;
+    keys::delete(&account).expect("delete");
+}
