@@ -7,8 +7,6 @@ command -v /usr/sbin/sshd >/dev/null || need+=(openssh-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v dbus-run-session >/dev/null || need+=(dbus)
 command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
-dpkg -s libdbus-1-dev >/dev/null 2>&1 || need+=(libdbus-1-dev)
-command -v pkg-config >/dev/null || need+=(pkg-config)
 
 if ((${#need[@]})); then
   echo "tests/setup.sh: installing ${need[*]}"

@@ -26,6 +26,9 @@ enum Command {
         /// (~/Library/Application Support/robbie-mesh/config.toml on macOS).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// API address, overriding the config's `[api] listen` (loopback only).
+        #[arg(long, env = "ROBBIE_MESH_API")]
+        listen: Option<SocketAddr>,
     },
     /// Validate a config file and summarise what would run.
     CheckConfig { file: Option<PathBuf> },
@@ -57,7 +60,7 @@ struct ApiArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run { config, listen } => run(config, listen),
         Command::CheckConfig { file } => check_config(file),
         Command::Status { json, api } => status(json, &api),
         Command::Reconnect { tunnel, api } => reconnect(&tunnel, &api),
@@ -93,9 +96,15 @@ fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     init_logging();
-    let cfg = load_config(config)?;
+    let mut cfg = load_config(config)?;
+    if let Some(addr) = listen {
+        if !addr.ip().is_loopback() {
+            bail!("--listen {addr}: the API only listens on loopback; use e.g. 127.0.0.1:{}", addr.port());
+        }
+        cfg.api.listen = addr;
+    }
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.api.listen).await.with_context(|| {
@@ -172,32 +181,26 @@ fn api_addr(arg: &ApiArg) -> SocketAddr {
     from_config.unwrap_or_else(|| Config::local_only().api.listen)
 }
 
-fn api_call(arg: &ApiArg, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::Response> {
+/// One request to the running service's API: its status and body text.
+fn api_call(arg: &ApiArg, method: reqwest::Method, path: &str) -> anyhow::Result<(reqwest::StatusCode, String)> {
     let addr = api_addr(arg);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
-        client.request(method, format!("http://{addr}{path}")).send().await.map_err(|e| {
+        let resp = client.request(method, format!("http://{addr}{path}")).send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow::anyhow!("robbie-mesh is not running at {addr} (start it with `robbie-mesh run`, or `systemctl --user start robbie-mesh`)")
             } else {
                 anyhow::anyhow!("API at {addr} failed: {e}")
             }
-        })
+        })?;
+        let status = resp.status();
+        Ok((status, resp.text().await?))
     })
 }
 
-fn read_body<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<(reqwest::StatusCode, String, Option<T>)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let status = resp.status();
-    let text = rt.block_on(resp.text())?;
-    let parsed = serde_json::from_str(&text).ok();
-    Ok((status, text, parsed))
-}
-
 fn status(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
-    let resp = api_call(api, reqwest::Method::GET, "/v1/tunnels")?;
-    let (code, text, list) = read_body::<TunnelList>(resp)?;
+    let (code, text) = api_call(api, reqwest::Method::GET, "/v1/tunnels")?;
     if !code.is_success() {
         bail!("API answered {code}: {text}");
     }
@@ -205,15 +208,14 @@ fn status(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
         println!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    let list = list.context("the API answered something that is not a tunnel list")?;
+    let list: TunnelList = serde_json::from_str(&text).context("the API answered something that is not a tunnel list")?;
     print!("{}", robbie_mesh::cli::tunnel_table(&list.node, &list.tunnels, SystemTime::now()));
     Ok(ExitCode::SUCCESS)
 }
 
 fn reconnect(tunnel: &str, api: &ApiArg) -> anyhow::Result<ExitCode> {
-    let resp = api_call(api, reqwest::Method::POST, &format!("/v1/tunnels/{tunnel}/reconnect"))?;
-    let (code, text, reply) = read_body::<ReconnectReply>(resp)?;
-    match reply {
+    let (code, text) = api_call(api, reqwest::Method::POST, &format!("/v1/tunnels/{tunnel}/reconnect"))?;
+    match serde_json::from_str::<ReconnectReply>(&text).ok() {
         Some(r) if code.is_success() => {
             println!("reconnecting {} ({})", r.peer, r.tunnels.join(", "));
             Ok(ExitCode::SUCCESS)
