@@ -11,6 +11,12 @@ use robbie_mesh::api::{ReconnectReply, TunnelList};
 use robbie_mesh::config::{self, Config};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc's malloc: tunnels allocate and free a packet-sized
+/// buffer per SSH packet across threads, which glibc handles with page faults and
+/// trims (measured: download throughput 0.77x of OpenSSH with glibc; see the README).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "robbie-mesh", version, about = "Keeps SSH tunnels between your machines alive and routes services over them")]
 struct Cli {

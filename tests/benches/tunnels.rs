@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 const CIPHER: &str = "aes128-gcm@openssh.com";
 const GIB: u64 = 1 << 30;
 const ROUNDS: usize = 200;
+const TRANSFER_RUNS: usize = 3;
 
 struct Proc(Child);
 
@@ -232,19 +233,41 @@ async fn main() {
     for (name, port) in [("robbie-mesh -L", m_echo), ("robbie-mesh -R", m_rev), ("ssh -L", s_echo), ("ssh -R", s_rev)] {
         wait_for(DEADLINE, up(port), || format!("{name} did not come up"));
     }
+    // Profiling aid: MESH_BENCH_PROFILE=down|up repeats one robbie-mesh transfer
+    // (attach `perf record -p <robbie-mesh pid>` meanwhile) and exits.
+    if let Ok(what) = std::env::var("MESH_BENCH_PROFILE") {
+        eprintln!("robbie-mesh pid {}", mesh.0.id());
+        for (who, up_port, down_port) in [("robbie-mesh", m_up, m_down), ("ssh", s_up, s_down)] {
+            for _ in 0..5 {
+                let mbs = if what == "up" { upload(up_port).await } else { download(down_port).await };
+                eprintln!("{who} {what}: {mbs:.0} MB/s");
+            }
+        }
+        return;
+    }
     let mesh_idle = mesh.rss_kib();
     let ssh_idle = ssh.rss_kib();
 
-    println!("robbie-mesh tunnel benchmark — sshd OpenSSH on loopback, cipher {CIPHER}, {ROUNDS} rounds, 1 GiB transfers");
+    println!(
+        "robbie-mesh tunnel benchmark — sshd OpenSSH on loopback, cipher {CIPHER}; {ROUNDS} connect rounds; \
+         1 GiB transfers, median of {TRANSFER_RUNS} interleaved runs"
+    );
     println!();
 
-    // Throughput.
-    let direct_up = upload(sink.port()).await;
-    let direct_down = download(source.port()).await;
-    let mesh_up = upload(m_up).await;
-    let ssh_up = upload(s_up).await;
-    let mesh_down = download(m_down).await;
-    let ssh_down = download(s_down).await;
+    // Throughput: interleaved runs, the median of each (this machine is noisy).
+    let mut runs: [Vec<f64>; 6] = Default::default();
+    for _ in 0..TRANSFER_RUNS {
+        runs[0].push(upload(sink.port()).await);
+        runs[1].push(download(source.port()).await);
+        runs[2].push(upload(m_up).await);
+        runs[3].push(upload(s_up).await);
+        runs[4].push(download(m_down).await);
+        runs[5].push(download(s_down).await);
+    }
+    let [direct_up, direct_down, mesh_up, ssh_up, mesh_down, ssh_down] = runs.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    });
     println!("{:<34} {:>12} {:>12} {:>12} {:>10}", "throughput (MB/s)", "direct", "robbie-mesh", "ssh", "mesh/ssh");
     println!("{:<34} {:>12.0} {:>12.0} {:>12.0} {:>9.2}x", "1 GiB up (client -> server)", direct_up, mesh_up, ssh_up, mesh_up / ssh_up);
     println!("{:<34} {:>12.0} {:>12.0} {:>12.0} {:>9.2}x", "1 GiB down (server -> client)", direct_down, mesh_down, ssh_down, mesh_down / ssh_down);

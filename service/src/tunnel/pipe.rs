@@ -25,6 +25,9 @@ use crate::ssh::{ReverseRoute, Session};
 /// Opening a channel through the tunnel gives up after this long: through a `-L`
 /// forward the local connect always succeeds, so without it a frozen peer hangs clients.
 pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Copy buffer per direction: one SSH packet (32 KiB), so a read from the local
+/// socket fills a whole packet instead of the 8 KiB default's quarter packet.
+const COPY_BUF: usize = 32 * 1024;
 /// Connecting to the local target of a `-R` forward.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -149,7 +152,7 @@ pub async fn pipe(tcp: TcpStream, channel: Channel<Msg>, counters: &Arc<Counters
     let mut remote = channel.into_stream();
     tokio::select! {
         () = cancel.cancelled() => {}
-        r = tokio::io::copy_bidirectional(&mut local, &mut remote) => {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, COPY_BUF, COPY_BUF) => {
             if let Err(e) = r {
                 tracing::trace!("connection ended: {e}");
             }

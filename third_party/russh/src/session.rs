@@ -316,14 +316,15 @@ impl Encrypted {
     }
 
     /// Grants `consumed` bytes (read by the application) back to the peer
-    /// when the window has fallen below half of `target` or more than three
-    /// packets are outstanding (OpenSSH's rule). Returns the bytes granted.
+    /// when the window has fallen below half of `target` or more than
+    /// `wake_bytes` were consumed (OpenSSH's rule: three packets). Returns
+    /// the bytes granted.
     pub fn grant_window(
         &mut self,
         channel: ChannelId,
         consumed: usize,
         target: u32,
-        max_packet: u32,
+        wake_bytes: usize,
     ) -> Result<usize, crate::Error> {
         let Some(channel) = self.channels.get_mut(&channel) else {
             return Ok(0);
@@ -333,9 +334,7 @@ impl Encrypted {
         if consumed == 0 {
             return Ok(0);
         }
-        if channel.sender_window_size >= target / 2
-            && outstanding <= max_packet.saturating_mul(3)
-        {
+        if channel.sender_window_size >= target / 2 && consumed as usize <= wake_bytes {
             return Ok(0);
         }
         push_packet!(self.write, {

@@ -153,6 +153,11 @@ pub(crate) struct ReadCredit {
     wake: Arc<Notify>,
 }
 
+/// The session is woken when a channel's unread credit first exceeds this
+/// many bytes (three 32 KiB packets, OpenSSH's rule); smaller credit is
+/// granted when the next data arrives.
+pub(crate) const CREDIT_WAKE_BYTES: usize = 3 * 32 * 1024;
+
 impl ReadCredit {
     pub(crate) fn new(wake: Arc<Notify>) -> Arc<Self> {
         Arc::new(Self {
@@ -166,9 +171,10 @@ impl ReadCredit {
             ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
             _ => return,
         };
-        if n > 0 {
-            self.bytes
-                .fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+        let before = self
+            .bytes
+            .fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+        if before <= CREDIT_WAKE_BYTES && before + n > CREDIT_WAKE_BYTES {
             self.wake.notify_one();
         }
     }

@@ -1312,21 +1312,27 @@ impl Session {
             return Ok(());
         };
         let target = self.common.config.window_size;
-        let max_packet = self.common.config.maximum_packet_size;
-        for (id, chan) in self.channels.iter() {
-            if only.is_some_and(|o| o != *id) {
-                continue;
-            }
-            let Some(credit) = &chan.credit else { continue };
+        let mut grant = |id: ChannelId, chan: &ChannelRef| -> Result<(), crate::Error> {
+            let Some(credit) = &chan.credit else { return Ok(()) };
             let pending = credit.bytes.load(std::sync::atomic::Ordering::Acquire);
-            if pending == 0 {
-                continue;
-            }
-            let granted = enc.grant_window(*id, pending, target, max_packet)?;
-            if granted > 0 {
+            if pending > 0 {
+                let wake = crate::channels::CREDIT_WAKE_BYTES;
+                let granted = enc.grant_window(id, pending, target, wake)?;
                 credit
                     .bytes
                     .fetch_sub(granted, std::sync::atomic::Ordering::AcqRel);
+            }
+            Ok(())
+        };
+        match only {
+            Some(id) => match self.channels.get(&id) {
+                Some(chan) => grant(id, chan)?,
+                None => {}
+            },
+            None => {
+                for (id, chan) in self.channels.iter() {
+                    grant(*id, chan)?;
+                }
             }
         }
         Ok(())
