@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 const CIPHER: &str = "aes128-gcm@openssh.com";
 const GIB: u64 = 1 << 30;
 const ROUNDS: usize = 200;
-const TRANSFER_RUNS: usize = 3;
+const TRANSFER_RUNS: usize = 5;
 
 struct Proc(Child);
 
@@ -33,6 +33,17 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// CPU seconds (user + system) used so far.
+    fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
+        // Fields after the command name (which may contain spaces) start at ") ".
+        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        // utime and stime are fields 14 and 15 of stat; here at index 11 and 12.
+        let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+        ticks as f64 / 100.0
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
         status
@@ -127,21 +138,35 @@ async fn download(port: u16) -> f64 {
     GIB as f64 / 1e6 / start.elapsed().as_secs_f64()
 }
 
-/// Connect, send 16 bytes, read them back, close: `ROUNDS` times in a row.
-async fn connect_echo(port: u16) -> Vec<Duration> {
-    let mut out = Vec::with_capacity(ROUNDS);
-    for i in 0..ROUNDS {
-        let start = Instant::now();
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        let msg = [i as u8; 16];
-        s.write_all(&msg).await.expect("write");
-        let mut back = [0u8; 16];
-        s.read_exact(&mut back).await.expect("echo");
-        assert_eq!(back, msg);
-        out.push(start.elapsed());
+/// Connect, send 16 bytes, read them back, close.
+async fn connect_echo_once(port: u16, i: usize) -> Duration {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let msg = [i as u8; 16];
+    s.write_all(&msg).await.expect("write");
+    let mut back = [0u8; 16];
+    s.read_exact(&mut back).await.expect("echo");
+    assert_eq!(back, msg);
+    start.elapsed()
+}
+
+/// `ROUNDS` connect-and-echo rounds on each port, in blocks of `BLOCK` back-to-back
+/// connections (the pattern that costs OpenSSH's -R a delayed ACK), the blocks of
+/// the contenders interleaved so that noise on this machine hits them alike.
+async fn connect_echo(ports: &[u16]) -> Vec<Vec<Duration>> {
+    const BLOCK: usize = 20;
+    let mut out = vec![Vec::with_capacity(ROUNDS); ports.len()];
+    for b in 0..ROUNDS / BLOCK {
+        for (k, port) in ports.iter().enumerate() {
+            for j in 0..BLOCK {
+                out[k].push(connect_echo_once(*port, b * BLOCK + j).await);
+            }
+        }
     }
-    out.sort();
+    for v in &mut out {
+        v.sort();
+    }
     out
 }
 
@@ -254,16 +279,27 @@ async fn main() {
     );
     println!();
 
-    // Throughput: interleaved runs, the median of each (this machine is noisy).
+    // Throughput: interleaved runs, the median of each (this machine is noisy),
+    // and the CPU time each client process spent per GiB (steadier than MB/s).
     let mut runs: [Vec<f64>; 6] = Default::default();
+    let mut cpu: [f64; 4] = [0.0; 4];
     for _ in 0..TRANSFER_RUNS {
         runs[0].push(upload(sink.port()).await);
         runs[1].push(download(source.port()).await);
+        let c = mesh.cpu_secs();
         runs[2].push(upload(m_up).await);
+        cpu[0] += mesh.cpu_secs() - c;
+        let c = ssh.cpu_secs();
         runs[3].push(upload(s_up).await);
+        cpu[1] += ssh.cpu_secs() - c;
+        let c = mesh.cpu_secs();
         runs[4].push(download(m_down).await);
+        cpu[2] += mesh.cpu_secs() - c;
+        let c = ssh.cpu_secs();
         runs[5].push(download(s_down).await);
+        cpu[3] += ssh.cpu_secs() - c;
     }
+    let cpu = cpu.map(|c| c / TRANSFER_RUNS as f64);
     let [direct_up, direct_down, mesh_up, ssh_up, mesh_down, ssh_down] = runs.map(|mut v| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -271,14 +307,14 @@ async fn main() {
     println!("{:<34} {:>12} {:>12} {:>12} {:>10}", "throughput (MB/s)", "direct", "robbie-mesh", "ssh", "mesh/ssh");
     println!("{:<34} {:>12.0} {:>12.0} {:>12.0} {:>9.2}x", "1 GiB up (client -> server)", direct_up, mesh_up, ssh_up, mesh_up / ssh_up);
     println!("{:<34} {:>12.0} {:>12.0} {:>12.0} {:>9.2}x", "1 GiB down (server -> client)", direct_down, mesh_down, ssh_down, mesh_down / ssh_down);
+    println!("{:<34} {:>12} {:>12.2} {:>12.2} {:>9.2}x", "CPU s per GiB up (lower is better)", "-", cpu[0], cpu[1], cpu[0] / cpu[1]);
+    println!("{:<34} {:>12} {:>12.2} {:>12.2} {:>9.2}x", "CPU s per GiB down", "-", cpu[2], cpu[3], cpu[2] / cpu[3]);
     println!();
 
     // Connection setup.
-    let direct = connect_echo(echo.port()).await;
-    let mesh_l = connect_echo(m_echo).await;
-    let ssh_l = connect_echo(s_echo).await;
-    let mesh_r = connect_echo(m_rev).await;
-    let ssh_r = connect_echo(s_rev).await;
+    let mut lat = connect_echo(&[echo.port(), m_echo, s_echo, m_rev, s_rev]).await.into_iter();
+    let mut next = || lat.next().unwrap_or_default();
+    let (direct, mesh_l, ssh_l, mesh_r, ssh_r) = (next(), next(), next(), next(), next());
     println!("{:<34} {:>12} {:>12} {:>12} {:>10}", "connect + 16 B echo", "direct", "robbie-mesh", "ssh", "mesh/ssh");
     for (label, p) in [("-L median", 0.5), ("-L p90", 0.9)] {
         let (d, m, s) = (pct(&direct, p), pct(&mesh_l, p), pct(&ssh_l, p));

@@ -5,15 +5,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use russh::client::{ChannelOpenHandle, Msg};
-use russh::{Channel, ChannelOpenFailure};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -145,52 +143,65 @@ pub async fn serve_reverse(channel: Channel<Msg>, reply: ChannelOpenHandle, rout
 }
 
 /// Copies both ways until both sides are done (or shutdown), counting bytes.
+///
+/// Server-to-client data is written to the socket straight from the channel's
+/// messages (no intermediate copy); an EOF either way becomes a write shutdown on
+/// the other side, and a channel closed by the server ends the connection.
 pub async fn pipe(tcp: TcpStream, channel: Channel<Msg>, counters: &Arc<Counters>, cancel: &CancellationToken) {
     counters.connections_open.fetch_add(1, Ordering::Relaxed);
     counters.connections_total.fetch_add(1, Ordering::Relaxed);
-    let mut local = Counted { inner: tcp, counters: counters.clone() };
-    let mut remote = channel.into_stream();
-    tokio::select! {
-        () = cancel.cancelled() => {}
-        r = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, COPY_BUF, COPY_BUF) => {
-            if let Err(e) = r {
-                tracing::trace!("connection ended: {e}");
+    let (mut from_server, to_server) = channel.split();
+    let (mut tcp_r, mut tcp_w) = tcp.into_split();
+
+    let up = async {
+        let mut w = to_server.make_writer();
+        let mut buf = Vec::with_capacity(COPY_BUF); // filled by read_buf, never zeroed
+        loop {
+            buf.clear();
+            let n = match tcp_r.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            counters.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+            if w.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await; // SSH_MSG_CHANNEL_EOF
+    };
+    // Returns true when the server closed the channel (nothing more will flow).
+    let down = async {
+        let closed = loop {
+            match from_server.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    if tcp_w.write_all(&data).await.is_err() {
+                        break true;
+                    }
+                    counters.bytes_received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Some(ChannelMsg::Eof) => break false,
+                Some(ChannelMsg::Close) | None => break true,
+                Some(_) => {}
+            }
+        };
+        let _ = tcp_w.shutdown().await;
+        closed
+    };
+
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = &mut up, if !up_done => up_done = true,
+            closed = &mut down, if !down_done => {
+                down_done = true;
+                if closed {
+                    break;
+                }
             }
         }
     }
+    let _ = to_server.close().await;
     counters.connections_open.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// A local stream that counts what passes: reads go to the server, writes come from it.
-struct Counted {
-    inner: TcpStream,
-    counters: Arc<Counters>,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        self.counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
-        r
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.counters.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
