@@ -52,7 +52,47 @@ pub fn router(service: Service) -> Router {
         .route("/v1/tunnels", get(tunnels))
         .route("/v1/tunnels/{name}/reconnect", post(reconnect))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see GET /v1/tunnels") })
+        .layer(axum::middleware::from_fn(loopback_only))
         .with_state(service)
+}
+
+/// Listening on loopback is not enough against a web page in a local browser: a
+/// page can send requests to 127.0.0.1 (CSRF) or rebind its own name to it (DNS
+/// rebinding). Refuse a `Host` that is not a loopback name, and a cross-site
+/// `Origin` on anything that changes state.
+async fn loopback_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match refusal(req.headers(), req.method()) {
+        Some(why) => error(StatusCode::FORBIDDEN, why),
+        None => next.run(req).await,
+    }
+}
+
+fn refusal(headers: &axum::http::HeaderMap, method: &axum::http::Method) -> Option<String> {
+    let header = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    if let Some(host) = header(axum::http::header::HOST) {
+        if !is_loopback_authority(host) {
+            return Some(format!("Host `{host}` is not a loopback address"));
+        }
+    }
+    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+        if let Some(origin) = header(axum::http::header::ORIGIN) {
+            let authority = origin.strip_prefix("http://").unwrap_or("");
+            if !is_loopback_authority(authority) {
+                return Some(format!("requests from origin `{origin}` are refused"));
+            }
+        }
+    }
+    None
+}
+
+/// `127.0.0.1:8007`, `localhost:8007`, `[::1]:8007` (port optional).
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -87,5 +127,20 @@ async fn reconnect(State(s): State<Service>, Path(name): Path<String>) -> Respon
             (StatusCode::ACCEPTED, Json(reply)).into_response()
         }
         None => error(StatusCode::NOT_FOUND, format!("no tunnel named `{name}`; GET /v1/tunnels lists them")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_authority;
+
+    #[test]
+    fn loopback_authorities() {
+        for ok in ["127.0.0.1:8007", "localhost:8007", "LOCALHOST", "[::1]:8007", "127.0.0.2"] {
+            assert!(is_loopback_authority(ok), "{ok}");
+        }
+        for bad in ["evil.example:8007", "192.168.1.2:8007", "", "[2001:db8::1]:80", "127.0.0.1.evil.example"] {
+            assert!(!is_loopback_authority(bad), "{bad}");
+        }
     }
 }

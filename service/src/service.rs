@@ -25,14 +25,13 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts every peer's supervisor on `tracker`.
-    pub fn start(config: Config, tracker: &TaskTracker, cancel: &CancellationToken) -> Service {
+    /// Starts every peer's supervisor on `tracker`; `clock` reports wakes from sleep.
+    pub fn start(config: Config, clock: &ClockWatch, tracker: &TaskTracker, cancel: &CancellationToken) -> Service {
         let events = EventBus::new();
-        let clock = ClockWatch::spawn(cancel.child_token());
         let peers = config
             .peers
             .iter()
-            .map(|p| PeerSupervisor::spawn(p.clone(), events.clone(), &clock, tracker, cancel.child_token()))
+            .map(|p| PeerSupervisor::spawn(p.clone(), events.clone(), clock, tracker, cancel.child_token()))
             .collect();
         Service { config: Arc::new(config), peers: Arc::new(peers), events }
     }
@@ -64,8 +63,19 @@ pub fn start(
     api: TcpListener,
     shutdown: CancellationToken,
 ) -> (Service, impl std::future::Future<Output = std::io::Result<()>> + Send + 'static) {
+    let clock = ClockWatch::spawn(shutdown.child_token());
+    start_with_clock(config, api, shutdown, clock)
+}
+
+/// [`start`] with a given wall-clock watch (tests fire it to simulate a wake).
+pub fn start_with_clock(
+    config: Config,
+    api: TcpListener,
+    shutdown: CancellationToken,
+    clock: ClockWatch,
+) -> (Service, impl std::future::Future<Output = std::io::Result<()>> + Send + 'static) {
     let tracker = TaskTracker::new();
-    let service = Service::start(config, &tracker, &shutdown);
+    let service = Service::start(config, &clock, &tracker, &shutdown);
     let api_task = tokio::spawn(crate::api::serve(api, service.clone(), shutdown.clone()));
     let done = async move {
         let api_result = match api_task.await {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use robbie_mesh::config::Config;
 use robbie_mesh::service::Service;
-use robbie_mesh::tunnel::{Tunnel, TunnelState};
+use robbie_mesh::tunnel::{ClockWatch, Tunnel, TunnelState};
 use tokio_util::sync::CancellationToken;
 
 /// How long anything may take to become ready before a test fails.
@@ -63,12 +63,17 @@ impl Mesh {
         Mesh::start_config(cfg).await
     }
 
-    pub async fn start_config(mut cfg: Config) -> Mesh {
+    pub async fn start_config(cfg: Config) -> Mesh {
+        Mesh::start_with_clock(cfg, ClockWatch::never()).await
+    }
+
+    /// A service whose wall-clock watch the test fires by hand.
+    pub async fn start_with_clock(mut cfg: Config, clock: ClockWatch) -> Mesh {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind api");
         let api = listener.local_addr().expect("addr");
         cfg.api.listen = api;
         let shutdown = CancellationToken::new();
-        let (service, done) = robbie_mesh::service::start(cfg, listener, shutdown.clone());
+        let (service, done) = robbie_mesh::service::start_with_clock(cfg, listener, shutdown.clone(), clock);
         Mesh { service, api, shutdown, done: Some(tokio::spawn(done)) }
     }
 
@@ -134,11 +139,22 @@ impl Drop for Mesh {
     }
 }
 
-/// A peer section for `sshd`, authenticating with its client key file.
+/// A peer section for `sshd`, authenticating with its client key file (keepalive 1 s × 3).
 pub fn peer_toml(name: &str, sshd: &sshd::Sshd, known_hosts: &std::path::Path, extra: &str) -> String {
+    peer_toml_keepalive(name, sshd, known_hosts, "1s", 3, extra)
+}
+
+pub fn peer_toml_keepalive(
+    name: &str,
+    sshd: &sshd::Sshd,
+    known_hosts: &std::path::Path,
+    interval: &str,
+    count: u32,
+    extra: &str,
+) -> String {
     format!(
         "[[peer]]\nname = \"{name}\"\nssh = \"{user}@127.0.0.1:{port}\"\nidentity = [\"{key}\"]\n\
-         known_hosts = \"{kh}\"\nkeepalive = {{ interval = \"1s\", count = 3 }}\n\
+         known_hosts = \"{kh}\"\nkeepalive = {{ interval = \"{interval}\", count = {count} }}\n\
          backoff = {{ initial = \"200ms\", max = \"1s\" }}\nconnect_timeout = \"3s\"\n{extra}\n",
         user = whoami(),
         port = sshd.port,

@@ -161,3 +161,74 @@ async fn reconnect_through_the_api() {
     let body: serde_json::Value = r.json().await.expect("json");
     assert!(body["error"].as_str().unwrap_or("").contains("nope"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_refuses_foreign_hosts_and_cross_site_posts() {
+    let mesh = Mesh::start("node = \"book\"\n").await;
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", mesh.api);
+    // DNS rebinding: a page on evil.example resolved to 127.0.0.1.
+    let r = client.get(url("/v1/tunnels")).header("host", "evil.example:8007").send().await.expect("get");
+    assert_eq!(r.status(), 403);
+    // CSRF: a page posting to the loopback API.
+    let r = client
+        .post(url("/v1/tunnels/x/reconnect"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    // The same from the dashboard's own origin passes through (404: no such tunnel).
+    let r = client.post(url("/v1/tunnels/x/reconnect")).header("origin", format!("http://{}", mesh.api)).send().await.expect("post");
+    assert_eq!(r.status(), 404);
+    assert_eq!(mesh.api_get("/health").await["mode"], "local-only");
+}
+
+/// Slow keepalives (3 s × 5: a frozen server would go unnoticed for 18 s), so the
+/// quick detections below can only come from the wake and traffic checks.
+async fn slow_keepalive_mesh(sshd: &Sshd, clock: robbie_mesh::tunnel::ClockWatch) -> (Mesh, u16) {
+    let backend = echo().await;
+    let local = free_port();
+    let cfg = mesh_tests::peer_toml_keepalive(
+        "aurora",
+        sshd,
+        &trust(sshd),
+        "3s",
+        5,
+        &format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n"),
+    );
+    let cfg = robbie_mesh::config::parse(&cfg, "test.toml").expect("config");
+    let mesh = Mesh::start_with_clock(cfg, clock).await;
+    mesh.wait_up("echo").await;
+    (mesh, local)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wake_from_sleep_rechecks_at_once() {
+    let sshd = Sshd::start();
+    let clock = robbie_mesh::tunnel::ClockWatch::never();
+    let (mesh, local) = slow_keepalive_mesh(&sshd, clock.clone()).await;
+    sshd.signal_sessions(Signal::SIGSTOP);
+    clock.fire(Duration::from_secs(600));
+    let (state, took) = mesh.wait_state("echo", Duration::from_secs(6), not_up).await;
+    assert!(state.reason().is_some_and(|r| r.contains("wall clock")), "{state:?}");
+    eprintln!("wake noticed in {took:?}");
+    sshd.signal_sessions(Signal::SIGCONT);
+    mesh.wait_up("echo").await;
+    assert_eq!(echo_once(local, b"awake").await.expect("echo"), b"awake");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_out_connection_rechecks_the_session_at_once() {
+    let sshd = Sshd::start();
+    let (mesh, local) = slow_keepalive_mesh(&sshd, robbie_mesh::tunnel::ClockWatch::never()).await;
+    sshd.signal_sessions(Signal::SIGSTOP);
+    let start = std::time::Instant::now();
+    // The channel open gets no answer within 2 s; that failure triggers a ping.
+    let _ = echo_once(local, b"hello?").await;
+    let (state, _) = mesh.wait_state("echo", Duration::from_secs(8), not_up).await;
+    assert!(state.reason().is_some_and(|r| r.contains("timed out")), "{state:?}");
+    eprintln!("traffic failure turned into a reconnect after {:?}", start.elapsed());
+    sshd.signal_sessions(Signal::SIGCONT);
+    mesh.wait_up("echo").await;
+}

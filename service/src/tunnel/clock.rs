@@ -39,7 +39,7 @@ pub struct ClockWatch {
 impl ClockWatch {
     pub fn spawn(cancel: CancellationToken) -> ClockWatch {
         let watch = ClockWatch::never();
-        let tx = watch.tx.clone();
+        let fire = watch.clone();
         tokio::spawn(async move {
             let mut mono = Instant::now();
             let mut wall = SystemTime::now();
@@ -51,10 +51,7 @@ impl ClockWatch {
                 let (mono_now, wall_now) = (Instant::now(), SystemTime::now());
                 if let Some(j) = jump(mono_now - mono, wall, wall_now) {
                     tracing::info!("wall clock jumped by {j:?} (wake from sleep?); re-checking every session");
-                    tx.send_modify(|w| {
-                        w.count += 1;
-                        w.last = j;
-                    });
+                    fire.fire(j);
                 }
                 (mono, wall) = (mono_now, wall_now);
             }
@@ -62,9 +59,17 @@ impl ClockWatch {
         watch
     }
 
-    /// A watch with no task behind it: it never fires (for tests and tools).
+    /// A watch with no task behind it: it fires only through [`ClockWatch::fire`].
     pub fn never() -> ClockWatch {
         ClockWatch { tx: Arc::new(watch::Sender::new(WallClockJump::default())) }
+    }
+
+    /// Reports a jump as the watcher would (tests simulate a wake from sleep with it).
+    pub fn fire(&self, jump: Duration) {
+        self.tx.send_modify(|w| {
+            w.count += 1;
+            w.last = jump;
+        });
     }
 
     pub fn subscribe(&self) -> watch::Receiver<WallClockJump> {

@@ -13,7 +13,7 @@ use russh::client::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Counters, Tunnel};
@@ -29,36 +29,48 @@ const COPY_BUF: usize = 32 * 1024;
 /// Connecting to the local target of a `-R` forward.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Binds the `-L` listen address (retrying with backoff while it is taken) and
-/// forwards every accepted connection over the peer's current session.
-pub async fn serve_local(
-    tunnel: Arc<Tunnel>,
-    session: watch::Receiver<Option<Arc<Session>>>,
-    backoff: BackoffConfig,
-    cancel: CancellationToken,
-) {
-    let Some(addr) = tunnel.config.listen_addr() else { return };
-    let Some(listener) = bind_with_retry(&tunnel, addr, backoff, &cancel).await else { return };
-    loop {
-        let accepted = tokio::select! {
-            () = cancel.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (tcp, from) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: do not spin.
-                tracing::warn!(tunnel = %tunnel.name(), "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+/// The `-L` side of a tunnel: its listener and what it forwards over.
+pub struct LocalForward {
+    pub tunnel: Arc<Tunnel>,
+    /// The peer's current session, if any.
+    pub session: watch::Receiver<Option<Arc<Session>>>,
+    /// Told when a channel open times out, so the supervisor checks the session now.
+    pub suspect: Arc<Notify>,
+}
+
+impl LocalForward {
+    /// Binds the listen address (retrying with backoff while it is taken) and
+    /// forwards every accepted connection over the peer's current session.
+    pub async fn serve(self, backoff: BackoffConfig, cancel: CancellationToken) {
+        let tunnel = &self.tunnel;
+        let Some(addr) = tunnel.config.listen_addr() else { return };
+        let Some(listener) = bind_with_retry(tunnel, addr, backoff, &cancel).await else { return };
+        loop {
+            let accepted = tokio::select! {
+                () = cancel.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, from) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(tunnel = %tunnel.name(), "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let current = self.session.borrow().clone();
+            let Some(current) = current else {
+                tracing::debug!(tunnel = %tunnel.name(), "no ssh session; closing connection from {from}");
                 continue;
-            }
-        };
-        let current = session.borrow().clone();
-        let Some(current) = current else {
-            tracing::debug!(tunnel = %tunnel.name(), "no ssh session; closing connection from {from}");
-            continue;
-        };
-        tokio::spawn(forward_local(tunnel.clone(), current, tcp, from, cancel.clone()));
+            };
+            let (tunnel, suspect, cancel) = (tunnel.clone(), self.suspect.clone(), cancel.clone());
+            tokio::spawn(async move {
+                if let Err(ForwardError::OpenTimeout) = forward_local(&tunnel, current, tcp, from, &cancel).await {
+                    suspect.notify_one();
+                }
+            });
+        }
     }
 }
 
@@ -91,13 +103,20 @@ async fn bind_with_retry(
     }
 }
 
+enum ForwardError {
+    /// The server did not answer the channel open in time: the session may be dead.
+    OpenTimeout,
+    /// The server answered, refusing (its target is down): the session is fine.
+    Refused,
+}
+
 async fn forward_local(
-    tunnel: Arc<Tunnel>,
+    tunnel: &Tunnel,
     session: Arc<Session>,
     tcp: TcpStream,
     from: SocketAddr,
-    cancel: CancellationToken,
-) {
+    cancel: &CancellationToken,
+) -> Result<(), ForwardError> {
     let _ = tcp.set_nodelay(true);
     let remote = &tunnel.config.remote;
     let open = session.handle.channel_open_direct_tcpip(
@@ -110,15 +129,16 @@ async fn forward_local(
         Ok(Ok(ch)) => ch,
         Ok(Err(e)) => {
             tracing::debug!(tunnel = %tunnel.name(), "server could not connect to {remote}: {e}");
-            return;
+            return Err(ForwardError::Refused);
         }
         Err(_) => {
-            tracing::debug!(tunnel = %tunnel.name(), "no answer to channel open within {CHANNEL_OPEN_TIMEOUT:?}");
-            return;
+            tracing::warn!(tunnel = %tunnel.name(), "no answer to channel open within {CHANNEL_OPEN_TIMEOUT:?}; checking the session");
+            return Err(ForwardError::OpenTimeout);
         }
     };
     drop(session);
-    pipe(tcp, channel, &tunnel.counters, &cancel).await;
+    pipe(tcp, channel, &tunnel.counters, cancel).await;
+    Ok(())
 }
 
 /// The local half of a `-R` connection: connect to the target first, then accept the

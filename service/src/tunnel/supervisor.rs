@@ -34,6 +34,8 @@ pub struct PeerSupervisor {
     peer: PeerConfig,
     tunnels: Vec<Arc<Tunnel>>,
     reconnect: Arc<Notify>,
+    /// Notified when traffic saw a failure (a channel open timed out): ping now.
+    suspect: Arc<Notify>,
     session: watch::Sender<Option<Arc<Session>>>,
     reverse: Arc<ReverseRoutes>,
     events: EventBus,
@@ -52,15 +54,22 @@ impl PeerSupervisor {
     ) -> PeerHandle {
         let tunnels: Vec<_> = peer.forwards.iter().map(|f| Tunnel::new(&peer.name, f.clone(), events.clone())).collect();
         let reconnect = Arc::new(Notify::new());
+        let suspect = Arc::new(Notify::new());
         let handle = PeerHandle { name: peer.name.clone(), tunnels: tunnels.clone(), reconnect: reconnect.clone() };
         let (session, session_rx) = watch::channel(None);
         for t in tunnels.iter().filter(|t| t.config.kind == ForwardKind::Local) {
-            tracker.spawn(pipe::serve_local(t.clone(), session_rx.clone(), peer.backoff, cancel.clone()));
+            let local = pipe::LocalForward {
+                tunnel: t.clone(),
+                session: session_rx.clone(),
+                suspect: suspect.clone(),
+            };
+            tracker.spawn(local.serve(peer.backoff, cancel.clone()));
         }
         let sup = PeerSupervisor {
             peer,
             tunnels,
             reconnect,
+            suspect,
             session,
             reverse: Arc::new(ReverseRoutes::default()),
             events,
@@ -97,6 +106,8 @@ impl PeerSupervisor {
                     e.to_string()
                 }
                 Ok(session) => {
+                    // A reconnect asked for while connecting is served by this session.
+                    let _ = futures_util::FutureExt::now_or_never(self.reconnect.notified());
                     if ever_up {
                         self.tunnels.iter().for_each(|t| t.count_reconnect());
                     }
@@ -151,7 +162,7 @@ impl PeerSupervisor {
             () = self.cancel.cancelled() => "service stopped".to_string(),
             () = self.reconnect.notified() => "reconnect requested".to_string(),
             () = session.closed.cancelled() => "connection closed by the server".to_string(),
-            r = keepalive(&session, self.peer.keepalive, &mut self.clock) => r,
+            r = keepalive(&session, self.peer.keepalive, &mut self.clock, &self.suspect) => r,
         };
         tracing::warn!("ssh session to {target} ended: {reason}");
         self.session.send_replace(None);
@@ -196,15 +207,22 @@ async fn retry_remote(session: Arc<Session>, t: Arc<Tunnel>, cfg: crate::config:
 }
 
 /// Pings every `interval`; a session is dead after `count` unanswered pings in a row,
-/// or after one unanswered ping right after a wall-clock jump. Returns why it died.
-async fn keepalive(session: &Session, ka: Keepalive, clock: &mut watch::Receiver<WallClockJump>) -> String {
+/// or after one unanswered ping right after a wall-clock jump or a failure seen by
+/// traffic (then it pings at once). Returns why it died.
+async fn keepalive(
+    session: &Session,
+    ka: Keepalive,
+    clock: &mut watch::Receiver<WallClockJump>,
+    suspect: &Notify,
+) -> String {
     let mut misses = 0;
     let mut next = tokio::time::Instant::now() + ka.interval;
     loop {
-        let mut woke = false;
+        let mut why_now = None;
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
-            Ok(()) = clock.changed() => woke = true,
+            Ok(()) = clock.changed() => why_now = Some("after the wall clock jumped (wake from sleep?)"),
+            () = suspect.notified() => why_now = Some("after a connection through it timed out"),
         }
         let start = tokio::time::Instant::now();
         match tokio::time::timeout(ka.interval, session.handle.send_ping()).await {
@@ -213,8 +231,8 @@ async fn keepalive(session: &Session, ka: Keepalive, clock: &mut watch::Receiver
                 next = start + ka.interval;
             }
             Ok(Err(_)) => return "connection closed".to_string(),
-            Err(_) if woke => {
-                return format!("no keepalive answer within {:?} after the wall clock jumped (wake from sleep?)", ka.interval)
+            Err(_) if why_now.is_some() => {
+                return format!("no keepalive answer within {:?} {}", ka.interval, why_now.unwrap_or_default())
             }
             Err(_) => {
                 misses += 1;
