@@ -338,11 +338,11 @@ pub fn expand_tilde_path(path: &str, home: &Path) -> PathBuf {
     validate::expand_tilde(path, home)
 }
 
-/// This machine's short host name, lower-case; "localhost" if it cannot be read.
+/// This machine's short host name, lower-case ("localhost" if it cannot be read).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    nix::unistd::gethostname()
         .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
+        .and_then(|h| h.into_string().ok())
         .map(|h| h.trim().split('.').next().unwrap_or("").to_lowercase())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
