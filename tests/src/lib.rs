@@ -176,3 +176,20 @@ pub fn whoami() -> String {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     })
 }
+
+/// A peer section for `sshd` with one `-L` forward named `echo` to a fresh echo
+/// server, and the local port of that forward.
+pub async fn echo_peer(sshd: &sshd::Sshd) -> (String, u16) {
+    let backend = servers::echo().await;
+    let local = free_port();
+    let forward = format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n");
+    (peer_toml("aurora", sshd, &trust(sshd), &forward), local)
+}
+
+/// A service running `echo_peer`, once its tunnel is up.
+pub async fn echo_mesh(sshd: &sshd::Sshd) -> (Mesh, u16) {
+    let (cfg, local) = echo_peer(sshd).await;
+    let mesh = Mesh::start(&cfg).await;
+    mesh.wait_up("echo").await;
+    (mesh, local)
+}

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use mesh_tests::servers::{echo, http, http_get};
+use mesh_tests::servers::{http, http_get};
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{free_port, peer_toml, trust, Mesh};
+use mesh_tests::{echo_mesh, free_port, peer_toml, trust, Mesh};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -64,16 +64,7 @@ async fn reverse_forward_carries_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_connections_every_byte_checked() {
     let sshd = Sshd::start();
-    let backend = echo().await;
-    let local = free_port();
-    let cfg = peer_toml(
-        "aurora",
-        &sshd,
-        &trust(&sshd),
-        &format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n"),
-    );
-    let mesh = Mesh::start(&cfg).await;
-    mesh.wait_up("echo").await;
+    let (mesh, local) = echo_mesh(&sshd).await;
 
     let mut tasks = Vec::new();
     for i in 0..200u32 {
@@ -105,16 +96,7 @@ async fn two_hundred_concurrent_connections_every_byte_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn half_close_keeps_the_other_direction_open() {
     let sshd = Sshd::start();
-    let backend = echo().await;
-    let local = free_port();
-    let cfg = peer_toml(
-        "aurora",
-        &sshd,
-        &trust(&sshd),
-        &format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n"),
-    );
-    let mesh = Mesh::start(&cfg).await;
-    mesh.wait_up("echo").await;
+    let (_mesh, local) = echo_mesh(&sshd).await;
     let mut s = TcpStream::connect(("127.0.0.1", local)).await.expect("connect");
     s.write_all(b"ping").await.expect("write");
     s.shutdown().await.expect("shutdown write side");

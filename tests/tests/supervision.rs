@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mesh_tests::servers::{echo, http, http_get};
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
+use mesh_tests::{echo_mesh, eventually, free_port, peer_toml, trust, Mesh};
 use nix::sys::signal::Signal;
 use robbie_mesh::tunnel::TunnelState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,16 +30,7 @@ fn not_up(s: &TunnelState) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_sshd_is_detected_and_the_tunnel_comes_back_on_restart() {
     let mut sshd = Sshd::start();
-    let backend = echo().await;
-    let local = free_port();
-    let cfg = peer_toml(
-        "aurora",
-        &sshd,
-        &trust(&sshd),
-        &format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n"),
-    );
-    let mesh = Mesh::start(&cfg).await;
-    mesh.wait_up("echo").await;
+    let (mesh, local) = echo_mesh(&sshd).await;
     assert_eq!(echo_once(local, b"before").await.expect("echo"), b"before");
 
     sshd.kill();
@@ -55,16 +46,7 @@ async fn killed_sshd_is_detected_and_the_tunnel_comes_back_on_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn frozen_sshd_is_detected_by_keepalive_and_recovers() {
     let sshd = Sshd::start();
-    let backend = echo().await;
-    let local = free_port();
-    let cfg = peer_toml(
-        "aurora",
-        &sshd,
-        &trust(&sshd),
-        &format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n"),
-    );
-    let mesh = Mesh::start(&cfg).await;
-    mesh.wait_up("echo").await;
+    let (mesh, local) = echo_mesh(&sshd).await;
     let frozen = sshd.session_pids();
     assert!(!frozen.is_empty(), "the session has sshd processes");
 
@@ -135,16 +117,7 @@ async fn refused_remote_forward_is_visible_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reconnect_through_the_api() {
     let sshd = Sshd::start();
-    let backend = echo().await;
-    let local = free_port();
-    let cfg = peer_toml(
-        "aurora",
-        &sshd,
-        &trust(&sshd),
-        &format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n"),
-    );
-    let mesh = Mesh::start(&cfg).await;
-    mesh.wait_up("echo").await;
+    let (mesh, _) = echo_mesh(&sshd).await;
     let client = reqwest::Client::new();
     let r = client.post(format!("http://{}/v1/tunnels/echo/reconnect", mesh.api)).send().await.expect("post");
     assert_eq!(r.status(), 202);
