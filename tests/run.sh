@@ -14,11 +14,21 @@ fi
 
 # A throwaway keyring: never the user's own.
 keyring_home=$(mktemp -d)
-trap 'kill "${GNOME_KEYRING_PID:-0}" 2>/dev/null || true; rm -rf "$keyring_home"' EXIT
 export XDG_DATA_HOME="$keyring_home/data" XDG_RUNTIME_DIR="$keyring_home/run"
 mkdir -p "$XDG_DATA_HOME" "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
-eval "$(printf 'robbie-mesh-tests' | gnome-keyring-daemon --unlock --components=secrets --daemonize)"
-export GNOME_KEYRING_CONTROL GNOME_KEYRING_PID MESH_TESTS_REQUIRE_KEYCHAIN=1
+printf 'robbie-mesh-tests' | gnome-keyring-daemon --foreground --unlock --components=secrets >/dev/null 2>&1 &
+keyring_pid=$!
+trap 'kill "$keyring_pid" 2>/dev/null || true; rm -rf "$keyring_home"' EXIT
+# Wait (up to 20 s) until the Secret Service is on the bus.
+for _ in $(seq 200); do
+  if dbus-send --session --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
+       org.freedesktop.DBus.NameHasOwner string:org.freedesktop.secrets 2>/dev/null | grep -q 'boolean true'; then
+    break
+  fi
+  kill -0 "$keyring_pid" 2>/dev/null || { echo "gnome-keyring-daemon exited" >&2; exit 1; }
+  sleep 0.1
+done
+export MESH_TESTS_REQUIRE_KEYCHAIN=1
 
 cargo build -p robbie-mesh --bins
 cargo test --workspace "$@"
