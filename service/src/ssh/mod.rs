@@ -278,6 +278,9 @@ fn client_config(known_algorithms: &[russh::keys::Algorithm]) -> client::Config 
         // byte means the session never waits on a channel's queue. Slots are
         // allocated on use, not up front.
         channel_buffer_size: defaults.window_size as usize,
+        // Data from the server comes in packets up to this size: twice OpenSSH's
+        // 32 KiB halves the per-packet work on both ends of a download.
+        maximum_packet_size: 65535,
         nodelay: true,
         keepalive_interval: None,
         inactivity_timeout: None,

@@ -1466,6 +1466,10 @@ impl Session {
         pin!(reading);
 
         let read_credit_wake = self.read_credit_wake.clone();
+        let far_future = || tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86400);
+        let rekey_timer = tokio::time::sleep_until(far_future());
+        pin!(rekey_timer);
+        let mut rekey_deadline: Option<tokio::time::Instant> = None;
 
         #[allow(clippy::panic)] // false positive in select! macro
         while !self.common.disconnected {
@@ -1477,9 +1481,27 @@ impl Session {
             // application output in its bounded receivers while a channel is
             // window-blocked.
             let can_receive_outbound = !self.kex.active() && !self.common.has_any_pending_data();
-            let rekey_timer =
-                crate::future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
-            pin!(rekey_timer);
+            // One timer, re-armed only when the rekey deadline moves: creating a
+            // fresh timer every iteration cost a timer-wheel insert and removal
+            // per packet (robbie-mesh patch).
+            match self.rekey_time_remaining() {
+                Some(left) => {
+                    let deadline = tokio::time::Instant::now() + left;
+                    let moved = rekey_deadline.is_none_or(|d: tokio::time::Instant| {
+                        d.max(deadline) - d.min(deadline) > Duration::from_millis(100)
+                    });
+                    if moved {
+                        rekey_timer.as_mut().reset(deadline);
+                        rekey_deadline = Some(deadline);
+                    }
+                }
+                None => {
+                    if rekey_deadline.is_some() {
+                        rekey_timer.as_mut().reset(far_future());
+                        rekey_deadline = None;
+                    }
+                }
+            }
             tokio::select! {
                 r = &mut reading => {
                     let (stream_read, mut buffer, mut opening_cipher) = match r {
@@ -1522,7 +1544,8 @@ impl Session {
                     std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
-                () = &mut rekey_timer => {
+                () = &mut rekey_timer, if rekey_deadline.is_some() => {
+                    rekey_deadline = None;
                     // The flush after the select sees the elapsed limit.
                     debug!("rekey time limit reached");
                 }
