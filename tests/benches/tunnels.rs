@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 const CIPHER: &str = "aes128-gcm@openssh.com";
 const GIB: u64 = 1 << 30;
-const ROUNDS: usize = 200;
+const ROUNDS: usize = 1000;
 const TRANSFER_RUNS: usize = 5;
 
 struct Proc(Child);
@@ -243,7 +243,7 @@ async fn main() {
             .args(["-L", &format!("127.0.0.1:{s_up}:{sink}"), "-L", &format!("127.0.0.1:{s_down}:{source}")])
             .args(["-L", &format!("127.0.0.1:{s_echo}:{echo}"), "-R", &format!("127.0.0.1:{s_rev}:{echo}")])
             .args(["-p", &sshd.port.to_string(), &format!("{user}@127.0.0.1")])
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("ssh.log")).expect("ssh.log"))
             .spawn()
             .expect("ssh"),
     );
@@ -256,12 +256,26 @@ async fn main() {
         })
     };
     for (name, port) in [("robbie-mesh -L", m_echo), ("robbie-mesh -R", m_rev), ("ssh -L", s_echo), ("ssh -R", s_rev)] {
-        wait_for(DEADLINE, up(port), || format!("{name} did not come up"));
+        wait_for(DEADLINE, up(port), || {
+            let log = std::fs::read_to_string(dir.path().join("ssh.log")).unwrap_or_default();
+            format!("{name} did not come up; ssh said: {log}\nsshd said: {}", sshd.log())
+        });
     }
-    // Profiling aid: MESH_BENCH_PROFILE=down|up repeats one robbie-mesh transfer
+    // Profiling aid: MESH_BENCH_PROFILE=down|up|connect repeats one robbie-mesh transfer
     // (attach `perf record -p <robbie-mesh pid>` meanwhile) and exits.
     if let Ok(what) = std::env::var("MESH_BENCH_PROFILE") {
         eprintln!("robbie-mesh pid {}", mesh.0.id());
+        if what == "connect" {
+            for (who, port) in [("robbie-mesh", m_echo), ("ssh", s_echo), ("robbie-mesh", m_echo), ("ssh", s_echo)] {
+                let mut v = Vec::new();
+                for i in 0..1000 {
+                    v.push(connect_echo_once(port, i).await);
+                }
+                v.sort();
+                eprintln!("{who} -L connect: median {} p90 {}", ms(pct(&v, 0.5)), ms(pct(&v, 0.9)));
+            }
+            return;
+        }
         for (who, up_port, down_port) in [("robbie-mesh", m_up, m_down), ("ssh", s_up, s_down)] {
             for _ in 0..5 {
                 let mbs = if what == "up" { upload(up_port).await } else { download(down_port).await };
@@ -312,7 +326,11 @@ async fn main() {
     println!();
 
     // Connection setup.
+    let (mesh_cpu, ssh_cpu) = (mesh.cpu_secs(), ssh.cpu_secs());
     let mut lat = connect_echo(&[echo.port(), m_echo, s_echo, m_rev, s_rev]).await.into_iter();
+    // Each client served 2 × ROUNDS connections (-L and -R).
+    let per_conn = |c: f64| c * 1e6 / (2 * ROUNDS) as f64;
+    let (mesh_cpu, ssh_cpu) = (per_conn(mesh.cpu_secs() - mesh_cpu), per_conn(ssh.cpu_secs() - ssh_cpu));
     let mut next = || lat.next().unwrap_or_default();
     let (direct, mesh_l, ssh_l, mesh_r, ssh_r) = (next(), next(), next(), next(), next());
     println!("{:<34} {:>12} {:>12} {:>12} {:>10}", "connect + 16 B echo", "direct", "robbie-mesh", "ssh", "mesh/ssh");
@@ -324,6 +342,7 @@ async fn main() {
         let (m, s) = (pct(&mesh_r, p), pct(&ssh_r, p));
         println!("{:<34} {:>12} {:>12} {:>12} {:>9.2}x", label, "-", ms(m), ms(s), m.as_secs_f64() / s.as_secs_f64());
     }
+    println!("{:<34} {:>12} {:>12.0} {:>12.0} {:>9.2}x", "CPU us per connection", "-", mesh_cpu, ssh_cpu, mesh_cpu / ssh_cpu);
     println!();
 
     // Memory.

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use russh::client::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -174,20 +175,20 @@ pub async fn pipe(tcp: TcpStream, channel: Channel<Msg>, counters: &Arc<Counters
     let (mut tcp_r, mut tcp_w) = tcp.into_split();
 
     let up = async {
-        let mut w = to_server.make_writer();
-        let mut buf = Vec::with_capacity(COPY_BUF); // filled by read_buf, never zeroed
+        // Each read becomes one owned chunk handed to the session as is (no copy).
+        let mut buf = BytesMut::with_capacity(COPY_BUF);
         loop {
-            buf.clear();
+            buf.reserve(COPY_BUF);
             let n = match tcp_r.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             counters.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-            if w.write_all(&buf).await.is_err() {
+            if to_server.data_bytes(buf.split().freeze()).await.is_err() {
                 return;
             }
         }
-        let _ = w.shutdown().await; // SSH_MSG_CHANNEL_EOF
+        let _ = to_server.eof().await;
     };
     // Returns true when the server closed the channel (nothing more will flow).
     let down = async {
