@@ -31,4 +31,5 @@ done
 export MESH_TESTS_REQUIRE_KEYCHAIN=1
 
 cargo build -p robbie-mesh --bins
+cargo test --workspace --benches --no-run -q   # the benchmark must keep compiling
 cargo test --workspace "$@"

@@ -104,6 +104,8 @@ impl ReverseRoutes {
 /// russh callbacks for one session.
 pub struct MeshHandler {
     known_hosts_name: String,
+    /// The peer's known_hosts files, read once per connection attempt.
+    known_hosts: KnownHosts,
     peer: PeerConfig,
     /// Why the host key was refused, read after the handshake fails.
     refusal: Arc<Mutex<Option<SshError>>>,
@@ -126,12 +128,8 @@ impl client::Handler for MeshHandler {
             // We never advertise certificate host-key algorithms.
             return Ok(false);
         };
-        let (kh, warnings) = KnownHosts::load(&self.peer.known_hosts);
-        for w in warnings {
-            tracing::warn!(peer = %self.peer.name, "known_hosts: {w}");
-        }
         let name = &self.known_hosts_name;
-        let refusal = match kh.check(name, server_public_key) {
+        let refusal = match self.known_hosts.check(name, server_public_key) {
             HostKeyVerdict::Trusted => return Ok(true),
             HostKeyVerdict::Changed { file, line } => SshError::HostKeyChanged {
                 name: name.clone(),
@@ -208,12 +206,16 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
     let _ = tcp.set_nodelay(true);
 
     let known_hosts_name = target.known_hosts_name();
-    let (kh, _) = KnownHosts::load(&peer.known_hosts);
-    let config = Arc::new(client_config(&kh.known_algorithms(&known_hosts_name)));
+    let (known_hosts, warnings) = KnownHosts::load(&peer.known_hosts);
+    for w in warnings {
+        tracing::warn!(peer = %peer.name, "known_hosts: {w}");
+    }
+    let config = Arc::new(client_config(&known_hosts.known_algorithms(&known_hosts_name)));
     let refusal = Arc::new(Mutex::new(None));
     let closed = CancellationToken::new();
     let handler = MeshHandler {
         known_hosts_name,
+        known_hosts,
         peer: peer.clone(),
         refusal: refusal.clone(),
         reverse,
