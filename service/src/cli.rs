@@ -35,6 +35,13 @@ pub fn config_summary(cfg: &Config) -> String {
             let _ = writeln!(out, "  {} {:<20} {arrow}", f.kind.flag(), f.name);
         }
     }
+    for s in &cfg.services {
+        let _ = writeln!(out, "service {} ({}) on {}:", s.name, s.kind.as_str(), s.listen);
+        for (i, c) in s.candidates.iter().enumerate() {
+            let via = c.tunnel.as_ref().map_or(String::new(), |t| format!(" via {t}"));
+            let _ = writeln!(out, "  {}. {:<12} {}{via}", i + 1, c.node, c.address);
+        }
+    }
     out
 }
 

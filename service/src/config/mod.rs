@@ -29,6 +29,82 @@ pub struct Config {
     pub node: String,
     pub api: ApiConfig,
     pub peers: Vec<PeerConfig>,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// What a service speaks, which decides how it is probed and proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    Ollama,
+    Http,
+    Postgres,
+    Tcp,
+}
+
+impl ServiceKind {
+    pub const ALL: [(&'static str, ServiceKind); 4] = [
+        ("ollama", ServiceKind::Ollama),
+        ("http", ServiceKind::Http),
+        ("postgres", ServiceKind::Postgres),
+        ("tcp", ServiceKind::Tcp),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        ServiceKind::ALL.iter().find(|(_, k)| *k == self).map_or("tcp", |(n, _)| n)
+    }
+}
+
+/// A stable local endpoint and, in priority order, the nodes that can serve it.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub kind: ServiceKind,
+    pub listen: SocketAddr,
+    pub candidates: Vec<Candidate>,
+    pub probe: ProbeConfig,
+}
+
+/// One node's instance of a service, as reached from this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub node: String,
+    /// Where to connect: a tunnel's local end, or a direct address.
+    pub address: HostPort,
+    /// The `-L` tunnel it is reached through (its session is a health layer).
+    pub tunnel: Option<String>,
+    /// The instance runs on this node (probed at the local interval).
+    pub is_local: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub local_interval: Duration,
+    pub remote_interval: Duration,
+    pub timeout: Duration,
+    /// `http` services: the path probed.
+    pub path: String,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            local_interval: Duration::from_secs(2),
+            remote_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            path: "/".into(),
+        }
+    }
+}
+
+impl ProbeConfig {
+    pub fn interval(&self, c: &Candidate) -> Duration {
+        if c.is_local {
+            self.local_interval
+        } else {
+            self.remote_interval
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -324,6 +400,7 @@ impl Config {
                 }),
             },
             peers: Vec::new(),
+            services: Vec::new(),
         }
     }
 

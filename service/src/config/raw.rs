@@ -15,6 +15,43 @@ pub struct RawConfig {
     pub api: RawApi,
     #[serde(default)]
     pub peer: Vec<RawPeer>,
+    #[serde(default)]
+    pub service: Vec<RawService>,
+}
+
+/// One `[[service]]`: a stable local endpoint and the nodes that can serve it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub listen: Spanned<String>,
+    /// In priority order: this node's row of the Resource Priority Matrix.
+    #[serde(default)]
+    pub candidates: Vec<RawCandidate>,
+    pub probe: Option<RawProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCandidate {
+    pub node: Spanned<String>,
+    /// A `-L` tunnel whose local end reaches the node's instance.
+    pub tunnel: Option<Spanned<String>>,
+    /// Or an address reached directly (this node's own instance, a `-R` landing port).
+    pub address: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    /// Between probes of a candidate on this node (default 2 s).
+    pub local_interval: Option<Spanned<String>>,
+    /// Between probes of a candidate behind a tunnel (default 5 s).
+    pub remote_interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    /// `http` services: the health path (default `/`).
+    pub path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

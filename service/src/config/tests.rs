@@ -157,3 +157,39 @@ fn identity_sources_parse() {
     let e = one_error(&text, 4, "peer[0].identity[4]");
     assert!(e.message.contains("entry name"), "{e}");
 }
+
+const TUNNEL: &str = "[[peer.forward]]\nname = \"aurora-ollama\"\nlocal = \"127.0.0.1:21434\"\nremote = \"127.0.0.1:11435\"\n\
+                      [[peer.reverse]]\nname = \"back\"\nremote = \"127.0.0.1:24007\"\nlocal = \"127.0.0.1:8007\"\n";
+
+#[test]
+fn services_resolve_tunnels_and_addresses_in_priority_order() {
+    let text = format!(
+        "node = \"book\"\n{PEER}{TUNNEL}[[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:11434\"\n\
+         candidates = [{{ node = \"aurora\", tunnel = \"aurora-ollama\" }}, {{ node = \"book\", address = \"127.0.0.1:11435\" }}]\n\
+         probe = {{ remote_interval = \"7s\" }}\n"
+    );
+    let cfg = parse_with(&text, "ok.toml", &env()).expect("valid");
+    let s = &cfg.services[0];
+    assert_eq!(s.kind, ServiceKind::Ollama);
+    assert_eq!(s.candidates[0].node, "aurora");
+    assert_eq!(s.candidates[0].address.to_string(), "127.0.0.1:21434");
+    assert_eq!(s.candidates[0].tunnel.as_deref(), Some("aurora-ollama"));
+    assert!(!s.candidates[0].is_local && s.candidates[1].is_local);
+    assert_eq!(s.probe.interval(&s.candidates[0]), Duration::from_secs(7));
+    assert_eq!(s.probe.interval(&s.candidates[1]), Duration::from_secs(2));
+}
+
+#[test]
+fn bad_services_are_explained() {
+    let svc = |body: &str| format!("{PEER}{TUNNEL}[[service]]\nname = \"ollama\"\n{body}");
+    let e = one_error(&svc("kind = \"olama\"\nlisten = \"127.0.0.1:11434\"\ncandidates = [{ node = \"a\", address = \"127.0.0.1:1\" }]\n"), 14, "service[0].kind");
+    assert!(e.message.contains("\"ollama\""), "{e}");
+    let e = one_error(&svc("kind = \"ollama\"\nlisten = \"127.0.0.1:11434\"\ncandidates = [{ node = \"a\", tunnel = \"nope\" }]\n"), 16, "service[0].candidates[0].tunnel");
+    assert!(e.message.contains("known: aurora-ollama"), "{e}");
+    let e = one_error(&svc("kind = \"ollama\"\nlisten = \"127.0.0.1:11434\"\ncandidates = [{ node = \"a\", tunnel = \"back\" }]\n"), 16, "service[0].candidates[0].tunnel");
+    assert!(e.message.contains("-R forward"), "{e}");
+    let e = one_error(&svc("kind = \"ollama\"\nlisten = \"127.0.0.1:11434\"\ncandidates = [{ node = \"a\" }]\n"), 16, "service[0].candidates[0]");
+    assert!(e.message.contains("exactly one of"), "{e}");
+    let e = one_error(&svc("kind = \"tcp\"\nlisten = \"127.0.0.1:21434\"\ncandidates = [{ node = \"a\", address = \"127.0.0.1:1\" }]\n"), 15, "service[0].listen");
+    assert!(e.message.contains("already used by peer[0].forward[0].local"), "{e}");
+}

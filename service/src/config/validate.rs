@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawBackoff, RawConfig, RawForward, RawKeepalive, RawPaths, RawPeer};
+use super::raw::{RawBackoff, RawConfig, RawForward, RawKeepalive, RawPaths, RawPeer, RawProbe, RawService};
 use super::{
-    line_col, ApiConfig, Backoff, Config, ConfigError, ConfigErrors, ForwardConfig, ForwardKind,
-    HostPort, IdentitySource, Keepalive, PeerConfig, SshTarget, DEFAULT_API_LISTEN,
+    line_col, ApiConfig, Backoff, Candidate, Config, ConfigError, ConfigErrors, ForwardConfig, ForwardKind,
+    HostPort, IdentitySource, Keepalive, PeerConfig, ProbeConfig, ServiceConfig, ServiceKind, SshTarget,
+    DEFAULT_API_LISTEN,
 };
 use crate::ssh::ssh_config::SshConfigFile;
 
@@ -158,6 +159,18 @@ pub(crate) fn validate(raw: RawConfig, text: &str, file: &str, env: &Env) -> Res
         }
     }
 
+    let mut services = Vec::new();
+    let mut service_names: HashMap<String, usize> = HashMap::new();
+    for (i, rs) in raw.service.iter().enumerate() {
+        let field = format!("service[{i}]");
+        if let Some(prev) = service_names.insert(rs.name.get_ref().clone(), i) {
+            c.err(Some(rs.name.span()), format!("{field}.name"), format!("service[{prev}] has this name too; service names must be unique"));
+        }
+        if let Some(svc) = validate_service(&mut c, rs, &field, &node, &peers, &mut listen_ports) {
+            services.push(svc);
+        }
+    }
+
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -166,7 +179,113 @@ pub(crate) fn validate(raw: RawConfig, text: &str, file: &str, env: &Env) -> Res
         node,
         api: ApiConfig { listen: api_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8007))) },
         peers,
+        services,
     })
+}
+
+fn validate_service(
+    c: &mut Checker<'_>,
+    rs: &RawService,
+    field: &str,
+    this_node: &str,
+    peers: &[PeerConfig],
+    listen_ports: &mut HashMap<SocketAddr, String>,
+) -> Option<ServiceConfig> {
+    let before = c.errors.len();
+    let name = rs.name.get_ref();
+    if !valid_name(name) {
+        c.err(Some(rs.name.span()), format!("{field}.name"), name_rule(name));
+    }
+    let kind = ServiceKind::ALL.iter().find(|(n, _)| *n == rs.kind.get_ref()).map(|(_, k)| *k);
+    if kind.is_none() {
+        c.err(
+            Some(rs.kind.span()),
+            format!("{field}.kind"),
+            format!("`{}` is not a service kind; use \"ollama\", \"http\", \"postgres\" or \"tcp\"", rs.kind.get_ref()),
+        );
+    }
+    let listen = loopback_addr(c, &rs.listen, &format!("{field}.listen"));
+    if let Some(addr) = listen {
+        match listen_ports.iter().find(|(a, _)| a.port() == addr.port()) {
+            Some((_, prev)) => c.err(
+                Some(rs.listen.span()),
+                format!("{field}.listen"),
+                format!("port {} is already used by {prev}", addr.port()),
+            ),
+            None => {
+                listen_ports.insert(addr, format!("{field}.listen"));
+            }
+        }
+    }
+    if rs.candidates.is_empty() {
+        c.err(Some(rs.name.span()), format!("{field}.candidates"), "is empty; list the nodes that serve it, first = preferred");
+    }
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for (j, rc) in rs.candidates.iter().enumerate() {
+        let cfield = format!("{field}.candidates[{j}]");
+        let node = rc.node.get_ref();
+        if !valid_name(node) {
+            c.err(Some(rc.node.span()), format!("{cfield}.node"), name_rule(node));
+            continue;
+        }
+        if candidates.iter().any(|x| &x.node == node) {
+            c.err(Some(rc.node.span()), format!("{cfield}.node"), format!("`{node}` is listed twice"));
+            continue;
+        }
+        let target = match (&rc.tunnel, &rc.address) {
+            (Some(t), None) => tunnel_end(c, t, &cfield, peers),
+            (None, Some(a)) => host_port(c, a, &format!("{cfield}.address")).map(|hp| (hp, None)),
+            _ => {
+                c.err(Some(rc.node.span()), cfield.clone(), "give exactly one of `tunnel` (a -L forward's name) or `address` (host:port)");
+                None
+            }
+        };
+        if let Some((address, tunnel)) = target {
+            candidates.push(Candidate { node: node.clone(), address, tunnel, is_local: node == this_node });
+        }
+    }
+    let probe = validate_probe(c, rs.probe.as_ref(), field);
+    if c.errors.len() > before {
+        return None;
+    }
+    Some(ServiceConfig { name: name.clone(), kind: kind?, listen: listen?, candidates, probe })
+}
+
+/// A candidate's `tunnel`: must name a `-L` forward; its local end is where to connect.
+fn tunnel_end(c: &mut Checker<'_>, t: &Spanned<String>, field: &str, peers: &[PeerConfig]) -> Option<(HostPort, Option<String>)> {
+    let name = t.get_ref();
+    let found = peers.iter().flat_map(|p| p.forwards.iter()).find(|f| &f.name == name);
+    match found {
+        Some(f) if f.kind == ForwardKind::Local => Some((f.local.clone(), Some(name.clone()))),
+        Some(_) => {
+            c.err(Some(t.span()), format!("{field}.tunnel"), format!("`{name}` is a -R forward; a candidate needs a -L forward (or an `address`)"));
+            None
+        }
+        None => {
+            let known: Vec<&str> = peers.iter().flat_map(|p| p.forwards.iter()).filter(|f| f.kind == ForwardKind::Local).map(|f| f.name.as_str()).collect();
+            c.err(Some(t.span()), format!("{field}.tunnel"), format!("no -L forward is named `{name}` (known: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
+            None
+        }
+    }
+}
+
+fn validate_probe(c: &mut Checker<'_>, p: Option<&RawProbe>, field: &str) -> ProbeConfig {
+    let d = ProbeConfig::default();
+    let Some(p) = p else { return d };
+    let path = match &p.path {
+        Some(path) if path.get_ref().starts_with('/') => path.get_ref().clone(),
+        Some(path) => {
+            c.err(Some(path.span()), format!("{field}.probe.path"), "must start with `/`");
+            d.path.clone()
+        }
+        None => d.path.clone(),
+    };
+    ProbeConfig {
+        local_interval: c.duration(&p.local_interval, format!("{field}.probe.local_interval"), d.local_interval),
+        remote_interval: c.duration(&p.remote_interval, format!("{field}.probe.remote_interval"), d.remote_interval),
+        timeout: c.duration(&p.timeout, format!("{field}.probe.timeout"), d.timeout),
+        path,
+    }
 }
 
 fn validate_peer(
