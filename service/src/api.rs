@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ServiceKind;
+use crate::inventory::NodeInventory;
 use crate::service::Service;
+use crate::services::CandidateStatus;
 use crate::tunnel::TunnelStatus;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +31,25 @@ pub struct Health {
 pub struct TunnelList {
     pub node: String,
     pub tunnels: Vec<TunnelStatus>,
+}
+
+/// `GET /v1/status`: everything a user or the tray needs in one answer.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub node: String,
+    pub mode: String,
+    pub inventory: Option<NodeInventory>,
+    pub tunnels: Vec<TunnelStatus>,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub kind: ServiceKind,
+    pub listen: String,
+    /// In priority order.
+    pub candidates: Vec<CandidateStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,6 +72,8 @@ pub fn router(service: Service) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/tunnels", get(tunnels))
+        .route("/v1/node", get(node))
+        .route("/v1/status", get(status))
         .route("/v1/tunnels/{name}/reconnect", post(reconnect))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see GET /v1/tunnels") })
         .layer(axum::middleware::from_fn(loopback_only))
@@ -109,6 +133,36 @@ async fn health(State(s): State<Service>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION").into(),
         mode: if s.is_local_only() { "local-only".into() } else { "mesh".into() },
         config: s.config.source.as_ref().map(|p| p.display().to_string()),
+    })
+}
+
+/// This node's hardware; waits (briefly) for the detection that runs at start-up.
+async fn node(State(s): State<Service>) -> Response {
+    let mut rx = s.inventory.clone();
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(10), rx.wait_for(Option::is_some)).await;
+    match ready {
+        Ok(Ok(inv)) => Json(inv.as_deref().cloned()).into_response(),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "still detecting this node's hardware; try again in a moment"),
+    }
+}
+
+async fn status(State(s): State<Service>) -> Json<Status> {
+    let services = s
+        .services
+        .iter()
+        .map(|svc| ServiceStatus {
+            name: svc.config.name.clone(),
+            kind: svc.config.kind,
+            listen: svc.config.listen.to_string(),
+            candidates: svc.candidates.iter().map(|c| c.status()).collect(),
+        })
+        .collect();
+    Json(Status {
+        node: s.config.node.clone(),
+        mode: if s.is_local_only() { "local-only".into() } else { "mesh".into() },
+        inventory: s.inventory.borrow().as_deref().cloned(),
+        tunnels: s.tunnels().map(|t| t.status()).collect(),
+        services,
     })
 }
 

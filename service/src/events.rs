@@ -16,6 +16,8 @@ pub enum EventKind {
     Tunnel { tunnel: String, peer: String, state: TunnelState },
     /// A server presented a host key we refuse (changed, revoked or unknown).
     HostKeyAlarm { peer: String, message: String },
+    /// A node's instance of a service changed health.
+    Health { service: String, node: String, health: crate::health::Health, reason: String },
 }
 
 #[derive(Debug, Clone, Serialize)]

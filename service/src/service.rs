@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::events::EventBus;
+use crate::inventory::NodeInventory;
+use crate::services::ServiceHandle;
 use crate::tunnel::{ClockWatch, PeerHandle, PeerSupervisor, Tunnel};
 
 /// Every task gets this long to finish after shutdown is requested.
@@ -21,6 +24,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 pub struct Service {
     pub config: Arc<Config>,
     pub peers: Arc<Vec<PeerHandle>>,
+    pub services: Arc<Vec<ServiceHandle>>,
+    /// This node's hardware, once detected (a moment after start).
+    pub inventory: watch::Receiver<Option<Arc<NodeInventory>>>,
     pub events: EventBus,
 }
 
@@ -28,12 +34,34 @@ impl Service {
     /// Starts every peer's supervisor on `tracker`; `clock` reports wakes from sleep.
     pub fn start(config: Config, clock: &ClockWatch, tracker: &TaskTracker, cancel: &CancellationToken) -> Service {
         let events = EventBus::new();
-        let peers = config
+        let peers: Vec<PeerHandle> = config
             .peers
             .iter()
             .map(|p| PeerSupervisor::spawn(p.clone(), events.clone(), clock, tracker, cancel.child_token()))
             .collect();
-        Service { config: Arc::new(config), peers: Arc::new(peers), events }
+        let tunnel = |name: &str| peers.iter().flat_map(|p| p.tunnels.iter()).find(|t| t.name() == name).cloned();
+        let services = crate::services::spawn(&config.services, &tunnel, &events, tracker, cancel);
+        let (inventory_tx, inventory) = watch::channel(None);
+        let node = config.node.clone();
+        tracker.spawn(async move {
+            if let Ok(inv) = tokio::task::spawn_blocking(move || crate::inventory::detect(&node)).await {
+                tracing::info!(
+                    "this node: {} ({} cores), {} MiB RAM, GPUs: {}",
+                    inv.cpu.model,
+                    inv.cpu.cores,
+                    inv.memory_bytes >> 20,
+                    if inv.gpus.is_empty() { inv.gpu_source.clone() } else { inv.gpus.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ") }
+                );
+                inventory_tx.send_replace(Some(Arc::new(inv)));
+            }
+        });
+        Service {
+            config: Arc::new(config),
+            peers: Arc::new(peers),
+            services: Arc::new(services),
+            inventory,
+            events,
+        }
     }
 
     pub fn tunnels(&self) -> impl Iterator<Item = &Arc<Tunnel>> {

@@ -1,0 +1,191 @@
+//! Service probes: one check of one candidate, by kind.
+//!
+//! - `ollama`: `GET /api/version` (the engine answers), `/api/tags` (installed models)
+//!   and `/api/ps` (loaded models and how much of each sits in VRAM) when asked;
+//!   never `/api/generate`, which would load a model;
+//! - `http`: `GET` the configured path; 2xx is up, 429/503 is busy;
+//! - `postgres`: the protocol's SSLRequest, which any PostgreSQL answers with one
+//!   byte before authentication (the role check needs credentials: not yet);
+//! - `tcp`: a connect.
+//!
+//! Through a `-L` forward the local connect always succeeds, so only these service
+//! answers say the service is alive.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{HostPort, ProbeConfig, ServiceKind};
+use crate::health::Observation;
+
+/// What Ollama told us about a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OllamaInfo {
+    pub version: String,
+    /// Installed models (`/api/tags`).
+    pub models: Vec<String>,
+    /// Loaded models (`/api/ps`).
+    pub loaded: Vec<LoadedModel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedModel {
+    pub name: String,
+    pub size: u64,
+    pub size_vram: u64,
+}
+
+/// Which Ollama lists to refresh on this probe (they change rarely).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OllamaWants {
+    pub tags: bool,
+    pub ps: bool,
+}
+
+pub struct Outcome {
+    pub observation: Observation,
+    pub latency: Duration,
+    /// Ollama only: what changed (lists not refreshed are `None` inside).
+    pub ollama: Option<OllamaUpdate>,
+}
+
+#[derive(Debug, Default)]
+pub struct OllamaUpdate {
+    pub version: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub loaded: Option<Vec<LoadedModel>>,
+}
+
+pub async fn probe(
+    kind: ServiceKind,
+    addr: &HostPort,
+    cfg: &ProbeConfig,
+    http: &reqwest::Client,
+    wants: OllamaWants,
+) -> Outcome {
+    let start = Instant::now();
+    let (observation, ollama) = match tokio::time::timeout(cfg.timeout, check(kind, addr, cfg, http, wants)).await {
+        Ok(r) => r,
+        Err(_) => (Observation::Failed(format!("no answer within {:?}", cfg.timeout)), None),
+    };
+    let latency = start.elapsed();
+    // Up but slow: more than half the timeout.
+    let observation = match observation {
+        Observation::Ok if latency > cfg.timeout / 2 => Observation::Degraded(format!("slow: answered in {} ms", latency.as_millis())),
+        o => o,
+    };
+    Outcome { observation, latency, ollama }
+}
+
+async fn check(
+    kind: ServiceKind,
+    addr: &HostPort,
+    cfg: &ProbeConfig,
+    http: &reqwest::Client,
+    wants: OllamaWants,
+) -> (Observation, Option<OllamaUpdate>) {
+    match kind {
+        ServiceKind::Ollama => ollama(addr, http, wants).await,
+        ServiceKind::Http => (http_get(http, &format!("http://{addr}{}", cfg.path)).await.map_or_else(Observation::Failed, |r| r.0), None),
+        ServiceKind::Postgres => (postgres(addr).await, None),
+        ServiceKind::Tcp => match TcpStream::connect((addr.host.as_str(), addr.port)).await {
+            Ok(_) => (Observation::Ok, None),
+            Err(e) => (Observation::Failed(format!("connect: {e}")), None),
+        },
+    }
+}
+
+/// GET a URL: the observation its status means, and the body of a 2xx.
+async fn http_get(http: &reqwest::Client, url: &str) -> Result<(Observation, Option<bytes::Bytes>), String> {
+    let resp = http.get(url).send().await.map_err(describe)?;
+    let status = resp.status();
+    match status.as_u16() {
+        200..=299 => {
+            let body = resp.bytes().await.map_err(|e| format!("reading the answer: {e}"))?;
+            Ok((Observation::Ok, Some(body)))
+        }
+        429 | 503 => Ok((Observation::Degraded(format!("busy: HTTP {status}")), None)),
+        _ => Ok((Observation::Failed(format!("HTTP {status}")), None)),
+    }
+}
+
+fn describe(e: reqwest::Error) -> String {
+    if e.is_connect() {
+        "connection refused".into()
+    } else if e.is_timeout() {
+        "timed out".into()
+    } else {
+        // Through a -L tunnel whose far end is down, the connection closes at once.
+        format!("no HTTP answer ({})", e.without_url())
+    }
+}
+
+async fn ollama(addr: &HostPort, http: &reqwest::Client, wants: OllamaWants) -> (Observation, Option<OllamaUpdate>) {
+    #[derive(Deserialize)]
+    struct Version {
+        version: String,
+    }
+    #[derive(Deserialize)]
+    struct Tags {
+        models: Vec<Tag>,
+    }
+    #[derive(Deserialize)]
+    struct Tag {
+        name: String,
+    }
+    #[derive(Deserialize)]
+    struct Ps {
+        models: Vec<LoadedModel>,
+    }
+
+    let base = format!("http://{addr}");
+    let mut update = OllamaUpdate::default();
+    match http_get(http, &format!("{base}/api/version")).await {
+        Ok((Observation::Ok, Some(body))) => match serde_json::from_slice::<Version>(&body) {
+            Ok(v) => update.version = Some(v.version),
+            Err(_) => return (Observation::Failed("/api/version did not answer like Ollama".into()), None),
+        },
+        Ok((obs, _)) => return (obs, None),
+        Err(why) => return (Observation::Failed(why), None),
+    }
+    if wants.tags {
+        if let Ok((Observation::Ok, Some(body))) = http_get(http, &format!("{base}/api/tags")).await {
+            if let Ok(t) = serde_json::from_slice::<Tags>(&body) {
+                update.models = Some(t.models.into_iter().map(|m| m.name).collect());
+            }
+        }
+    }
+    let mut observation = Observation::Ok;
+    if wants.ps {
+        if let Ok((Observation::Ok, Some(body))) = http_get(http, &format!("{base}/api/ps")).await {
+            if let Ok(ps) = serde_json::from_slice::<Ps>(&body) {
+                if let Some(m) = ps.models.iter().find(|m| m.size_vram < m.size) {
+                    let pct = m.size_vram.saturating_mul(100) / m.size.max(1);
+                    observation = Observation::Degraded(format!("{} only {pct}% in VRAM", m.name));
+                }
+                update.loaded = Some(ps.models);
+            }
+        }
+    }
+    (observation, Some(update))
+}
+
+/// PostgreSQL's SSLRequest: 8 bytes out, and a server answers `S` or `N`.
+async fn postgres(addr: &HostPort) -> Observation {
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut s = match TcpStream::connect((addr.host.as_str(), addr.port)).await {
+        Ok(s) => s,
+        Err(e) => return Observation::Failed(format!("connect: {e}")),
+    };
+    if let Err(e) = s.write_all(&SSL_REQUEST).await {
+        return Observation::Failed(format!("write: {e}"));
+    }
+    let mut answer = [0u8; 1];
+    match s.read_exact(&mut answer).await {
+        Ok(_) if answer[0] == b'S' || answer[0] == b'N' => Observation::Ok,
+        Ok(_) => Observation::Failed(format!("not PostgreSQL (answered {:?})", answer[0] as char)),
+        Err(_) => Observation::Failed("closed without a PostgreSQL answer".into()),
+    }
+}

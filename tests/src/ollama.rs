@@ -1,0 +1,170 @@
+//! An Ollama stand-in for tests (Ollama itself and its GPU cannot run here). It
+//! follows Ollama's HTTP API for what robbie-mesh uses — `/api/version`, `/api/tags`,
+//! `/api/ps`, `/api/show`, and streaming NDJSON from `/api/generate` and `/api/chat`
+//! with `done` on the last line — and names its node in every answer, so a test
+//! can see which machine served it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+/// What the stub reports; change it while the test runs.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub name: String,
+    pub size: u64,
+    /// Loaded, with this many bytes in VRAM.
+    pub loaded_vram: Option<u64>,
+}
+
+#[derive(Clone)]
+pub struct OllamaStub {
+    pub node: String,
+    pub addr: SocketAddr,
+    pub models: Arc<Mutex<Vec<Model>>>,
+    /// Answer every request with this status (e.g. 503) instead.
+    pub fail_with: Arc<Mutex<Option<u16>>>,
+}
+
+impl OllamaStub {
+    pub async fn start(node: &str, models: &[&str]) -> OllamaStub {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let stub = OllamaStub {
+            node: node.to_string(),
+            addr: l.local_addr().expect("addr"),
+            models: Arc::new(Mutex::new(
+                models.iter().map(|m| Model { name: m.to_string(), size: 2_000_000_000, loaded_vram: None }).collect(),
+            )),
+            fail_with: Arc::new(Mutex::new(None)),
+        };
+        let app = Router::new()
+            .route("/api/version", get(version))
+            .route("/api/tags", get(tags))
+            .route("/api/ps", get(ps))
+            .route("/api/show", post(show))
+            .route("/api/generate", post(generate))
+            .route("/api/chat", post(chat))
+            .with_state(stub.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        stub
+    }
+
+    fn failing(&self) -> Option<Response> {
+        let code = (*self.fail_with.lock().expect("lock"))?;
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        Some((status, Json(json!({"error": format!("{} is busy", self.node)}))).into_response())
+    }
+}
+
+async fn version(State(s): State<OllamaStub>) -> Response {
+    s.failing().unwrap_or_else(|| Json(json!({"version": "0.13.0"})).into_response())
+}
+
+async fn tags(State(s): State<OllamaStub>) -> Response {
+    if let Some(r) = s.failing() {
+        return r;
+    }
+    let models: Vec<Value> = s
+        .models
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name, "model": m.name, "modified_at": "2026-11-01T12:00:00Z", "size": m.size,
+                "digest": format!("{:064x}", m.size),
+                "details": {"format": "gguf", "family": "llama", "parameter_size": "8B", "quantization_level": "Q4_K_M"}
+            })
+        })
+        .collect();
+    Json(json!({ "models": models })).into_response()
+}
+
+async fn ps(State(s): State<OllamaStub>) -> Response {
+    if let Some(r) = s.failing() {
+        return r;
+    }
+    let models: Vec<Value> = s
+        .models
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|m| {
+            m.loaded_vram.map(|vram| {
+                json!({
+                    "name": m.name, "model": m.name, "size": m.size, "digest": format!("{:064x}", m.size),
+                    "details": {"format": "gguf", "family": "llama"}, "expires_at": "2026-11-26T23:59:59Z", "size_vram": vram
+                })
+            })
+        })
+        .collect();
+    Json(json!({ "models": models })).into_response()
+}
+
+fn has_model(s: &OllamaStub, body: &Value) -> Result<String, Response> {
+    let name = body["model"].as_str().unwrap_or_default().to_string();
+    if s.models.lock().expect("lock").iter().any(|m| m.name == name) {
+        Ok(name)
+    } else {
+        Err((StatusCode::NOT_FOUND, Json(json!({"error": format!("model '{name}' not found")}))).into_response())
+    }
+}
+
+async fn show(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response {
+    match has_model(&s, &body) {
+        Ok(name) => Json(json!({"modelfile": format!("FROM {name}"), "details": {"family": "llama"}, "model_info": {}})).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// NDJSON lines, the last with `done: true`, as Ollama streams them.
+fn stream(lines: Vec<Value>) -> Response {
+    let chunks = lines.into_iter().map(|l| Ok::<_, std::io::Error>(format!("{l}\n")));
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn generate(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response {
+    if let Some(r) = s.failing() {
+        return r;
+    }
+    let name = match has_model(&s, &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let words = ["hello", " from", " ", &s.node];
+    let mut lines: Vec<Value> = words
+        .iter()
+        .map(|w| json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "response": w, "done": false}))
+        .collect();
+    lines.push(json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "response": "", "done": true, "done_reason": "stop", "eval_count": 4}));
+    stream(lines)
+}
+
+async fn chat(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response {
+    if let Some(r) = s.failing() {
+        return r;
+    }
+    let name = match has_model(&s, &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let words = ["hello", " from", " ", &s.node];
+    let mut lines: Vec<Value> = words
+        .iter()
+        .map(|w| json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "message": {"role": "assistant", "content": w}, "done": false}))
+        .collect();
+    lines.push(json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "stop"}));
+    stream(lines)
+}
