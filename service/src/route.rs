@@ -1,0 +1,268 @@
+//! Choosing the node for a request: pure functions over a snapshot of the
+//! candidates, so the rules (DESIGN §3, Routing) are unit-tested without I/O.
+//!
+//! Order: a user's pin first; then every eligible candidate — up, not ejected, and
+//! having the requested model when models are known — online before degraded,
+//! recovered-but-held-down after the others, then by the node's priority, then by
+//! load. When nothing is eligible, every candidate in priority order ("panic mode"):
+//! trying a node that looks down beats failing a request outright.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::health::Health;
+
+/// Failback waits this long after a node recovers.
+pub const HOLD_DOWN: Duration = Duration::from_secs(30);
+/// Consecutive transport errors / 5xx that eject a node.
+pub const EJECT_AFTER: u32 = 3;
+pub const EJECT_BASE: Duration = Duration::from_secs(30);
+pub const EJECT_MAX: Duration = Duration::from_secs(300);
+
+/// What the router knows of one candidate at one moment.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub node: String,
+    pub health: Health,
+    pub health_reason: String,
+    /// Set when the node came back after being down (not on its first success).
+    pub recovered_at: Option<Instant>,
+    /// Installed models, when the service reports them (Ollama).
+    pub models: Option<Vec<String>>,
+    pub in_flight: usize,
+    pub ejected_until: Option<Instant>,
+}
+
+/// What a request needs.
+#[derive(Debug, Clone, Default)]
+pub struct Needs {
+    pub model: Option<String>,
+}
+
+/// One entry of the ordered candidate list, with why it is where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Choice {
+    /// Index into the service's candidates (its priority order).
+    pub index: usize,
+    pub node: String,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub order: Vec<Choice>,
+    /// Nothing was eligible: every candidate is tried in priority order.
+    pub panic: bool,
+    /// Candidates left out, with why.
+    pub skipped: Vec<Choice>,
+}
+
+/// Ollama names `llama3` and `llama3:latest` the same model.
+pub fn same_model(a: &str, b: &str) -> bool {
+    let norm = |s: &str| if s.contains(':') { s.to_string() } else { format!("{s}:latest") };
+    norm(a) == norm(b)
+}
+
+pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, now: Instant) -> Plan {
+    let someone_has_model = needs.model.as_deref().is_some_and(|m| {
+        views.iter().any(|v| v.models.as_ref().is_some_and(|ms| ms.iter().any(|x| same_model(x, m))))
+    });
+    let mut eligible = Vec::new();
+    let mut skipped = Vec::new();
+    for (index, v) in views.iter().enumerate() {
+        let skip = |why: String| Choice { index, node: v.node.clone(), why };
+        if v.health == Health::Offline {
+            skipped.push(skip(format!("offline: {}", v.health_reason)));
+            continue;
+        }
+        if let Some(until) = v.ejected_until.filter(|u| *u > now) {
+            skipped.push(skip(format!("ejected for {} s after repeated errors", (until - now).as_secs().max(1))));
+            continue;
+        }
+        if let (Some(model), Some(models)) = (&needs.model, &v.models) {
+            if someone_has_model && !models.iter().any(|m| same_model(m, model)) {
+                skipped.push(skip(format!("does not have {model}")));
+                continue;
+            }
+        }
+        let held = v.recovered_at.is_some_and(|t| now.duration_since(t) < HOLD_DOWN);
+        eligible.push((index, v, held));
+    }
+    let pinned = |i: usize| pin.is_some_and(|p| views[i].node == p);
+    if eligible.is_empty() {
+        let mut order: Vec<Choice> = views
+            .iter()
+            .enumerate()
+            .map(|(index, v)| Choice { index, node: v.node.clone(), why: format!("panic mode: nothing is up ({})", v.health_reason) })
+            .collect();
+        order.sort_by_key(|c| !pinned(c.index));
+        return Plan { order, panic: true, skipped: Vec::new() };
+    }
+    eligible.sort_by_key(|(i, v, held)| (!pinned(*i), v.health == Health::Degraded, *held, *i, v.in_flight));
+    let order = eligible
+        .into_iter()
+        .map(|(index, v, held)| {
+            let mut why = match v.health {
+                Health::Degraded => format!("degraded ({}), priority {}", v.health_reason, index + 1),
+                _ => format!("online, priority {}", index + 1),
+            };
+            if held {
+                let left = v.recovered_at.map_or(0, |t| HOLD_DOWN.saturating_sub(now.duration_since(t)).as_secs());
+                why.push_str(&format!(", recovered: held back for {left} s more"));
+            }
+            if pinned(index) {
+                why = format!("pinned; {why}");
+            }
+            Choice { index, node: v.node.clone(), why }
+        })
+        .collect();
+    Plan { order, panic: false, skipped }
+}
+
+/// Passive ejection: `EJECT_AFTER` transport errors or 5xx in a row eject a node for
+/// 30 s × n (n-th ejection, at most 300 s); a success resets the error count.
+#[derive(Debug, Clone, Default)]
+pub struct Ejection {
+    errors: u32,
+    ejections: u32,
+    pub until: Option<Instant>,
+}
+
+impl Ejection {
+    /// Records a failed request; returns the ejection's end when this one ejects.
+    pub fn failure(&mut self, now: Instant) -> Option<Instant> {
+        self.errors += 1;
+        if self.errors < EJECT_AFTER {
+            return None;
+        }
+        self.errors = 0;
+        self.ejections += 1;
+        let length = EJECT_BASE.saturating_mul(self.ejections).min(EJECT_MAX);
+        self.until = Some(now + length);
+        self.until
+    }
+
+    pub fn success(&mut self) {
+        self.errors = 0;
+    }
+
+    /// A node that stayed healthy for a while starts its ejection count over.
+    pub fn forgive(&mut self) {
+        self.ejections = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(node: &str, health: Health) -> View {
+        View {
+            node: node.into(),
+            health,
+            health_reason: if health == Health::Online { String::new() } else { "reason".into() },
+            recovered_at: None,
+            models: None,
+            in_flight: 0,
+            ejected_until: None,
+        }
+    }
+
+    fn nodes(p: &Plan) -> Vec<&str> {
+        p.order.iter().map(|c| c.node.as_str()).collect()
+    }
+
+    #[test]
+    fn priority_then_health() {
+        let now = Instant::now();
+        let views = [view("aurora", Health::Degraded), view("vengeance", Health::Online), view("book", Health::Online)];
+        let p = plan(&views, &Needs::default(), None, now);
+        assert_eq!(nodes(&p), ["vengeance", "book", "aurora"]);
+        assert!(p.order[2].why.starts_with("degraded"));
+        assert!(!p.panic);
+    }
+
+    #[test]
+    fn offline_and_ejected_are_skipped_with_reasons() {
+        let now = Instant::now();
+        let mut v = [view("aurora", Health::Offline), view("vengeance", Health::Online), view("book", Health::Online)];
+        v[1].ejected_until = Some(now + Duration::from_secs(30));
+        let p = plan(&v, &Needs::default(), None, now);
+        assert_eq!(nodes(&p), ["book"]);
+        assert_eq!(p.skipped.len(), 2);
+        assert!(p.skipped[0].why.starts_with("offline"));
+        assert!(p.skipped[1].why.contains("ejected for 30 s"));
+    }
+
+    #[test]
+    fn model_filter_only_when_someone_has_it() {
+        let now = Instant::now();
+        let mut v = [view("aurora", Health::Online), view("vengeance", Health::Online)];
+        v[0].models = Some(vec!["llama3.2:3b".into()]);
+        v[1].models = Some(vec!["llama3.1:70b".into(), "qwen3".into()]);
+        let needs = |m: &str| Needs { model: Some(m.into()) };
+        assert_eq!(nodes(&plan(&v, &needs("llama3.1:70b"), None, now)), ["vengeance"]);
+        assert_eq!(nodes(&plan(&v, &needs("qwen3:latest"), None, now)), ["vengeance"]);
+        // Nobody has it: let the preferred node answer (Ollama's own 404).
+        assert_eq!(nodes(&plan(&v, &needs("mistral"), None, now)), ["aurora", "vengeance"]);
+    }
+
+    #[test]
+    fn recovered_node_is_held_down_then_preferred_again() {
+        let now = Instant::now();
+        let mut v = [view("aurora", Health::Online), view("vengeance", Health::Online)];
+        v[0].recovered_at = Some(now);
+        let p = plan(&v, &Needs::default(), None, now + Duration::from_secs(10));
+        assert_eq!(nodes(&p), ["vengeance", "aurora"]);
+        assert!(p.order[1].why.contains("held back for 20 s"), "{:?}", p.order[1]);
+        let p = plan(&v, &Needs::default(), None, now + HOLD_DOWN);
+        assert_eq!(nodes(&p), ["aurora", "vengeance"]);
+        // Held down but alone: still used.
+        v[1].health = Health::Offline;
+        assert_eq!(nodes(&plan(&v, &Needs::default(), None, now)), ["aurora"]);
+    }
+
+    #[test]
+    fn pin_goes_first_and_panic_mode_keeps_everyone() {
+        let now = Instant::now();
+        let v = [view("aurora", Health::Online), view("vengeance", Health::Online)];
+        let p = plan(&v, &Needs::default(), Some("vengeance"), now);
+        assert_eq!(nodes(&p), ["vengeance", "aurora"]);
+        assert!(p.order[0].why.starts_with("pinned"));
+        let v = [view("aurora", Health::Offline), view("vengeance", Health::Offline)];
+        let p = plan(&v, &Needs::default(), None, now);
+        assert!(p.panic);
+        assert_eq!(nodes(&p), ["aurora", "vengeance"]);
+    }
+
+    #[test]
+    fn load_breaks_ties() {
+        let now = Instant::now();
+        let mut v = [view("a", Health::Online), view("b", Health::Online)];
+        v[0].in_flight = 5;
+        // Different priorities: priority wins over load.
+        assert_eq!(nodes(&plan(&v, &Needs::default(), None, now)), ["a", "b"]);
+    }
+
+    #[test]
+    fn ejection_grows_and_caps() {
+        let t = Instant::now();
+        let mut e = Ejection::default();
+        assert_eq!(e.failure(t), None);
+        assert_eq!(e.failure(t), None);
+        assert_eq!(e.failure(t), Some(t + Duration::from_secs(30)));
+        e.success();
+        assert_eq!(e.failure(t), None, "count restarted");
+        e.failure(t);
+        assert_eq!(e.failure(t), Some(t + Duration::from_secs(60)));
+        for _ in 0..30 {
+            e.failure(t);
+        }
+        assert_eq!(e.until, Some(t + EJECT_MAX));
+        e.forgive();
+        e.failure(t);
+        e.failure(t);
+        assert_eq!(e.failure(t), Some(t + EJECT_BASE));
+    }
+}
