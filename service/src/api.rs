@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceKind;
 use crate::inventory::NodeInventory;
+use crate::route::{Needs, Plan};
 use crate::service::Service;
 use crate::services::CandidateStatus;
 use crate::tunnel::TunnelStatus;
@@ -48,6 +49,13 @@ pub struct ServiceStatus {
     pub name: String,
     pub kind: ServiceKind,
     pub listen: String,
+    /// "listening", or why the endpoint is not.
+    pub endpoint: String,
+    /// The node a request (with no model named) goes to now.
+    pub route: Option<String>,
+    pub pinned: Option<String>,
+    /// The ordered candidates and why, and those left out.
+    pub plan: Plan,
     /// In priority order.
     pub candidates: Vec<CandidateStatus>,
 }
@@ -57,6 +65,19 @@ pub struct ReconnectReply {
     pub peer: String,
     /// Every tunnel of that peer: they share its SSH session.
     pub tunnels: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PinRequest {
+    pub node: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PinReply {
+    pub service: String,
+    pub pinned: Option<String>,
+    /// Where requests go now.
+    pub route: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,6 +96,7 @@ pub fn router(service: Service) -> Router {
         .route("/v1/node", get(node))
         .route("/v1/status", get(status))
         .route("/v1/tunnels/{name}/reconnect", post(reconnect))
+        .route("/v1/services/{name}/pin", post(pin).delete(unpin))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see GET /v1/tunnels") })
         .layer(axum::middleware::from_fn(loopback_only))
         .with_state(service)
@@ -150,11 +172,18 @@ async fn status(State(s): State<Service>) -> Json<Status> {
     let services = s
         .services
         .iter()
-        .map(|svc| ServiceStatus {
-            name: svc.config.name.clone(),
-            kind: svc.config.kind,
-            listen: svc.config.listen.to_string(),
-            candidates: svc.candidates.iter().map(|c| c.status()).collect(),
+        .map(|svc| {
+            let plan = svc.plan(&Needs::default());
+            ServiceStatus {
+                name: svc.config.name.clone(),
+                kind: svc.config.kind,
+                listen: svc.config.listen.to_string(),
+                endpoint: svc.endpoint_problem().unwrap_or_else(|| "listening".into()),
+                route: plan.current().map(str::to_string),
+                pinned: svc.pin(),
+                plan,
+                candidates: svc.candidates.iter().map(|c| c.status()).collect(),
+            }
         })
         .collect();
     Json(Status {
@@ -182,6 +211,27 @@ async fn reconnect(State(s): State<Service>, Path(name): Path<String>) -> Respon
         }
         None => error(StatusCode::NOT_FOUND, format!("no tunnel named `{name}`; GET /v1/tunnels lists them")),
     }
+}
+
+fn set_pin(s: &Service, name: &str, node: Option<&str>) -> Response {
+    let Some(svc) = s.services.iter().find(|x| x.config.name == name) else {
+        let known: Vec<&str> = s.services.iter().map(|x| x.config.name.as_str()).collect();
+        return error(StatusCode::NOT_FOUND, format!("no service named `{name}` (services: {})", known.join(", ")));
+    };
+    if let Err(why) = svc.set_pin(node) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    svc.notify_changed();
+    let route = svc.plan(&Needs::default()).current().map(str::to_string);
+    Json(PinReply { service: name.to_string(), pinned: svc.pin(), route }).into_response()
+}
+
+async fn pin(State(s): State<Service>, Path(name): Path<String>, Json(req): Json<PinRequest>) -> Response {
+    set_pin(&s, &name, Some(&req.node))
+}
+
+async fn unpin(State(s): State<Service>, Path(name): Path<String>) -> Response {
+    set_pin(&s, &name, None)
 }
 
 #[cfg(test)]

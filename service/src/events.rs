@@ -18,6 +18,8 @@ pub enum EventKind {
     HostKeyAlarm { peer: String, message: String },
     /// A node's instance of a service changed health.
     Health { service: String, node: String, health: crate::health::Health, reason: String },
+    /// Where a service's requests go changed (failover, failback, pin).
+    Route { service: String, from: Option<String>, to: Option<String>, reason: String },
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -38,6 +38,12 @@ pub struct HealthState {
     pub since: SystemTime,
     #[serde(skip)]
     probed: bool,
+    /// Has been up since start: a later comeback is a recovery (failback hold-down).
+    #[serde(skip)]
+    ever_up: bool,
+    /// When it last came back after having been up and then down.
+    #[serde(skip)]
+    pub recovered_at: Option<std::time::Instant>,
     #[serde(skip)]
     successes: u32,
     #[serde(skip)]
@@ -52,6 +58,8 @@ impl HealthState {
             reason: "not probed yet".into(),
             since: now,
             probed: false,
+            ever_up: false,
+            recovered_at: None,
             successes: 0,
             failures: 0,
         }
@@ -95,6 +103,10 @@ impl HealthState {
         let changed = next != self.health;
         self.reason = reason;
         if changed {
+            if self.health == Health::Offline && self.ever_up {
+                self.recovered_at = Some(std::time::Instant::now());
+            }
+            self.ever_up = true;
             self.health = next;
             self.since = now;
         }

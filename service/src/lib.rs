@@ -13,6 +13,7 @@ pub mod health;
 pub mod inventory;
 pub mod keys;
 pub mod probe;
+pub mod proxy;
 pub mod route;
 pub mod service;
 pub mod services;

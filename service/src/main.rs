@@ -46,6 +46,19 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Send a service's requests to one node first (while it is up).
+    Pin {
+        service: String,
+        node: String,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Route a service automatically again.
+    Unpin {
+        service: String,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Drop a tunnel's SSH session and connect again now.
     Reconnect {
         tunnel: String,
@@ -70,6 +83,8 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(file),
         Command::Status { json, api } => status(json, &api),
         Command::Reconnect { tunnel, api } => reconnect(&tunnel, &api),
+        Command::Pin { service, node, api } => pin(&service, Some(&node), &api),
+        Command::Unpin { service, api } => pin(&service, None, &api),
     };
     match result {
         Ok(code) => code,
@@ -189,11 +204,24 @@ fn api_addr(arg: &ApiArg) -> SocketAddr {
 
 /// One request to the running service's API: its status and body text.
 fn api_call(arg: &ApiArg, method: reqwest::Method, path: &str) -> anyhow::Result<(reqwest::StatusCode, String)> {
+    api_call_json(arg, method, path, None)
+}
+
+fn api_call_json(
+    arg: &ApiArg,
+    method: reqwest::Method,
+    path: &str,
+    json: Option<serde_json::Value>,
+) -> anyhow::Result<(reqwest::StatusCode, String)> {
     let addr = api_addr(arg);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
-        let resp = client.request(method, format!("http://{addr}{path}")).send().await.map_err(|e| {
+        let mut req = client.request(method, format!("http://{addr}{path}"));
+        if let Some(body) = json {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow::anyhow!("robbie-mesh is not running at {addr} (start it with `robbie-mesh run`, or `systemctl --user start robbie-mesh`)")
             } else {
@@ -224,6 +252,28 @@ fn reconnect(tunnel: &str, api: &ApiArg) -> anyhow::Result<ExitCode> {
     match serde_json::from_str::<ReconnectReply>(&text).ok() {
         Some(r) if code.is_success() => {
             println!("reconnecting {} ({})", r.peer, r.tunnels.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            let msg = serde_json::from_str::<robbie_mesh::api::ApiError>(&text).map_or(text, |e| e.error);
+            bail!("{msg}")
+        }
+    }
+}
+
+fn pin(service: &str, node: Option<&str>, api: &ApiArg) -> anyhow::Result<ExitCode> {
+    let path = format!("/v1/services/{service}/pin");
+    let (code, text) = match node {
+        Some(n) => api_call_json(api, reqwest::Method::POST, &path, Some(serde_json::json!({ "node": n })))?,
+        None => api_call(api, reqwest::Method::DELETE, &path)?,
+    };
+    match serde_json::from_str::<robbie_mesh::api::PinReply>(&text).ok() {
+        Some(r) if code.is_success() => {
+            let route = r.route.unwrap_or_else(|| "nothing (no node is up)".into());
+            match r.pinned {
+                Some(p) => println!("{service} pinned to {p}; requests go to {route}"),
+                None => println!("{service} routes automatically; requests go to {route}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         _ => {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::health::Health;
 
-/// Failback waits this long after a node recovers.
+/// Failback waits this long after a node recovers (default; `hold_down` in config).
 pub const HOLD_DOWN: Duration = Duration::from_secs(30);
 /// Consecutive transport errors / 5xx that eject a node.
 pub const EJECT_AFTER: u32 = 3;
@@ -58,13 +58,25 @@ pub struct Plan {
     pub skipped: Vec<Choice>,
 }
 
+impl Plan {
+    /// The node requests go to now; `None` in panic mode (requests still try every
+    /// node, but none is up).
+    pub fn current(&self) -> Option<&str> {
+        if self.panic {
+            None
+        } else {
+            self.order.first().map(|c| c.node.as_str())
+        }
+    }
+}
+
 /// Ollama names `llama3` and `llama3:latest` the same model.
 pub fn same_model(a: &str, b: &str) -> bool {
     let norm = |s: &str| if s.contains(':') { s.to_string() } else { format!("{s}:latest") };
     norm(a) == norm(b)
 }
 
-pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, now: Instant) -> Plan {
+pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, hold_down: Duration, now: Instant) -> Plan {
     let someone_has_model = needs.model.as_deref().is_some_and(|m| {
         views.iter().any(|v| v.models.as_ref().is_some_and(|ms| ms.iter().any(|x| same_model(x, m))))
     });
@@ -86,7 +98,7 @@ pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, now: Instant) -> P
                 continue;
             }
         }
-        let held = v.recovered_at.is_some_and(|t| now.duration_since(t) < HOLD_DOWN);
+        let held = v.recovered_at.is_some_and(|t| now.duration_since(t) < hold_down);
         eligible.push((index, v, held));
     }
     let pinned = |i: usize| pin.is_some_and(|p| views[i].node == p);
@@ -108,7 +120,7 @@ pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, now: Instant) -> P
                 _ => format!("online, priority {}", index + 1),
             };
             if held {
-                let left = v.recovered_at.map_or(0, |t| HOLD_DOWN.saturating_sub(now.duration_since(t)).as_secs());
+                let left = v.recovered_at.map_or(0, |t| hold_down.saturating_sub(now.duration_since(t)).as_secs());
                 why.push_str(&format!(", recovered: held back for {left} s more"));
             }
             if pinned(index) {
@@ -177,7 +189,7 @@ mod tests {
     fn priority_then_health() {
         let now = Instant::now();
         let views = [view("aurora", Health::Degraded), view("vengeance", Health::Online), view("book", Health::Online)];
-        let p = plan(&views, &Needs::default(), None, now);
+        let p = plan(&views, &Needs::default(), None, HOLD_DOWN, now);
         assert_eq!(nodes(&p), ["vengeance", "book", "aurora"]);
         assert!(p.order[2].why.starts_with("degraded"));
         assert!(!p.panic);
@@ -188,7 +200,7 @@ mod tests {
         let now = Instant::now();
         let mut v = [view("aurora", Health::Offline), view("vengeance", Health::Online), view("book", Health::Online)];
         v[1].ejected_until = Some(now + Duration::from_secs(30));
-        let p = plan(&v, &Needs::default(), None, now);
+        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now);
         assert_eq!(nodes(&p), ["book"]);
         assert_eq!(p.skipped.len(), 2);
         assert!(p.skipped[0].why.starts_with("offline"));
@@ -202,10 +214,10 @@ mod tests {
         v[0].models = Some(vec!["llama3.2:3b".into()]);
         v[1].models = Some(vec!["llama3.1:70b".into(), "qwen3".into()]);
         let needs = |m: &str| Needs { model: Some(m.into()) };
-        assert_eq!(nodes(&plan(&v, &needs("llama3.1:70b"), None, now)), ["vengeance"]);
-        assert_eq!(nodes(&plan(&v, &needs("qwen3:latest"), None, now)), ["vengeance"]);
+        assert_eq!(nodes(&plan(&v, &needs("llama3.1:70b"), None, HOLD_DOWN, now)), ["vengeance"]);
+        assert_eq!(nodes(&plan(&v, &needs("qwen3:latest"), None, HOLD_DOWN, now)), ["vengeance"]);
         // Nobody has it: let the preferred node answer (Ollama's own 404).
-        assert_eq!(nodes(&plan(&v, &needs("mistral"), None, now)), ["aurora", "vengeance"]);
+        assert_eq!(nodes(&plan(&v, &needs("mistral"), None, HOLD_DOWN, now)), ["aurora", "vengeance"]);
     }
 
     #[test]
@@ -213,25 +225,25 @@ mod tests {
         let now = Instant::now();
         let mut v = [view("aurora", Health::Online), view("vengeance", Health::Online)];
         v[0].recovered_at = Some(now);
-        let p = plan(&v, &Needs::default(), None, now + Duration::from_secs(10));
+        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now + Duration::from_secs(10));
         assert_eq!(nodes(&p), ["vengeance", "aurora"]);
         assert!(p.order[1].why.contains("held back for 20 s"), "{:?}", p.order[1]);
-        let p = plan(&v, &Needs::default(), None, now + HOLD_DOWN);
+        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now + HOLD_DOWN);
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
         // Held down but alone: still used.
         v[1].health = Health::Offline;
-        assert_eq!(nodes(&plan(&v, &Needs::default(), None, now)), ["aurora"]);
+        assert_eq!(nodes(&plan(&v, &Needs::default(), None, HOLD_DOWN, now)), ["aurora"]);
     }
 
     #[test]
     fn pin_goes_first_and_panic_mode_keeps_everyone() {
         let now = Instant::now();
         let v = [view("aurora", Health::Online), view("vengeance", Health::Online)];
-        let p = plan(&v, &Needs::default(), Some("vengeance"), now);
+        let p = plan(&v, &Needs::default(), Some("vengeance"), HOLD_DOWN, now);
         assert_eq!(nodes(&p), ["vengeance", "aurora"]);
         assert!(p.order[0].why.starts_with("pinned"));
         let v = [view("aurora", Health::Offline), view("vengeance", Health::Offline)];
-        let p = plan(&v, &Needs::default(), None, now);
+        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now);
         assert!(p.panic);
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
     }
@@ -242,7 +254,7 @@ mod tests {
         let mut v = [view("a", Health::Online), view("b", Health::Online)];
         v[0].in_flight = 5;
         // Different priorities: priority wins over load.
-        assert_eq!(nodes(&plan(&v, &Needs::default(), None, now)), ["a", "b"]);
+        assert_eq!(nodes(&plan(&v, &Needs::default(), None, HOLD_DOWN, now)), ["a", "b"]);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 pub struct Service {
     pub config: Arc<Config>,
     pub peers: Arc<Vec<PeerHandle>>,
-    pub services: Arc<Vec<ServiceHandle>>,
+    pub services: Arc<Vec<Arc<ServiceHandle>>>,
     /// This node's hardware, once detected (a moment after start).
     pub inventory: watch::Receiver<Option<Arc<NodeInventory>>>,
     pub events: EventBus,

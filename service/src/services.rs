@@ -5,11 +5,12 @@
 //! while that tunnel's SSH session is not up (with the tunnel's reason); otherwise
 //! its service probe decides, through the rise/fall hysteresis of `health`.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,11 +18,14 @@ use crate::config::{Candidate, ServiceConfig};
 use crate::events::{EventBus, EventKind};
 use crate::health::{HealthState, Observation};
 use crate::probe::{self, OllamaInfo, OllamaWants};
+use crate::route::{self, Ejection, Needs, Plan, View};
 use crate::tunnel::Tunnel;
 
 /// Installed models change rarely; loaded models and VRAM change often.
 const TAGS_EVERY: Duration = Duration::from_secs(30);
 const PS_EVERY: Duration = Duration::from_secs(5);
+/// Probe interval after a request through the candidate failed.
+const RECHECK: Duration = Duration::from_millis(500);
 
 /// One candidate as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +44,13 @@ pub struct CandidateHandle {
     pub service: String,
     pub config: Candidate,
     state: watch::Sender<CandidateStatus>,
+    /// Requests being served by this candidate now.
+    pub in_flight: AtomicUsize,
+    ejection: Mutex<Ejection>,
+    /// Traffic saw a failure: probe now, then quickly, instead of waiting.
+    recheck: Notify,
+    /// Told of every change, so the service's route is recomputed at once.
+    service_changed: Arc<Notify>,
 }
 
 impl CandidateHandle {
@@ -50,11 +61,85 @@ impl CandidateHandle {
     pub fn subscribe(&self) -> watch::Receiver<CandidateStatus> {
         self.state.subscribe()
     }
+
+    /// What the router needs to know of it now.
+    pub fn view(&self) -> View {
+        let s = self.state.borrow();
+        View {
+            node: self.config.node.clone(),
+            health: s.health.health,
+            health_reason: s.health.reason.clone(),
+            recovered_at: s.health.recovered_at,
+            models: s.ollama.as_ref().filter(|o| !o.models.is_empty()).map(|o| o.models.clone()),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            ejected_until: self.lock_ejection().until,
+        }
+    }
+
+    /// A request through this candidate failed (transport error, 5xx): count it
+    /// toward ejection and have the prober look at once.
+    pub fn request_failed(&self) {
+        if let Some(until) = self.lock_ejection().failure(Instant::now()) {
+            tracing::warn!(service = %self.service, node = %self.config.node, "ejected for {:?} after repeated errors", until - Instant::now());
+        }
+        self.recheck.notify_one();
+    }
+
+    pub fn request_succeeded(&self) {
+        self.lock_ejection().success();
+    }
+
+    fn lock_ejection(&self) -> std::sync::MutexGuard<'_, Ejection> {
+        self.ejection.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub struct ServiceHandle {
     pub config: ServiceConfig,
     pub candidates: Vec<Arc<CandidateHandle>>,
+    /// A node the user pinned this service to (tried first while it is up).
+    pin: Mutex<Option<String>>,
+    /// Why the endpoint is not listening, if it is not.
+    endpoint: Mutex<Option<String>>,
+    changed: Arc<Notify>,
+}
+
+impl ServiceHandle {
+    /// The ordered candidates for a request with these needs.
+    pub fn plan(&self, needs: &Needs) -> Plan {
+        let views: Vec<View> = self.candidates.iter().map(|c| c.view()).collect();
+        let pin = self.pin();
+        route::plan(&views, needs, pin.as_deref(), self.config.hold_down, Instant::now())
+    }
+
+    /// Has the route recomputed now (after a pin, say).
+    pub fn notify_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    pub fn endpoint_problem(&self) -> Option<String> {
+        self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_endpoint_problem(&self, p: Option<String>) {
+        *self.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+
+    pub fn pin(&self) -> Option<String> {
+        self.pin.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Pins to `node` (or unpins with `None`); the node must be a candidate.
+    pub fn set_pin(&self, node: Option<&str>) -> Result<(), String> {
+        if let Some(n) = node {
+            if !self.candidates.iter().any(|c| c.config.node == n) {
+                let known: Vec<&str> = self.candidates.iter().map(|c| c.config.node.as_str()).collect();
+                return Err(format!("{n} does not serve {} (candidates: {})", self.config.name, known.join(", ")));
+            }
+        }
+        *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = node.map(str::to_string);
+        Ok(())
+    }
 }
 
 /// Starts the probers of every candidate of every service.
@@ -64,11 +149,12 @@ pub fn spawn(
     events: &EventBus,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
-) -> Vec<ServiceHandle> {
+) -> Vec<Arc<ServiceHandle>> {
     let http = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new());
     services
         .iter()
         .map(|svc| {
+            let changed = Arc::new(Notify::new());
             let candidates = svc
                 .candidates
                 .iter()
@@ -85,6 +171,10 @@ pub fn spawn(
                         service: svc.name.clone(),
                         config: c.clone(),
                         state: watch::Sender::new(status),
+                        in_flight: AtomicUsize::new(0),
+                        ejection: Mutex::new(Ejection::default()),
+                        recheck: Notify::new(),
+                        service_changed: changed.clone(),
                     });
                     let prober = Prober {
                         handle: handle.clone(),
@@ -98,7 +188,16 @@ pub fn spawn(
                     handle
                 })
                 .collect();
-            ServiceHandle { config: svc.clone(), candidates }
+            let handle = Arc::new(ServiceHandle {
+                config: svc.clone(),
+                candidates,
+                pin: Mutex::new(None),
+                endpoint: Mutex::new(Some("starting".into())),
+                changed: changed.clone(),
+            });
+            tracker.spawn(crate::proxy::serve(handle.clone(), cancel.clone()));
+            tracker.spawn(watch_route(handle.clone(), changed, events.clone(), cancel.clone()));
+            handle
         })
         .collect()
 }
@@ -116,6 +215,8 @@ impl Prober {
         let mut tunnel_rx = self.tunnel.as_ref().map(|t| t.subscribe());
         let (mut tags_at, mut ps_at): (Option<Instant>, Option<Instant>) = (None, None);
         let interval = self.service.probe.interval(&self.handle.config);
+        // After traffic saw a failure, probe at RECHECK until FALL probes have run.
+        let mut quick = 0;
         loop {
             // Lower layer first: no session, no service.
             if let Some(rx) = tunnel_rx.as_mut() {
@@ -174,10 +275,17 @@ impl Prober {
                     None => std::future::pending().await,
                 }
             };
+            let wait = if quick > 0 {
+                quick -= 1;
+                interval.min(RECHECK)
+            } else {
+                interval
+            };
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = tunnel_changed => {}
+                () = self.handle.recheck.notified() => quick = crate::health::FALL,
             }
         }
     }
@@ -191,6 +299,7 @@ impl Prober {
                 flipped = Some(s.health.clone());
             }
         });
+        self.handle.service_changed.notify_one();
         if let Some(h) = flipped {
             let (service, node) = (&self.handle.service, &self.handle.config.node);
             if h.is_up() {
@@ -205,5 +314,53 @@ impl Prober {
                 reason: h.reason,
             });
         }
+    }
+}
+
+/// Follows the service's current route (where a request naming no model goes) and
+/// turns every change into an event with its reason. Runs on every candidate change
+/// and every second (a hold-down ends with no change to observe).
+async fn watch_route(svc: Arc<ServiceHandle>, changed: Arc<Notify>, events: EventBus, cancel: CancellationToken) {
+    let mut current: Option<String> = None;
+    loop {
+        let plan = svc.plan(&Needs::default());
+        let next = plan.current().map(str::to_string);
+        if next != current {
+            let reason = route_reason(&plan, current.as_deref(), next.as_deref());
+            match &next {
+                Some(to) => tracing::warn!(service = %svc.config.name, "route -> {to}: {reason}"),
+                None => tracing::warn!(service = %svc.config.name, "no route: {reason}"),
+            }
+            events.publish(EventKind::Route {
+                service: svc.config.name.clone(),
+                from: current.clone(),
+                to: next.clone(),
+                reason,
+            });
+            current = next;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = changed.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Why the route moved from `from` to `to`, in words for a notification.
+fn route_reason(plan: &Plan, from: Option<&str>, to: Option<&str>) -> String {
+    let skipped = |node: &str| plan.skipped.iter().find(|c| c.node == node).map(|c| format!("{node} {}", c.why));
+    let why_to = || plan.order.first().map(|c| c.why.clone()).unwrap_or_default();
+    match (from, to) {
+        (None, Some(_)) => why_to(),
+        (Some(f), Some(t)) => match skipped(f) {
+            Some(why) => why,
+            None => {
+                let higher = plan.order.iter().position(|c| c.node == t) < plan.order.iter().position(|c| c.node == f);
+                if higher { format!("{t} is up: {}", why_to()) } else { format!("{t} ranks first now: {}", why_to()) }
+            }
+        },
+        (Some(f), None) => format!("no node is up; {}", skipped(f).unwrap_or_else(|| f.to_string())),
+        (None, None) => String::new(),
     }
 }

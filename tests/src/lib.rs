@@ -70,6 +70,10 @@ impl Mesh {
 
     /// A service whose wall-clock watch the test fires by hand.
     pub async fn start_with_clock(mut cfg: Config, clock: ClockWatch) -> Mesh {
+        // The service's logs, shown with a failing test (ROBBIE_MESH_LOG=debug for more).
+        let filter = tracing_subscriber::EnvFilter::try_from_env("ROBBIE_MESH_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,russh=error"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind api");
         let api = listener.local_addr().expect("addr");
         cfg.api.listen = api;

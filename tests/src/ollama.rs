@@ -31,6 +31,8 @@ pub struct OllamaStub {
     pub models: Arc<Mutex<Vec<Model>>>,
     /// Answer every request with this status (e.g. 503) instead.
     pub fail_with: Arc<Mutex<Option<u16>>>,
+    /// Streams break after two lines (the process "dies" mid-answer).
+    pub die_mid_stream: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl OllamaStub {
@@ -43,6 +45,7 @@ impl OllamaStub {
                 models.iter().map(|m| Model { name: m.to_string(), size: 2_000_000_000, loaded_vram: None }).collect(),
             )),
             fail_with: Arc::new(Mutex::new(None)),
+            die_mid_stream: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let app = Router::new()
             .route("/api/version", get(version))
@@ -110,25 +113,42 @@ async fn ps(State(s): State<OllamaStub>) -> Response {
     Json(json!({ "models": models })).into_response()
 }
 
-fn has_model(s: &OllamaStub, body: &Value) -> Result<String, Response> {
+/// The requested model's name, or Ollama's 404 for a model it does not have.
+fn has_model(s: &OllamaStub, body: &Value) -> Result<String, Box<Response>> {
     let name = body["model"].as_str().unwrap_or_default().to_string();
     if s.models.lock().expect("lock").iter().any(|m| m.name == name) {
         Ok(name)
     } else {
-        Err((StatusCode::NOT_FOUND, Json(json!({"error": format!("model '{name}' not found")}))).into_response())
+        Err(Box::new((StatusCode::NOT_FOUND, Json(json!({"error": format!("model '{name}' not found")}))).into_response()))
     }
 }
 
 async fn show(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response {
     match has_model(&s, &body) {
         Ok(name) => Json(json!({"modelfile": format!("FROM {name}"), "details": {"family": "llama"}, "model_info": {}})).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
-/// NDJSON lines, the last with `done: true`, as Ollama streams them.
-fn stream(lines: Vec<Value>) -> Response {
-    let chunks = lines.into_iter().map(|l| Ok::<_, std::io::Error>(format!("{l}\n")));
+/// NDJSON lines, the last with `done: true`, as Ollama streams them; or, when the
+/// stub is told to die, two lines, a pause (the client has them by then) and a
+/// broken connection.
+fn stream(s: &OllamaStub, lines: Vec<Value>) -> Response {
+    use futures_util::StreamExt;
+    let die = s.die_mid_stream.load(std::sync::atomic::Ordering::Relaxed);
+    let mut chunks: Vec<Result<String, std::io::Error>> = lines.into_iter().map(|l| Ok(format!("{l}\n"))).collect();
+    if die {
+        chunks.truncate(2);
+        let death = futures_util::stream::once(async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            Err::<String, _>(std::io::Error::other("killed"))
+        });
+        let body = futures_util::stream::iter(chunks).chain(death);
+        return Response::builder()
+            .header("content-type", "application/x-ndjson")
+            .body(Body::from_stream(body))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(futures_util::stream::iter(chunks)))
@@ -141,7 +161,7 @@ async fn generate(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Respo
     }
     let name = match has_model(&s, &body) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let words = ["hello", " from", " ", &s.node];
     let mut lines: Vec<Value> = words
@@ -149,7 +169,7 @@ async fn generate(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Respo
         .map(|w| json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "response": w, "done": false}))
         .collect();
     lines.push(json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "response": "", "done": true, "done_reason": "stop", "eval_count": 4}));
-    stream(lines)
+    stream(&s, lines)
 }
 
 async fn chat(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response {
@@ -158,7 +178,7 @@ async fn chat(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response 
     }
     let name = match has_model(&s, &body) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let words = ["hello", " from", " ", &s.node];
     let mut lines: Vec<Value> = words
@@ -166,5 +186,5 @@ async fn chat(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response 
         .map(|w| json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "message": {"role": "assistant", "content": w}, "done": false}))
         .collect();
     lines.push(json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "stop"}));
-    stream(lines)
+    stream(&s, lines)
 }

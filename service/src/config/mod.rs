@@ -63,6 +63,7 @@ pub struct ServiceConfig {
     pub listen: SocketAddr,
     pub candidates: Vec<Candidate>,
     pub probe: ProbeConfig,
+    pub hold_down: Duration,
 }
 
 /// One node's instance of a service, as reached from this node.

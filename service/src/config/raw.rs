@@ -30,6 +30,8 @@ pub struct RawService {
     #[serde(default)]
     pub candidates: Vec<RawCandidate>,
     pub probe: Option<RawProbe>,
+    /// How long a recovered node waits before traffic moves back to it.
+    pub hold_down: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

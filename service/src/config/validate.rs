@@ -245,10 +245,11 @@ fn validate_service(
         }
     }
     let probe = validate_probe(c, rs.probe.as_ref(), field);
+    let hold_down = c.duration(&rs.hold_down, format!("{field}.hold_down"), crate::route::HOLD_DOWN);
     if c.errors.len() > before {
         return None;
     }
-    Some(ServiceConfig { name: name.clone(), kind: kind?, listen: listen?, candidates, probe })
+    Some(ServiceConfig { name: name.clone(), kind: kind?, listen: listen?, candidates, probe, hold_down })
 }
 
 /// A candidate's `tunnel`: must name a `-L` forward; its local end is where to connect.

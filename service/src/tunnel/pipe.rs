@@ -200,8 +200,14 @@ pub async fn pipe(tcp: TcpStream, channel: Channel<Msg>, counters: &Arc<Counters
                     }
                     counters.bytes_received.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
-                Some(ChannelMsg::Eof) => break false,
-                Some(ChannelMsg::Close) | None => break true,
+                Some(ChannelMsg::Eof) => {
+                    tracing::trace!("server sent EOF");
+                    break false;
+                }
+                Some(ChannelMsg::Close) | None => {
+                    tracing::trace!("server closed the channel");
+                    break true;
+                }
                 Some(_) => {}
             }
         };

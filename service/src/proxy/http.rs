@@ -1,0 +1,244 @@
+//! The HTTP endpoint of an `ollama` or `http` service: a reverse proxy that sends
+//! each request to the best candidate and streams the answer back unbuffered.
+//!
+//! The request body is buffered (bounded) so that, while no byte of the answer has
+//! reached the client, a failed attempt is retried on the next candidate — a
+//! different node each time: connect errors, a connection closed with no answer,
+//! 502/503/504, 429, and Ollama's 404 "model not found". After the first byte a
+//! failure cannot be hidden: a streaming (NDJSON) answer ends with Ollama's own
+//! `{"error": …}` line — never a made-up `done: true` — and anything else is cut.
+//! A client that goes away drops the upstream request at once.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::route::Needs;
+use crate::services::{CandidateHandle, ServiceHandle};
+
+/// The largest request body buffered for retries (prompts with images included).
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Until the answer starts: a model load can take minutes.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Between two chunks of a streaming answer.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The response header that names the node that served the request.
+pub const NODE_HEADER: &str = "x-robbie-node";
+/// When other nodes were tried first: which, and why they failed.
+pub const TRIED_HEADER: &str = "x-robbie-tried";
+
+#[derive(Clone)]
+pub struct Endpoint {
+    pub service: Arc<ServiceHandle>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Endpoint {
+    pub fn new(service: Arc<ServiceHandle>) -> Endpoint {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        Endpoint { service, client }
+    }
+
+    pub fn router(self) -> axum::Router {
+        axum::Router::new().fallback(handle).with_state(self)
+    }
+}
+
+/// Ollama's error shape, which its clients show to the user.
+fn ollama_error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// The `model` a request asks for, from its JSON body.
+fn requested_model(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithModel {
+        model: Option<String>,
+        name: Option<String>,
+    }
+    let m: WithModel = serde_json::from_slice(body).ok()?;
+    m.model.or(m.name).filter(|s| !s.is_empty())
+}
+
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+fn forward_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !HOP_BY_HOP.contains(&name.as_str()) && name != header::HOST && name != header::CONTENT_LENGTH {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Counts a request in flight on a candidate for as long as it lives.
+struct InFlight(Arc<CandidateHandle>);
+
+impl InFlight {
+    fn new(c: &Arc<CandidateHandle>) -> InFlight {
+        c.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(c.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return ollama_error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {} MiB", MAX_BODY >> 20)),
+    };
+    let needs = Needs { model: requested_model(&body) };
+    let plan = ep.service.plan(&needs);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut failures = Vec::new();
+    let attempts = plan.order.len();
+    for (k, choice) in plan.order.iter().enumerate() {
+        let cand = &ep.service.candidates[choice.index];
+        let last = k + 1 == attempts;
+        let mut up = hyper::Request::builder().method(parts.method.clone()).uri(format!("http://{}{path}", cand.config.address));
+        if let Some(h) = up.headers_mut() {
+            forward_headers(&parts.headers, h);
+        }
+        let Ok(up) = up.body(Full::new(body.clone())) else {
+            return ollama_error(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
+        };
+        let in_flight = InFlight::new(cand);
+        let answer = tokio::time::timeout(FIRST_BYTE_TIMEOUT, ep.client.request(up)).await;
+        let resp = match answer {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                failures.push(format!("{}: {}", choice.node, transport_error(&e)));
+                cand.request_failed();
+                continue;
+            }
+            Err(_) => {
+                failures.push(format!("{}: no answer within {FIRST_BYTE_TIMEOUT:?}", choice.node));
+                cand.request_failed();
+                continue;
+            }
+        };
+        let status = resp.status();
+        let retry = !last && matches!(status.as_u16(), 429 | 502 | 503 | 504);
+        if status.is_server_error() {
+            cand.request_failed();
+        } else {
+            cand.request_succeeded();
+        }
+        if retry {
+            failures.push(format!("{}: HTTP {status}", choice.node));
+            continue;
+        }
+        // Ollama's 404 for a model this node lacks: another node may have it.
+        if status == StatusCode::NOT_FOUND && !last && needs.model.is_some() {
+            let (head, body) = resp.into_parts();
+            let text = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            if String::from_utf8_lossy(&text).contains("not found") {
+                failures.push(format!("{}: model not found", choice.node));
+                continue;
+            }
+            return respond(hyper::Response::from_parts(head, Full::new(text).map_err(|e| match e {}).boxed()), &choice.node, &failures, in_flight);
+        }
+        if k > 0 {
+            tracing::info!(service = %ep.service.config.name, "served by {} after: {}", choice.node, failures.join("; "));
+        }
+        return respond(resp.map(|b| b.boxed()), &choice.node, &failures, in_flight);
+    }
+    let why = if failures.is_empty() { "no candidate is configured".to_string() } else { failures.join("; ") };
+    ollama_error(StatusCode::BAD_GATEWAY, format!("no node could serve {}: {why}", ep.service.config.name))
+}
+
+fn transport_error(e: &hyper_util::client::legacy::Error) -> String {
+    if e.is_connect() {
+        "connection refused".into()
+    } else {
+        // Through a -L tunnel whose far end is down, the connection closes unanswered.
+        "connection closed without an answer".into()
+    }
+}
+
+type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Streams the upstream answer back, chunk by chunk, naming the node.
+fn respond(resp: hyper::Response<UpstreamBody>, node: &str, tried: &[String], in_flight: InFlight) -> Response {
+    let (mut head, body) = resp.into_parts();
+    for h in HOP_BY_HOP {
+        head.headers.remove(h);
+    }
+    if let Ok(v) = HeaderValue::from_str(node) {
+        head.headers.insert(NODE_HEADER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&tried.join("; ")).map_err(drop).and_then(|v| (!tried.is_empty()).then_some(v).ok_or(())) {
+        head.headers.insert(TRIED_HEADER, v);
+    }
+    // An error line can be appended only to a chunked NDJSON stream.
+    let ndjson = !head.headers.contains_key(header::CONTENT_LENGTH)
+        && head.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/x-ndjson"));
+    let node = node.to_string();
+    let stream = futures_util::stream::unfold(Some((body, in_flight)), move |state| {
+        let node = node.clone();
+        async move {
+            let (mut body, in_flight) = state?;
+            loop {
+                match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
+                    Ok(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => return Some((Ok::<_, std::io::Error>(data), Some((body, in_flight)))),
+                        Err(_) => continue, // trailers
+                    },
+                    Ok(None) => return None,
+                    Ok(Some(Err(e))) => {
+                        in_flight.0.request_failed();
+                        return error_line(ndjson, format!("{node} failed mid-answer: {e}"));
+                    }
+                    Err(_) => {
+                        in_flight.0.request_failed();
+                        return error_line(ndjson, format!("{node} sent nothing for {} s", IDLE_TIMEOUT.as_secs()));
+                    }
+                }
+            }
+        }
+    });
+    Response::from_parts(head, Body::from_stream(stream))
+}
+
+/// The last item of a failed stream: Ollama's error line, or a cut connection.
+fn error_line<S>(ndjson: bool, msg: String) -> Option<(Result<Bytes, std::io::Error>, Option<S>)> {
+    tracing::warn!("{msg}");
+    if ndjson {
+        let line = format!("{}\n", serde_json::json!({ "error": msg }));
+        Some((Ok(Bytes::from(line)), None))
+    } else {
+        Some((Err(std::io::Error::other(msg)), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::requested_model;
+
+    #[test]
+    fn model_from_ollama_requests() {
+        assert_eq!(requested_model(br#"{"model":"llama3.2","prompt":"hi"}"#).as_deref(), Some("llama3.2"));
+        assert_eq!(requested_model(br#"{"name":"llama3.2"}"#).as_deref(), Some("llama3.2"));
+        assert_eq!(requested_model(b"not json"), None);
+        assert_eq!(requested_model(br#"{"model":""}"#), None);
+    }
+}

@@ -1,0 +1,65 @@
+//! The stable local endpoints: one listener per service on its configured loopback
+//! port, HTTP (`http.rs`) for `ollama`/`http` services and TCP (`tcp.rs`) for
+//! `postgres`/`tcp`. A port that cannot be bound is a visible state, retried with
+//! backoff, with a message that says what to do.
+
+pub mod http;
+mod tcp;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServiceKind;
+use crate::services::ServiceHandle;
+use crate::tunnel::Backoff;
+
+/// Binds the service's endpoint (retrying while the port is taken) and serves it
+/// until `cancel`.
+pub async fn serve(service: Arc<ServiceHandle>, cancel: CancellationToken) {
+    let addr = service.config.listen;
+    let mut backoff = Backoff::new(crate::config::Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(10) });
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                let why = bind_problem(&service, &e);
+                if service.endpoint_problem().as_deref() != Some(why.as_str()) {
+                    tracing::error!(service = %service.config.name, "{why}");
+                }
+                service.set_endpoint_problem(Some(why));
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    };
+    service.set_endpoint_problem(None);
+    tracing::info!(service = %service.config.name, "endpoint listening on {addr}");
+    match service.config.kind {
+        ServiceKind::Ollama | ServiceKind::Http => {
+            let app = http::Endpoint::new(service.clone()).router();
+            let _ = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
+        }
+        ServiceKind::Postgres | ServiceKind::Tcp => tcp::serve(listener, service, cancel).await,
+    }
+}
+
+fn bind_problem(service: &ServiceHandle, e: &std::io::Error) -> String {
+    let (name, addr) = (&service.config.name, service.config.listen);
+    if e.kind() != std::io::ErrorKind::AddrInUse {
+        return format!("cannot listen on {addr} for {name}: {e}");
+    }
+    let hint = match service.config.kind {
+        ServiceKind::Ollama => format!(
+            "a local Ollama probably runs there: move it with OLLAMA_HOST=127.0.0.1:11435 (list it as this node's \
+             candidate, address \"127.0.0.1:11435\"); robbie-mesh takes {addr} as soon as it is free"
+        ),
+        ServiceKind::Postgres => "a local PostgreSQL probably runs there: move it to port 5433 (postgresql.conf `port`) and list it as this node's candidate".to_string(),
+        _ => format!("stop what holds it (`ss -ltnp 'sport = :{}'` shows it) or change `listen`", addr.port()),
+    };
+    format!("cannot listen on {addr} for {name}: address already in use; {hint}")
+}

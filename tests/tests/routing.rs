@@ -1,0 +1,151 @@
+//! The stable Ollama endpoint over real tunnels: requests go to the preferred node,
+//! fail over when its SSH session dies (retried requests all succeed), come back
+//! only after the hold-down, follow the model, respect a pin, and a backend that
+//! dies mid-stream ends the stream with Ollama's error line, never `done: true`.
+
+use std::time::{Duration, Instant};
+
+use mesh_tests::ollama::OllamaStub;
+use mesh_tests::sshd::Sshd;
+use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
+use robbie_mesh::events::EventKind;
+use serde_json::{json, Value};
+
+struct Setup {
+    sshd: Sshd,
+    aurora: OllamaStub,
+    book: OllamaStub,
+    mesh: Mesh,
+    endpoint: String,
+}
+
+async fn setup() -> Setup {
+    let sshd = Sshd::start();
+    let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
+    let book = OllamaStub::start("book", &["llama3.2:3b", "qwen3:8b"]).await;
+    let (tunnel_port, endpoint) = (free_port(), free_port());
+    let cfg = format!(
+        "node = \"book\"\n{}\n[[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\nhold_down = \"3s\"\n\
+         candidates = [{{ node = \"aurora\", tunnel = \"aurora-ollama\" }}, {{ node = \"book\", address = \"{}\" }}]\n\
+         probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\", timeout = \"1s\" }}\n",
+        peer_toml(
+            "aurora",
+            &sshd,
+            &trust(&sshd),
+            &format!("[[peer.forward]]\nname = \"aurora-ollama\"\nlocal = \"127.0.0.1:{tunnel_port}\"\nremote = \"{}\"\n", aurora.addr),
+        ),
+        book.addr
+    );
+    let mesh = Mesh::start(&cfg).await;
+    let s = Setup { sshd, aurora, book, mesh, endpoint: format!("http://127.0.0.1:{endpoint}") };
+    s.wait_route("aurora", Duration::from_secs(10)).await;
+    s
+}
+
+impl Setup {
+    async fn route(&self) -> Value {
+        self.mesh.api_get("/v1/status").await["services"][0]["route"].clone()
+    }
+
+    async fn wait_route(&self, node: &str, deadline: Duration) -> Duration {
+        eventually(deadline, &format!("route to {node}"), || async { self.route().await == node }).await
+    }
+
+    /// A streamed generate; returns the node header and the NDJSON lines.
+    async fn generate(&self, model: &str) -> (String, Vec<Value>) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/generate", self.endpoint))
+            .json(&json!({"model": model, "prompt": "hi"}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+        let node = resp.headers().get("x-robbie-node").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        if let Some(tried) = resp.headers().get("x-robbie-tried") {
+            eprintln!("{node} served after trying: {tried:?}");
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let lines = text.lines().map(|l| serde_json::from_str(l).expect("NDJSON line")).collect();
+        (node, lines)
+    }
+}
+
+fn said(lines: &[Value]) -> String {
+    lines.iter().filter_map(|l| l["response"].as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fails_over_and_back_after_the_hold_down() {
+    let mut s = setup().await;
+    let (node, lines) = s.generate("llama3.2:3b").await;
+    assert_eq!(node, "aurora");
+    assert_eq!(said(&lines), "hello from aurora");
+    assert_eq!(lines.last().map(|l| l["done"].clone()), Some(json!(true)));
+
+    // Aurora's SSH session dies; every request from now on succeeds, on book.
+    let mut events = s.mesh.service.events.subscribe();
+    s.sshd.kill();
+    for _ in 0..10 {
+        let (node, lines) = s.generate("llama3.2:3b").await;
+        assert_eq!(node, "book");
+        assert_eq!(said(&lines), "hello from book");
+    }
+    s.wait_route("book", Duration::from_secs(3)).await;
+    let mut reason = None;
+    while let Ok(e) = events.try_recv() {
+        if let EventKind::Route { to: Some(to), reason: r, .. } = e.kind {
+            if to == "book" {
+                reason = Some(r);
+            }
+        }
+    }
+    let reason = reason.expect("a route event");
+    assert!(reason.contains("aurora offline") && reason.contains("tunnel aurora-ollama"), "{reason}");
+
+    // Aurora is back: traffic stays on book for the 3 s hold-down, then returns.
+    s.sshd.restart();
+    eventually(Duration::from_secs(15), "aurora online", || async {
+        let st = s.mesh.api_get("/v1/status").await;
+        st["services"][0]["candidates"][0]["health"] == "online"
+    })
+    .await;
+    let online_at = Instant::now();
+    let (node, _) = s.generate("llama3.2:3b").await;
+    assert_eq!(node, "book", "held down right after recovery");
+    s.wait_route("aurora", Duration::from_secs(6)).await;
+    assert!(online_at.elapsed() >= Duration::from_secs(2), "came back before the hold-down: {:?}", online_at.elapsed());
+    assert_eq!(s.generate("llama3.2:3b").await.0, "aurora");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn model_pin_and_mid_stream_failure() {
+    let s = setup().await;
+    // Only book has qwen3: it serves it while aurora is up.
+    eventually(Duration::from_secs(10), "models known", || async {
+        let st = s.mesh.api_get("/v1/status").await;
+        st["services"][0]["candidates"][1]["ollama"]["models"].as_array().is_some_and(|m| m.len() == 2)
+    })
+    .await;
+    assert_eq!(s.generate("qwen3:8b").await.0, "book");
+    assert_eq!(s.generate("llama3.2:3b").await.0, "aurora");
+
+    // Pinned to book, through the API; unpinned, back to aurora.
+    let client = reqwest::Client::new();
+    let pin = format!("http://{}/v1/services/ollama/pin", s.mesh.api);
+    let r: Value = client.post(&pin).json(&json!({"node": "book"})).send().await.expect("pin").json().await.expect("json");
+    assert_eq!(r["route"], "book");
+    assert_eq!(s.generate("llama3.2:3b").await.0, "book");
+    let bad = client.post(&pin).json(&json!({"node": "nowhere"})).send().await.expect("pin");
+    assert_eq!(bad.status(), 400);
+    client.delete(&pin).send().await.expect("unpin");
+    assert_eq!(s.generate("llama3.2:3b").await.0, "aurora");
+
+    // Aurora dies mid-answer: the client gets Ollama's error line, not done:true.
+    s.aurora.die_mid_stream.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (node, lines) = s.generate("llama3.2:3b").await;
+    assert_eq!(node, "aurora");
+    let last = lines.last().expect("lines");
+    assert!(last["error"].as_str().is_some_and(|e| e.contains("aurora")), "{lines:?}");
+    assert!(lines.iter().all(|l| l["done"] != json!(true)), "never a fake done: {lines:?}");
+    drop(s.book);
+}
