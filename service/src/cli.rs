@@ -45,6 +45,36 @@ pub fn config_summary(cfg: &Config) -> String {
     out
 }
 
+/// The services part of `status`: for each, where requests go now, then every
+/// candidate with its health (the `GET /v1/status` JSON).
+pub fn services_text(status: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let empty = Vec::new();
+    for s in status["services"].as_array().unwrap_or(&empty) {
+        let name = s["name"].as_str().unwrap_or("?");
+        let route = match s["route"].as_str() {
+            Some(node) => format!("-> {node}"),
+            None => "-> nothing is up (requests try every node)".into(),
+        };
+        let pinned = s["pinned"].as_str().map_or(String::new(), |p| format!(" [pinned: {p}]"));
+        let _ = writeln!(out, "{name:<10} {:<22} {route}{pinned}", s["listen"].as_str().unwrap_or(""));
+        if s["endpoint"] != "listening" {
+            let _ = writeln!(out, "    endpoint: {}", s["endpoint"].as_str().unwrap_or(""));
+        }
+        for c in s["candidates"].as_array().unwrap_or(&empty) {
+            let mut line = format!("    {:<12} {:<9}", c["node"].as_str().unwrap_or("?"), c["health"].as_str().unwrap_or("?"));
+            if let Some(ms) = c["latency_ms"].as_f64() {
+                line.push_str(&format!(" {ms:>6.1} ms"));
+            }
+            if let Some(r) = c["reason"].as_str().filter(|r| !r.is_empty()) {
+                line.push_str(&format!("  {r}"));
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+    }
+    out
+}
+
 /// The `status` table: one line per tunnel, its reason underneath when it is not up.
 pub fn tunnel_table(node: &str, tunnels: &[TunnelStatus], now: SystemTime) -> String {
     let mut out = String::new();

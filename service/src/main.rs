@@ -234,7 +234,7 @@ fn api_call_json(
 }
 
 fn status(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
-    let (code, text) = api_call(api, reqwest::Method::GET, "/v1/tunnels")?;
+    let (code, text) = api_call(api, reqwest::Method::GET, "/v1/status")?;
     if !code.is_success() {
         bail!("API answered {code}: {text}");
     }
@@ -242,8 +242,13 @@ fn status(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
         println!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    let list: TunnelList = serde_json::from_str(&text).context("the API answered something that is not a tunnel list")?;
-    print!("{}", robbie_mesh::cli::tunnel_table(&list.node, &list.tunnels, SystemTime::now()));
+    let status: serde_json::Value = serde_json::from_str(&text).context("the API answered something that is not JSON")?;
+    // Services first: which machine serves what, right now.
+    print!("{}", robbie_mesh::cli::services_text(&status));
+    let list: TunnelList = serde_json::from_value(status.clone()).context("the API's status has no tunnel list")?;
+    if !list.tunnels.is_empty() || status["services"].as_array().is_none_or(|s| s.is_empty()) {
+        print!("{}", robbie_mesh::cli::tunnel_table(&list.node, &list.tunnels, SystemTime::now()));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

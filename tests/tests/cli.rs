@@ -173,3 +173,64 @@ fn check_config_reports_line_and_field_or_a_summary() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
 }
+
+#[test]
+fn status_shows_services_first_and_node_reports_its_gpu() {
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let stub = rt.block_on(mesh_tests::ollama::OllamaStub::start("book", &["llama3.2:3b"]));
+    let home = tempfile::tempdir().expect("home");
+    // The GPU seam: an nvidia-smi that prints what a desktop with an RTX 4090 prints.
+    let smi = home.path().join("nvidia-smi");
+    std::fs::write(&smi, "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 1031'\n").expect("write");
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    // A squatter holds the second service's port, as a local Ollama on 11434 would.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = squatter.local_addr().expect("addr").port();
+    let (api, endpoint) = (free_port(), free_port());
+    let cfg = format!(
+        "node = \"book\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
+         [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\n\
+         candidates = [{{ node = \"book\", address = \"{}\" }}]\nprobe = {{ local_interval = \"200ms\" }}\n\
+         [[service]]\nname = \"ollama2\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{taken}\"\n\
+         candidates = [{{ node = \"book\", address = \"{}\" }}]\n",
+        stub.addr, stub.addr
+    );
+    let path = home.path().join("mesh.toml");
+    std::fs::write(&path, cfg).expect("write");
+    let svc = Service(
+        cmd(home.path()).args(["run", "--config"]).arg(&path).env("ROBBIE_MESH_NVIDIA_SMI", &smi).stderr(Stdio::piped()).spawn().expect("spawn"),
+    );
+    wait_for(DEADLINE, || listening(api), || "API did not come up".into());
+    let text = std::cell::RefCell::new(String::new());
+    wait_for(
+        DEADLINE,
+        || {
+            let out = run(cmd(home.path()).args(["status", "--config"]).arg(&path));
+            *text.borrow_mut() = String::from_utf8_lossy(&out.stdout).to_string();
+            text.borrow().contains("-> book") && text.borrow().contains("online")
+        },
+        || format!("status never showed ollama served by book:\n{}", text.borrow()),
+    );
+    let text = text.into_inner();
+    assert!(text.starts_with("ollama "), "services come first:\n{text}");
+    assert!(text.contains("a local Ollama probably runs there"), "the taken port is explained:\n{text}");
+
+    let node: serde_json::Value = rt
+        .block_on(async { reqwest::get(format!("http://127.0.0.1:{api}/v1/node")).await?.json().await })
+        .expect("GET /v1/node");
+    assert_eq!(node["node"], "book");
+    assert_eq!(node["gpus"][0]["name"], "NVIDIA GeForce RTX 4090");
+    assert_eq!(node["gpus"][0]["vram_bytes"], 24564u64 * 1024 * 1024);
+    assert_eq!(node["gpu_source"], "nvidia-smi");
+    assert!(node["cpu"]["cores"].as_u64().unwrap_or(0) >= 1);
+
+    // pin / unpin from the command line.
+    let out = run(cmd(home.path()).args(["pin", "ollama", "book", "--config"]).arg(&path));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ollama pinned to book"), "{out:?}");
+    let out = run(cmd(home.path()).args(["pin", "ollama", "mars", "--config"]).arg(&path));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mars does not serve ollama"), "{out:?}");
+    let out = run(cmd(home.path()).args(["unpin", "ollama", "--config"]).arg(&path));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("routes automatically"), "{out:?}");
+    drop(squatter);
+    let _ = stop(svc, Signal::SIGTERM);
+}
