@@ -95,6 +95,7 @@ pub fn router(service: Service) -> Router {
         .route("/v1/tunnels", get(tunnels))
         .route("/v1/node", get(node))
         .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
         .route("/v1/tunnels/{name}/reconnect", post(reconnect))
         .route("/v1/services/{name}/pin", post(pin).delete(unpin))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see GET /v1/tunnels") })
@@ -193,6 +194,26 @@ async fn status(State(s): State<Service>) -> Json<Status> {
         tunnels: s.tunnels().map(|t| t.status()).collect(),
         services,
     })
+}
+
+/// Server-Sent Events: every event of the bus as it happens (`event:` is its type,
+/// `data:` its JSON). A client that falls behind is told how many it missed.
+async fn events(State(s): State<Service>) -> axum::response::Sse<impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive};
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = s.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = match rx.recv().await {
+            Ok(e) => {
+                let kind = serde_json::to_value(&e).ok().and_then(|v| v["type"].as_str().map(str::to_string)).unwrap_or_default();
+                SseEvent::default().event(kind).json_data(&e).unwrap_or_default()
+            }
+            Err(RecvError::Lagged(n)) => SseEvent::default().event("lagged").data(n.to_string()),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(item), rx))
+    });
+    axum::response::Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn tunnels(State(s): State<Service>) -> Json<TunnelList> {

@@ -84,6 +84,8 @@ async fn fails_over_and_back_after_the_hold_down() {
 
     // Aurora's SSH session dies; every request from now on succeeds, on book.
     let mut events = s.mesh.service.events.subscribe();
+    let mut sse = reqwest::get(format!("http://{}/v1/events", s.mesh.api)).await.expect("GET /v1/events");
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
     s.sshd.kill();
     for _ in 0..10 {
         let (node, lines) = s.generate("llama3.2:3b").await;
@@ -101,6 +103,19 @@ async fn fails_over_and_back_after_the_hold_down() {
     }
     let reason = reason.expect("a route event");
     assert!(reason.contains("aurora offline") && reason.contains("tunnel aurora-ollama"), "{reason}");
+    // The same event reached the Server-Sent Events stream.
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(chunk)) = sse.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("event: route") && seen.contains("\"to\":\"book\"") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(found, Ok(true)), "no route event on /v1/events: {seen}");
 
     // Aurora is back: traffic stays on book for the 3 s hold-down, then returns.
     s.sshd.restart();
