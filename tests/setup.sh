@@ -14,6 +14,15 @@ if ((${#need[@]})); then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}"
 fi
+# The official Ollama Python client, in a venv kept between runs.
+venv="${MESH_TEST_VENV:-/var/cache/robbie-mesh/venv}"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ollama' 2>/dev/null; then
+  echo "tests/setup.sh: installing the ollama Python client into $venv"
+  command -v python3 >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"; $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3 python3-venv; }
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check ollama
+fi
 # sshd's privilege separation directory.
 [ -d /run/sshd ] || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"; $SUDO mkdir -p /run/sshd; }
 echo "tests/setup.sh: ready"

@@ -96,6 +96,7 @@ pub fn router(service: Service) -> Router {
         .route("/v1/node", get(node))
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
         .route("/v1/tunnels/{name}/reconnect", post(reconnect))
         .route("/v1/services/{name}/pin", post(pin).delete(unpin))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see GET /v1/tunnels") })
@@ -194,6 +195,80 @@ async fn status(State(s): State<Service>) -> Json<Status> {
         tunnels: s.tunnels().map(|t| t.status()).collect(),
         services,
     })
+}
+
+/// Prometheus text: route changes, requests and answer times per node, probe
+/// results, tunnel state and bytes. Each family's samples follow its header.
+async fn metrics(State(s): State<Service>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut m = Metrics::default();
+    for svc in s.services.iter() {
+        let name = &svc.config.name;
+        m.sample("robbie_route_changes_total", format!("service=\"{name}\""), svc.route_changes.load(Relaxed) as f64);
+        for c in &svc.candidates {
+            let labels = format!("service=\"{name}\",node=\"{}\"", c.config.node);
+            let cm = &c.metrics;
+            m.sample("robbie_requests_total", format!("{labels},outcome=\"ok\""), cm.requests_ok.load(Relaxed) as f64);
+            m.sample("robbie_requests_total", format!("{labels},outcome=\"failed\""), cm.requests_failed.load(Relaxed) as f64);
+            m.sample("robbie_answer_seconds_sum", labels.clone(), cm.answer_micros.load(Relaxed) as f64 / 1e6);
+            let st = c.status();
+            let up = match st.health.health {
+                crate::health::Health::Online => 1.0,
+                crate::health::Health::Degraded => 0.5,
+                crate::health::Health::Offline => 0.0,
+            };
+            m.sample("robbie_candidate_up", labels.clone(), up);
+            if let Some(ms) = st.latency_ms {
+                m.sample("robbie_probe_latency_seconds", labels, ms / 1e3);
+            }
+        }
+    }
+    for t in s.tunnels() {
+        let st = t.status();
+        let labels = format!("tunnel=\"{}\",peer=\"{}\"", st.name, st.peer);
+        m.sample("robbie_tunnel_up", labels.clone(), f64::from(u8::from(st.state == "up")));
+        m.sample("robbie_tunnel_bytes_total", format!("{labels},direction=\"sent\""), st.bytes_sent as f64);
+        m.sample("robbie_tunnel_bytes_total", format!("{labels},direction=\"received\""), st.bytes_received as f64);
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
+}
+
+/// Samples grouped by family, rendered with each family's HELP and TYPE.
+#[derive(Default)]
+struct Metrics {
+    families: Vec<(&'static str, Vec<(String, f64)>)>,
+}
+
+impl Metrics {
+    const HELP: [(&'static str, &'static str, &'static str); 7] = [
+        ("robbie_route_changes_total", "counter", "Times a service's route moved to another node."),
+        ("robbie_requests_total", "counter", "Requests per service, node and outcome."),
+        ("robbie_answer_seconds_sum", "counter", "Time to the answer's head, summed over successful requests."),
+        ("robbie_candidate_up", "gauge", "1 when the node's instance is online, 0.5 degraded, 0 offline."),
+        ("robbie_probe_latency_seconds", "gauge", "Latency of the last successful probe."),
+        ("robbie_tunnel_up", "gauge", "1 when the tunnel forwards."),
+        ("robbie_tunnel_bytes_total", "counter", "Bytes through a tunnel, by direction."),
+    ];
+
+    fn sample(&mut self, family: &'static str, labels: String, value: f64) {
+        match self.families.iter_mut().find(|(f, _)| *f == family) {
+            Some((_, v)) => v.push((labels, value)),
+            None => self.families.push((family, vec![(labels, value)])),
+        }
+    }
+
+    fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for (name, kind, help) in Self::HELP {
+            let Some((_, samples)) = self.families.iter().find(|(f, _)| *f == name) else { continue };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+        out
+    }
 }
 
 /// Server-Sent Events: every event of the bus as it happens (`event:` is its type,

@@ -51,6 +51,16 @@ pub struct CandidateHandle {
     recheck: Notify,
     /// Told of every change, so the service's route is recomputed at once.
     service_changed: Arc<Notify>,
+    pub metrics: CandidateMetrics,
+}
+
+/// Request counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CandidateMetrics {
+    pub requests_ok: std::sync::atomic::AtomicU64,
+    pub requests_failed: std::sync::atomic::AtomicU64,
+    /// Time to the answer's head, summed, in microseconds.
+    pub answer_micros: std::sync::atomic::AtomicU64,
 }
 
 impl CandidateHandle {
@@ -79,13 +89,17 @@ impl CandidateHandle {
     /// A request through this candidate failed (transport error, 5xx): count it
     /// toward ejection and have the prober look at once.
     pub fn request_failed(&self) {
+        self.metrics.requests_failed.fetch_add(1, Ordering::Relaxed);
         if let Some(until) = self.lock_ejection().failure(Instant::now()) {
             tracing::warn!(service = %self.service, node = %self.config.node, "ejected for {:?} after repeated errors", until - Instant::now());
         }
         self.recheck.notify_one();
     }
 
-    pub fn request_succeeded(&self) {
+    /// A request got an answer from this candidate after `took`.
+    pub fn request_succeeded(&self, took: Duration) {
+        self.metrics.requests_ok.fetch_add(1, Ordering::Relaxed);
+        self.metrics.answer_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         self.lock_ejection().success();
     }
 
@@ -102,6 +116,7 @@ pub struct ServiceHandle {
     /// Why the endpoint is not listening, if it is not.
     endpoint: Mutex<Option<String>>,
     changed: Arc<Notify>,
+    pub route_changes: std::sync::atomic::AtomicU64,
 }
 
 impl ServiceHandle {
@@ -175,6 +190,7 @@ pub fn spawn(
                         ejection: Mutex::new(Ejection::default()),
                         recheck: Notify::new(),
                         service_changed: changed.clone(),
+                        metrics: CandidateMetrics::default(),
                     });
                     let prober = Prober {
                         handle: handle.clone(),
@@ -194,6 +210,7 @@ pub fn spawn(
                 pin: Mutex::new(None),
                 endpoint: Mutex::new(Some("starting".into())),
                 changed: changed.clone(),
+                route_changes: std::sync::atomic::AtomicU64::new(0),
             });
             tracker.spawn(crate::proxy::serve(handle.clone(), cancel.clone()));
             tracker.spawn(watch_route(handle.clone(), changed, events.clone(), cancel.clone()));
@@ -331,6 +348,7 @@ async fn watch_route(svc: Arc<ServiceHandle>, changed: Arc<Notify>, events: Even
                 Some(to) => tracing::warn!(service = %svc.config.name, "route -> {to}: {reason}"),
                 None => tracing::warn!(service = %svc.config.name, "no route: {reason}"),
             }
+            svc.route_changes.fetch_add(1, Ordering::Relaxed);
             events.publish(EventKind::Route {
                 service: svc.config.name.clone(),
                 from: current.clone(),

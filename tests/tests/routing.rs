@@ -162,5 +162,48 @@ async fn model_pin_and_mid_stream_failure() {
     let last = lines.last().expect("lines");
     assert!(last["error"].as_str().is_some_and(|e| e.contains("aurora")), "{lines:?}");
     assert!(lines.iter().all(|l| l["done"] != json!(true)), "never a fake done: {lines:?}");
+
+    // /metrics counts it all, per node.
+    let metrics = reqwest::get(format!("http://{}/metrics", s.mesh.api)).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("# TYPE robbie_requests_total counter"), "{metrics}");
+    let count = |labels: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("robbie_requests_total{{{labels}}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(count("service=\"ollama\",node=\"book\",outcome=\"ok\"") >= 2.0, "{metrics}");
+    assert!(count("service=\"ollama\",node=\"aurora\",outcome=\"failed\"") >= 1.0, "{metrics}");
+    assert!(metrics.contains("robbie_candidate_up{service=\"ollama\",node=\"aurora\"}"), "{metrics}");
     drop(s.book);
+}
+
+/// The official Ollama Python client (`pip install ollama`, installed by
+/// tests/setup.sh) streams a chat through the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ollama_python_client_streams_a_chat() {
+    let python = std::env::var("MESH_TEST_PYTHON").unwrap_or_else(|_| "/var/cache/robbie-mesh/venv/bin/python".into());
+    assert!(std::path::Path::new(&python).exists(), "{python} missing: run tests/setup.sh (tests/run.sh does)");
+    let s = setup().await;
+    let script = r#"
+import sys, ollama
+client = ollama.Client(host=sys.argv[1])
+parts = []
+for chunk in client.chat(model="llama3.2:3b", messages=[{"role": "user", "content": "hi"}], stream=True):
+    parts.append(chunk["message"]["content"])
+    last = chunk
+print("".join(parts))
+print("done" if last["done"] else "not done")
+print(len(client.list()["models"]))
+"#;
+    let endpoint = s.endpoint.clone();
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(["-c", script, &endpoint]).output())
+        .await
+        .expect("join")
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "python failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, ["hello from aurora", "done", "1"], "{stdout}");
 }

@@ -122,6 +122,7 @@ async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
             return ollama_error(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
         };
         let in_flight = InFlight::new(cand);
+        let started = std::time::Instant::now();
         let answer = tokio::time::timeout(FIRST_BYTE_TIMEOUT, ep.client.request(up)).await;
         let resp = match answer {
             Ok(Ok(resp)) => resp,
@@ -141,7 +142,7 @@ async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
         if status.is_server_error() {
             cand.request_failed();
         } else {
-            cand.request_succeeded();
+            cand.request_succeeded(started.elapsed());
         }
         if retry {
             failures.push(format!("{}: HTTP {status}", choice.node));
