@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServiceKind;
 use crate::inventory::NodeInventory;
+use crate::nodes::NodeMap;
 use crate::route::{Needs, Plan};
 use crate::service::Service;
 use crate::services::CandidateStatus;
@@ -40,6 +41,8 @@ pub struct Status {
     pub node: String,
     pub mode: String,
     pub inventory: Option<NodeInventory>,
+    /// Every node of the mesh this node knows, with its hardware.
+    pub nodes: NodeMap,
     pub tunnels: Vec<TunnelStatus>,
     pub services: Vec<ServiceStatus>,
 }
@@ -162,10 +165,12 @@ async fn health(State(s): State<Service>) -> Json<Health> {
 
 /// This node's hardware; waits (briefly) for the detection that runs at start-up.
 async fn node(State(s): State<Service>) -> Response {
-    let mut rx = s.inventory.clone();
-    let ready = tokio::time::timeout(std::time::Duration::from_secs(10), rx.wait_for(Option::is_some)).await;
+    let mut rx = s.nodes.clone();
+    let me = s.config.node.clone();
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(10), rx.wait_for(|m| m.get(&me).is_some_and(|e| e.inventory.is_some())))
+        .await;
     match ready {
-        Ok(Ok(inv)) => Json(inv.as_deref().cloned()).into_response(),
+        Ok(Ok(map)) => Json(map.get(&me).and_then(|e| e.inventory.clone())).into_response(),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "still detecting this node's hardware; try again in a moment"),
     }
 }
@@ -191,7 +196,8 @@ async fn status(State(s): State<Service>) -> Json<Status> {
     Json(Status {
         node: s.config.node.clone(),
         mode: if s.is_local_only() { "local-only".into() } else { "mesh".into() },
-        inventory: s.inventory.borrow().as_deref().cloned(),
+        inventory: s.nodes.borrow().get(&s.config.node).and_then(|e| e.inventory.clone()),
+        nodes: s.nodes.borrow().clone(),
         tunnels: s.tunnels().map(|t| t.status()).collect(),
         services,
     })

@@ -12,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod inventory;
 pub mod keys;
+pub mod nodes;
 pub mod probe;
 pub mod proxy;
 pub mod route;

@@ -32,12 +32,16 @@ pub struct View {
     pub models: Option<Vec<String>>,
     pub in_flight: usize,
     pub ejected_until: Option<Instant>,
+    /// The node's largest GPU memory, when its inventory is known.
+    pub vram_bytes: Option<u64>,
 }
 
 /// What a request needs.
 #[derive(Debug, Clone, Default)]
 pub struct Needs {
     pub model: Option<String>,
+    /// GPU memory the model needs (declared in the service's `vram`).
+    pub vram_bytes: Option<u64>,
 }
 
 /// One entry of the ordered candidate list, with why it is where it is.
@@ -95,6 +99,14 @@ pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, hold_down: Duratio
         if let (Some(model), Some(models)) = (&needs.model, &v.models) {
             if someone_has_model && !models.iter().any(|m| same_model(m, model)) {
                 skipped.push(skip(format!("does not have {model}")));
+                continue;
+            }
+        }
+        if let (Some(need), Some(have)) = (needs.vram_bytes, v.vram_bytes) {
+            if have < need {
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                let model = needs.model.as_deref().unwrap_or("the model");
+                skipped.push(skip(format!("has {:.0} GiB of VRAM, {model} needs {:.0} GiB", gib(have), gib(need))));
                 continue;
             }
         }
@@ -178,6 +190,7 @@ mod tests {
             models: None,
             in_flight: 0,
             ejected_until: None,
+            vram_bytes: None,
         }
     }
 
@@ -213,7 +226,7 @@ mod tests {
         let mut v = [view("aurora", Health::Online), view("vengeance", Health::Online)];
         v[0].models = Some(vec!["llama3.2:3b".into()]);
         v[1].models = Some(vec!["llama3.1:70b".into(), "qwen3".into()]);
-        let needs = |m: &str| Needs { model: Some(m.into()) };
+        let needs = |m: &str| Needs { model: Some(m.into()), vram_bytes: None };
         assert_eq!(nodes(&plan(&v, &needs("llama3.1:70b"), None, HOLD_DOWN, now)), ["vengeance"]);
         assert_eq!(nodes(&plan(&v, &needs("qwen3:latest"), None, HOLD_DOWN, now)), ["vengeance"]);
         // Nobody has it: let the preferred node answer (Ollama's own 404).
@@ -246,6 +259,18 @@ mod tests {
         let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now);
         assert!(p.panic);
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
+    }
+
+    #[test]
+    fn vram_need_skips_small_gpus_but_not_unknown_ones() {
+        let now = Instant::now();
+        let mut v = [view("aurora", Health::Online), view("vengeance", Health::Online), view("book", Health::Online)];
+        v[0].vram_bytes = Some(8 << 30);
+        v[1].vram_bytes = Some(24 << 30);
+        let needs = Needs { model: Some("llama3.1:70b".into()), vram_bytes: Some(20 << 30) };
+        let p = plan(&v, &needs, None, HOLD_DOWN, now);
+        assert_eq!(nodes(&p), ["vengeance", "book"]);
+        assert_eq!(p.skipped[0].why, "has 8 GiB of VRAM, llama3.1:70b needs 20 GiB");
     }
 
     #[test]

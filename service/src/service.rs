@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::events::EventBus;
-use crate::inventory::NodeInventory;
+use crate::nodes::NodeMap;
 use crate::services::ServiceHandle;
 use crate::tunnel::{ClockWatch, PeerHandle, PeerSupervisor, Tunnel};
 
@@ -25,8 +25,8 @@ pub struct Service {
     pub config: Arc<Config>,
     pub peers: Arc<Vec<PeerHandle>>,
     pub services: Arc<Vec<Arc<ServiceHandle>>>,
-    /// This node's hardware, once detected (a moment after start).
-    pub inventory: watch::Receiver<Option<Arc<NodeInventory>>>,
+    /// Every node's hardware as far as known; this node's a moment after start.
+    pub nodes: watch::Receiver<NodeMap>,
     pub events: EventBus,
 }
 
@@ -40,26 +40,13 @@ impl Service {
             .map(|p| PeerSupervisor::spawn(p.clone(), events.clone(), clock, tracker, cancel.child_token()))
             .collect();
         let tunnel = |name: &str| peers.iter().flat_map(|p| p.tunnels.iter()).find(|t| t.name() == name).cloned();
-        let services = crate::services::spawn(&config.services, &tunnel, &events, tracker, cancel);
-        let (inventory_tx, inventory) = watch::channel(None);
-        let node = config.node.clone();
-        tracker.spawn(async move {
-            if let Ok(inv) = tokio::task::spawn_blocking(move || crate::inventory::detect(&node)).await {
-                tracing::info!(
-                    "this node: {} ({} cores), {} MiB RAM, GPUs: {}",
-                    inv.cpu.model,
-                    inv.cpu.cores,
-                    inv.memory_bytes >> 20,
-                    if inv.gpus.is_empty() { inv.gpu_source.clone() } else { inv.gpus.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ") }
-                );
-                inventory_tx.send_replace(Some(Arc::new(inv)));
-            }
-        });
+        let nodes = crate::nodes::spawn(&config.node, &config.nodes, &tunnel, tracker, cancel);
+        let services = crate::services::spawn(&config.services, &tunnel, &nodes, &events, tracker, cancel);
         Service {
             config: Arc::new(config),
             peers: Arc::new(peers),
             services: Arc::new(services),
-            inventory,
+            nodes,
             events,
         }
     }

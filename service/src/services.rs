@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Candidate, ServiceConfig};
 use crate::events::{EventBus, EventKind};
 use crate::health::{HealthState, Observation};
+use crate::nodes::NodeMap;
 use crate::probe::{self, OllamaInfo, OllamaWants};
 use crate::route::{self, Ejection, Needs, Plan, View};
 use crate::tunnel::Tunnel;
@@ -83,6 +84,7 @@ impl CandidateHandle {
             models: s.ollama.as_ref().filter(|o| !o.models.is_empty()).map(|o| o.models.clone()),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             ejected_until: self.lock_ejection().until,
+            vram_bytes: None,
         }
     }
 
@@ -117,12 +119,25 @@ pub struct ServiceHandle {
     endpoint: Mutex<Option<String>>,
     changed: Arc<Notify>,
     pub route_changes: std::sync::atomic::AtomicU64,
+    /// The mesh's hardware: GPU memory for models that declare a need.
+    nodes: watch::Receiver<NodeMap>,
 }
 
 impl ServiceHandle {
+    /// The VRAM the service's config declares for `model`.
+    pub fn vram_need(&self, model: &str) -> Option<u64> {
+        self.config.vram.iter().find(|(m, _)| route::same_model(m, model)).map(|(_, b)| *b)
+    }
+
     /// The ordered candidates for a request with these needs.
     pub fn plan(&self, needs: &Needs) -> Plan {
-        let views: Vec<View> = self.candidates.iter().map(|c| c.view()).collect();
+        let nodes = self.nodes.borrow();
+        let views: Vec<View> = self
+            .candidates
+            .iter()
+            .map(|c| View { vram_bytes: nodes.get(&c.config.node).and_then(|n| n.max_vram()), ..c.view() })
+            .collect();
+        drop(nodes);
         let pin = self.pin();
         route::plan(&views, needs, pin.as_deref(), self.config.hold_down, Instant::now())
     }
@@ -161,6 +176,7 @@ impl ServiceHandle {
 pub fn spawn(
     services: &[ServiceConfig],
     tunnels: &dyn Fn(&str) -> Option<Arc<Tunnel>>,
+    nodes: &watch::Receiver<NodeMap>,
     events: &EventBus,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
@@ -211,6 +227,7 @@ pub fn spawn(
                 endpoint: Mutex::new(Some("starting".into())),
                 changed: changed.clone(),
                 route_changes: std::sync::atomic::AtomicU64::new(0),
+                nodes: nodes.clone(),
             });
             tracker.spawn(crate::proxy::serve(handle.clone(), cancel.clone()));
             tracker.spawn(watch_route(handle.clone(), changed, events.clone(), cancel.clone()));
@@ -282,16 +299,6 @@ impl Prober {
                 }
                 s.health.observe(outcome.observation, now)
             });
-            let tunnel_changed = async {
-                match tunnel_rx.as_mut() {
-                    Some(rx) => {
-                        if rx.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            };
             let wait = if quick > 0 {
                 quick -= 1;
                 interval.min(RECHECK)
@@ -301,7 +308,7 @@ impl Prober {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
-                () = tunnel_changed => {}
+                () = crate::tunnel::state_changed(tunnel_rx.as_mut()) => {}
                 () = self.handle.recheck.notified() => quick = crate::health::FALL,
             }
         }

@@ -30,6 +30,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub peers: Vec<PeerConfig>,
     pub services: Vec<ServiceConfig>,
+    /// How to reach the other nodes' APIs (for their hardware inventory).
+    pub nodes: Vec<Candidate>,
 }
 
 /// What a service speaks, which decides how it is probed and proxied.
@@ -64,6 +66,8 @@ pub struct ServiceConfig {
     pub candidates: Vec<Candidate>,
     pub probe: ProbeConfig,
     pub hold_down: Duration,
+    /// VRAM each listed model needs on one GPU, in bytes.
+    pub vram: Vec<(String, u64)>,
 }
 
 /// One node's instance of a service, as reached from this node.
@@ -402,6 +406,7 @@ impl Config {
             },
             peers: Vec::new(),
             services: Vec::new(),
+            nodes: Vec::new(),
         }
     }
 

@@ -17,6 +17,9 @@ pub struct RawConfig {
     pub peer: Vec<RawPeer>,
     #[serde(default)]
     pub service: Vec<RawService>,
+    /// The other nodes' APIs, to learn their hardware: `{ node, tunnel | address }`.
+    #[serde(default)]
+    pub nodes: Vec<RawCandidate>,
 }
 
 /// One `[[service]]`: a stable local endpoint and the nodes that can serve it.
@@ -32,6 +35,8 @@ pub struct RawService {
     pub probe: Option<RawProbe>,
     /// How long a recovered node waits before traffic moves back to it.
     pub hold_down: Option<Spanned<String>>,
+    /// VRAM a model needs: `{ "llama3.1:70b" = "40GiB" }`.
+    pub vram: Option<std::collections::BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawBackoff, RawConfig, RawForward, RawKeepalive, RawPaths, RawPeer, RawProbe, RawService};
+use super::raw::{RawBackoff, RawCandidate, RawConfig, RawForward, RawKeepalive, RawPaths, RawPeer, RawProbe, RawService};
 use super::{
     line_col, ApiConfig, Backoff, Candidate, Config, ConfigError, ConfigErrors, ForwardConfig, ForwardKind,
     HostPort, IdentitySource, Keepalive, PeerConfig, ProbeConfig, ServiceConfig, ServiceKind, SshTarget,
@@ -159,6 +159,7 @@ pub(crate) fn validate(raw: RawConfig, text: &str, file: &str, env: &Env) -> Res
         }
     }
 
+    let nodes = node_endpoints(&mut c, &raw.nodes, "nodes", &node, &peers);
     let mut services = Vec::new();
     let mut service_names: HashMap<String, usize> = HashMap::new();
     for (i, rs) in raw.service.iter().enumerate() {
@@ -180,6 +181,7 @@ pub(crate) fn validate(raw: RawConfig, text: &str, file: &str, env: &Env) -> Res
         api: ApiConfig { listen: api_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8007))) },
         peers,
         services,
+        nodes,
     })
 }
 
@@ -220,15 +222,28 @@ fn validate_service(
     if rs.candidates.is_empty() {
         c.err(Some(rs.name.span()), format!("{field}.candidates"), "is empty; list the nodes that serve it, first = preferred");
     }
-    let mut candidates: Vec<Candidate> = Vec::new();
-    for (j, rc) in rs.candidates.iter().enumerate() {
-        let cfield = format!("{field}.candidates[{j}]");
+    let candidates = node_endpoints(c, &rs.candidates, &format!("{field}.candidates"), this_node, peers);
+    let vram = validate_vram(c, rs.vram.as_ref(), field);
+    let probe = validate_probe(c, rs.probe.as_ref(), field);
+    let hold_down = c.duration(&rs.hold_down, format!("{field}.hold_down"), crate::route::HOLD_DOWN);
+    if c.errors.len() > before {
+        return None;
+    }
+    Some(ServiceConfig { name: name.clone(), kind: kind?, listen: listen?, candidates, probe, hold_down, vram })
+}
+
+/// A list of `{ node, tunnel | address }`: how this node reaches each node's instance
+/// of something (a service's candidates, the other nodes' APIs).
+fn node_endpoints(c: &mut Checker<'_>, list: &[RawCandidate], field: &str, this_node: &str, peers: &[PeerConfig]) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::new();
+    for (j, rc) in list.iter().enumerate() {
+        let cfield = format!("{field}[{j}]");
         let node = rc.node.get_ref();
         if !valid_name(node) {
             c.err(Some(rc.node.span()), format!("{cfield}.node"), name_rule(node));
             continue;
         }
-        if candidates.iter().any(|x| &x.node == node) {
+        if out.iter().any(|x| &x.node == node) {
             c.err(Some(rc.node.span()), format!("{cfield}.node"), format!("`{node}` is listed twice"));
             continue;
         }
@@ -241,15 +256,45 @@ fn validate_service(
             }
         };
         if let Some((address, tunnel)) = target {
-            candidates.push(Candidate { node: node.clone(), address, tunnel, is_local: node == this_node });
+            out.push(Candidate { node: node.clone(), address, tunnel, is_local: node == this_node });
         }
     }
-    let probe = validate_probe(c, rs.probe.as_ref(), field);
-    let hold_down = c.duration(&rs.hold_down, format!("{field}.hold_down"), crate::route::HOLD_DOWN);
-    if c.errors.len() > before {
-        return None;
-    }
-    Some(ServiceConfig { name: name.clone(), kind: kind?, listen: listen?, candidates, probe, hold_down })
+    out
+}
+
+/// `vram = { "llama3.1:70b" = "40GiB" }`: what a model needs on one GPU.
+fn validate_vram(c: &mut Checker<'_>, v: Option<&std::collections::BTreeMap<String, Spanned<String>>>, field: &str) -> Vec<(String, u64)> {
+    let Some(v) = v else { return Vec::new() };
+    v.iter()
+        .filter_map(|(model, size)| match parse_size(size.get_ref()) {
+            Some(bytes) => Some((model.clone(), bytes)),
+            None => {
+                c.err(Some(size.span()), format!("{field}.vram.{model}"), format!("`{}` is not a size; write e.g. \"40GiB\" or \"24GB\"", size.get_ref()));
+                None
+            }
+        })
+        .collect()
+}
+
+/// `40GiB`, `24GB`, `512MiB`, `1073741824`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|ch: char| !ch.is_ascii_digit() && ch != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    (num >= 0.0).then_some((num * mult) as u64)
 }
 
 /// A candidate's `tunnel`: must name a `-L` forward; its local end is where to connect.

@@ -106,7 +106,9 @@ async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
         Ok(b) => b,
         Err(_) => return ollama_error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {} MiB", MAX_BODY >> 20)),
     };
-    let needs = Needs { model: requested_model(&body) };
+    let model = requested_model(&body);
+    let vram_bytes = model.as_deref().and_then(|m| ep.service.vram_need(m));
+    let needs = Needs { model, vram_bytes };
     let plan = ep.service.plan(&needs);
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut failures = Vec::new();

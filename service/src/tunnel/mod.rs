@@ -217,6 +217,17 @@ impl Tunnel {
     }
 }
 
+/// Resolves when the watched tunnel's state changes; never without a tunnel.
+pub async fn state_changed(rx: Option<&mut watch::Receiver<Snapshot>>) {
+    let gone = match rx {
+        Some(rx) => rx.changed().await.is_err(),
+        None => true,
+    };
+    if gone {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// A tunnel's own problem outranks its session's state: it is local and actionable.
 fn derive_state(i: &Inputs) -> TunnelState {
     match (&i.own_problem, &i.session) {
