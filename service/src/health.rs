@@ -69,6 +69,11 @@ impl HealthState {
         self.health != Health::Offline
     }
 
+    /// Known to be down: offline after at least one probe (not merely unprobed).
+    pub fn is_known_down(&self) -> bool {
+        self.probed && self.health == Health::Offline
+    }
+
     /// Takes one observation; returns true when the health changed (log and emit then).
     ///
     /// - at start-up one success is enough;

@@ -44,6 +44,8 @@ pub struct CandidateStatus {
 pub struct CandidateHandle {
     pub service: String,
     pub config: Candidate,
+    /// The `-L` tunnel it is reached through, if any.
+    pub tunnel: Option<Arc<Tunnel>>,
     state: watch::Sender<CandidateStatus>,
     /// Requests being served by this candidate now.
     pub in_flight: AtomicUsize,
@@ -88,6 +90,15 @@ impl CandidateHandle {
         }
     }
 
+    /// Counts a request in flight on this candidate (and its tunnel) while the guard lives.
+    pub fn begin_request(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = &self.tunnel {
+            t.counters.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        RequestGuard(self.clone())
+    }
+
     /// A request through this candidate failed (transport error, 5xx): count it
     /// toward ejection and have the prober look at once.
     pub fn request_failed(&self) {
@@ -107,6 +118,24 @@ impl CandidateHandle {
 
     fn lock_ejection(&self) -> std::sync::MutexGuard<'_, Ejection> {
         self.ejection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request in flight on a candidate; see [`CandidateHandle::begin_request`].
+pub struct RequestGuard(Arc<CandidateHandle>);
+
+impl RequestGuard {
+    pub fn candidate(&self) -> &CandidateHandle {
+        &self.0
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(t) = &self.0.tunnel {
+            t.counters.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -181,7 +210,8 @@ pub fn spawn(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Vec<Arc<ServiceHandle>> {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new());
+    // No keep-alive: an idle probe connection would hold an on-demand tunnel open.
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap_or_else(|_| reqwest::Client::new());
     services
         .iter()
         .map(|svc| {
@@ -201,6 +231,7 @@ pub fn spawn(
                     let handle = Arc::new(CandidateHandle {
                         service: svc.name.clone(),
                         config: c.clone(),
+                        tunnel: c.tunnel.as_deref().and_then(tunnels),
                         state: watch::Sender::new(status),
                         in_flight: AtomicUsize::new(0),
                         ejection: Mutex::new(Ejection::default()),
@@ -211,7 +242,7 @@ pub fn spawn(
                     let prober = Prober {
                         handle: handle.clone(),
                         service: svc.clone(),
-                        tunnel: c.tunnel.as_deref().and_then(tunnels),
+                        tunnel: handle.tunnel.clone(),
                         http: http.clone(),
                         events: events.clone(),
                     };
@@ -347,6 +378,14 @@ impl Prober {
 async fn watch_route(svc: Arc<ServiceHandle>, changed: Arc<Notify>, events: EventBus, cancel: CancellationToken) {
     let mut current: Option<String> = None;
     loop {
+        // An on-demand peer is needed while every candidate above it is down.
+        let mut all_above_down = true;
+        for c in &svc.candidates {
+            if let Some(t) = c.tunnel.as_ref().filter(|t| t.demand.on_demand) {
+                t.demand.set(&svc.config.name, all_above_down);
+            }
+            all_above_down &= c.status().health.is_known_down();
+        }
         let plan = svc.plan(&Needs::default());
         let next = plan.current().map(str::to_string);
         if next != current {

@@ -132,6 +132,9 @@ pub struct PeerConfig {
     pub keepalive: Keepalive,
     pub backoff: Backoff,
     pub connect_timeout: Duration,
+    /// `Some(idle)`: connected only while a service needs it (every higher-priority
+    /// candidate down), released after `idle` without need.
+    pub on_demand: Option<Duration>,
     pub forwards: Vec<ForwardConfig>,
 }
 

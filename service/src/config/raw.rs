@@ -79,6 +79,10 @@ pub struct RawPeer {
     pub keepalive: Option<RawKeepalive>,
     pub backoff: Option<RawBackoff>,
     pub connect_timeout: Option<Spanned<String>>,
+    /// "always" (default) or "on-demand": connected only while needed.
+    pub connect: Option<Spanned<String>>,
+    /// On-demand peers: released after not being needed for this long.
+    pub idle: Option<Spanned<String>>,
     #[serde(default)]
     pub forward: Vec<RawForward>,
     #[serde(default)]

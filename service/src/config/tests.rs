@@ -193,3 +193,13 @@ fn bad_services_are_explained() {
     let e = one_error(&svc("kind = \"tcp\"\nlisten = \"127.0.0.1:21434\"\ncandidates = [{ node = \"a\", address = \"127.0.0.1:1\" }]\n"), 15, "service[0].listen");
     assert!(e.message.contains("already used by peer[0].forward[0].local"), "{e}");
 }
+
+#[test]
+fn on_demand_peers() {
+    let cfg = parse_with(&format!("{PEER}connect = \"on-demand\"\nidle = \"2m\"\n"), "ok.toml", &env()).expect("valid");
+    assert_eq!(cfg.peers[0].on_demand, Some(Duration::from_secs(120)));
+    let cfg = parse_with(PEER, "ok.toml", &env()).expect("valid");
+    assert_eq!(cfg.peers[0].on_demand, None);
+    let e = one_error(&format!("{PEER}connect = \"sometimes\"\n"), 4, "peer[0].connect");
+    assert!(e.message.contains("\"on-demand\""), "{e}");
+}

@@ -414,6 +414,15 @@ fn validate_peer(
     let backoff = validate_backoff(c, rp.backoff.as_ref(), field);
     let connect_timeout =
         c.duration(&rp.connect_timeout, format!("{field}.connect_timeout"), Duration::from_secs(10));
+    let idle = c.duration(&rp.idle, format!("{field}.idle"), Duration::from_secs(300));
+    let on_demand = match rp.connect.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "always")) => None,
+        Some((_, "on-demand")) => Some(idle),
+        Some((s, other)) => {
+            c.err(Some(s.span()), format!("{field}.connect"), format!("`{other}` is not \"always\" or \"on-demand\""));
+            None
+        }
+    };
 
     let mut forwards = Vec::new();
     for (j, f) in rp.forward.iter().enumerate() {
@@ -447,6 +456,7 @@ fn validate_peer(
         keepalive,
         backoff,
         connect_timeout,
+        on_demand,
         forwards,
     })
 }

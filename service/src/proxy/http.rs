@@ -9,7 +9,6 @@
 //! `{"error": …}` line — never a made-up `done: true` — and anything else is cut.
 //! A client that goes away drops the upstream request at once.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::route::Needs;
-use crate::services::{CandidateHandle, ServiceHandle};
+use crate::services::{RequestGuard, ServiceHandle};
 
 /// The largest request body buffered for retries (prompts with images included).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -48,7 +47,8 @@ impl Endpoint {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        // Idle upstream connections go after 5 s (they keep on-demand tunnels open).
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(5)).build(connector);
         Endpoint { service, client }
     }
 
@@ -84,22 +84,6 @@ fn forward_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-/// Counts a request in flight on a candidate for as long as it lives.
-struct InFlight(Arc<CandidateHandle>);
-
-impl InFlight {
-    fn new(c: &Arc<CandidateHandle>) -> InFlight {
-        c.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(c.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -123,7 +107,7 @@ async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
         let Ok(up) = up.body(Full::new(body.clone())) else {
             return ollama_error(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
         };
-        let in_flight = InFlight::new(cand);
+        let in_flight = cand.begin_request();
         let started = std::time::Instant::now();
         let answer = tokio::time::timeout(FIRST_BYTE_TIMEOUT, ep.client.request(up)).await;
         let resp = match answer {
@@ -181,7 +165,7 @@ fn transport_error(e: &hyper_util::client::legacy::Error) -> String {
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// Streams the upstream answer back, chunk by chunk, naming the node.
-fn respond(resp: hyper::Response<UpstreamBody>, node: &str, tried: &[String], in_flight: InFlight) -> Response {
+fn respond(resp: hyper::Response<UpstreamBody>, node: &str, tried: &[String], in_flight: RequestGuard) -> Response {
     let (mut head, body) = resp.into_parts();
     for h in HOP_BY_HOP {
         head.headers.remove(h);
@@ -208,11 +192,11 @@ fn respond(resp: hyper::Response<UpstreamBody>, node: &str, tried: &[String], in
                     },
                     Ok(None) => return None,
                     Ok(Some(Err(e))) => {
-                        in_flight.0.request_failed();
+                        in_flight.candidate().request_failed();
                         return error_line(ndjson, format!("{node} failed mid-answer: {e}"));
                     }
                     Err(_) => {
-                        in_flight.0.request_failed();
+                        in_flight.candidate().request_failed();
                         return error_line(ndjson, format!("{node} sent nothing for {} s", IDLE_TIMEOUT.as_secs()));
                     }
                 }

@@ -37,13 +37,12 @@ pub async fn serve(listener: TcpListener, service: Arc<ServiceHandle>, cancel: C
                 match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((addr.host.as_str(), addr.port))).await {
                     Ok(Ok(upstream)) => {
                         let _ = upstream.set_nodelay(true);
-                        cand.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _in_flight = cand.begin_request();
                         let (mut a, mut b) = (client, upstream);
                         tokio::select! {
                             () = cancel.cancelled() => {}
                             _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
                         }
-                        cand.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                         return;
                     }
                     Ok(Err(e)) => failures.push(format!("{}: {e}", choice.node)),

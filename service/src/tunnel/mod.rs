@@ -81,6 +81,9 @@ pub struct Counters {
     pub bytes_received: AtomicU64,
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
+    /// Requests of a service endpoint going through this tunnel now (an idle pooled
+    /// connection is open but carries none).
+    pub requests_in_flight: AtomicU64,
 }
 
 /// The JSON shape of one tunnel in `GET /v1/tunnels`.
@@ -104,6 +107,38 @@ pub struct TunnelStatus {
     pub connections_total: u64,
 }
 
+/// Who needs an on-demand peer right now (services whose every higher-priority
+/// candidate is down). Shared by all tunnels of the peer.
+pub struct Demand {
+    pub on_demand: bool,
+    wanted_by: Mutex<std::collections::BTreeSet<String>>,
+    tx: watch::Sender<bool>,
+}
+
+impl Demand {
+    pub fn new(on_demand: bool) -> Arc<Demand> {
+        Arc::new(Demand { on_demand, wanted_by: Mutex::new(Default::default()), tx: watch::Sender::new(false) })
+    }
+
+    /// `who` (a service) needs the peer, or no longer does.
+    pub fn set(&self, who: &str, wanted: bool) {
+        let any = {
+            let mut w = self.wanted_by.lock().unwrap_or_else(|e| e.into_inner());
+            if wanted {
+                w.insert(who.to_string());
+            } else {
+                w.remove(who);
+            }
+            !w.is_empty()
+        };
+        self.tx.send_if_modified(|v| std::mem::replace(v, any) != any);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+}
+
 /// Inputs a tunnel's state is derived from.
 #[derive(Debug, Clone)]
 struct Inputs {
@@ -120,10 +155,12 @@ pub struct Tunnel {
     inputs: Mutex<Inputs>,
     state: watch::Sender<Snapshot>,
     events: EventBus,
+    /// The peer's demand (meaningful for on-demand peers).
+    pub demand: Arc<Demand>,
 }
 
 impl Tunnel {
-    pub fn new(peer: &str, config: ForwardConfig, events: EventBus) -> Arc<Tunnel> {
+    pub fn new(peer: &str, config: ForwardConfig, events: EventBus, demand: Arc<Demand>) -> Arc<Tunnel> {
         let snapshot = Snapshot { state: TunnelState::Connecting, since: SystemTime::now() };
         Arc::new(Tunnel {
             config,
@@ -133,6 +170,7 @@ impl Tunnel {
             inputs: Mutex::new(Inputs { session: TunnelState::Connecting, own_problem: None }),
             state: watch::Sender::new(snapshot),
             events,
+            demand,
         })
     }
 
@@ -248,7 +286,7 @@ mod tests {
     fn tunnel() -> Arc<Tunnel> {
         let hp = |p| HostPort { host: "127.0.0.1".into(), port: p };
         let cfg = ForwardConfig { name: "t".into(), kind: ForwardKind::Local, local: hp(1), remote: hp(2) };
-        Tunnel::new("p", cfg, EventBus::new())
+        Tunnel::new("p", cfg, EventBus::new(), Demand::new(false))
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{pipe, Backoff, ClockWatch, Tunnel, TunnelState, WallClockJump, STABLE_AFTER};
+use super::{pipe, Backoff, ClockWatch, Demand, Tunnel, TunnelState, WallClockJump, STABLE_AFTER};
 use crate::config::{ForwardKind, Keepalive, PeerConfig};
 use crate::events::{EventBus, EventKind};
 use crate::ssh::{self, ReverseRoute, ReverseRoutes, Session};
@@ -40,6 +40,8 @@ pub struct PeerSupervisor {
     reverse: Arc<ReverseRoutes>,
     events: EventBus,
     clock: watch::Receiver<WallClockJump>,
+    /// On-demand peers: whether a service needs this peer now.
+    demand: watch::Receiver<bool>,
     cancel: CancellationToken,
 }
 
@@ -52,7 +54,9 @@ impl PeerSupervisor {
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> PeerHandle {
-        let tunnels: Vec<_> = peer.forwards.iter().map(|f| Tunnel::new(&peer.name, f.clone(), events.clone())).collect();
+        let demand = Demand::new(peer.on_demand.is_some());
+        let tunnels: Vec<_> =
+            peer.forwards.iter().map(|f| Tunnel::new(&peer.name, f.clone(), events.clone(), demand.clone())).collect();
         let reconnect = Arc::new(Notify::new());
         let suspect = Arc::new(Notify::new());
         let handle = PeerHandle { name: peer.name.clone(), tunnels: tunnels.clone(), reconnect: reconnect.clone() };
@@ -74,6 +78,7 @@ impl PeerSupervisor {
             reverse: Arc::new(ReverseRoutes::default()),
             events,
             clock: clock.subscribe(),
+            demand: demand.subscribe(),
             cancel,
         };
         let span = tracing::info_span!("peer", name = %sup.peer.name);
@@ -92,6 +97,17 @@ impl PeerSupervisor {
         let mut ever_up = false;
         self.clock.mark_unchanged();
         while !self.cancel.is_cancelled() {
+            if self.peer.on_demand.is_some() && !*self.demand.borrow_and_update() {
+                self.set_session(TunnelState::Down {
+                    reason: "on demand: not needed now (connects when every higher-priority node is down)".into(),
+                });
+                tokio::select! {
+                    () = self.cancel.cancelled() => break,
+                    r = self.demand.wait_for(|d| *d) => if r.is_err() { break },
+                }
+                tracing::info!("needed now: connecting on demand");
+                backoff.reset();
+            }
             self.set_session(TunnelState::Connecting);
             let attempt = tokio::select! {
                 () = self.cancel.cancelled() => break,
@@ -125,11 +141,19 @@ impl PeerSupervisor {
             }
             let delay = backoff.next_delay();
             self.set_session(TunnelState::Waiting { reason, until: SystemTime::now() + delay });
+            let no_longer_needed = async {
+                if self.peer.on_demand.is_some() {
+                    let _ = self.demand.wait_for(|d| !*d).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
                 () = self.reconnect.notified() => tracing::info!("reconnect requested"),
                 Ok(()) = self.clock.changed() => {}
+                () = no_longer_needed => {}
             }
         }
         self.set_session(TunnelState::Down { reason: "service stopped".into() });
@@ -158,11 +182,18 @@ impl PeerSupervisor {
         self.session.send_replace(Some(session.clone()));
         self.set_session(TunnelState::Up);
 
+        let released = async {
+            match self.peer.on_demand {
+                Some(idle) => released(&mut self.demand, idle, &self.tunnels).await,
+                None => std::future::pending().await,
+            }
+        };
         let reason = tokio::select! {
             () = self.cancel.cancelled() => "service stopped".to_string(),
             () = self.reconnect.notified() => "reconnect requested".to_string(),
             () = session.closed.cancelled() => "connection closed by the server".to_string(),
             r = keepalive(&session, self.peer.keepalive, &mut self.clock, &self.suspect) => r,
+            r = released => r,
         };
         tracing::warn!("ssh session to {target} ended: {reason}");
         self.session.send_replace(None);
@@ -174,6 +205,26 @@ impl PeerSupervisor {
         let bye = session.handle.disconnect(russh::Disconnect::ByApplication, "robbie-mesh reconnecting", "en");
         let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
         reason
+    }
+}
+
+/// An on-demand session ends once no service has needed it for `idle` and no
+/// request through it is in flight.
+async fn released(demand: &mut watch::Receiver<bool>, idle: Duration, tunnels: &[Arc<Tunnel>]) -> String {
+    loop {
+        if demand.wait_for(|d| !*d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::select! {
+            _ = demand.wait_for(|d| *d) => continue,
+            () = tokio::time::sleep(idle) => {}
+        }
+        while tunnels.iter().any(|t| t.counters.requests_in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if !*demand.borrow() {
+            return format!("released: not needed for {}", humantime::format_duration(idle));
+        }
     }
 }
 

@@ -1,0 +1,56 @@
+//! An on-demand peer (the seed's RunPod): no SSH session while a higher-priority
+//! node serves; connected when every node above it is down; released after its
+//! idle time once it is no longer needed.
+
+use std::time::Duration;
+
+use mesh_tests::ollama::OllamaStub;
+use mesh_tests::sshd::Sshd;
+use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connected_only_while_needed() {
+    let sshd = Sshd::start();
+    let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
+    let runpod = OllamaStub::start("runpod", &["llama3.2:3b"]).await;
+    let (tunnel, endpoint) = (free_port(), free_port());
+    let cfg = format!(
+        "node = \"aurora\"\n{}connect = \"on-demand\"\nidle = \"1s\"\n\
+         [[peer.forward]]\nname = \"runpod-ollama\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"{}\"\n\
+         [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\nhold_down = \"1s\"\n\
+         candidates = [{{ node = \"aurora\", address = \"{}\" }}, {{ node = \"runpod\", tunnel = \"runpod-ollama\" }}]\n\
+         probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\" }}\n",
+        peer_toml("runpod", &sshd, &trust(&sshd), ""),
+        runpod.addr,
+        aurora.addr
+    );
+    let mesh = Mesh::start(&cfg).await;
+    let route = || async { mesh.api_get("/v1/status").await["services"][0]["route"].clone() };
+    eventually(Duration::from_secs(10), "route to aurora", || async { route().await == "aurora" }).await;
+    // Not needed: no session at all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = mesh.tunnel("runpod-ollama").snapshot().state;
+    assert!(t.reason().is_some_and(|r| r.contains("on demand")), "{t:?}");
+    assert!(sshd.session_pids().is_empty(), "an SSH session to the on-demand peer exists");
+
+    // Aurora fails: RunPod is connected and serves.
+    *aurora.fail_with.lock().expect("lock") = Some(500);
+    eventually(Duration::from_secs(15), "route to runpod", || async { route().await == "runpod" }).await;
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{endpoint}/api/generate"))
+        .json(&json!({"model": "llama3.2:3b", "prompt": "hi"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.headers()["x-robbie-node"], "runpod");
+
+    // Aurora is back: traffic returns after the hold-down, RunPod is released after 1 s idle.
+    *aurora.fail_with.lock().expect("lock") = None;
+    eventually(Duration::from_secs(15), "route back to aurora", || async { route().await == "aurora" }).await;
+    let (state, _) = mesh
+        .wait_state("runpod-ollama", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("on demand")))
+        .await;
+    assert!(!state.is_up());
+    eventually(Duration::from_secs(10), "the session closed", || async { sshd.session_pids().is_empty() }).await;
+}
