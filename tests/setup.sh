@@ -7,6 +7,9 @@ command -v /usr/sbin/sshd >/dev/null || need+=(openssh-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v dbus-run-session >/dev/null || need+=(dbus)
 command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null || need+=(postgresql-client)
+command -v setpriv >/dev/null || need+=(util-linux)
 
 if ((${#need[@]})); then
   echo "tests/setup.sh: installing ${need[*]}"

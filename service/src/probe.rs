@@ -49,6 +49,17 @@ pub struct Outcome {
     pub latency: Duration,
     /// Ollama only: what changed (lists not refreshed are `None` inside).
     pub ollama: Option<OllamaUpdate>,
+    /// PostgreSQL only: the server's role, when the probe could log in.
+    pub postgres: Option<PgRole>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PgRole {
+    /// Read-write.
+    Primary,
+    /// In recovery: a streaming standby, read-only.
+    Replica,
 }
 
 #[derive(Debug, Default)]
@@ -64,8 +75,16 @@ pub async fn probe(
     cfg: &ProbeConfig,
     http: &reqwest::Client,
     wants: OllamaWants,
+    pg_password: Option<&str>,
 ) -> Outcome {
     let start = Instant::now();
+    if kind == ServiceKind::Postgres {
+        let (observation, role) = match tokio::time::timeout(cfg.timeout, postgres(addr, cfg, pg_password)).await {
+            Ok(r) => r,
+            Err(_) => (Observation::Failed(format!("no answer within {:?}", cfg.timeout)), None),
+        };
+        return Outcome { observation, latency: start.elapsed(), ollama: None, postgres: role };
+    }
     let (observation, ollama) = match tokio::time::timeout(cfg.timeout, check(kind, addr, cfg, http, wants)).await {
         Ok(r) => r,
         Err(_) => (Observation::Failed(format!("no answer within {:?}", cfg.timeout)), None),
@@ -76,7 +95,7 @@ pub async fn probe(
         Observation::Ok if latency > cfg.timeout / 2 => Observation::Degraded(format!("slow: answered in {} ms", latency.as_millis())),
         o => o,
     };
-    Outcome { observation, latency, ollama }
+    Outcome { observation, latency, ollama, postgres: None }
 }
 
 async fn check(
@@ -89,7 +108,7 @@ async fn check(
     match kind {
         ServiceKind::Ollama => ollama(addr, http, wants).await,
         ServiceKind::Http => (http_get(http, &format!("http://{addr}{}", cfg.path)).await.map_or_else(Observation::Failed, |r| r.0), None),
-        ServiceKind::Postgres => (postgres(addr).await, None),
+        ServiceKind::Postgres => (Observation::Failed("postgres is probed by `postgres`".into()), None),
         ServiceKind::Tcp => match TcpStream::connect((addr.host.as_str(), addr.port)).await {
             Ok(_) => (Observation::Ok, None),
             Err(e) => (Observation::Failed(format!("connect: {e}")), None),
@@ -172,8 +191,56 @@ async fn ollama(addr: &HostPort, http: &reqwest::Client, wants: OllamaWants) -> 
     (observation, Some(update))
 }
 
+/// A real login and `SELECT pg_is_in_recovery()`. A server that is up but refuses
+/// the login is degraded (its role is unknown), not offline.
+async fn postgres(addr: &HostPort, cfg: &ProbeConfig, password: Option<&str>) -> (Observation, Option<PgRole>) {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&addr.host).port(addr.port).user(&cfg.user).dbname(&cfg.database).application_name("robbie-mesh probe");
+    if let Some(p) = password {
+        pg.password(p);
+    }
+    let (client, conn) = match pg.connect(tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => {
+            return match e.as_db_error() {
+                Some(db) => (
+                    Observation::Degraded(format!(
+                        "up, but the probe cannot log in as {} ({}); store its password in the keychain entry postgres:<service>",
+                        cfg.user,
+                        db.message()
+                    )),
+                    None,
+                ),
+                // No PostgreSQL answer at all: is anything there?
+                None => match alive(addr).await {
+                    Ok(()) => (Observation::Degraded(format!("up, but the probe's login failed: {e}")), None),
+                    Err(why) => (Observation::Failed(why), None),
+                },
+            };
+        }
+    };
+    let conn = tokio::spawn(conn);
+    let role = client.query_one("SELECT pg_is_in_recovery()", &[]).await;
+    drop(client);
+    let _ = conn.await;
+    match role {
+        Ok(row) => {
+            let in_recovery: bool = row.try_get(0).unwrap_or(false);
+            (Observation::Ok, Some(if in_recovery { PgRole::Replica } else { PgRole::Primary }))
+        }
+        Err(e) => (Observation::Degraded(format!("logged in, but pg_is_in_recovery() failed: {e}")), None),
+    }
+}
+
 /// PostgreSQL's SSLRequest: 8 bytes out, and a server answers `S` or `N`.
-async fn postgres(addr: &HostPort) -> Observation {
+async fn alive(addr: &HostPort) -> Result<(), String> {
+    match sslrequest(addr).await {
+        Observation::Failed(why) => Err(why),
+        _ => Ok(()),
+    }
+}
+
+async fn sslrequest(addr: &HostPort) -> Observation {
     const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     let mut s = match TcpStream::connect((addr.host.as_str(), addr.port)).await {
         Ok(s) => s,

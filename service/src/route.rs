@@ -34,6 +34,8 @@ pub struct View {
     pub ejected_until: Option<Instant>,
     /// The node's largest GPU memory, when its inventory is known.
     pub vram_bytes: Option<u64>,
+    /// PostgreSQL: `Some(true)` for a read-only replica (used after every primary).
+    pub read_only: Option<bool>,
 }
 
 /// What a request needs.
@@ -123,7 +125,7 @@ pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, hold_down: Duratio
         order.sort_by_key(|c| !pinned(c.index));
         return Plan { order, panic: true, skipped: Vec::new() };
     }
-    eligible.sort_by_key(|(i, v, held)| (!pinned(*i), v.health == Health::Degraded, *held, *i, v.in_flight));
+    eligible.sort_by_key(|(i, v, held)| (!pinned(*i), v.read_only == Some(true), v.health == Health::Degraded, *held, *i, v.in_flight));
     let order = eligible
         .into_iter()
         .map(|(index, v, held)| {
@@ -131,6 +133,11 @@ pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, hold_down: Duratio
                 Health::Degraded => format!("degraded ({}), priority {}", v.health_reason, index + 1),
                 _ => format!("online, priority {}", index + 1),
             };
+            match v.read_only {
+                Some(true) => why.push_str(", replica (read-only)"),
+                Some(false) => why.push_str(", primary"),
+                None => {}
+            }
             if held {
                 let left = v.recovered_at.map_or(0, |t| hold_down.saturating_sub(now.duration_since(t)).as_secs());
                 why.push_str(&format!(", recovered: held back for {left} s more"));
@@ -191,6 +198,7 @@ mod tests {
             in_flight: 0,
             ejected_until: None,
             vram_bytes: None,
+            read_only: None,
         }
     }
 
@@ -271,6 +279,17 @@ mod tests {
         let p = plan(&v, &needs, None, HOLD_DOWN, now);
         assert_eq!(nodes(&p), ["vengeance", "book"]);
         assert_eq!(p.skipped[0].why, "has 8 GiB of VRAM, llama3.1:70b needs 20 GiB");
+    }
+
+    #[test]
+    fn a_primary_goes_before_a_replica_whatever_the_priority() {
+        let now = Instant::now();
+        let mut v = [view("vengeance", Health::Online), view("aurora", Health::Online)];
+        v[0].read_only = Some(true);
+        v[1].read_only = Some(false);
+        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now);
+        assert_eq!(nodes(&p), ["aurora", "vengeance"]);
+        assert!(p.order[1].why.ends_with("replica (read-only)"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::config::{Candidate, ServiceConfig};
 use crate::events::{EventBus, EventKind};
 use crate::health::{HealthState, Observation};
 use crate::nodes::NodeMap;
-use crate::probe::{self, OllamaInfo, OllamaWants};
+use crate::probe::{self, OllamaInfo, OllamaWants, PgRole};
 use crate::route::{self, Ejection, Needs, Plan, View};
 use crate::tunnel::Tunnel;
 
@@ -39,6 +39,9 @@ pub struct CandidateStatus {
     pub latency_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ollama: Option<OllamaInfo>,
+    /// PostgreSQL: primary (read-write) or replica (read-only), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_role: Option<PgRole>,
 }
 
 pub struct CandidateHandle {
@@ -87,6 +90,7 @@ impl CandidateHandle {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             ejected_until: self.lock_ejection().until,
             vram_bytes: None,
+            read_only: s.postgres_role.map(|r| r == PgRole::Replica),
         }
     }
 
@@ -227,6 +231,7 @@ pub fn spawn(
                         health: HealthState::new(SystemTime::now()),
                         latency_ms: None,
                         ollama: None,
+                        postgres_role: None,
                     };
                     let handle = Arc::new(CandidateHandle {
                         service: svc.name.clone(),
@@ -282,6 +287,13 @@ impl Prober {
         let interval = self.service.probe.interval(&self.handle.config);
         // After traffic saw a failure, probe at RECHECK until FALL probes have run.
         let mut quick = 0;
+        // PostgreSQL: the probe's password, if the user stored one.
+        let pg_password = if self.service.kind == crate::config::ServiceKind::Postgres {
+            let account = format!("postgres:{}", self.service.name);
+            tokio::task::spawn_blocking(move || crate::keys::get(&account).ok().flatten()).await.ok().flatten()
+        } else {
+            None
+        };
         loop {
             // Lower layer first: no session, no service.
             if let Some(rx) = tunnel_rx.as_mut() {
@@ -303,7 +315,7 @@ impl Prober {
             };
             let outcome = tokio::select! {
                 () = cancel.cancelled() => return,
-                o = probe::probe(self.service.kind, &self.handle.config.address, &self.service.probe, &self.http, wants) => o,
+                o = probe::probe(self.service.kind, &self.handle.config.address, &self.service.probe, &self.http, wants, pg_password.as_deref()) => o,
             };
             if let Some(u) = &outcome.ollama {
                 if u.models.is_some() {
@@ -314,6 +326,9 @@ impl Prober {
                 }
             }
             self.update(|s, now| {
+                if outcome.postgres.is_some() {
+                    s.postgres_role = outcome.postgres;
+                }
                 s.latency_ms = match outcome.observation {
                     Observation::Failed(_) => None,
                     _ => Some(outcome.latency.as_secs_f64() * 1e3),

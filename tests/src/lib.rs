@@ -3,6 +3,7 @@
 //! Everything waits by polling with a deadline; nothing sleeps for readiness.
 
 pub mod ollama;
+pub mod postgres;
 pub mod servers;
 pub mod sshd;
 

@@ -89,6 +89,10 @@ pub struct ProbeConfig {
     pub timeout: Duration,
     /// `http` services: the path probed.
     pub path: String,
+    /// `postgres` services: the probe's user and database (a password, if needed,
+    /// is the keychain entry `postgres:<service>`).
+    pub user: String,
+    pub database: String,
 }
 
 impl Default for ProbeConfig {
@@ -98,6 +102,8 @@ impl Default for ProbeConfig {
             remote_interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             path: "/".into(),
+            user: "postgres".into(),
+            database: "postgres".into(),
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct RawProbe {
     pub timeout: Option<Spanned<String>>,
     /// `http` services: the health path (default `/`).
     pub path: Option<Spanned<String>>,
+    /// `postgres` services: who the probe logs in as (default `postgres`), and where.
+    pub user: Option<String>,
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -331,6 +331,8 @@ fn validate_probe(c: &mut Checker<'_>, p: Option<&RawProbe>, field: &str) -> Pro
         remote_interval: c.duration(&p.remote_interval, format!("{field}.probe.remote_interval"), d.remote_interval),
         timeout: c.duration(&p.timeout, format!("{field}.probe.timeout"), d.timeout),
         path,
+        user: p.user.clone().unwrap_or(d.user),
+        database: p.database.clone().unwrap_or(d.database),
     }
 }
 
