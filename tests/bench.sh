@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs the tunnel benchmark (robbie-mesh vs OpenSSH ssh -L/-R vs direct), release build.
+# Runs the benchmarks, release build: tunnels (robbie-mesh vs OpenSSH ssh -L/-R vs
+# direct) and the HTTP endpoint (robbie-mesh vs nginx vs direct).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh >/dev/null
+command -v nginx >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"; $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq nginx-light; }
 cargo build --release -p robbie-mesh
 cargo bench -p mesh-tests --bench tunnels
+cargo bench -p mesh-tests --bench endpoint

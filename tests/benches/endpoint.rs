@@ -1,0 +1,305 @@
+//! Endpoint benchmark: the robbie-mesh HTTP endpoint against calling the backend
+//! directly and against nginx (Debian's) as a reverse proxy to the same backend, in
+//! one run.
+//!
+//!     bash tests/bench.sh            # builds the release binary, installs nginx, runs this
+//!
+//! Prints the added latency (p50, p99) of 10 000 small requests at concurrency 1 and
+//! 32 and requests/s; streaming chunks/s; failover time when a retry finds it and
+//! when probes find it, and failed requests during failover; the service's RSS.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_tests::{free_port, wait_for, DEADLINE};
+use tokio::task::JoinSet;
+
+const REQUESTS: usize = 10_000;
+const STREAM_CHUNKS: usize = 20_000;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A backend that can die like a killed process: listener and every connection at once.
+struct Backend {
+    addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Backend {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let app = Router::new()
+            .route("/api/version", get(move || async move { format!("{{\"version\":\"0.13.0\",\"node\":\"{name}\"}}") }))
+            .route(
+                "/api/generate",
+                post(|| async {
+                    let chunks = (0..STREAM_CHUNKS).map(|i| Ok::<_, std::io::Error>(format!("{{\"response\":\"t{i}\",\"done\":false}}\n")));
+                    let last = std::iter::once(Ok("{\"response\":\"\",\"done\":true}\n".to_string()));
+                    Body::from_stream(futures_util::stream::iter(chunks.chain(last)))
+                }),
+            );
+        let mut tasks = JoinSet::new();
+        let conns = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        let c2 = conns.clone();
+        tasks.spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let _ = s.set_nodelay(true);
+                let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+                c2.lock().await.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                });
+            }
+        });
+        // Connections live in their own set, aborted with the listener.
+        tasks.spawn(async move {
+            let _keep = conns;
+            std::future::pending::<()>().await;
+        });
+        Backend { addr, tasks }
+    }
+
+    fn kill(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+fn client() -> HttpClient {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(c)
+}
+
+async fn get_once(c: &HttpClient, url: &str) -> Result<Duration, String> {
+    let start = Instant::now();
+    let req = hyper::Request::get(url).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let resp = c.request(req).await.map_err(|e| e.to_string())?;
+    let ok = resp.status().is_success();
+    resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    if ok {
+        Ok(start.elapsed())
+    } else {
+        Err("not 2xx".into())
+    }
+}
+
+struct Load {
+    p50: Duration,
+    p99: Duration,
+    rps: f64,
+    failed: usize,
+}
+
+async fn load(url: &str, concurrency: usize, total: usize) -> Load {
+    let c = client();
+    for _ in 0..200 {
+        let _ = get_once(&c, url).await; // warm-up
+    }
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for _ in 0..concurrency {
+        let (c, url) = (c.clone(), url.to_string());
+        set.spawn(async move {
+            let mut lat = Vec::with_capacity(total / concurrency);
+            let mut failed = 0;
+            for _ in 0..total / concurrency {
+                match get_once(&c, &url).await {
+                    Ok(d) => lat.push(d),
+                    Err(_) => failed += 1,
+                }
+            }
+            (lat, failed)
+        });
+    }
+    let (mut all, mut failed) = (Vec::with_capacity(total), 0);
+    while let Some(Ok((lat, f))) = set.join_next().await {
+        all.extend(lat);
+        failed += f;
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    let pct = |p: f64| all.get(((all.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or_default();
+    Load { p50: pct(0.5), p99: pct(0.99), rps: all.len() as f64 / elapsed.as_secs_f64(), failed }
+}
+
+/// Chunks per second of one streamed answer.
+async fn stream(url: &str) -> f64 {
+    let c = client();
+    let start = Instant::now();
+    let req = hyper::Request::post(url).body(Full::new(Bytes::from_static(b"{\"model\":\"m\"}"))).expect("req");
+    let resp = c.request(req).await.expect("stream");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let lines = body.iter().filter(|b| **b == b'\n').count();
+    assert_eq!(lines, STREAM_CHUNKS + 1, "every chunk arrived");
+    lines as f64 / start.elapsed().as_secs_f64()
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} us", d.as_secs_f64() * 1e6)
+}
+
+fn signed_us(a: Duration, b: Duration) -> String {
+    format!("{:+.0} us", (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn start_nginx(dir: &std::path::Path, port: u16, backend: SocketAddr) -> Proc {
+    std::fs::create_dir_all(dir.join("tmp")).expect("mkdir");
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n  \
+         uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n  upstream backend {{ server {backend}; keepalive 64; }}\n  \
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://backend; proxy_http_version 1.1;\n    \
+         proxy_set_header Connection \"\"; proxy_buffering off; }} }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let child = Command::new("nginx")
+        .args(["-p", &d.to_string(), "-c"])
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (apt install nginx-light; tests/bench.sh does)");
+    Proc(child)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (api, endpoint, nginx_port) = (free_port(), free_port(), free_port());
+    let cfg = format!(
+        "node = \"bench\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[[service]]\nname = \"bench\"\nkind = \"http\"\n\
+         listen = \"127.0.0.1:{endpoint}\"\nprobe = {{ path = \"/api/version\" }}\n\
+         candidates = [{{ node = \"a\", address = \"{}\" }}, {{ node = \"b\", address = \"{}\" }}]\n",
+        a.addr, b.addr
+    );
+    std::fs::write(dir.path().join("bench.toml"), cfg).expect("config");
+    let exe = std::env::current_exe().expect("exe");
+    let bin = exe.parent().and_then(|d| d.parent()).and_then(|d| d.parent()).expect("target").join("release").join("robbie-mesh");
+    let mesh = Proc(
+        Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(dir.path().join("bench.toml"))
+            .env("ROBBIE_MESH_LOG", "error")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (cargo build --release -p robbie-mesh)", bin.display())),
+    );
+    let nginx = start_nginx(dir.path(), nginx_port, a.addr);
+    for port in [endpoint, nginx_port] {
+        wait_for(DEADLINE, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), || format!("port {port} never opened"));
+    }
+    let c = client();
+    let mesh_url = format!("http://127.0.0.1:{endpoint}/api/version");
+    let t0 = Instant::now();
+    while get_once(&c, &mesh_url).await.is_err() {
+        assert!(t0.elapsed() < DEADLINE, "the endpoint never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    println!("robbie-mesh endpoint benchmark — one small GET per request, keep-alive, {REQUESTS} requests per row");
+    println!();
+    println!("{:<26} {:>10} {:>10} {:>12} {:>12} {:>12}", "", "p50", "p99", "added p50", "added p99", "requests/s");
+    let direct_url = format!("http://{}/api/version", a.addr);
+    let nginx_url = format!("http://127.0.0.1:{nginx_port}/api/version");
+    for conc in [1, 32] {
+        let d = load(&direct_url, conc, REQUESTS).await;
+        let m = load(&mesh_url, conc, REQUESTS).await;
+        let n = load(&nginx_url, conc, REQUESTS).await;
+        assert_eq!(m.failed + n.failed + d.failed, 0, "failed requests");
+        println!("{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}", format!("direct, concurrency {conc}"), us(d.p50), us(d.p99), "-", "-", d.rps);
+        println!(
+            "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}  ({:.2}x direct)",
+            format!("robbie-mesh, conc. {conc}"),
+            us(m.p50),
+            us(m.p99),
+            signed_us(m.p50, d.p50),
+            signed_us(m.p99, d.p99),
+            m.rps,
+            m.rps / d.rps
+        );
+        println!(
+            "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}  ({:.2}x direct)",
+            format!("nginx, concurrency {conc}"),
+            us(n.p50),
+            us(n.p99),
+            signed_us(n.p50, d.p50),
+            signed_us(n.p99, d.p99),
+            n.rps,
+            n.rps / d.rps
+        );
+    }
+    println!();
+    let sd = stream(&format!("http://{}/api/generate", a.addr)).await;
+    let sm = stream(&format!("http://127.0.0.1:{endpoint}/api/generate")).await;
+    let sn = stream(&format!("http://127.0.0.1:{nginx_port}/api/generate")).await;
+    println!("streaming ({STREAM_CHUNKS} NDJSON chunks): direct {sd:.0}/s, robbie-mesh {sm:.0}/s ({:.2}x), nginx {sn:.0}/s ({:.2}x)", sm / sd, sn / sd);
+    let rss = rss_kib(mesh.0.id());
+    drop(nginx);
+
+    // Failover: kill backend a while requests run; every retryable request must succeed.
+    let normal = load(&mesh_url, 1, 500).await.p50;
+    let running = {
+        let url = mesh_url.clone();
+        tokio::spawn(async move { load(&url, 4, 4_000).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Instant::now();
+    a.kill();
+    let first = get_once(&c, &mesh_url).await;
+    let probe_found = {
+        let status = format!("http://127.0.0.1:{api}/v1/status");
+        loop {
+            let body = reqwest::get(&status).await.expect("status").text().await.unwrap_or_default();
+            if body.contains("\"route\":\"b\"") {
+                break killed.elapsed();
+            }
+            assert!(killed.elapsed() < DEADLINE, "the route never moved to b");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let during = running.await.expect("load");
+    let first = first.expect("the first request after the kill failed");
+    println!(
+        "failover: first request after the kill answered in {} ({} over a normal request); route moved by probes/traffic after {} ms",
+        us(first),
+        signed_us(first, normal),
+        probe_found.as_millis()
+    );
+    println!("failover: {} of 4000 requests running across the kill failed", during.failed);
+    println!("robbie-mesh RSS after all runs: {:.1} MiB", rss as f64 / 1024.0);
+    println!();
+    println!("goals: added p50 <= nginx's and <= 150 us, p99 <= 1 ms; >= 0.9x direct req/s at 32; retry failover <= +5 ms; 0 failed");
+    drop(b);
+}
