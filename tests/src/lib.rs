@@ -20,9 +20,23 @@ use tokio_util::sync::CancellationToken;
 /// How long anything may take to become ready before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A port nobody listens on right now (bound to 0, then released).
+/// A port nobody listens on right now, for a listener a test starts later.
+///
+/// Picked at random below Linux's ephemeral range (32768+), never with a bind to
+/// port 0: a port the kernel handed out for port 0 can be handed out again (to
+/// another test's port-0 listener or outgoing connection) before the test binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `ok` until it is true or `deadline` passes (then panics with `why()`).
