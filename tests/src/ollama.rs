@@ -156,35 +156,34 @@ fn stream(s: &OllamaStub, lines: Vec<Value>) -> Response {
 }
 
 async fn generate(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response {
-    if let Some(r) = s.failing() {
-        return r;
-    }
-    let name = match has_model(&s, &body) {
-        Ok(n) => n,
-        Err(r) => return *r,
-    };
-    let words = ["hello", " from", " ", &s.node];
-    let mut lines: Vec<Value> = words
-        .iter()
-        .map(|w| json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "response": w, "done": false}))
-        .collect();
-    lines.push(json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "response": "", "done": true, "done_reason": "stop", "eval_count": 4}));
-    stream(&s, lines)
+    answer(&s, &body, |text| json!({ "response": text }))
 }
 
 async fn chat(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response {
+    answer(&s, &body, |text| json!({ "message": {"role": "assistant", "content": text} }))
+}
+
+/// "hello from NODE" streamed word by word, each line shaped by `content` (a
+/// generate `response` or a chat `message`), then the `done` line.
+fn answer(s: &OllamaStub, body: &Value, content: impl Fn(&str) -> Value) -> Response {
     if let Some(r) = s.failing() {
         return r;
     }
-    let name = match has_model(&s, &body) {
+    let name = match has_model(s, body) {
         Ok(n) => n,
         Err(r) => return *r,
     };
-    let words = ["hello", " from", " ", &s.node];
-    let mut lines: Vec<Value> = words
-        .iter()
-        .map(|w| json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "message": {"role": "assistant", "content": w}, "done": false}))
-        .collect();
-    lines.push(json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "stop"}));
-    stream(&s, lines)
+    let line = |text: &str, done: bool| {
+        let mut l = json!({"model": name, "created_at": "2026-11-26T23:00:00Z", "done": done});
+        if let (Some(obj), Value::Object(extra)) = (l.as_object_mut(), content(text)) {
+            obj.extend(extra);
+        }
+        if done {
+            l["done_reason"] = json!("stop");
+        }
+        l
+    };
+    let mut lines: Vec<Value> = ["hello", " from", " ", &s.node].iter().map(|w| line(w, false)).collect();
+    lines.push(line("", true));
+    stream(s, lines)
 }
