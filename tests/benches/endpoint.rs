@@ -234,6 +234,14 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Profiling aid: MESH_BENCH_PROFILE=1 runs only robbie-mesh at concurrency 1 for a
+    // while (attach `perf record -p <robbie-mesh pid>` meanwhile).
+    if std::env::var("MESH_BENCH_PROFILE").is_ok() {
+        eprintln!("robbie-mesh pid {}", mesh.0.id());
+        let l = load(&mesh_url, 1, 60_000).await;
+        eprintln!("p50 {} p99 {}", us(l.p50), us(l.p99));
+        return;
+    }
     println!("robbie-mesh endpoint benchmark — one small GET per request, keep-alive, {REQUESTS} requests per row");
     println!();
     println!("{:<26} {:>10} {:>10} {:>12} {:>12} {:>12}", "", "p50", "p99", "added p50", "added p99", "requests/s");
