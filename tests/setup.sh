@@ -21,7 +21,11 @@ fi
 venv="${MESH_TEST_VENV:-/var/cache/robbie-mesh/venv}"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ollama' 2>/dev/null; then
   echo "tests/setup.sh: installing the ollama Python client into $venv"
-  command -v python3 >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"; $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3 python3-venv; }
+  # Debian's python3 needs python3-venv for `python3 -m venv`.
+  if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3 python3-venv
+  fi
   mkdir -p "$(dirname "$venv")"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check ollama

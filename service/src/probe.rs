@@ -78,24 +78,18 @@ pub async fn probe(
     pg_password: Option<&str>,
 ) -> Outcome {
     let start = Instant::now();
-    if kind == ServiceKind::Postgres {
-        let (observation, role) = match tokio::time::timeout(cfg.timeout, postgres(addr, cfg, pg_password)).await {
+    let (observation, ollama, postgres) =
+        match tokio::time::timeout(cfg.timeout, check(kind, addr, cfg, http, wants, pg_password)).await {
             Ok(r) => r,
-            Err(_) => (Observation::Failed(format!("no answer within {:?}", cfg.timeout)), None),
+            Err(_) => (Observation::Failed(format!("no answer within {:?}", cfg.timeout)), None, None),
         };
-        return Outcome { observation, latency: start.elapsed(), ollama: None, postgres: role };
-    }
-    let (observation, ollama) = match tokio::time::timeout(cfg.timeout, check(kind, addr, cfg, http, wants)).await {
-        Ok(r) => r,
-        Err(_) => (Observation::Failed(format!("no answer within {:?}", cfg.timeout)), None),
-    };
     let latency = start.elapsed();
     // Up but slow: more than half the timeout.
     let observation = match observation {
         Observation::Ok if latency > cfg.timeout / 2 => Observation::Degraded(format!("slow: answered in {} ms", latency.as_millis())),
         o => o,
     };
-    Outcome { observation, latency, ollama, postgres: None }
+    Outcome { observation, latency, ollama, postgres }
 }
 
 async fn check(
@@ -104,14 +98,24 @@ async fn check(
     cfg: &ProbeConfig,
     http: &reqwest::Client,
     wants: OllamaWants,
-) -> (Observation, Option<OllamaUpdate>) {
+    pg_password: Option<&str>,
+) -> (Observation, Option<OllamaUpdate>, Option<PgRole>) {
     match kind {
-        ServiceKind::Ollama => ollama(addr, http, wants).await,
-        ServiceKind::Http => (http_get(http, &format!("http://{addr}{}", cfg.path)).await.map_or_else(Observation::Failed, |r| r.0), None),
-        ServiceKind::Postgres => (Observation::Failed("postgres is probed by `postgres`".into()), None),
+        ServiceKind::Ollama => {
+            let (obs, update) = ollama(addr, http, wants).await;
+            (obs, update, None)
+        }
+        ServiceKind::Http => {
+            let obs = http_get(http, &format!("http://{addr}{}", cfg.path)).await.map_or_else(Observation::Failed, |r| r.0);
+            (obs, None, None)
+        }
+        ServiceKind::Postgres => {
+            let (obs, role) = postgres(addr, cfg, pg_password).await;
+            (obs, None, role)
+        }
         ServiceKind::Tcp => match TcpStream::connect((addr.host.as_str(), addr.port)).await {
-            Ok(_) => (Observation::Ok, None),
-            Err(e) => (Observation::Failed(format!("connect: {e}")), None),
+            Ok(_) => (Observation::Ok, None, None),
+            Err(e) => (Observation::Failed(format!("connect: {e}")), None, None),
         },
     }
 }

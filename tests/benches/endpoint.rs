@@ -253,26 +253,18 @@ async fn main() {
         let n = load(&nginx_url, conc, REQUESTS).await;
         assert_eq!(m.failed + n.failed + d.failed, 0, "failed requests");
         println!("{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}", format!("direct, concurrency {conc}"), us(d.p50), us(d.p99), "-", "-", d.rps);
-        println!(
-            "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}  ({:.2}x direct)",
-            format!("robbie-mesh, conc. {conc}"),
-            us(m.p50),
-            us(m.p99),
-            signed_us(m.p50, d.p50),
-            signed_us(m.p99, d.p99),
-            m.rps,
-            m.rps / d.rps
-        );
-        println!(
-            "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}  ({:.2}x direct)",
-            format!("nginx, concurrency {conc}"),
-            us(n.p50),
-            us(n.p99),
-            signed_us(n.p50, d.p50),
-            signed_us(n.p99, d.p99),
-            n.rps,
-            n.rps / d.rps
-        );
+        for (who, l) in [("robbie-mesh", &m), ("nginx", &n)] {
+            println!(
+                "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}  ({:.2}x direct)",
+                format!("{who}, conc. {conc}"),
+                us(l.p50),
+                us(l.p99),
+                signed_us(l.p50, d.p50),
+                signed_us(l.p99, d.p99),
+                l.rps,
+                l.rps / d.rps
+            );
+        }
     }
     println!();
     let sd = stream(&format!("http://{}/api/generate", a.addr)).await;

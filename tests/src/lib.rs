@@ -213,3 +213,19 @@ pub async fn echo_mesh(sshd: &sshd::Sshd) -> (Mesh, u16) {
     mesh.wait_up("echo").await;
     (mesh, local)
 }
+
+/// Node "book" with an `ollama` service: aurora's Ollama at `aurora` through a `-L`
+/// tunnel (`aurora-ollama`) of `sshd` first, book's own at `local` second, probed
+/// every 200 ms; `extra` adds lines to the service. Returns the config and the
+/// endpoint's port.
+pub fn two_node_ollama(sshd: &sshd::Sshd, aurora: SocketAddr, local: SocketAddr, extra: &str) -> (String, u16) {
+    let (tunnel_port, endpoint) = (free_port(), free_port());
+    let forward = format!("[[peer.forward]]\nname = \"aurora-ollama\"\nlocal = \"127.0.0.1:{tunnel_port}\"\nremote = \"{aurora}\"\n");
+    let cfg = format!(
+        "node = \"book\"\n{}\n[[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\n{extra}\
+         candidates = [{{ node = \"aurora\", tunnel = \"aurora-ollama\" }}, {{ node = \"book\", address = \"{local}\" }}]\n\
+         probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\", timeout = \"1s\" }}\n",
+        peer_toml("aurora", sshd, &trust(sshd), &forward)
+    );
+    (cfg, endpoint)
+}

@@ -73,43 +73,32 @@ async fn version(State(s): State<OllamaStub>) -> Response {
 }
 
 async fn tags(State(s): State<OllamaStub>) -> Response {
-    if let Some(r) = s.failing() {
-        return r;
-    }
-    let models: Vec<Value> = s
-        .models
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|m| {
-            json!({
-                "name": m.name, "model": m.name, "modified_at": "2026-11-01T12:00:00Z", "size": m.size,
-                "digest": format!("{:064x}", m.size),
-                "details": {"format": "gguf", "family": "llama", "parameter_size": "8B", "quantization_level": "Q4_K_M"}
-            })
-        })
-        .collect();
-    Json(json!({ "models": models })).into_response()
+    listed(&s, |m| {
+        Some(json!({
+            "name": m.name, "model": m.name, "modified_at": "2026-11-01T12:00:00Z", "size": m.size,
+            "digest": format!("{:064x}", m.size),
+            "details": {"format": "gguf", "family": "llama", "parameter_size": "8B", "quantization_level": "Q4_K_M"}
+        }))
+    })
 }
 
 async fn ps(State(s): State<OllamaStub>) -> Response {
+    listed(&s, |m| {
+        m.loaded_vram.map(|vram| {
+            json!({
+                "name": m.name, "model": m.name, "size": m.size, "digest": format!("{:064x}", m.size),
+                "details": {"format": "gguf", "family": "llama"}, "expires_at": "2026-11-26T23:59:59Z", "size_vram": vram
+            })
+        })
+    })
+}
+
+/// `{"models": [...]}` with one entry per model `entry` describes.
+fn listed(s: &OllamaStub, entry: impl Fn(&Model) -> Option<Value>) -> Response {
     if let Some(r) = s.failing() {
         return r;
     }
-    let models: Vec<Value> = s
-        .models
-        .lock()
-        .expect("lock")
-        .iter()
-        .filter_map(|m| {
-            m.loaded_vram.map(|vram| {
-                json!({
-                    "name": m.name, "model": m.name, "size": m.size, "digest": format!("{:064x}", m.size),
-                    "details": {"format": "gguf", "family": "llama"}, "expires_at": "2026-11-26T23:59:59Z", "size_vram": vram
-                })
-            })
-        })
-        .collect();
+    let models: Vec<Value> = s.models.lock().expect("lock").iter().filter_map(entry).collect();
     Json(json!({ "models": models })).into_response()
 }
 

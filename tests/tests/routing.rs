@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mesh_tests::ollama::OllamaStub;
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
+use mesh_tests::{eventually, two_node_ollama, Mesh};
 use robbie_mesh::events::EventKind;
 use serde_json::{json, Value};
 
@@ -23,19 +23,7 @@ async fn setup() -> Setup {
     let sshd = Sshd::start();
     let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
     let book = OllamaStub::start("book", &["llama3.2:3b", "qwen3:8b"]).await;
-    let (tunnel_port, endpoint) = (free_port(), free_port());
-    let cfg = format!(
-        "node = \"book\"\n{}\n[[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\nhold_down = \"3s\"\n\
-         candidates = [{{ node = \"aurora\", tunnel = \"aurora-ollama\" }}, {{ node = \"book\", address = \"{}\" }}]\n\
-         probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\", timeout = \"1s\" }}\n",
-        peer_toml(
-            "aurora",
-            &sshd,
-            &trust(&sshd),
-            &format!("[[peer.forward]]\nname = \"aurora-ollama\"\nlocal = \"127.0.0.1:{tunnel_port}\"\nremote = \"{}\"\n", aurora.addr),
-        ),
-        book.addr
-    );
+    let (cfg, endpoint) = two_node_ollama(&sshd, aurora.addr, book.addr, "hold_down = \"3s\"\n");
     let mesh = Mesh::start(&cfg).await;
     let s = Setup { sshd, aurora, book, mesh, endpoint: format!("http://127.0.0.1:{endpoint}") };
     s.wait_route("aurora", Duration::from_secs(10)).await;

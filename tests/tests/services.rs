@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mesh_tests::ollama::OllamaStub;
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
+use mesh_tests::{eventually, two_node_ollama, Mesh};
 use serde_json::Value;
 
 fn candidate<'a>(status: &'a Value, node: &str) -> &'a Value {
@@ -21,19 +21,7 @@ async fn candidates_are_probed_in_layers() {
     let mut sshd = Sshd::start();
     let aurora = OllamaStub::start("aurora", &["llama3.1:70b", "llama3.2:3b"]).await;
     let local = OllamaStub::start("book", &["llama3.2:3b"]).await;
-    let (tunnel_port, endpoint) = (free_port(), free_port());
-    let cfg = format!(
-        "node = \"book\"\n{}\n[[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\n\
-         candidates = [{{ node = \"aurora\", tunnel = \"aurora-ollama\" }}, {{ node = \"book\", address = \"{}\" }}]\n\
-         probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\", timeout = \"1s\" }}\n",
-        peer_toml(
-            "aurora",
-            &sshd,
-            &trust(&sshd),
-            &format!("[[peer.forward]]\nname = \"aurora-ollama\"\nlocal = \"127.0.0.1:{tunnel_port}\"\nremote = \"{}\"\n", aurora.addr),
-        ),
-        local.addr
-    );
+    let (cfg, _) = two_node_ollama(&sshd, aurora.addr, local.addr, "");
     let mesh = Mesh::start(&cfg).await;
     let online = |node: &'static str| {
         let mesh = &mesh;
