@@ -10,6 +10,7 @@ command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)   # the multi-node tests: one network namespace per node
 
 if ((${#need[@]})); then
   echo "tests/setup.sh: installing ${need[*]}"

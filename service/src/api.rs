@@ -102,7 +102,12 @@ pub fn router(service: Service) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/tunnels/{name}/reconnect", post(reconnect))
         .route("/v1/services/{name}/pin", post(pin).delete(unpin))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see GET /v1/tunnels") })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see GET /v1/tunnels",
+            )
+        })
         .layer(axum::middleware::from_fn(loopback_only))
         .with_state(service)
 }
@@ -119,7 +124,11 @@ async fn loopback_only(req: axum::extract::Request, next: axum::middleware::Next
 }
 
 fn refusal(headers: &axum::http::HeaderMap, method: &axum::http::Method) -> Option<String> {
-    let header = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+    };
     if let Some(host) = header(axum::http::header::HOST) {
         if !is_loopback_authority(host) {
             return Some(format!("Host `{host}` is not a loopback address"));
@@ -143,11 +152,17 @@ fn is_loopback_authority(authority: &str) -> bool {
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
     };
     host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, service: Service, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    service: Service,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(service))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -158,7 +173,11 @@ async fn health(State(s): State<Service>) -> Json<Health> {
         status: "ok".into(),
         node: s.config.node.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
-        mode: if s.is_local_only() { "local-only".into() } else { "mesh".into() },
+        mode: if s.is_local_only() {
+            "local-only".into()
+        } else {
+            "mesh".into()
+        },
         config: s.config.source.as_ref().map(|p| p.display().to_string()),
     })
 }
@@ -167,11 +186,17 @@ async fn health(State(s): State<Service>) -> Json<Health> {
 async fn node(State(s): State<Service>) -> Response {
     let mut rx = s.nodes.clone();
     let me = s.config.node.clone();
-    let ready = tokio::time::timeout(std::time::Duration::from_secs(10), rx.wait_for(|m| m.get(&me).is_some_and(|e| e.inventory.is_some())))
-        .await;
+    let ready = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        rx.wait_for(|m| m.get(&me).is_some_and(|e| e.inventory.is_some())),
+    )
+    .await;
     match ready {
         Ok(Ok(map)) => Json(map.get(&me).and_then(|e| e.inventory.clone())).into_response(),
-        _ => error(StatusCode::SERVICE_UNAVAILABLE, "still detecting this node's hardware; try again in a moment"),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "still detecting this node's hardware; try again in a moment",
+        ),
     }
 }
 
@@ -195,8 +220,16 @@ async fn status(State(s): State<Service>) -> Json<Status> {
         .collect();
     Json(Status {
         node: s.config.node.clone(),
-        mode: if s.is_local_only() { "local-only".into() } else { "mesh".into() },
-        inventory: s.nodes.borrow().get(&s.config.node).and_then(|e| e.inventory.clone()),
+        mode: if s.is_local_only() {
+            "local-only".into()
+        } else {
+            "mesh".into()
+        },
+        inventory: s
+            .nodes
+            .borrow()
+            .get(&s.config.node)
+            .and_then(|e| e.inventory.clone()),
         nodes: s.nodes.borrow().clone(),
         tunnels: s.tunnels().map(|t| t.status()).collect(),
         services,
@@ -210,13 +243,29 @@ async fn metrics(State(s): State<Service>) -> Response {
     let mut m = Metrics::default();
     for svc in s.services.iter() {
         let name = &svc.config.name;
-        m.sample("robbie_route_changes_total", format!("service=\"{name}\""), svc.route_changes.load(Relaxed) as f64);
+        m.sample(
+            "robbie_route_changes_total",
+            format!("service=\"{name}\""),
+            svc.route_changes.load(Relaxed) as f64,
+        );
         for c in &svc.candidates {
             let labels = format!("service=\"{name}\",node=\"{}\"", c.config.node);
             let cm = &c.metrics;
-            m.sample("robbie_requests_total", format!("{labels},outcome=\"ok\""), cm.requests_ok.load(Relaxed) as f64);
-            m.sample("robbie_requests_total", format!("{labels},outcome=\"failed\""), cm.requests_failed.load(Relaxed) as f64);
-            m.sample("robbie_answer_seconds_sum", labels.clone(), cm.answer_micros.load(Relaxed) as f64 / 1e6);
+            m.sample(
+                "robbie_requests_total",
+                format!("{labels},outcome=\"ok\""),
+                cm.requests_ok.load(Relaxed) as f64,
+            );
+            m.sample(
+                "robbie_requests_total",
+                format!("{labels},outcome=\"failed\""),
+                cm.requests_failed.load(Relaxed) as f64,
+            );
+            m.sample(
+                "robbie_answer_seconds_sum",
+                labels.clone(),
+                cm.answer_micros.load(Relaxed) as f64 / 1e6,
+            );
             let st = c.status();
             let up = match st.health.health {
                 crate::health::Health::Online => 1.0,
@@ -232,11 +281,30 @@ async fn metrics(State(s): State<Service>) -> Response {
     for t in s.tunnels() {
         let st = t.status();
         let labels = format!("tunnel=\"{}\",peer=\"{}\"", st.name, st.peer);
-        m.sample("robbie_tunnel_up", labels.clone(), f64::from(u8::from(st.state == "up")));
-        m.sample("robbie_tunnel_bytes_total", format!("{labels},direction=\"sent\""), st.bytes_sent as f64);
-        m.sample("robbie_tunnel_bytes_total", format!("{labels},direction=\"received\""), st.bytes_received as f64);
+        m.sample(
+            "robbie_tunnel_up",
+            labels.clone(),
+            f64::from(u8::from(st.state == "up")),
+        );
+        m.sample(
+            "robbie_tunnel_bytes_total",
+            format!("{labels},direction=\"sent\""),
+            st.bytes_sent as f64,
+        );
+        m.sample(
+            "robbie_tunnel_bytes_total",
+            format!("{labels},direction=\"received\""),
+            st.bytes_received as f64,
+        );
     }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        m.render(),
+    )
+        .into_response()
 }
 
 /// Samples grouped by family, rendered with each family's HELP and TYPE.
@@ -247,13 +315,37 @@ struct Metrics {
 
 impl Metrics {
     const HELP: [(&'static str, &'static str, &'static str); 7] = [
-        ("robbie_route_changes_total", "counter", "Times a service's route moved to another node."),
-        ("robbie_requests_total", "counter", "Requests per service, node and outcome."),
-        ("robbie_answer_seconds_sum", "counter", "Time to the answer's head, summed over successful requests."),
-        ("robbie_candidate_up", "gauge", "1 when the node's instance is online, 0.5 degraded, 0 offline."),
-        ("robbie_probe_latency_seconds", "gauge", "Latency of the last successful probe."),
+        (
+            "robbie_route_changes_total",
+            "counter",
+            "Times a service's route moved to another node.",
+        ),
+        (
+            "robbie_requests_total",
+            "counter",
+            "Requests per service, node and outcome.",
+        ),
+        (
+            "robbie_answer_seconds_sum",
+            "counter",
+            "Time to the answer's head, summed over successful requests.",
+        ),
+        (
+            "robbie_candidate_up",
+            "gauge",
+            "1 when the node's instance is online, 0.5 degraded, 0 offline.",
+        ),
+        (
+            "robbie_probe_latency_seconds",
+            "gauge",
+            "Latency of the last successful probe.",
+        ),
         ("robbie_tunnel_up", "gauge", "1 when the tunnel forwards."),
-        ("robbie_tunnel_bytes_total", "counter", "Bytes through a tunnel, by direction."),
+        (
+            "robbie_tunnel_bytes_total",
+            "counter",
+            "Bytes through a tunnel, by direction.",
+        ),
     ];
 
     fn sample(&mut self, family: &'static str, labels: String, value: f64) {
@@ -267,7 +359,9 @@ impl Metrics {
         use std::fmt::Write;
         let mut out = String::new();
         for (name, kind, help) in Self::HELP {
-            let Some((_, samples)) = self.families.iter().find(|(f, _)| *f == name) else { continue };
+            let Some((_, samples)) = self.families.iter().find(|(f, _)| *f == name) else {
+                continue;
+            };
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, value) in samples {
                 let _ = writeln!(out, "{name}{{{labels}}} {value}");
@@ -279,15 +373,25 @@ impl Metrics {
 
 /// Server-Sent Events: every event of the bus as it happens (`event:` is its type,
 /// `data:` its JSON). A client that falls behind is told how many it missed.
-async fn events(State(s): State<Service>) -> axum::response::Sse<impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>> {
+async fn events(
+    State(s): State<Service>,
+) -> axum::response::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
     use axum::response::sse::{Event as SseEvent, KeepAlive};
     use tokio::sync::broadcast::error::RecvError;
     let rx = s.events.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let item = match rx.recv().await {
             Ok(e) => {
-                let kind = serde_json::to_value(&e).ok().and_then(|v| v["type"].as_str().map(str::to_string)).unwrap_or_default();
-                SseEvent::default().event(kind).json_data(&e).unwrap_or_default()
+                let kind = serde_json::to_value(&e)
+                    .ok()
+                    .and_then(|v| v["type"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                SseEvent::default()
+                    .event(kind)
+                    .json_data(&e)
+                    .unwrap_or_default()
             }
             Err(RecvError::Lagged(n)) => SseEvent::default().event("lagged").data(n.to_string()),
             Err(RecvError::Closed) => return None,
@@ -298,7 +402,10 @@ async fn events(State(s): State<Service>) -> axum::response::Sse<impl futures_ut
 }
 
 async fn tunnels(State(s): State<Service>) -> Json<TunnelList> {
-    Json(TunnelList { node: s.config.node.clone(), tunnels: s.tunnels().map(|t| t.status()).collect() })
+    Json(TunnelList {
+        node: s.config.node.clone(),
+        tunnels: s.tunnels().map(|t| t.status()).collect(),
+    })
 }
 
 async fn reconnect(State(s): State<Service>, Path(name): Path<String>) -> Response {
@@ -311,24 +418,39 @@ async fn reconnect(State(s): State<Service>, Path(name): Path<String>) -> Respon
             };
             (StatusCode::ACCEPTED, Json(reply)).into_response()
         }
-        None => error(StatusCode::NOT_FOUND, format!("no tunnel named `{name}`; GET /v1/tunnels lists them")),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no tunnel named `{name}`; GET /v1/tunnels lists them"),
+        ),
     }
 }
 
 fn set_pin(s: &Service, name: &str, node: Option<&str>) -> Response {
     let Some(svc) = s.services.iter().find(|x| x.config.name == name) else {
         let known: Vec<&str> = s.services.iter().map(|x| x.config.name.as_str()).collect();
-        return error(StatusCode::NOT_FOUND, format!("no service named `{name}` (services: {})", known.join(", ")));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no service named `{name}` (services: {})", known.join(", ")),
+        );
     };
     if let Err(why) = svc.set_pin(node) {
         return error(StatusCode::BAD_REQUEST, why);
     }
     svc.notify_changed();
     let route = svc.plan(&Needs::default()).current().map(str::to_string);
-    Json(PinReply { service: name.to_string(), pinned: svc.pin(), route }).into_response()
+    Json(PinReply {
+        service: name.to_string(),
+        pinned: svc.pin(),
+        route,
+    })
+    .into_response()
 }
 
-async fn pin(State(s): State<Service>, Path(name): Path<String>, Json(req): Json<PinRequest>) -> Response {
+async fn pin(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    Json(req): Json<PinRequest>,
+) -> Response {
     set_pin(&s, &name, Some(&req.node))
 }
 
@@ -342,10 +464,22 @@ mod tests {
 
     #[test]
     fn loopback_authorities() {
-        for ok in ["127.0.0.1:8007", "localhost:8007", "LOCALHOST", "[::1]:8007", "127.0.0.2"] {
+        for ok in [
+            "127.0.0.1:8007",
+            "localhost:8007",
+            "LOCALHOST",
+            "[::1]:8007",
+            "127.0.0.2",
+        ] {
             assert!(is_loopback_authority(ok), "{ok}");
         }
-        for bad in ["evil.example:8007", "192.168.1.2:8007", "", "[2001:db8::1]:80", "127.0.0.1.evil.example"] {
+        for bad in [
+            "evil.example:8007",
+            "192.168.1.2:8007",
+            "",
+            "[2001:db8::1]:80",
+            "127.0.0.1.evil.example",
+        ] {
             assert!(!is_loopback_authority(bad), "{bad}");
         }
     }

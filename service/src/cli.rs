@@ -10,7 +10,10 @@ use crate::tunnel::TunnelStatus;
 /// A short summary of what `robbie-mesh run` would do with this config.
 pub fn config_summary(cfg: &Config) -> String {
     let mut out = String::new();
-    let src = cfg.source.as_ref().map_or("built-in default".to_string(), |p| p.display().to_string());
+    let src = cfg
+        .source
+        .as_ref()
+        .map_or("built-in default".to_string(), |p| p.display().to_string());
     let _ = writeln!(out, "{src}: OK");
     let _ = writeln!(out, "node {}, API on http://{}", cfg.node, cfg.api.listen);
     if cfg.peers.is_empty() {
@@ -18,27 +21,50 @@ pub fn config_summary(cfg: &Config) -> String {
     }
     for p in &cfg.peers {
         let ids: Vec<String> = p.identities.iter().map(ToString::to_string).collect();
-        let _ = writeln!(out, "peer {} = {} (keepalive {:?} x {})", p.name, p.target, p.keepalive.interval, p.keepalive.count);
+        let _ = writeln!(
+            out,
+            "peer {} = {} (keepalive {:?} x {})",
+            p.name, p.target, p.keepalive.interval, p.keepalive.count
+        );
         let _ = writeln!(out, "  keys: {}", ids.join(", "));
-        let kh: Vec<String> = p.known_hosts.iter().map(|k| k.display().to_string()).collect();
+        let kh: Vec<String> = p
+            .known_hosts
+            .iter()
+            .map(|k| k.display().to_string())
+            .collect();
         let _ = writeln!(
             out,
             "  host keys: {}{}",
             kh.join(", "),
-            if p.accept_new { " (accept new)" } else { " (strict)" }
+            if p.accept_new {
+                " (accept new)"
+            } else {
+                " (strict)"
+            }
         );
         for f in &p.forwards {
             let arrow = match f.kind {
                 ForwardKind::Local => format!("listen {} -> {} on {}", f.local, f.remote, p.name),
-                ForwardKind::Remote => format!("{} listens on {} -> {} here", p.name, f.remote, f.local),
+                ForwardKind::Remote => {
+                    format!("{} listens on {} -> {} here", p.name, f.remote, f.local)
+                }
             };
             let _ = writeln!(out, "  {} {:<20} {arrow}", f.kind.flag(), f.name);
         }
     }
     for s in &cfg.services {
-        let _ = writeln!(out, "service {} ({}) on {}:", s.name, s.kind.as_str(), s.listen);
+        let _ = writeln!(
+            out,
+            "service {} ({}) on {}:",
+            s.name,
+            s.kind.as_str(),
+            s.listen
+        );
         for (i, c) in s.candidates.iter().enumerate() {
-            let via = c.tunnel.as_ref().map_or(String::new(), |t| format!(" via {t}"));
+            let via = c
+                .tunnel
+                .as_ref()
+                .map_or(String::new(), |t| format!(" via {t}"));
             let _ = writeln!(out, "  {}. {:<12} {}{via}", i + 1, c.node, c.address);
         }
     }
@@ -56,13 +82,27 @@ pub fn services_text(status: &serde_json::Value) -> String {
             Some(node) => format!("-> {node}"),
             None => "-> nothing is up (requests try every node)".into(),
         };
-        let pinned = s["pinned"].as_str().map_or(String::new(), |p| format!(" [pinned: {p}]"));
-        let _ = writeln!(out, "{name:<10} {:<22} {route}{pinned}", s["listen"].as_str().unwrap_or(""));
+        let pinned = s["pinned"]
+            .as_str()
+            .map_or(String::new(), |p| format!(" [pinned: {p}]"));
+        let _ = writeln!(
+            out,
+            "{name:<10} {:<22} {route}{pinned}",
+            s["listen"].as_str().unwrap_or("")
+        );
         if s["endpoint"] != "listening" {
-            let _ = writeln!(out, "    endpoint: {}", s["endpoint"].as_str().unwrap_or(""));
+            let _ = writeln!(
+                out,
+                "    endpoint: {}",
+                s["endpoint"].as_str().unwrap_or("")
+            );
         }
         for c in s["candidates"].as_array().unwrap_or(&empty) {
-            let mut line = format!("    {:<12} {:<9}", c["node"].as_str().unwrap_or("?"), c["health"].as_str().unwrap_or("?"));
+            let mut line = format!(
+                "    {:<12} {:<9}",
+                c["node"].as_str().unwrap_or("?"),
+                c["health"].as_str().unwrap_or("?")
+            );
             if let Some(ms) = c["latency_ms"].as_f64() {
                 line.push_str(&format!(" {ms:>6.1} ms"));
             }
@@ -82,14 +122,23 @@ pub fn tunnel_table(node: &str, tunnels: &[TunnelStatus], now: SystemTime) -> St
         let _ = writeln!(out, "{node}: no tunnels (local-only mode)");
         return out;
     }
-    let _ = writeln!(out, "{node}: {} tunnel(s), {} up", tunnels.len(), tunnels.iter().filter(|t| t.state == "up").count());
+    let _ = writeln!(
+        out,
+        "{node}: {} tunnel(s), {} up",
+        tunnels.len(),
+        tunnels.iter().filter(|t| t.state == "up").count()
+    );
     let rows: Vec<[String; 7]> = tunnels
         .iter()
         .map(|t| {
             [
                 t.name.clone(),
                 t.peer.clone(),
-                if t.kind == "local" { "-L".into() } else { "-R".into() },
+                if t.kind == "local" {
+                    "-L".into()
+                } else {
+                    "-R".into()
+                },
                 format!("{} -> {}", t.local, t.remote),
                 t.state.to_uppercase(),
                 ago(&t.since, now),
@@ -97,7 +146,9 @@ pub fn tunnel_table(node: &str, tunnels: &[TunnelStatus], now: SystemTime) -> St
             ]
         })
         .collect();
-    let header = ["TUNNEL", "PEER", "KIND", "FORWARD", "STATE", "SINCE", "IN / OUT"];
+    let header = [
+        "TUNNEL", "PEER", "KIND", "FORWARD", "STATE", "SINCE", "IN / OUT",
+    ];
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
@@ -113,9 +164,17 @@ pub fn tunnel_table(node: &str, tunnels: &[TunnelStatus], now: SystemTime) -> St
     };
     let _ = writeln!(out, "{}", line(header));
     for (r, t) in rows.iter().zip(tunnels) {
-        let _ = writeln!(out, "{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]]));
+        let _ = writeln!(
+            out,
+            "{}",
+            line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]])
+        );
         if let Some(reason) = &t.reason {
-            let retry = t.retry_at.as_ref().map(|at| format!(" (retry {})", until(at, now))).unwrap_or_default();
+            let retry = t
+                .retry_at
+                .as_ref()
+                .map(|at| format!(" (retry {})", until(at, now)))
+                .unwrap_or_default();
             let _ = writeln!(out, "    {reason}{retry}");
         }
     }

@@ -13,13 +13,27 @@ use crate::tunnel::TunnelState;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     /// A tunnel's state changed.
-    Tunnel { tunnel: String, peer: String, state: TunnelState },
+    Tunnel {
+        tunnel: String,
+        peer: String,
+        state: TunnelState,
+    },
     /// A server presented a host key we refuse (changed, revoked or unknown).
     HostKeyAlarm { peer: String, message: String },
     /// A node's instance of a service changed health.
-    Health { service: String, node: String, health: crate::health::Health, reason: String },
+    Health {
+        service: String,
+        node: String,
+        health: crate::health::Health,
+        reason: String,
+    },
     /// Where a service's requests go changed (failover, failback, pin).
-    Route { service: String, from: Option<String>, to: Option<String>, reason: String },
+    Route {
+        service: String,
+        from: Option<String>,
+        to: Option<String>,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,12 +57,17 @@ impl Default for EventBus {
 
 impl EventBus {
     pub fn new() -> Self {
-        EventBus { tx: broadcast::channel(1024).0 }
+        EventBus {
+            tx: broadcast::channel(1024).0,
+        }
     }
 
     pub fn publish(&self, kind: EventKind) {
         // No subscribers is fine: the event is already logged by whoever changed state.
-        let _ = self.tx.send(Event { at: SystemTime::now(), kind });
+        let _ = self.tx.send(Event {
+            at: SystemTime::now(),
+            kind,
+        });
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -47,13 +47,21 @@ pub fn detect(node: &str) -> NodeInventory {
     sys.refresh_memory();
     sys.refresh_cpu_all();
     let cpus = sys.cpus();
-    let model = cpus.first().map(|c| c.brand().trim().to_string()).filter(|b| !b.is_empty()).unwrap_or_else(|| "unknown".into());
+    let model = cpus
+        .first()
+        .map(|c| c.brand().trim().to_string())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "unknown".into());
     let (gpus, gpu_source) = detect_gpus(sys.total_memory());
     NodeInventory {
         node: node.to_string(),
         os: sysinfo::System::long_os_version().unwrap_or_else(|| std::env::consts::OS.to_string()),
         arch: std::env::consts::ARCH.to_string(),
-        cpu: Cpu { model, cores: cpus.len(), physical_cores: sysinfo::System::physical_core_count() },
+        cpu: Cpu {
+            model,
+            cores: cpus.len(),
+            physical_cores: sysinfo::System::physical_core_count(),
+        },
         memory_bytes: sys.total_memory(),
         gpus,
         gpu_source,
@@ -63,13 +71,18 @@ pub fn detect(node: &str) -> NodeInventory {
 fn detect_gpus(memory_bytes: u64) -> (Vec<Gpu>, String) {
     let smi = std::env::var("ROBBIE_MESH_NVIDIA_SMI").unwrap_or_else(|_| "nvidia-smi".into());
     let out = Command::new(&smi)
-        .args(["--query-gpu=name,memory.total,memory.used", "--format=csv,noheader,nounits"])
+        .args([
+            "--query-gpu=name,memory.total,memory.used",
+            "--format=csv,noheader,nounits",
+        ])
         .output();
     match out {
-        Ok(o) if o.status.success() => match parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)) {
-            Ok(gpus) => return (gpus, "nvidia-smi".into()),
-            Err(e) => return (Vec::new(), format!("nvidia-smi: {e}")),
-        },
+        Ok(o) if o.status.success() => {
+            match parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)) {
+                Ok(gpus) => return (gpus, "nvidia-smi".into()),
+                Err(e) => return (Vec::new(), format!("nvidia-smi: {e}")),
+            }
+        }
         Ok(o) => {
             // Installed but failing (driver not loaded): say so rather than "none".
             let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
@@ -91,12 +104,24 @@ fn detect_gpus(memory_bytes: u64) -> (Vec<Gpu>, String) {
 /// `nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader,nounits` prints.
 pub fn parse_nvidia_smi(csv: &str) -> Result<Vec<Gpu>, String> {
     let mut gpus = Vec::new();
-    for (i, line) in csv.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in csv
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         let [name, total, used] = fields[..] else {
-            return Err(format!("line {}: expected `name, memory.total, memory.used`, got `{line}`", i + 1));
+            return Err(format!(
+                "line {}: expected `name, memory.total, memory.used`, got `{line}`",
+                i + 1
+            ));
         };
-        let total: u64 = total.parse().map_err(|_| format!("line {}: memory.total `{total}` is not a number of MiB", i + 1))?;
+        let total: u64 = total.parse().map_err(|_| {
+            format!(
+                "line {}: memory.total `{total}` is not a number of MiB",
+                i + 1
+            )
+        })?;
         gpus.push(Gpu {
             name: name.to_string(),
             vendor: "nvidia".into(),
@@ -111,7 +136,10 @@ pub fn parse_nvidia_smi(csv: &str) -> Result<Vec<Gpu>, String> {
 
 /// Apple Silicon: the chip's name from sysctl; its GPU uses the unified memory.
 fn apple_gpu(memory_bytes: u64) -> Option<Gpu> {
-    let out = Command::new("sysctl").args(["-n", "machdep.cpu.brand_string"]).output().ok()?;
+    let out = Command::new("sysctl")
+        .args(["-n", "machdep.cpu.brand_string"])
+        .output()
+        .ok()?;
     let chip = String::from_utf8_lossy(&out.stdout).trim().to_string();
     chip.starts_with("Apple").then(|| Gpu {
         name: format!("{chip} GPU"),
@@ -128,7 +156,10 @@ mod tests {
 
     #[test]
     fn nvidia_smi_csv() {
-        let gpus = parse_nvidia_smi("NVIDIA GeForce RTX 4090, 24564, 1031\nNVIDIA H100 80GB HBM3, 81559, [N/A]\n").expect("parse");
+        let gpus = parse_nvidia_smi(
+            "NVIDIA GeForce RTX 4090, 24564, 1031\nNVIDIA H100 80GB HBM3, 81559, [N/A]\n",
+        )
+        .expect("parse");
         assert_eq!(gpus.len(), 2);
         assert_eq!(gpus[0].name, "NVIDIA GeForce RTX 4090");
         assert_eq!(gpus[0].vram_bytes, 24564 * MIB);

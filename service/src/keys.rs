@@ -14,7 +14,9 @@ pub const KEYCHAIN_SERVICE: &str = "robbie-mesh";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeychainError {
-    #[error("this build of robbie-mesh has no OS keychain backend; use an ssh-agent or a key file")]
+    #[error(
+        "this build of robbie-mesh has no OS keychain backend; use an ssh-agent or a key file"
+    )]
     NoBackend,
     #[error("no keychain entry `{0}`; store one with the tray app or `secret-tool store --label=robbie-mesh service robbie-mesh username {0}`")]
     NotFound(String),
@@ -44,8 +46,10 @@ fn entry(account: &str) -> Result<keyring::Entry, KeychainError> {
     if !persistent {
         return Err(KeychainError::NoBackend);
     }
-    keyring::Entry::new(KEYCHAIN_SERVICE, account)
-        .map_err(|source| KeychainError::Keyring { entry: account.to_string(), source })
+    keyring::Entry::new(KEYCHAIN_SERVICE, account).map_err(|source| KeychainError::Keyring {
+        entry: account.to_string(),
+        source,
+    })
 }
 
 /// Reads a secret; `Ok(None)` when there is no such entry.
@@ -53,7 +57,10 @@ pub fn get(account: &str) -> Result<Option<String>, KeychainError> {
     match entry(account)?.get_password() {
         Ok(s) => Ok(Some(s)),
         Err(keyring::Error::NoEntry) => Ok(None),
-        Err(source) => Err(KeychainError::Keyring { entry: account.to_string(), source }),
+        Err(source) => Err(KeychainError::Keyring {
+            entry: account.to_string(),
+            source,
+        }),
     }
 }
 
@@ -61,14 +68,20 @@ pub fn get(account: &str) -> Result<Option<String>, KeychainError> {
 pub fn set(account: &str, secret: &str) -> Result<(), KeychainError> {
     entry(account)?
         .set_password(secret)
-        .map_err(|source| KeychainError::Keyring { entry: account.to_string(), source })
+        .map_err(|source| KeychainError::Keyring {
+            entry: account.to_string(),
+            source,
+        })
 }
 
 /// Deletes a secret; deleting a missing entry is not an error.
 pub fn delete(account: &str) -> Result<(), KeychainError> {
     match entry(account)?.delete_credential() {
         Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
-        Err(source) => Err(KeychainError::Keyring { entry: account.to_string(), source }),
+        Err(source) => Err(KeychainError::Keyring {
+            entry: account.to_string(),
+            source,
+        }),
     }
 }
 

@@ -18,7 +18,11 @@ use tokio_util::sync::CancellationToken;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "robbie-mesh", version, about = "Keeps SSH tunnels between your machines alive and routes services over them")]
+#[command(
+    name = "robbie-mesh",
+    version,
+    about = "Keeps SSH tunnels between your machines alive and routes services over them"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,7 +102,10 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROBBIE_MESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// The config to run with: the file given, else the default file if it exists, else
@@ -122,7 +129,10 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Ex
     let mut cfg = load_config(config)?;
     if let Some(addr) = listen {
         if !addr.ip().is_loopback() {
-            bail!("--listen {addr}: the API only listens on loopback; use e.g. 127.0.0.1:{}", addr.port());
+            bail!(
+                "--listen {addr}: the API only listens on loopback; use e.g. 127.0.0.1:{}",
+                addr.port()
+            );
         }
         cfg.api.listen = addr;
     }
@@ -153,7 +163,9 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
@@ -172,7 +184,10 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         None => bail!("no config file given and no default location on this system"),
     };
     if !path.exists() {
-        println!("{} does not exist: robbie-mesh would run in local-only mode.", path.display());
+        println!(
+            "{} does not exist: robbie-mesh would run in local-only mode.",
+            path.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     match config::load(&path) {
@@ -203,7 +218,11 @@ fn api_addr(arg: &ApiArg) -> SocketAddr {
 }
 
 /// One request to the running service's API: its status and body text.
-fn api_call(arg: &ApiArg, method: reqwest::Method, path: &str) -> anyhow::Result<(reqwest::StatusCode, String)> {
+fn api_call(
+    arg: &ApiArg,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<(reqwest::StatusCode, String)> {
     api_call_json(arg, method, path, None)
 }
 
@@ -214,7 +233,9 @@ fn api_call_json(
     json: Option<serde_json::Value>,
 ) -> anyhow::Result<(reqwest::StatusCode, String)> {
     let addr = api_addr(arg);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
         let mut req = client.request(method, format!("http://{addr}{path}"));
@@ -242,25 +263,35 @@ fn status(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
         println!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    let status: serde_json::Value = serde_json::from_str(&text).context("the API answered something that is not JSON")?;
+    let status: serde_json::Value =
+        serde_json::from_str(&text).context("the API answered something that is not JSON")?;
     // Services first: which machine serves what, right now.
     print!("{}", robbie_mesh::cli::services_text(&status));
-    let list: TunnelList = serde_json::from_value(status.clone()).context("the API's status has no tunnel list")?;
+    let list: TunnelList =
+        serde_json::from_value(status.clone()).context("the API's status has no tunnel list")?;
     if !list.tunnels.is_empty() || status["services"].as_array().is_none_or(|s| s.is_empty()) {
-        print!("{}", robbie_mesh::cli::tunnel_table(&list.node, &list.tunnels, SystemTime::now()));
+        print!(
+            "{}",
+            robbie_mesh::cli::tunnel_table(&list.node, &list.tunnels, SystemTime::now())
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn reconnect(tunnel: &str, api: &ApiArg) -> anyhow::Result<ExitCode> {
-    let (code, text) = api_call(api, reqwest::Method::POST, &format!("/v1/tunnels/{tunnel}/reconnect"))?;
+    let (code, text) = api_call(
+        api,
+        reqwest::Method::POST,
+        &format!("/v1/tunnels/{tunnel}/reconnect"),
+    )?;
     match serde_json::from_str::<ReconnectReply>(&text).ok() {
         Some(r) if code.is_success() => {
             println!("reconnecting {} ({})", r.peer, r.tunnels.join(", "));
             Ok(ExitCode::SUCCESS)
         }
         _ => {
-            let msg = serde_json::from_str::<robbie_mesh::api::ApiError>(&text).map_or(text, |e| e.error);
+            let msg =
+                serde_json::from_str::<robbie_mesh::api::ApiError>(&text).map_or(text, |e| e.error);
             bail!("{msg}")
         }
     }
@@ -269,7 +300,12 @@ fn reconnect(tunnel: &str, api: &ApiArg) -> anyhow::Result<ExitCode> {
 fn pin(service: &str, node: Option<&str>, api: &ApiArg) -> anyhow::Result<ExitCode> {
     let path = format!("/v1/services/{service}/pin");
     let (code, text) = match node {
-        Some(n) => api_call_json(api, reqwest::Method::POST, &path, Some(serde_json::json!({ "node": n })))?,
+        Some(n) => api_call_json(
+            api,
+            reqwest::Method::POST,
+            &path,
+            Some(serde_json::json!({ "node": n })),
+        )?,
         None => api_call(api, reqwest::Method::DELETE, &path)?,
     };
     match serde_json::from_str::<robbie_mesh::api::PinReply>(&text).ok() {
@@ -282,7 +318,8 @@ fn pin(service: &str, node: Option<&str>, api: &ApiArg) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         _ => {
-            let msg = serde_json::from_str::<robbie_mesh::api::ApiError>(&text).map_or(text, |e| e.error);
+            let msg =
+                serde_json::from_str::<robbie_mesh::api::ApiError>(&text).map_or(text, |e| e.error);
             bail!("{msg}")
         }
     }

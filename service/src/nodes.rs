@@ -31,7 +31,15 @@ pub struct NodeEntry {
 impl NodeEntry {
     /// The largest GPU memory of the node (0 without a GPU), if its inventory is known.
     pub fn max_vram(&self) -> Option<u64> {
-        Some(self.inventory.as_ref()?.gpus.iter().map(|g| g.vram_bytes).max().unwrap_or(0))
+        Some(
+            self.inventory
+                .as_ref()?
+                .gpus
+                .iter()
+                .map(|g| g.vram_bytes)
+                .max()
+                .unwrap_or(0),
+        )
     }
 }
 
@@ -61,17 +69,42 @@ pub fn spawn(
                 inv.cpu.model,
                 inv.cpu.cores,
                 inv.memory_bytes >> 20,
-                if inv.gpus.is_empty() { inv.gpu_source.clone() } else { inv.gpus.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ") }
+                if inv.gpus.is_empty() {
+                    inv.gpu_source.clone()
+                } else {
+                    inv.gpus
+                        .iter()
+                        .map(|g| g.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             );
             own.send_modify(|m| {
-                m.insert(node, NodeEntry { inventory: Some(inv), error: None, updated: SystemTime::now() });
+                m.insert(
+                    node,
+                    NodeEntry {
+                        inventory: Some(inv),
+                        error: None,
+                        updated: SystemTime::now(),
+                    },
+                );
             });
         }
     });
-    let http = reqwest::Client::builder().no_proxy().timeout(FETCH_TIMEOUT).build().unwrap_or_else(|_| reqwest::Client::new());
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(FETCH_TIMEOUT)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new());
     for remote in remotes.iter().filter(|r| r.node != this_node) {
         let tunnel = remote.tunnel.as_deref().and_then(tunnels);
-        tracker.spawn(fetch_loop(remote.clone(), tunnel, http.clone(), tx.clone(), cancel.clone()));
+        tracker.spawn(fetch_loop(
+            remote.clone(),
+            tunnel,
+            http.clone(),
+            tx.clone(),
+            cancel.clone(),
+        ));
     }
     rx
 }
@@ -86,18 +119,30 @@ async fn fetch_loop(
     let mut tunnel_rx = tunnel.as_ref().map(|t| t.subscribe());
     let url = format!("http://{}/v1/node", remote.address);
     loop {
-        let up = tunnel_rx.as_mut().is_none_or(|rx| rx.borrow_and_update().state.is_up());
+        let up = tunnel_rx
+            .as_mut()
+            .is_none_or(|rx| rx.borrow_and_update().state.is_up());
         if up {
             let result = async {
-                let resp = http.get(&url).send().await.map_err(|e| format!("{}", e.without_url()))?;
+                let resp = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{}", e.without_url()))?;
                 if !resp.status().is_success() {
                     return Err(format!("HTTP {}", resp.status()));
                 }
-                resp.json::<NodeInventory>().await.map_err(|e| format!("not a robbie-mesh node answer: {}", e.without_url()))
+                resp.json::<NodeInventory>()
+                    .await
+                    .map_err(|e| format!("not a robbie-mesh node answer: {}", e.without_url()))
             }
             .await;
             tx.send_modify(|m| {
-                let entry = m.entry(remote.node.clone()).or_insert(NodeEntry { inventory: None, error: None, updated: SystemTime::now() });
+                let entry = m.entry(remote.node.clone()).or_insert(NodeEntry {
+                    inventory: None,
+                    error: None,
+                    updated: SystemTime::now(),
+                });
                 match result {
                     Ok(inv) => {
                         entry.inventory = Some(inv);

@@ -78,18 +78,33 @@ pub async fn probe(
     pg_password: Option<&str>,
 ) -> Outcome {
     let start = Instant::now();
-    let (observation, ollama, postgres) =
-        match tokio::time::timeout(cfg.timeout, check(kind, addr, cfg, http, wants, pg_password)).await {
-            Ok(r) => r,
-            Err(_) => (Observation::Failed(format!("no answer within {:?}", cfg.timeout)), None, None),
-        };
+    let (observation, ollama, postgres) = match tokio::time::timeout(
+        cfg.timeout,
+        check(kind, addr, cfg, http, wants, pg_password),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => (
+            Observation::Failed(format!("no answer within {:?}", cfg.timeout)),
+            None,
+            None,
+        ),
+    };
     let latency = start.elapsed();
     // Up but slow: more than half the timeout.
     let observation = match observation {
-        Observation::Ok if latency > cfg.timeout / 2 => Observation::Degraded(format!("slow: answered in {} ms", latency.as_millis())),
+        Observation::Ok if latency > cfg.timeout / 2 => {
+            Observation::Degraded(format!("slow: answered in {} ms", latency.as_millis()))
+        }
         o => o,
     };
-    Outcome { observation, latency, ollama, postgres }
+    Outcome {
+        observation,
+        latency,
+        ollama,
+        postgres,
+    }
 }
 
 async fn check(
@@ -106,7 +121,9 @@ async fn check(
             (obs, update, None)
         }
         ServiceKind::Http => {
-            let obs = http_get(http, &format!("http://{addr}{}", cfg.path)).await.map_or_else(Observation::Failed, |r| r.0);
+            let obs = http_get(http, &format!("http://{addr}{}", cfg.path))
+                .await
+                .map_or_else(Observation::Failed, |r| r.0);
             (obs, None, None)
         }
         ServiceKind::Postgres => {
@@ -121,12 +138,18 @@ async fn check(
 }
 
 /// GET a URL: the observation its status means, and the body of a 2xx.
-async fn http_get(http: &reqwest::Client, url: &str) -> Result<(Observation, Option<bytes::Bytes>), String> {
+async fn http_get(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<(Observation, Option<bytes::Bytes>), String> {
     let resp = http.get(url).send().await.map_err(describe)?;
     let status = resp.status();
     match status.as_u16() {
         200..=299 => {
-            let body = resp.bytes().await.map_err(|e| format!("reading the answer: {e}"))?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?;
             Ok((Observation::Ok, Some(body)))
         }
         429 | 503 => Ok((Observation::Degraded(format!("busy: HTTP {status}")), None)),
@@ -145,7 +168,11 @@ fn describe(e: reqwest::Error) -> String {
     }
 }
 
-async fn ollama(addr: &HostPort, http: &reqwest::Client, wants: OllamaWants) -> (Observation, Option<OllamaUpdate>) {
+async fn ollama(
+    addr: &HostPort,
+    http: &reqwest::Client,
+    wants: OllamaWants,
+) -> (Observation, Option<OllamaUpdate>) {
     #[derive(Deserialize)]
     struct Version {
         version: String,
@@ -168,13 +195,19 @@ async fn ollama(addr: &HostPort, http: &reqwest::Client, wants: OllamaWants) -> 
     match http_get(http, &format!("{base}/api/version")).await {
         Ok((Observation::Ok, Some(body))) => match serde_json::from_slice::<Version>(&body) {
             Ok(v) => update.version = Some(v.version),
-            Err(_) => return (Observation::Failed("/api/version did not answer like Ollama".into()), None),
+            Err(_) => {
+                return (
+                    Observation::Failed("/api/version did not answer like Ollama".into()),
+                    None,
+                )
+            }
         },
         Ok((obs, _)) => return (obs, None),
         Err(why) => return (Observation::Failed(why), None),
     }
     if wants.tags {
-        if let Ok((Observation::Ok, Some(body))) = http_get(http, &format!("{base}/api/tags")).await {
+        if let Ok((Observation::Ok, Some(body))) = http_get(http, &format!("{base}/api/tags")).await
+        {
             if let Ok(t) = serde_json::from_slice::<Tags>(&body) {
                 update.models = Some(t.models.into_iter().map(|m| m.name).collect());
             }
@@ -197,9 +230,17 @@ async fn ollama(addr: &HostPort, http: &reqwest::Client, wants: OllamaWants) -> 
 
 /// A real login and `SELECT pg_is_in_recovery()`. A server that is up but refuses
 /// the login is degraded (its role is unknown), not offline.
-async fn postgres(addr: &HostPort, cfg: &ProbeConfig, password: Option<&str>) -> (Observation, Option<PgRole>) {
+async fn postgres(
+    addr: &HostPort,
+    cfg: &ProbeConfig,
+    password: Option<&str>,
+) -> (Observation, Option<PgRole>) {
     let mut pg = tokio_postgres::Config::new();
-    pg.host(&addr.host).port(addr.port).user(&cfg.user).dbname(&cfg.database).application_name("robbie-mesh probe");
+    pg.host(&addr.host)
+        .port(addr.port)
+        .user(&cfg.user)
+        .dbname(&cfg.database)
+        .application_name("robbie-mesh probe");
     if let Some(p) = password {
         pg.password(p);
     }
@@ -230,9 +271,19 @@ async fn postgres(addr: &HostPort, cfg: &ProbeConfig, password: Option<&str>) ->
     match role {
         Ok(row) => {
             let in_recovery: bool = row.try_get(0).unwrap_or(false);
-            (Observation::Ok, Some(if in_recovery { PgRole::Replica } else { PgRole::Primary }))
+            (
+                Observation::Ok,
+                Some(if in_recovery {
+                    PgRole::Replica
+                } else {
+                    PgRole::Primary
+                }),
+            )
         }
-        Err(e) => (Observation::Degraded(format!("logged in, but pg_is_in_recovery() failed: {e}")), None),
+        Err(e) => (
+            Observation::Degraded(format!("logged in, but pg_is_in_recovery() failed: {e}")),
+            None,
+        ),
     }
 }
 

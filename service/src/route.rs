@@ -78,24 +78,47 @@ impl Plan {
 
 /// Ollama names `llama3` and `llama3:latest` the same model.
 pub fn same_model(a: &str, b: &str) -> bool {
-    let norm = |s: &str| if s.contains(':') { s.to_string() } else { format!("{s}:latest") };
+    let norm = |s: &str| {
+        if s.contains(':') {
+            s.to_string()
+        } else {
+            format!("{s}:latest")
+        }
+    };
     norm(a) == norm(b)
 }
 
-pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, hold_down: Duration, now: Instant) -> Plan {
+pub fn plan(
+    views: &[View],
+    needs: &Needs,
+    pin: Option<&str>,
+    hold_down: Duration,
+    now: Instant,
+) -> Plan {
     let someone_has_model = needs.model.as_deref().is_some_and(|m| {
-        views.iter().any(|v| v.models.as_ref().is_some_and(|ms| ms.iter().any(|x| same_model(x, m))))
+        views.iter().any(|v| {
+            v.models
+                .as_ref()
+                .is_some_and(|ms| ms.iter().any(|x| same_model(x, m)))
+        })
     });
     let mut eligible = Vec::new();
     let mut skipped = Vec::new();
     for (index, v) in views.iter().enumerate() {
-        let skip = |why: String| Choice { index, node: v.node.clone(), why };
+        let skip = |why: String| Choice {
+            index,
+            node: v.node.clone(),
+            why,
+        };
         if v.health == Health::Offline {
             skipped.push(skip(format!("offline: {}", v.health_reason)));
             continue;
         }
         if let Some(until) = v.ejected_until.filter(|u| *u > now) {
-            skipped.push(skip(format!("ejected for {} s after repeated errors", (until - now).as_secs().max(1))));
+            skipped.push(skip(format!(
+                "ejected for {} s after repeated errors",
+                (until - now).as_secs().max(1)
+            )));
             continue;
         }
         if let (Some(model), Some(models)) = (&needs.model, &v.models) {
@@ -108,11 +131,17 @@ pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, hold_down: Duratio
             if have < need {
                 let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 let model = needs.model.as_deref().unwrap_or("the model");
-                skipped.push(skip(format!("has {:.0} GiB of VRAM, {model} needs {:.0} GiB", gib(have), gib(need))));
+                skipped.push(skip(format!(
+                    "has {:.0} GiB of VRAM, {model} needs {:.0} GiB",
+                    gib(have),
+                    gib(need)
+                )));
                 continue;
             }
         }
-        let held = v.recovered_at.is_some_and(|t| now.duration_since(t) < hold_down);
+        let held = v
+            .recovered_at
+            .is_some_and(|t| now.duration_since(t) < hold_down);
         eligible.push((index, v, held));
     }
     let pinned = |i: usize| pin.is_some_and(|p| views[i].node == p);
@@ -120,17 +149,36 @@ pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, hold_down: Duratio
         let mut order: Vec<Choice> = views
             .iter()
             .enumerate()
-            .map(|(index, v)| Choice { index, node: v.node.clone(), why: format!("panic mode: nothing is up ({})", v.health_reason) })
+            .map(|(index, v)| Choice {
+                index,
+                node: v.node.clone(),
+                why: format!("panic mode: nothing is up ({})", v.health_reason),
+            })
             .collect();
         order.sort_by_key(|c| !pinned(c.index));
-        return Plan { order, panic: true, skipped: Vec::new() };
+        return Plan {
+            order,
+            panic: true,
+            skipped: Vec::new(),
+        };
     }
-    eligible.sort_by_key(|(i, v, held)| (!pinned(*i), v.read_only == Some(true), v.health == Health::Degraded, *held, *i, v.in_flight));
+    eligible.sort_by_key(|(i, v, held)| {
+        (
+            !pinned(*i),
+            v.read_only == Some(true),
+            v.health == Health::Degraded,
+            *held,
+            *i,
+            v.in_flight,
+        )
+    });
     let order = eligible
         .into_iter()
         .map(|(index, v, held)| {
             let mut why = match v.health {
-                Health::Degraded => format!("degraded ({}), priority {}", v.health_reason, index + 1),
+                Health::Degraded => {
+                    format!("degraded ({}), priority {}", v.health_reason, index + 1)
+                }
                 _ => format!("online, priority {}", index + 1),
             };
             match v.read_only {
@@ -139,16 +187,26 @@ pub fn plan(views: &[View], needs: &Needs, pin: Option<&str>, hold_down: Duratio
                 None => {}
             }
             if held {
-                let left = v.recovered_at.map_or(0, |t| hold_down.saturating_sub(now.duration_since(t)).as_secs());
+                let left = v.recovered_at.map_or(0, |t| {
+                    hold_down.saturating_sub(now.duration_since(t)).as_secs()
+                });
                 why.push_str(&format!(", recovered: held back for {left} s more"));
             }
             if pinned(index) {
                 why = format!("pinned; {why}");
             }
-            Choice { index, node: v.node.clone(), why }
+            Choice {
+                index,
+                node: v.node.clone(),
+                why,
+            }
         })
         .collect();
-    Plan { order, panic: false, skipped }
+    Plan {
+        order,
+        panic: false,
+        skipped,
+    }
 }
 
 /// Passive ejection: `EJECT_AFTER` transport errors or 5xx in a row eject a node for
@@ -192,7 +250,11 @@ mod tests {
         View {
             node: node.into(),
             health,
-            health_reason: if health == Health::Online { String::new() } else { "reason".into() },
+            health_reason: if health == Health::Online {
+                String::new()
+            } else {
+                "reason".into()
+            },
             recovered_at: None,
             models: None,
             in_flight: 0,
@@ -209,7 +271,11 @@ mod tests {
     #[test]
     fn priority_then_health() {
         let now = Instant::now();
-        let views = [view("aurora", Health::Degraded), view("vengeance", Health::Online), view("book", Health::Online)];
+        let views = [
+            view("aurora", Health::Degraded),
+            view("vengeance", Health::Online),
+            view("book", Health::Online),
+        ];
         let p = plan(&views, &Needs::default(), None, HOLD_DOWN, now);
         assert_eq!(nodes(&p), ["vengeance", "book", "aurora"]);
         assert!(p.order[2].why.starts_with("degraded"));
@@ -219,7 +285,11 @@ mod tests {
     #[test]
     fn offline_and_ejected_are_skipped_with_reasons() {
         let now = Instant::now();
-        let mut v = [view("aurora", Health::Offline), view("vengeance", Health::Online), view("book", Health::Online)];
+        let mut v = [
+            view("aurora", Health::Offline),
+            view("vengeance", Health::Online),
+            view("book", Health::Online),
+        ];
         v[1].ejected_until = Some(now + Duration::from_secs(30));
         let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now);
         assert_eq!(nodes(&p), ["book"]);
@@ -231,39 +301,76 @@ mod tests {
     #[test]
     fn model_filter_only_when_someone_has_it() {
         let now = Instant::now();
-        let mut v = [view("aurora", Health::Online), view("vengeance", Health::Online)];
+        let mut v = [
+            view("aurora", Health::Online),
+            view("vengeance", Health::Online),
+        ];
         v[0].models = Some(vec!["llama3.2:3b".into()]);
         v[1].models = Some(vec!["llama3.1:70b".into(), "qwen3".into()]);
-        let needs = |m: &str| Needs { model: Some(m.into()), vram_bytes: None };
-        assert_eq!(nodes(&plan(&v, &needs("llama3.1:70b"), None, HOLD_DOWN, now)), ["vengeance"]);
-        assert_eq!(nodes(&plan(&v, &needs("qwen3:latest"), None, HOLD_DOWN, now)), ["vengeance"]);
+        let needs = |m: &str| Needs {
+            model: Some(m.into()),
+            vram_bytes: None,
+        };
+        assert_eq!(
+            nodes(&plan(&v, &needs("llama3.1:70b"), None, HOLD_DOWN, now)),
+            ["vengeance"]
+        );
+        assert_eq!(
+            nodes(&plan(&v, &needs("qwen3:latest"), None, HOLD_DOWN, now)),
+            ["vengeance"]
+        );
         // Nobody has it: let the preferred node answer (Ollama's own 404).
-        assert_eq!(nodes(&plan(&v, &needs("mistral"), None, HOLD_DOWN, now)), ["aurora", "vengeance"]);
+        assert_eq!(
+            nodes(&plan(&v, &needs("mistral"), None, HOLD_DOWN, now)),
+            ["aurora", "vengeance"]
+        );
     }
 
     #[test]
     fn recovered_node_is_held_down_then_preferred_again() {
         let now = Instant::now();
-        let mut v = [view("aurora", Health::Online), view("vengeance", Health::Online)];
+        let mut v = [
+            view("aurora", Health::Online),
+            view("vengeance", Health::Online),
+        ];
         v[0].recovered_at = Some(now);
-        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now + Duration::from_secs(10));
+        let p = plan(
+            &v,
+            &Needs::default(),
+            None,
+            HOLD_DOWN,
+            now + Duration::from_secs(10),
+        );
         assert_eq!(nodes(&p), ["vengeance", "aurora"]);
-        assert!(p.order[1].why.contains("held back for 20 s"), "{:?}", p.order[1]);
+        assert!(
+            p.order[1].why.contains("held back for 20 s"),
+            "{:?}",
+            p.order[1]
+        );
         let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now + HOLD_DOWN);
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
         // Held down but alone: still used.
         v[1].health = Health::Offline;
-        assert_eq!(nodes(&plan(&v, &Needs::default(), None, HOLD_DOWN, now)), ["aurora"]);
+        assert_eq!(
+            nodes(&plan(&v, &Needs::default(), None, HOLD_DOWN, now)),
+            ["aurora"]
+        );
     }
 
     #[test]
     fn pin_goes_first_and_panic_mode_keeps_everyone() {
         let now = Instant::now();
-        let v = [view("aurora", Health::Online), view("vengeance", Health::Online)];
+        let v = [
+            view("aurora", Health::Online),
+            view("vengeance", Health::Online),
+        ];
         let p = plan(&v, &Needs::default(), Some("vengeance"), HOLD_DOWN, now);
         assert_eq!(nodes(&p), ["vengeance", "aurora"]);
         assert!(p.order[0].why.starts_with("pinned"));
-        let v = [view("aurora", Health::Offline), view("vengeance", Health::Offline)];
+        let v = [
+            view("aurora", Health::Offline),
+            view("vengeance", Health::Offline),
+        ];
         let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now);
         assert!(p.panic);
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
@@ -272,19 +379,32 @@ mod tests {
     #[test]
     fn vram_need_skips_small_gpus_but_not_unknown_ones() {
         let now = Instant::now();
-        let mut v = [view("aurora", Health::Online), view("vengeance", Health::Online), view("book", Health::Online)];
+        let mut v = [
+            view("aurora", Health::Online),
+            view("vengeance", Health::Online),
+            view("book", Health::Online),
+        ];
         v[0].vram_bytes = Some(8 << 30);
         v[1].vram_bytes = Some(24 << 30);
-        let needs = Needs { model: Some("llama3.1:70b".into()), vram_bytes: Some(20 << 30) };
+        let needs = Needs {
+            model: Some("llama3.1:70b".into()),
+            vram_bytes: Some(20 << 30),
+        };
         let p = plan(&v, &needs, None, HOLD_DOWN, now);
         assert_eq!(nodes(&p), ["vengeance", "book"]);
-        assert_eq!(p.skipped[0].why, "has 8 GiB of VRAM, llama3.1:70b needs 20 GiB");
+        assert_eq!(
+            p.skipped[0].why,
+            "has 8 GiB of VRAM, llama3.1:70b needs 20 GiB"
+        );
     }
 
     #[test]
     fn a_primary_goes_before_a_replica_whatever_the_priority() {
         let now = Instant::now();
-        let mut v = [view("vengeance", Health::Online), view("aurora", Health::Online)];
+        let mut v = [
+            view("vengeance", Health::Online),
+            view("aurora", Health::Online),
+        ];
         v[0].read_only = Some(true);
         v[1].read_only = Some(false);
         let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now);
@@ -298,7 +418,10 @@ mod tests {
         let mut v = [view("a", Health::Online), view("b", Health::Online)];
         v[0].in_flight = 5;
         // Different priorities: priority wins over load.
-        assert_eq!(nodes(&plan(&v, &Needs::default(), None, HOLD_DOWN, now)), ["a", "b"]);
+        assert_eq!(
+            nodes(&plan(&v, &Needs::default(), None, HOLD_DOWN, now)),
+            ["a", "b"]
+        );
     }
 
     #[test]

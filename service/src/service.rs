@@ -32,16 +32,36 @@ pub struct Service {
 
 impl Service {
     /// Starts every peer's supervisor on `tracker`; `clock` reports wakes from sleep.
-    pub fn start(config: Config, clock: &ClockWatch, tracker: &TaskTracker, cancel: &CancellationToken) -> Service {
+    pub fn start(
+        config: Config,
+        clock: &ClockWatch,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Service {
         let events = EventBus::new();
         let peers: Vec<PeerHandle> = config
             .peers
             .iter()
-            .map(|p| PeerSupervisor::spawn(p.clone(), events.clone(), clock, tracker, cancel.child_token()))
+            .map(|p| {
+                PeerSupervisor::spawn(
+                    p.clone(),
+                    events.clone(),
+                    clock,
+                    tracker,
+                    cancel.child_token(),
+                )
+            })
             .collect();
-        let tunnel = |name: &str| peers.iter().flat_map(|p| p.tunnels.iter()).find(|t| t.name() == name).cloned();
+        let tunnel = |name: &str| {
+            peers
+                .iter()
+                .flat_map(|p| p.tunnels.iter())
+                .find(|t| t.name() == name)
+                .cloned()
+        };
         let nodes = crate::nodes::spawn(&config.node, &config.nodes, &tunnel, tracker, cancel);
-        let services = crate::services::spawn(&config.services, &tunnel, &nodes, &events, tracker, cancel);
+        let services =
+            crate::services::spawn(&config.services, &tunnel, &nodes, &events, tracker, cancel);
         Service {
             config: Arc::new(config),
             peers: Arc::new(peers),
@@ -57,7 +77,9 @@ impl Service {
 
     /// The tunnel called `name` and its peer.
     pub fn find_tunnel(&self, name: &str) -> Option<(&PeerHandle, &Arc<Tunnel>)> {
-        self.peers.iter().find_map(|p| p.tunnels.iter().find(|t| t.name() == name).map(|t| (p, t)))
+        self.peers
+            .iter()
+            .find_map(|p| p.tunnels.iter().find(|t| t.name() == name).map(|t| (p, t)))
     }
 
     pub fn is_local_only(&self) -> bool {
@@ -67,7 +89,11 @@ impl Service {
 
 /// Runs the service until `shutdown` is cancelled, then stops every task within
 /// [`SHUTDOWN_GRACE`]. The API listener is closed when this returns.
-pub async fn run(config: Config, api: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    config: Config,
+    api: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     start(config, api, shutdown).1.await
 }
 
@@ -77,7 +103,10 @@ pub fn start(
     config: Config,
     api: TcpListener,
     shutdown: CancellationToken,
-) -> (Service, impl std::future::Future<Output = std::io::Result<()>> + Send + 'static) {
+) -> (
+    Service,
+    impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+) {
     let clock = ClockWatch::spawn(shutdown.child_token());
     start_with_clock(config, api, shutdown, clock)
 }
@@ -88,7 +117,10 @@ pub fn start_with_clock(
     api: TcpListener,
     shutdown: CancellationToken,
     clock: ClockWatch,
-) -> (Service, impl std::future::Future<Output = std::io::Result<()>> + Send + 'static) {
+) -> (
+    Service,
+    impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+) {
     let tracker = TaskTracker::new();
     let service = Service::start(config, &clock, &tracker, &shutdown);
     let api_task = tokio::spawn(crate::api::serve(api, service.clone(), shutdown.clone()));
@@ -99,7 +131,10 @@ pub fn start_with_clock(
         };
         shutdown.cancel();
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
         }
         api_result

@@ -86,7 +86,11 @@ impl CandidateHandle {
             health: s.health.health,
             health_reason: s.health.reason.clone(),
             recovered_at: s.health.recovered_at,
-            models: s.ollama.as_ref().filter(|o| !o.models.is_empty()).map(|o| o.models.clone()),
+            models: s
+                .ollama
+                .as_ref()
+                .filter(|o| !o.models.is_empty())
+                .map(|o| o.models.clone()),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             ejected_until: self.lock_ejection().until,
             vram_bytes: None,
@@ -98,7 +102,9 @@ impl CandidateHandle {
     pub fn begin_request(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         if let Some(t) = &self.tunnel {
-            t.counters.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+            t.counters
+                .requests_in_flight
+                .fetch_add(1, Ordering::Relaxed);
         }
         RequestGuard(self.clone())
     }
@@ -116,7 +122,9 @@ impl CandidateHandle {
     /// A request got an answer from this candidate after `took`.
     pub fn request_succeeded(&self, took: Duration) {
         self.metrics.requests_ok.fetch_add(1, Ordering::Relaxed);
-        self.metrics.answer_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.metrics
+            .answer_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         self.lock_ejection().success();
     }
 
@@ -138,7 +146,9 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(t) = &self.0.tunnel {
-            t.counters.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+            t.counters
+                .requests_in_flight
+                .fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -159,7 +169,11 @@ pub struct ServiceHandle {
 impl ServiceHandle {
     /// The VRAM the service's config declares for `model`.
     pub fn vram_need(&self, model: &str) -> Option<u64> {
-        self.config.vram.iter().find(|(m, _)| route::same_model(m, model)).map(|(_, b)| *b)
+        self.config
+            .vram
+            .iter()
+            .find(|(m, _)| route::same_model(m, model))
+            .map(|(_, b)| *b)
     }
 
     /// The ordered candidates for a request with these needs.
@@ -168,11 +182,20 @@ impl ServiceHandle {
         let views: Vec<View> = self
             .candidates
             .iter()
-            .map(|c| View { vram_bytes: nodes.get(&c.config.node).and_then(|n| n.max_vram()), ..c.view() })
+            .map(|c| View {
+                vram_bytes: nodes.get(&c.config.node).and_then(|n| n.max_vram()),
+                ..c.view()
+            })
             .collect();
         drop(nodes);
         let pin = self.pin();
-        route::plan(&views, needs, pin.as_deref(), self.config.hold_down, Instant::now())
+        route::plan(
+            &views,
+            needs,
+            pin.as_deref(),
+            self.config.hold_down,
+            Instant::now(),
+        )
     }
 
     /// Has the route recomputed now (after a pin, say).
@@ -181,7 +204,10 @@ impl ServiceHandle {
     }
 
     pub fn endpoint_problem(&self) -> Option<String> {
-        self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_endpoint_problem(&self, p: Option<String>) {
@@ -196,8 +222,16 @@ impl ServiceHandle {
     pub fn set_pin(&self, node: Option<&str>) -> Result<(), String> {
         if let Some(n) = node {
             if !self.candidates.iter().any(|c| c.config.node == n) {
-                let known: Vec<&str> = self.candidates.iter().map(|c| c.config.node.as_str()).collect();
-                return Err(format!("{n} does not serve {} (candidates: {})", self.config.name, known.join(", ")));
+                let known: Vec<&str> = self
+                    .candidates
+                    .iter()
+                    .map(|c| c.config.node.as_str())
+                    .collect();
+                return Err(format!(
+                    "{n} does not serve {} (candidates: {})",
+                    self.config.name,
+                    known.join(", ")
+                ));
             }
         }
         *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = node.map(str::to_string);
@@ -215,7 +249,11 @@ pub fn spawn(
     cancel: &CancellationToken,
 ) -> Vec<Arc<ServiceHandle>> {
     // No keep-alive: an idle probe connection would hold an on-demand tunnel open.
-    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap_or_else(|_| reqwest::Client::new());
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new());
     services
         .iter()
         .map(|svc| {
@@ -252,7 +290,10 @@ pub fn spawn(
                         events: events.clone(),
                     };
                     let span = tracing::info_span!("probe", service = %svc.name, node = %c.node);
-                    tracker.spawn(tracing::Instrument::instrument(prober.run(cancel.clone()), span));
+                    tracker.spawn(tracing::Instrument::instrument(
+                        prober.run(cancel.clone()),
+                        span,
+                    ));
                     handle
                 })
                 .collect();
@@ -266,7 +307,12 @@ pub fn spawn(
                 nodes: nodes.clone(),
             });
             tracker.spawn(crate::proxy::serve(handle.clone(), cancel.clone()));
-            tracker.spawn(watch_route(handle.clone(), changed, events.clone(), cancel.clone()));
+            tracker.spawn(watch_route(
+                handle.clone(),
+                changed,
+                events.clone(),
+                cancel.clone(),
+            ));
             handle
         })
         .collect()
@@ -290,7 +336,10 @@ impl Prober {
         // PostgreSQL: the probe's password, if the user stored one.
         let pg_password = if self.service.kind == crate::config::ServiceKind::Postgres {
             let account = format!("postgres:{}", self.service.name);
-            tokio::task::spawn_blocking(move || crate::keys::get(&account).ok().flatten()).await.ok().flatten()
+            tokio::task::spawn_blocking(move || crate::keys::get(&account).ok().flatten())
+                .await
+                .ok()
+                .flatten()
         } else {
             None
         };
@@ -300,7 +349,11 @@ impl Prober {
                 let tunnel = rx.borrow_and_update().state.clone();
                 if !tunnel.is_up() {
                     let name = self.handle.config.tunnel.as_deref().unwrap_or_default();
-                    let why = format!("tunnel {name} {}: {}", tunnel.label(), tunnel.reason().unwrap_or("not up yet"));
+                    let why = format!(
+                        "tunnel {name} {}: {}",
+                        tunnel.label(),
+                        tunnel.reason().unwrap_or("not up yet")
+                    );
                     self.update(|s, now| s.health.force_offline(why, now));
                     tokio::select! {
                         () = cancel.cancelled() => return,
@@ -390,7 +443,12 @@ impl Prober {
 /// Follows the service's current route (where a request naming no model goes) and
 /// turns every change into an event with its reason. Runs on every candidate change
 /// and every second (a hold-down ends with no change to observe).
-async fn watch_route(svc: Arc<ServiceHandle>, changed: Arc<Notify>, events: EventBus, cancel: CancellationToken) {
+async fn watch_route(
+    svc: Arc<ServiceHandle>,
+    changed: Arc<Notify>,
+    events: EventBus,
+    cancel: CancellationToken,
+) {
     let mut current: Option<String> = None;
     loop {
         // An on-demand peer is needed while every candidate above it is down.
@@ -428,18 +486,36 @@ async fn watch_route(svc: Arc<ServiceHandle>, changed: Arc<Notify>, events: Even
 
 /// Why the route moved from `from` to `to`, in words for a notification.
 fn route_reason(plan: &Plan, from: Option<&str>, to: Option<&str>) -> String {
-    let skipped = |node: &str| plan.skipped.iter().find(|c| c.node == node).map(|c| format!("{node} {}", c.why));
-    let why_to = || plan.order.first().map(|c| c.why.clone()).unwrap_or_default();
+    let skipped = |node: &str| {
+        plan.skipped
+            .iter()
+            .find(|c| c.node == node)
+            .map(|c| format!("{node} {}", c.why))
+    };
+    let why_to = || {
+        plan.order
+            .first()
+            .map(|c| c.why.clone())
+            .unwrap_or_default()
+    };
     match (from, to) {
         (None, Some(_)) => why_to(),
         (Some(f), Some(t)) => match skipped(f) {
             Some(why) => why,
             None => {
-                let higher = plan.order.iter().position(|c| c.node == t) < plan.order.iter().position(|c| c.node == f);
-                if higher { format!("{t} is up: {}", why_to()) } else { format!("{t} ranks first now: {}", why_to()) }
+                let higher = plan.order.iter().position(|c| c.node == t)
+                    < plan.order.iter().position(|c| c.node == f);
+                if higher {
+                    format!("{t} is up: {}", why_to())
+                } else {
+                    format!("{t} ranks first now: {}", why_to())
+                }
             }
         },
-        (Some(f), None) => format!("no node is up; {}", skipped(f).unwrap_or_else(|| f.to_string())),
+        (Some(f), None) => format!(
+            "no node is up; {}",
+            skipped(f).unwrap_or_else(|| f.to_string())
+        ),
         (None, None) => String::new(),
     }
 }

@@ -34,7 +34,10 @@ struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         // SIGTERM first: nginx's master then stops its workers too.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
@@ -52,18 +55,31 @@ struct Backend {
 
 impl Backend {
     async fn start(name: &'static str) -> Backend {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = l.local_addr().expect("addr");
-        let app = Router::new()
-            .route("/api/version", get(move || async move { format!("{{\"version\":\"0.13.0\",\"node\":\"{name}\"}}") }))
-            .route(
-                "/api/generate",
-                post(|| async {
-                    let chunks = (0..STREAM_CHUNKS).map(|i| Ok::<_, std::io::Error>(format!("{{\"response\":\"t{i}\",\"done\":false}}\n")));
-                    let last = std::iter::once(Ok("{\"response\":\"\",\"done\":true}\n".to_string()));
-                    Body::from_stream(futures_util::stream::iter(chunks.chain(last)))
-                }),
-            );
+        let app =
+            Router::new()
+                .route(
+                    "/api/version",
+                    get(move || async move {
+                        format!("{{\"version\":\"0.13.0\",\"node\":\"{name}\"}}")
+                    }),
+                )
+                .route(
+                    "/api/generate",
+                    post(|| async {
+                        let chunks = (0..STREAM_CHUNKS).map(|i| {
+                            Ok::<_, std::io::Error>(format!(
+                                "{{\"response\":\"t{i}\",\"done\":false}}\n"
+                            ))
+                        });
+                        let last =
+                            std::iter::once(Ok("{\"response\":\"\",\"done\":true}\n".to_string()));
+                        Body::from_stream(futures_util::stream::iter(chunks.chain(last)))
+                    }),
+                );
         let mut tasks = JoinSet::new();
         let conns = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
         let c2 = conns.clone();
@@ -72,7 +88,9 @@ impl Backend {
                 let _ = s.set_nodelay(true);
                 let svc = hyper_util::service::TowerToHyperService::new(app.clone());
                 c2.lock().await.spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
                 });
             }
         });
@@ -92,15 +110,22 @@ impl Backend {
 fn client() -> HttpClient {
     let mut c = HttpConnector::new();
     c.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(c)
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build(c)
 }
 
 async fn get_once(c: &HttpClient, url: &str) -> Result<Duration, String> {
     let start = Instant::now();
-    let req = hyper::Request::get(url).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let req = hyper::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
     let resp = c.request(req).await.map_err(|e| e.to_string())?;
     let ok = resp.status().is_success();
-    resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
     if ok {
         Ok(start.elapsed())
     } else {
@@ -143,15 +168,26 @@ async fn load(url: &str, concurrency: usize, total: usize) -> Load {
     }
     let elapsed = start.elapsed();
     all.sort();
-    let pct = |p: f64| all.get(((all.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or_default();
-    Load { p50: pct(0.5), p99: pct(0.99), rps: all.len() as f64 / elapsed.as_secs_f64(), failed }
+    let pct = |p: f64| {
+        all.get(((all.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    Load {
+        p50: pct(0.5),
+        p99: pct(0.99),
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        failed,
+    }
 }
 
 /// Chunks per second of one streamed answer.
 async fn stream(url: &str) -> f64 {
     let c = client();
     let start = Instant::now();
-    let req = hyper::Request::post(url).body(Full::new(Bytes::from_static(b"{\"model\":\"m\"}"))).expect("req");
+    let req = hyper::Request::post(url)
+        .body(Full::new(Bytes::from_static(b"{\"model\":\"m\"}")))
+        .expect("req");
     let resp = c.request(req).await.expect("stream");
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     let lines = body.iter().filter(|b| **b == b'\n').count();
@@ -212,7 +248,13 @@ async fn main() {
     );
     std::fs::write(dir.path().join("bench.toml"), cfg).expect("config");
     let exe = std::env::current_exe().expect("exe");
-    let bin = exe.parent().and_then(|d| d.parent()).and_then(|d| d.parent()).expect("target").join("release").join("robbie-mesh");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.parent())
+        .expect("target")
+        .join("release")
+        .join("robbie-mesh");
     let mesh = Proc(
         Command::new(&bin)
             .args(["run", "--config"])
@@ -220,11 +262,20 @@ async fn main() {
             .env("ROBBIE_MESH_LOG", "error")
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (cargo build --release -p robbie-mesh)", bin.display())),
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (cargo build --release -p robbie-mesh)",
+                    bin.display()
+                )
+            }),
     );
     let nginx = start_nginx(dir.path(), nginx_port, a.addr);
     for port in [endpoint, nginx_port] {
-        wait_for(DEADLINE, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), || format!("port {port} never opened"));
+        wait_for(
+            DEADLINE,
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || format!("port {port} never opened"),
+        );
     }
     let c = client();
     let mesh_url = format!("http://127.0.0.1:{endpoint}/api/version");
@@ -244,7 +295,10 @@ async fn main() {
     }
     println!("robbie-mesh endpoint benchmark — one small GET per request, keep-alive, {REQUESTS} requests per row");
     println!();
-    println!("{:<26} {:>10} {:>10} {:>12} {:>12} {:>12}", "", "p50", "p99", "added p50", "added p99", "requests/s");
+    println!(
+        "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12}",
+        "", "p50", "p99", "added p50", "added p99", "requests/s"
+    );
     let direct_url = format!("http://{}/api/version", a.addr);
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/api/version");
     for conc in [1, 32] {
@@ -252,7 +306,15 @@ async fn main() {
         let m = load(&mesh_url, conc, REQUESTS).await;
         let n = load(&nginx_url, conc, REQUESTS).await;
         assert_eq!(m.failed + n.failed + d.failed, 0, "failed requests");
-        println!("{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}", format!("direct, concurrency {conc}"), us(d.p50), us(d.p99), "-", "-", d.rps);
+        println!(
+            "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}",
+            format!("direct, concurrency {conc}"),
+            us(d.p50),
+            us(d.p99),
+            "-",
+            "-",
+            d.rps
+        );
         for (who, l) in [("robbie-mesh", &m), ("nginx", &n)] {
             println!(
                 "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}  ({:.2}x direct)",
@@ -287,7 +349,12 @@ async fn main() {
     let probe_found = {
         let status = format!("http://127.0.0.1:{api}/v1/status");
         loop {
-            let body = reqwest::get(&status).await.expect("status").text().await.unwrap_or_default();
+            let body = reqwest::get(&status)
+                .await
+                .expect("status")
+                .text()
+                .await
+                .unwrap_or_default();
             if body.contains("\"route\":\"b\"") {
                 break killed.elapsed();
             }
@@ -303,8 +370,14 @@ async fn main() {
         signed_us(first, normal),
         probe_found.as_millis()
     );
-    println!("failover: {} of 4000 requests running across the kill failed", during.failed);
-    println!("robbie-mesh RSS after all runs: {:.1} MiB", rss as f64 / 1024.0);
+    println!(
+        "failover: {} of 4000 requests running across the kill failed",
+        during.failed
+    );
+    println!(
+        "robbie-mesh RSS after all runs: {:.1} MiB",
+        rss as f64 / 1024.0
+    );
     println!();
     println!("goals: added p50 <= nginx's and <= 150 us, p99 <= 1 ms; >= 0.9x direct req/s at 32; retry failover <= +5 ms; 0 failed");
     drop(b);

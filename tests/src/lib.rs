@@ -2,6 +2,7 @@
 //! servers on free ports, and a robbie-mesh service run in-process against them.
 //! Everything waits by polling with a deadline; nothing sleeps for readiness.
 
+pub mod netns;
 pub mod ollama;
 pub mod postgres;
 pub mod servers;
@@ -28,12 +29,17 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         h.write_u32(std::process::id());
         let port = 20_000 + (h.finish() % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Never the same port twice in one process: a test asks for several before it binds any.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port)
+        {
             return port;
         }
     }
@@ -59,7 +65,10 @@ where
         if ok().await {
             return start.elapsed();
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -75,7 +84,8 @@ pub struct Mesh {
 impl Mesh {
     /// Starts a service from config text (API on a free port).
     pub async fn start(config_text: &str) -> Mesh {
-        let cfg = robbie_mesh::config::parse(config_text, "test.toml").unwrap_or_else(|e| panic!("config: {e}\n{config_text}"));
+        let cfg = robbie_mesh::config::parse(config_text, "test.toml")
+            .unwrap_or_else(|e| panic!("config: {e}\n{config_text}"));
         Mesh::start_config(cfg).await
     }
 
@@ -88,17 +98,31 @@ impl Mesh {
         // The service's logs, shown with a failing test (ROBBIE_MESH_LOG=debug for more).
         let filter = tracing_subscriber::EnvFilter::try_from_env("ROBBIE_MESH_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,russh=error"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind api");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind api");
         let api = listener.local_addr().expect("addr");
         cfg.api.listen = api;
         let shutdown = CancellationToken::new();
-        let (service, done) = robbie_mesh::service::start_with_clock(cfg, listener, shutdown.clone(), clock);
-        Mesh { service, api, shutdown, done: Some(tokio::spawn(done)) }
+        let (service, done) =
+            robbie_mesh::service::start_with_clock(cfg, listener, shutdown.clone(), clock);
+        Mesh {
+            service,
+            api,
+            shutdown,
+            done: Some(tokio::spawn(done)),
+        }
     }
 
     pub fn tunnel(&self, name: &str) -> Arc<Tunnel> {
-        self.service.find_tunnel(name).map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no tunnel {name}"))
+        self.service
+            .find_tunnel(name)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("no tunnel {name}"))
     }
 
     /// Waits until the tunnel's state satisfies `pred`; returns the state and the wait.
@@ -125,7 +149,10 @@ impl Mesh {
         .await;
         match found {
             Ok(s) if pred(&s) => (s, start.elapsed()),
-            _ => panic!("tunnel {name} did not reach the expected state within {deadline:?}; it is {:?}", t.snapshot().state),
+            _ => panic!(
+                "tunnel {name} did not reach the expected state within {deadline:?}; it is {:?}",
+                t.snapshot().state
+            ),
         }
     }
 
@@ -160,7 +187,12 @@ impl Drop for Mesh {
 }
 
 /// A peer section for `sshd`, authenticating with its client key file (keepalive 1 s × 3).
-pub fn peer_toml(name: &str, sshd: &sshd::Sshd, known_hosts: &std::path::Path, extra: &str) -> String {
+pub fn peer_toml(
+    name: &str,
+    sshd: &sshd::Sshd,
+    known_hosts: &std::path::Path,
+    extra: &str,
+) -> String {
     peer_toml_keepalive(name, sshd, known_hosts, "1s", 3, extra)
 }
 
@@ -173,11 +205,11 @@ pub fn peer_toml_keepalive(
     extra: &str,
 ) -> String {
     format!(
-        "[[peer]]\nname = \"{name}\"\nssh = \"{user}@127.0.0.1:{port}\"\nidentity = [\"{key}\"]\n\
+        "[[peer]]\nname = \"{name}\"\nssh = \"{user}@{addr}\"\nidentity = [\"{key}\"]\n\
          known_hosts = \"{kh}\"\nkeepalive = {{ interval = \"{interval}\", count = {count} }}\n\
          backoff = {{ initial = \"200ms\", max = \"1s\" }}\nconnect_timeout = \"3s\"\n{extra}\n",
         user = whoami(),
-        port = sshd.port,
+        addr = sshd.addr(),
         key = sshd.client_key.private.display(),
         kh = known_hosts.display(),
     )
@@ -191,10 +223,16 @@ pub fn trust(sshd: &sshd::Sshd) -> std::path::PathBuf {
 }
 
 pub fn whoami() -> String {
-    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
-        let out = std::process::Command::new("id").arg("-un").output().expect("id -un");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    })
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            let out = std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .expect("id -un");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
 }
 
 /// A peer section for `sshd` with one `-L` forward named `echo` to a fresh echo
@@ -218,7 +256,12 @@ pub async fn echo_mesh(sshd: &sshd::Sshd) -> (Mesh, u16) {
 /// tunnel (`aurora-ollama`) of `sshd` first, book's own at `local` second, probed
 /// every 200 ms; `extra` adds lines to the service. Returns the config and the
 /// endpoint's port.
-pub fn two_node_ollama(sshd: &sshd::Sshd, aurora: SocketAddr, local: SocketAddr, extra: &str) -> (String, u16) {
+pub fn two_node_ollama(
+    sshd: &sshd::Sshd,
+    aurora: SocketAddr,
+    local: SocketAddr,
+    extra: &str,
+) -> (String, u16) {
     let (tunnel_port, endpoint) = (free_port(), free_port());
     let forward = format!("[[peer.forward]]\nname = \"aurora-ollama\"\nlocal = \"127.0.0.1:{tunnel_port}\"\nremote = \"{aurora}\"\n");
     let cfg = format!(

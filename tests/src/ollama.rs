@@ -37,12 +37,27 @@ pub struct OllamaStub {
 
 impl OllamaStub {
     pub async fn start(node: &str, models: &[&str]) -> OllamaStub {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        OllamaStub::serve(l, node, models)
+    }
+
+    /// The stub on a listener the caller bound (the `ollama-stub` binary binds
+    /// Ollama's usual address inside a node's network namespace).
+    pub fn serve(l: tokio::net::TcpListener, node: &str, models: &[&str]) -> OllamaStub {
         let stub = OllamaStub {
             node: node.to_string(),
             addr: l.local_addr().expect("addr"),
             models: Arc::new(Mutex::new(
-                models.iter().map(|m| Model { name: m.to_string(), size: 2_000_000_000, loaded_vram: None }).collect(),
+                models
+                    .iter()
+                    .map(|m| Model {
+                        name: m.to_string(),
+                        size: 2_000_000_000,
+                        loaded_vram: None,
+                    })
+                    .collect(),
             )),
             fail_with: Arc::new(Mutex::new(None)),
             die_mid_stream: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -54,6 +69,8 @@ impl OllamaStub {
             .route("/api/show", post(show))
             .route("/api/generate", post(generate))
             .route("/api/chat", post(chat))
+            // Not Ollama's: lets a test reach into a stub running in another process.
+            .route("/_stub/die_mid_stream", post(set_die_mid_stream))
             .with_state(stub.clone());
         tokio::spawn(async move {
             let _ = axum::serve(l, app).await;
@@ -64,12 +81,25 @@ impl OllamaStub {
     fn failing(&self) -> Option<Response> {
         let code = (*self.fail_with.lock().expect("lock"))?;
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        Some((status, Json(json!({"error": format!("{} is busy", self.node)}))).into_response())
+        Some(
+            (
+                status,
+                Json(json!({"error": format!("{} is busy", self.node)})),
+            )
+                .into_response(),
+        )
     }
 }
 
+async fn set_die_mid_stream(State(s): State<OllamaStub>, Json(on): Json<bool>) -> StatusCode {
+    s.die_mid_stream
+        .store(on, std::sync::atomic::Ordering::Relaxed);
+    StatusCode::NO_CONTENT
+}
+
 async fn version(State(s): State<OllamaStub>) -> Response {
-    s.failing().unwrap_or_else(|| Json(json!({"version": "0.13.0"})).into_response())
+    s.failing()
+        .unwrap_or_else(|| Json(json!({"version": "0.13.0"})).into_response())
 }
 
 async fn tags(State(s): State<OllamaStub>) -> Response {
@@ -98,17 +128,34 @@ fn listed(s: &OllamaStub, entry: impl Fn(&Model) -> Option<Value>) -> Response {
     if let Some(r) = s.failing() {
         return r;
     }
-    let models: Vec<Value> = s.models.lock().expect("lock").iter().filter_map(entry).collect();
+    let models: Vec<Value> = s
+        .models
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(entry)
+        .collect();
     Json(json!({ "models": models })).into_response()
 }
 
 /// The requested model's name, or Ollama's 404 for a model it does not have.
 fn has_model(s: &OllamaStub, body: &Value) -> Result<String, Box<Response>> {
     let name = body["model"].as_str().unwrap_or_default().to_string();
-    if s.models.lock().expect("lock").iter().any(|m| m.name == name) {
+    if s.models
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|m| m.name == name)
+    {
         Ok(name)
     } else {
-        Err(Box::new((StatusCode::NOT_FOUND, Json(json!({"error": format!("model '{name}' not found")}))).into_response()))
+        Err(Box::new(
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": format!("model '{name}' not found")})),
+            )
+                .into_response(),
+        ))
     }
 }
 
@@ -125,7 +172,8 @@ async fn show(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response 
 fn stream(s: &OllamaStub, lines: Vec<Value>) -> Response {
     use futures_util::StreamExt;
     let die = s.die_mid_stream.load(std::sync::atomic::Ordering::Relaxed);
-    let mut chunks: Vec<Result<String, std::io::Error>> = lines.into_iter().map(|l| Ok(format!("{l}\n"))).collect();
+    let mut chunks: Vec<Result<String, std::io::Error>> =
+        lines.into_iter().map(|l| Ok(format!("{l}\n"))).collect();
     if die {
         chunks.truncate(2);
         let death = futures_util::stream::once(async {
@@ -149,7 +197,11 @@ async fn generate(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Respo
 }
 
 async fn chat(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response {
-    answer(&s, &body, |text| json!({ "message": {"role": "assistant", "content": text} }))
+    answer(
+        &s,
+        &body,
+        |text| json!({ "message": {"role": "assistant", "content": text} }),
+    )
 }
 
 /// "hello from NODE" streamed word by word, each line shaped by `content` (a
@@ -172,7 +224,10 @@ fn answer(s: &OllamaStub, body: &Value, content: impl Fn(&str) -> Value) -> Resp
         }
         l
     };
-    let mut lines: Vec<Value> = ["hello", " from", " ", &s.node].iter().map(|w| line(w, false)).collect();
+    let mut lines: Vec<Value> = ["hello", " from", " ", &s.node]
+        .iter()
+        .map(|w| line(w, false))
+        .collect();
     lines.push(line("", true));
     stream(s, lines)
 }

@@ -11,17 +11,36 @@ use crate::{free_port, wait_for, DEADLINE};
 /// The directory of the installed PostgreSQL binaries (Debian layout).
 pub fn bin_dir() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
-    versions.pop().expect("PostgreSQL server binaries under /usr/lib/postgresql (tests/setup.sh installs them)")
+    versions.pop().expect(
+        "PostgreSQL server binaries under /usr/lib/postgresql (tests/setup.sh installs them)",
+    )
 }
 
 fn postgres_ids() -> (u32, u32) {
-    let out = Command::new("id").args(["-u", "postgres"]).output().expect("id");
-    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("postgres user");
-    let out = Command::new("id").args(["-g", "postgres"]).output().expect("id");
-    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("postgres group");
+    let out = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .expect("id");
+    let uid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("postgres user");
+    let out = Command::new("id")
+        .args(["-g", "postgres"])
+        .output()
+        .expect("id");
+    let gid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("postgres group");
     (uid, gid)
 }
 
@@ -29,7 +48,13 @@ fn postgres_ids() -> (u32, u32) {
 fn as_postgres(program: &Path) -> Command {
     if nix::unistd::Uid::effective().is_root() {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(program);
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(program);
         c
     } else {
         Command::new(program)
@@ -38,7 +63,12 @@ fn as_postgres(program: &Path) -> Command {
 
 fn check(out: std::io::Result<Output>, what: &str) {
     let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub struct Postgres {
@@ -64,10 +94,18 @@ impl Postgres {
         let (dir, data) = Postgres::new_dir();
         let bin = bin_dir();
         check(
-            as_postgres(&bin.join("initdb")).args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&data).output(),
+            as_postgres(&bin.join("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&data)
+                .output(),
             "initdb",
         );
-        let mut pg = Postgres { port: free_port(), _dir: dir, data, child: None };
+        let mut pg = Postgres {
+            port: free_port(),
+            _dir: dir,
+            data,
+            child: None,
+        };
         pg.configure("wal_level = replica\nmax_wal_senders = 5\n");
         pg.start();
         pg
@@ -79,12 +117,29 @@ impl Postgres {
         let bin = bin_dir();
         check(
             as_postgres(&bin.join("pg_basebackup"))
-                .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-R", "-X", "stream", "--no-sync", "-D"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "--no-sync",
+                    "-D",
+                ])
                 .arg(&data)
                 .output(),
             "pg_basebackup",
         );
-        let mut pg = Postgres { port: free_port(), _dir: dir, data, child: None };
+        let mut pg = Postgres {
+            port: free_port(),
+            _dir: dir,
+            data,
+            child: None,
+        };
         pg.configure("hot_standby = on\n");
         pg.start();
         pg
@@ -103,7 +158,8 @@ impl Postgres {
     }
 
     pub fn start(&mut self) {
-        let log = std::fs::File::create(self.data.parent().expect("dir").join("postgres.log")).expect("log");
+        let log = std::fs::File::create(self.data.parent().expect("dir").join("postgres.log"))
+            .expect("log");
         let child = as_postgres(&bin_dir().join("postgres"))
             .arg("-D")
             .arg(&self.data)
@@ -116,7 +172,12 @@ impl Postgres {
         let bin = bin_dir();
         wait_for(
             DEADLINE,
-            || Command::new(bin.join("pg_isready")).args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()]).status().is_ok_and(|s| s.success()),
+            || {
+                Command::new(bin.join("pg_isready"))
+                    .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            },
             || format!("postgres on {port} did not start: {}", self.log()),
         );
     }
@@ -124,13 +185,17 @@ impl Postgres {
     /// Stops the server (fast shutdown) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGINT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
             let _ = c.wait();
         }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data.parent().expect("dir").join("postgres.log")).unwrap_or_default()
+        std::fs::read_to_string(self.data.parent().expect("dir").join("postgres.log"))
+            .unwrap_or_default()
     }
 }
 
@@ -143,9 +208,27 @@ impl Drop for Postgres {
 /// `psql -Atc SQL` against 127.0.0.1:`port`: (success, stdout, stderr).
 pub fn psql(port: u16, sql: &str) -> (bool, String, String) {
     let out = Command::new("psql")
-        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
         .env("PGCONNECT_TIMEOUT", "5")
         .output()
         .expect("psql (postgresql-client)");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }

@@ -44,7 +44,11 @@ async fn http_conn(s: TcpStream, name: String) {
         if r.read_line(&mut request_line).await.unwrap_or(0) == 0 {
             return;
         }
-        let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_string();
         let mut content_length = 0usize;
         let mut close = false;
         loop {
@@ -102,7 +106,10 @@ pub async fn firehose(total: usize) -> SocketAddr {
 /// One HTTP/1.1 GET over a fresh connection; returns the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;
     match buf.split_once("\r\n\r\n") {

@@ -3,7 +3,7 @@
 //! polled (the port answers with an SSH banner), never slept for.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::netns::Netns;
 use crate::{free_port, wait_for, DEADLINE};
 
 pub const SSHD: &str = "/usr/sbin/sshd";
@@ -36,12 +37,18 @@ pub fn keygen_with(dir: &Path, name: &str, kind: &str, passphrase: &str) -> KeyP
         .expect("ssh-keygen must be installed (openssh-client)");
     assert!(st.success(), "ssh-keygen failed");
     let public_line = std::fs::read_to_string(dir.join(format!("{name}.pub"))).expect("public key");
-    KeyPair { private, public_line: public_line.trim().to_string() }
+    KeyPair {
+        private,
+        public_line: public_line.trim().to_string(),
+    }
 }
 
 pub struct Sshd {
     pub dir: tempfile::TempDir,
+    pub ip: IpAddr,
     pub port: u16,
+    /// The network namespace it runs in (None: this one).
+    netns: Option<String>,
     pub host_key: KeyPair,
     /// A client key in authorized_keys.
     pub client_key: KeyPair,
@@ -50,15 +57,37 @@ pub struct Sshd {
 }
 
 impl Sshd {
+    /// On a free port of this machine's loopback.
     pub fn start() -> Sshd {
+        Sshd::start_at(Ipv4Addr::LOCALHOST.into(), free_port(), None)
+    }
+
+    /// As a node's own SSH server: port 22 of the node's address, in its namespace.
+    pub fn start_in(ns: &Netns) -> Sshd {
+        Sshd::start_at(ns.ip.into(), 22, Some(ns.name.clone()))
+    }
+
+    fn start_at(ip: IpAddr, port: u16, netns: Option<String>) -> Sshd {
         let dir = tempfile::tempdir().expect("tempdir");
         // sshd's privilege separation needs this directory.
         let _ = std::fs::create_dir_all("/run/sshd");
         let host_key = keygen(dir.path(), "host_ed25519");
         let client_key = keygen(dir.path(), "id_ed25519");
-        std::fs::write(dir.path().join("authorized_keys"), format!("{}\n", client_key.public_line)).expect("write");
-        let port = free_port();
-        let mut s = Sshd { log: dir.path().join("sshd.log"), dir, port, host_key, client_key, child: None };
+        std::fs::write(
+            dir.path().join("authorized_keys"),
+            format!("{}\n", client_key.public_line),
+        )
+        .expect("write");
+        let mut s = Sshd {
+            log: dir.path().join("sshd.log"),
+            dir,
+            ip,
+            port,
+            netns,
+            host_key,
+            client_key,
+            child: None,
+        };
         s.write_config();
         s.spawn();
         s
@@ -67,13 +96,14 @@ impl Sshd {
     fn write_config(&self) {
         let d = self.dir.path().display();
         let cfg = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+            "Port {port}\nListenAddress {ip}\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nGatewayPorts no\n\
              ClientAliveInterval 1\nClientAliveCountMax 3\nMaxStartups 200:30:400\nMaxSessions 200\n\
              LogLevel VERBOSE\n",
-            port = self.port
+            port = self.port,
+            ip = self.ip,
         );
         std::fs::write(self.dir.path().join("sshd_config"), cfg).expect("write sshd_config");
     }
@@ -88,8 +118,20 @@ impl Sshd {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
-        let child = Command::new(SSHD)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, SSHD]);
+                c
+            }
+            None => Command::new(SSHD),
+        };
+        let child = cmd
             .args(["-D", "-e", "-f"])
             .arg(self.dir.path().join("sshd_config"))
             .stdin(Stdio::null())
@@ -100,17 +142,37 @@ impl Sshd {
         self.child = Some(child);
         let addr = self.addr();
         let log = self.log.clone();
-        wait_for(DEADLINE, || banner(addr), || format!("sshd on {addr} did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+        wait_for(
+            DEADLINE,
+            || banner(addr),
+            || {
+                format!(
+                    "sshd on {addr} did not start; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            },
+        );
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.ip, self.port)
     }
 
-    /// `[127.0.0.1]:port ssh-ed25519 AAAA…`, the known_hosts line for this server.
+    /// The known_hosts line for this server as `ssh` writes it: `HOST ssh-ed25519 AAAA…`
+    /// on port 22, `[HOST]:PORT …` on any other.
     pub fn known_hosts_line(&self) -> String {
-        let key: Vec<&str> = self.host_key.public_line.split_whitespace().take(2).collect();
-        format!("[127.0.0.1]:{} {}", self.port, key.join(" "))
+        let key: Vec<&str> = self
+            .host_key
+            .public_line
+            .split_whitespace()
+            .take(2)
+            .collect();
+        let host = if self.port == 22 {
+            self.ip.to_string()
+        } else {
+            format!("[{}]:{}", self.ip, self.port)
+        };
+        format!("{host} {}", key.join(" "))
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -144,7 +206,9 @@ impl Sshd {
 
     /// The per-connection sshd processes (children and grandchildren of the listener).
     pub fn session_pids(&self) -> Vec<u32> {
-        let Some(root) = self.pid() else { return Vec::new() };
+        let Some(root) = self.pid() else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         let mut frontier = vec![root];
         while let Some(p) = frontier.pop() {
@@ -187,7 +251,9 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// True when `addr` answers with an SSH identification line.
 fn banner(addr: SocketAddr) -> bool {
-    let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("SSH-")

@@ -25,12 +25,21 @@ impl Agent {
             .spawn()
             .expect("ssh-agent (openssh-client)");
         let s = sock.clone();
-        wait_for(DEADLINE, || s.exists(), || "ssh-agent socket did not appear".into());
+        wait_for(
+            DEADLINE,
+            || s.exists(),
+            || "ssh-agent socket did not appear".into(),
+        );
         Agent { child, sock }
     }
 
     fn add(&self, key: &std::path::Path) {
-        let st = Command::new("ssh-add").arg(key).env("SSH_AUTH_SOCK", &self.sock).stderr(Stdio::null()).status().expect("ssh-add");
+        let st = Command::new("ssh-add")
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &self.sock)
+            .stderr(Stdio::null())
+            .status()
+            .expect("ssh-add");
         assert!(st.success(), "ssh-add failed");
     }
 }
@@ -66,7 +75,9 @@ async fn agent_keys_log_in_and_a_refused_agent_says_why() {
     let id = format!("\"agent:{}\"", agent.sock.display());
     let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
     let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("authentication")))
+        .wait_state("echo", Duration::from_secs(10), |s| {
+            s.reason().is_some_and(|r| r.contains("authentication"))
+        })
         .await;
     let reason = state.reason().unwrap_or_default().to_string();
     assert!(reason.contains("1 key refused"), "{reason}");
@@ -82,7 +93,8 @@ async fn agent_keys_log_in_and_a_refused_agent_says_why() {
 /// both). Outside that runner the test says so and passes only if not required.
 fn keychain_available() -> bool {
     let required = std::env::var("MESH_TESTS_REQUIRE_KEYCHAIN").is_ok_and(|v| v == "1");
-    let probe = keys::set("robbie-mesh-test-probe", "x").and_then(|()| keys::delete("robbie-mesh-test-probe"));
+    let probe = keys::set("robbie-mesh-test-probe", "x")
+        .and_then(|()| keys::delete("robbie-mesh-test-probe"));
     match probe {
         Ok(()) => true,
         Err(e) if required => panic!("the OS keychain is required here but failed: {e}"),
@@ -95,7 +107,10 @@ fn keychain_available() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keychain_key_and_keychain_passphrase_log_in() {
-    if !tokio::task::spawn_blocking(keychain_available).await.expect("probe") {
+    if !tokio::task::spawn_blocking(keychain_available)
+        .await
+        .expect("probe")
+    {
         return;
     }
     let sshd = Sshd::start();
@@ -105,7 +120,13 @@ async fn keychain_key_and_keychain_passphrase_log_in() {
     let entry = format!("test-{}", sshd.port);
     let pem = std::fs::read_to_string(&sshd.client_key.private).expect("key");
     keys::set(&keys::key_account(&entry), &pem).expect("store key in keychain");
-    let mesh = Mesh::start(&config(&sshd, &format!("\"keychain:{entry}\""), free_port(), backend)).await;
+    let mesh = Mesh::start(&config(
+        &sshd,
+        &format!("\"keychain:{entry}\""),
+        free_port(),
+        backend,
+    ))
+    .await;
     mesh.wait_up("echo").await;
     drop(mesh);
     keys::delete(&keys::key_account(&entry)).expect("delete");
@@ -119,9 +140,14 @@ async fn keychain_key_and_keychain_passphrase_log_in() {
 
     let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
     let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("encrypted")))
+        .wait_state("echo", Duration::from_secs(10), |s| {
+            s.reason().is_some_and(|r| r.contains("encrypted"))
+        })
         .await;
-    assert!(state.reason().unwrap_or_default().contains(&account), "says which entry to create: {state:?}");
+    assert!(
+        state.reason().unwrap_or_default().contains(&account),
+        "says which entry to create: {state:?}"
+    );
     drop(mesh);
 
     keys::set(&account, "correct horse").expect("store passphrase");

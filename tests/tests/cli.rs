@@ -18,7 +18,11 @@ fn bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("robbie-mesh");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p robbie-mesh` (tests/run.sh does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p robbie-mesh` (tests/run.sh does)",
+        bin.display()
+    );
     bin
 }
 
@@ -93,7 +97,11 @@ fn local_only_without_config_then_sigterm_within_2s() {
     let (took, log) = stop(svc, Signal::SIGTERM);
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
     assert!(!listening(api), "API still listening after exit");
-    assert_eq!(log.matches("local-only mode").count(), 1, "one line says local-only mode:\n{log}");
+    assert_eq!(
+        log.matches("local-only mode").count(),
+        1,
+        "one line says local-only mode:\n{log}"
+    );
 }
 
 #[test]
@@ -114,8 +122,19 @@ fn sigint_closes_every_listener_and_status_shows_tunnels() {
     );
     let path = home.path().join("mesh.toml");
     std::fs::write(&path, cfg).expect("write");
-    let svc = Service(cmd(home.path()).args(["run", "--config"]).arg(&path).stderr(Stdio::piped()).spawn().expect("spawn"));
-    wait_for(DEADLINE, || listening(api) && listening(local), || "service did not come up".into());
+    let svc = Service(
+        cmd(home.path())
+            .args(["run", "--config"])
+            .arg(&path)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    wait_for(
+        DEADLINE,
+        || listening(api) && listening(local),
+        || "service did not come up".into(),
+    );
 
     // `status` reads the API address from the config.
     wait_for(
@@ -127,7 +146,8 @@ fn sigint_closes_every_listener_and_status_shows_tunnels() {
         },
         || "status never showed the tunnel up".into(),
     );
-    let out = run(cmd(home.path()).args(["status", "--json", "--api", &format!("127.0.0.1:{api}")]));
+    let out =
+        run(cmd(home.path()).args(["status", "--json", "--api", &format!("127.0.0.1:{api}")]));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(json["tunnels"][0]["name"], "echo");
 
@@ -154,18 +174,29 @@ fn check_config_reports_line_and_field_or_a_summary() {
     let out = run(cmd(home.path()).arg("check-config").arg(&bad));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:8:1: peer[0].forward[0].colour: unknown field `colour`"), "{err}");
+    assert!(
+        err.contains("bad.toml:8:1: peer[0].forward[0].colour: unknown field `colour`"),
+        "{err}"
+    );
 
     std::fs::write(&bad, "node = \"book\"\n[[peer]]\nname = \"aurora\"\nssh = \"root@aurora\"\n[[peer.forward]]\nlocal = \"0.0.0.0:21434\"\nremote = \"127.0.0.1:11434\"\n").expect("write");
     let out = run(cmd(home.path()).arg("check-config").arg(&bad));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:6:9: peer[0].forward[0].local: 0.0.0.0:21434 is not a loopback address"), "{err}");
+    assert!(
+        err.contains(
+            "bad.toml:6:9: peer[0].forward[0].local: 0.0.0.0:21434 is not a loopback address"
+        ),
+        "{err}"
+    );
 
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/robbiebook1.toml");
     let out = run(cmd(home.path()).arg("check-config").arg(&examples));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("peer aurora = root@aurora-town-u44170.vm.elestio.app:22"), "{text}");
+    assert!(
+        text.contains("peer aurora = root@aurora-town-u44170.vm.elestio.app:22"),
+        "{text}"
+    );
     assert!(text.contains("-L aurora-ollama"), "{text}");
 
     // Running with a broken config fails at once with the same message.
@@ -177,12 +208,20 @@ fn check_config_reports_line_and_field_or_a_summary() {
 #[test]
 fn status_shows_services_first_and_node_reports_its_gpu() {
     let rt = tokio::runtime::Runtime::new().expect("rt");
-    let stub = rt.block_on(mesh_tests::ollama::OllamaStub::start("book", &["llama3.2:3b"]));
+    let stub = rt.block_on(mesh_tests::ollama::OllamaStub::start(
+        "book",
+        &["llama3.2:3b"],
+    ));
     let home = tempfile::tempdir().expect("home");
     // The GPU seam: an nvidia-smi that prints what a desktop with an RTX 4090 prints.
     let smi = home.path().join("nvidia-smi");
-    std::fs::write(&smi, "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 1031'\n").expect("write");
-    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 1031'\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     // A squatter holds the second service's port, as a local Ollama on 11434 would.
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken = squatter.local_addr().expect("addr").port();
@@ -198,7 +237,13 @@ fn status_shows_services_first_and_node_reports_its_gpu() {
     let path = home.path().join("mesh.toml");
     std::fs::write(&path, cfg).expect("write");
     let svc = Service(
-        cmd(home.path()).args(["run", "--config"]).arg(&path).env("ROBBIE_MESH_NVIDIA_SMI", &smi).stderr(Stdio::piped()).spawn().expect("spawn"),
+        cmd(home.path())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("ROBBIE_MESH_NVIDIA_SMI", &smi)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
     );
     wait_for(DEADLINE, || listening(api), || "API did not come up".into());
     let text = std::cell::RefCell::new(String::new());
@@ -209,14 +254,27 @@ fn status_shows_services_first_and_node_reports_its_gpu() {
             *text.borrow_mut() = String::from_utf8_lossy(&out.stdout).to_string();
             text.borrow().contains("-> book") && text.borrow().contains("online")
         },
-        || format!("status never showed ollama served by book:\n{}", text.borrow()),
+        || {
+            format!(
+                "status never showed ollama served by book:\n{}",
+                text.borrow()
+            )
+        },
     );
     let text = text.into_inner();
     assert!(text.starts_with("ollama "), "services come first:\n{text}");
-    assert!(text.contains("a local Ollama probably runs there"), "the taken port is explained:\n{text}");
+    assert!(
+        text.contains("a local Ollama probably runs there"),
+        "the taken port is explained:\n{text}"
+    );
 
     let node: serde_json::Value = rt
-        .block_on(async { reqwest::get(format!("http://127.0.0.1:{api}/v1/node")).await?.json().await })
+        .block_on(async {
+            reqwest::get(format!("http://127.0.0.1:{api}/v1/node"))
+                .await?
+                .json()
+                .await
+        })
         .expect("GET /v1/node");
     assert_eq!(node["node"], "book");
     assert_eq!(node["gpus"][0]["name"], "NVIDIA GeForce RTX 4090");
@@ -225,12 +283,27 @@ fn status_shows_services_first_and_node_reports_its_gpu() {
     assert!(node["cpu"]["cores"].as_u64().unwrap_or(0) >= 1);
 
     // pin / unpin from the command line.
-    let out = run(cmd(home.path()).args(["pin", "ollama", "book", "--config"]).arg(&path));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ollama pinned to book"), "{out:?}");
-    let out = run(cmd(home.path()).args(["pin", "ollama", "mars", "--config"]).arg(&path));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("mars does not serve ollama"), "{out:?}");
-    let out = run(cmd(home.path()).args(["unpin", "ollama", "--config"]).arg(&path));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("routes automatically"), "{out:?}");
+    let out = run(cmd(home.path())
+        .args(["pin", "ollama", "book", "--config"])
+        .arg(&path));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ollama pinned to book"),
+        "{out:?}"
+    );
+    let out = run(cmd(home.path())
+        .args(["pin", "ollama", "mars", "--config"])
+        .arg(&path));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mars does not serve ollama"),
+        "{out:?}"
+    );
+    let out = run(cmd(home.path())
+        .args(["unpin", "ollama", "--config"])
+        .arg(&path));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("routes automatically"),
+        "{out:?}"
+    );
     drop(squatter);
     let _ = stop(svc, Signal::SIGTERM);
 }

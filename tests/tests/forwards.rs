@@ -23,7 +23,9 @@ async fn local_forward_carries_http() {
     let mesh = Mesh::start(&format!("node = \"book\"\n{cfg}")).await;
     mesh.wait_up("web").await;
 
-    let body = http_get(([127, 0, 0, 1], local).into(), "/api/tags").await.expect("GET through -L");
+    let body = http_get(([127, 0, 0, 1], local).into(), "/api/tags")
+        .await
+        .expect("GET through -L");
     assert_eq!(body, "hello from aurora: /api/tags");
 
     // The API reports the tunnel, its addresses and the bytes it moved.
@@ -56,7 +58,9 @@ async fn reverse_forward_carries_http() {
     // sshd listens on remote_port (this machine plays the server too) and the
     // connection comes back through the session to `here`.
     for i in 0..3 {
-        let body = http_get(([127, 0, 0, 1], remote_port).into(), &format!("/r{i}")).await.expect("GET through -R");
+        let body = http_get(([127, 0, 0, 1], remote_port).into(), &format!("/r{i}"))
+            .await
+            .expect("GET through -R");
         assert_eq!(body, format!("hello from book: /r{i}"));
     }
 }
@@ -69,9 +73,13 @@ async fn two_hundred_concurrent_connections_every_byte_checked() {
     let mut tasks = Vec::new();
     for i in 0..200u32 {
         tasks.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(("127.0.0.1", local)).await.expect("connect");
+            let mut s = TcpStream::connect(("127.0.0.1", local))
+                .await
+                .expect("connect");
             // Each connection sends its own pattern, 64 KiB, then half-closes.
-            let data: Vec<u8> = (0..65536u32).map(|j| (j.wrapping_mul(31).wrapping_add(i) % 256) as u8).collect();
+            let data: Vec<u8> = (0..65536u32)
+                .map(|j| (j.wrapping_mul(31).wrapping_add(i) % 256) as u8)
+                .collect();
             let (mut r, mut w) = s.split();
             let send = async {
                 w.write_all(&data).await.expect("write");
@@ -97,7 +105,9 @@ async fn two_hundred_concurrent_connections_every_byte_checked() {
 async fn half_close_keeps_the_other_direction_open() {
     let sshd = Sshd::start();
     let (_mesh, local) = echo_mesh(&sshd).await;
-    let mut s = TcpStream::connect(("127.0.0.1", local)).await.expect("connect");
+    let mut s = TcpStream::connect(("127.0.0.1", local))
+        .await
+        .expect("connect");
     s.write_all(b"ping").await.expect("write");
     s.shutdown().await.expect("shutdown write side");
     let mut got = Vec::new();

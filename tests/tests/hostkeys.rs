@@ -18,7 +18,9 @@ fn forward(local: u16, backend: std::net::SocketAddr) -> String {
 
 /// Nothing comes back through the forward: the connection is closed without data.
 async fn nothing_forwarded(local: u16) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", local)).await else { return };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", local)).await else {
+        return;
+    };
     let _ = s.write_all(b"secret").await;
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got)).await;
@@ -31,13 +33,21 @@ async fn changed_host_key_is_refused_with_an_alarm() {
     let known_hosts = trust(&sshd);
     let backend = echo().await;
     let local = free_port();
-    let mesh = Mesh::start(&peer_toml("aurora", &sshd, &known_hosts, &forward(local, backend))).await;
+    let mesh = Mesh::start(&peer_toml(
+        "aurora",
+        &sshd,
+        &known_hosts,
+        &forward(local, backend),
+    ))
+    .await;
     mesh.wait_up("echo").await;
     let mut events = mesh.service.events.subscribe();
 
     sshd.change_host_key();
     let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(15), |s| s.reason().is_some_and(|r| r.contains("host key changed")))
+        .wait_state("echo", Duration::from_secs(15), |s| {
+            s.reason().is_some_and(|r| r.contains("host key changed"))
+        })
         .await;
     assert!(!state.is_up());
     nothing_forwarded(local).await;
@@ -49,7 +59,10 @@ async fn changed_host_key_is_refused_with_an_alarm() {
         }
     }
     let alarm = alarm.expect("a host-key alarm event");
-    assert!(alarm.contains("ssh-keygen -R"), "the alarm says what to do: {alarm}");
+    assert!(
+        alarm.contains("ssh-keygen -R"),
+        "the alarm says what to do: {alarm}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -58,27 +71,55 @@ async fn unknown_host_is_refused_unless_accept_new() {
     let backend = echo().await;
     let local = free_port();
     let known_hosts = sshd.dir.path().join("empty_known_hosts");
-    let mesh = Mesh::start(&peer_toml("aurora", &sshd, &known_hosts, &forward(local, backend))).await;
+    let mesh = Mesh::start(&peer_toml(
+        "aurora",
+        &sshd,
+        &known_hosts,
+        &forward(local, backend),
+    ))
+    .await;
     let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("host key for")))
+        .wait_state("echo", Duration::from_secs(10), |s| {
+            s.reason().is_some_and(|r| r.contains("host key for"))
+        })
         .await;
-    assert!(state.reason().is_some_and(|r| r.contains("unknown") && r.contains("SHA256:")), "{state:?}");
+    assert!(
+        state
+            .reason()
+            .is_some_and(|r| r.contains("unknown") && r.contains("SHA256:")),
+        "{state:?}"
+    );
     nothing_forwarded(local).await;
     drop(mesh);
 
     let local = free_port();
-    let cfg = peer_toml("aurora", &sshd, &known_hosts, &format!("accept_new = true\n{}", forward(local, backend)));
+    let cfg = peer_toml(
+        "aurora",
+        &sshd,
+        &known_hosts,
+        &format!("accept_new = true\n{}", forward(local, backend)),
+    );
     let mesh = Mesh::start(&cfg).await;
     mesh.wait_up("echo").await;
     let recorded = std::fs::read_to_string(&known_hosts).expect("known_hosts written");
-    assert!(recorded.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", sshd.port)), "{recorded}");
+    assert!(
+        recorded.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", sshd.port)),
+        "{recorded}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hashed_known_hosts_from_ssh_keyscan() {
     let sshd = Sshd::start();
     let out = Command::new("ssh-keyscan")
-        .args(["-H", "-t", "ed25519", "-p", &sshd.port.to_string(), "127.0.0.1"])
+        .args([
+            "-H",
+            "-t",
+            "ed25519",
+            "-p",
+            &sshd.port.to_string(),
+            "127.0.0.1",
+        ])
         .output()
         .expect("ssh-keyscan");
     let scanned = String::from_utf8_lossy(&out.stdout).to_string();
@@ -87,6 +128,12 @@ async fn hashed_known_hosts_from_ssh_keyscan() {
     std::fs::write(&known_hosts, &scanned).expect("write");
     let backend = echo().await;
     let local = free_port();
-    let mesh = Mesh::start(&peer_toml("aurora", &sshd, &known_hosts, &forward(local, backend))).await;
+    let mesh = Mesh::start(&peer_toml(
+        "aurora",
+        &sshd,
+        &known_hosts,
+        &forward(local, backend),
+    ))
+    .await;
     mesh.wait_up("echo").await;
 }

@@ -16,13 +16,26 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
     // vengeance: its own robbie-mesh, whose nvidia-smi reports a 24 GiB RTX 4090.
     let dir = tempfile::tempdir().expect("tempdir");
     let smi = dir.path().join("nvidia-smi");
-    std::fs::write(&smi, "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 0'\n").expect("write");
-    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 0'\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let v_api = free_port();
     let v_cfg = dir.path().join("vengeance.toml");
-    std::fs::write(&v_cfg, format!("node = \"vengeance\"\n[api]\nlisten = \"127.0.0.1:{v_api}\"\n")).expect("write");
+    std::fs::write(
+        &v_cfg,
+        format!("node = \"vengeance\"\n[api]\nlisten = \"127.0.0.1:{v_api}\"\n"),
+    )
+    .expect("write");
     let exe = std::env::current_exe().expect("exe");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target").join("robbie-mesh");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target")
+        .join("robbie-mesh");
     let mut vengeance = Command::new(bin)
         .args(["run", "--config"])
         .arg(&v_cfg)
@@ -30,7 +43,11 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
         .stderr(Stdio::null())
         .spawn()
         .expect("robbie-mesh binary (cargo build -p robbie-mesh)");
-    wait_for(DEADLINE, || std::net::TcpStream::connect(("127.0.0.1", v_api)).is_ok(), || "vengeance API".into());
+    wait_for(
+        DEADLINE,
+        || std::net::TcpStream::connect(("127.0.0.1", v_api)).is_ok(),
+        || "vengeance API".into(),
+    );
 
     // book reaches vengeance's Ollama and API through one SSH server.
     let sshd = Sshd::start();
@@ -56,24 +73,50 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
         b_ollama.addr
     );
     let mesh = Mesh::start(&cfg).await;
-    eventually(Duration::from_secs(15), "vengeance's GPU known on book", || async {
-        let st = mesh.api_get("/v1/status").await;
-        st["nodes"]["vengeance"]["inventory"]["gpus"][0]["name"] == "NVIDIA GeForce RTX 4090"
-            && st["services"][0]["candidates"][1]["health"] == "online"
-    })
+    eventually(
+        Duration::from_secs(15),
+        "vengeance's GPU known on book",
+        || async {
+            let st = mesh.api_get("/v1/status").await;
+            st["nodes"]["vengeance"]["inventory"]["gpus"][0]["name"] == "NVIDIA GeForce RTX 4090"
+                && st["services"][0]["candidates"][1]["health"] == "online"
+        },
+    )
     .await;
 
     let ask = |model: &'static str| {
         let url = format!("http://127.0.0.1:{endpoint}/api/generate");
         async move {
-            let r = reqwest::Client::new().post(url).json(&json!({"model": model, "prompt": "hi"})).send().await.expect("request");
-            r.headers()["x-robbie-node"].to_str().unwrap_or("").to_string()
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"model": model, "prompt": "hi"}))
+                .send()
+                .await
+                .expect("request");
+            r.headers()["x-robbie-node"]
+                .to_str()
+                .unwrap_or("")
+                .to_string()
         }
     };
-    assert_eq!(ask("llama3.2:3b").await, "book", "no need declared: priority wins");
-    assert_eq!(ask("llama3.1:70b").await, "vengeance", "20 GiB needed: only vengeance's GPU has it");
+    assert_eq!(
+        ask("llama3.2:3b").await,
+        "book",
+        "no need declared: priority wins"
+    );
+    assert_eq!(
+        ask("llama3.1:70b").await,
+        "vengeance",
+        "20 GiB needed: only vengeance's GPU has it"
+    );
     let st = mesh.api_get("/v1/status").await;
-    assert!(st["nodes"]["book"]["inventory"]["cpu"]["cores"].as_u64().unwrap_or(0) >= 1, "{st}");
+    assert!(
+        st["nodes"]["book"]["inventory"]["cpu"]["cores"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{st}"
+    );
     let _ = vengeance.kill();
     let _ = vengeance.wait();
 }

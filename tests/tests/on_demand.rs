@@ -27,16 +27,25 @@ async fn connected_only_while_needed() {
     );
     let mesh = Mesh::start(&cfg).await;
     let route = || async { mesh.api_get("/v1/status").await["services"][0]["route"].clone() };
-    eventually(Duration::from_secs(10), "route to aurora", || async { route().await == "aurora" }).await;
+    eventually(Duration::from_secs(10), "route to aurora", || async {
+        route().await == "aurora"
+    })
+    .await;
     // Not needed: no session at all.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = mesh.tunnel("runpod-ollama").snapshot().state;
     assert!(t.reason().is_some_and(|r| r.contains("on demand")), "{t:?}");
-    assert!(sshd.session_pids().is_empty(), "an SSH session to the on-demand peer exists");
+    assert!(
+        sshd.session_pids().is_empty(),
+        "an SSH session to the on-demand peer exists"
+    );
 
     // Aurora fails: RunPod is connected and serves.
     *aurora.fail_with.lock().expect("lock") = Some(500);
-    eventually(Duration::from_secs(15), "route to runpod", || async { route().await == "runpod" }).await;
+    eventually(Duration::from_secs(15), "route to runpod", || async {
+        route().await == "runpod"
+    })
+    .await;
     let r = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{endpoint}/api/generate"))
         .json(&json!({"model": "llama3.2:3b", "prompt": "hi"}))
@@ -47,10 +56,18 @@ async fn connected_only_while_needed() {
 
     // Aurora is back: traffic returns after the hold-down, RunPod is released after 1 s idle.
     *aurora.fail_with.lock().expect("lock") = None;
-    eventually(Duration::from_secs(15), "route back to aurora", || async { route().await == "aurora" }).await;
+    eventually(Duration::from_secs(15), "route back to aurora", || async {
+        route().await == "aurora"
+    })
+    .await;
     let (state, _) = mesh
-        .wait_state("runpod-ollama", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("on demand")))
+        .wait_state("runpod-ollama", Duration::from_secs(10), |s| {
+            s.reason().is_some_and(|r| r.contains("on demand"))
+        })
         .await;
     assert!(!state.is_up());
-    eventually(Duration::from_secs(10), "the session closed", || async { sshd.session_pids().is_empty() }).await;
+    eventually(Duration::from_secs(10), "the session closed", || async {
+        sshd.session_pids().is_empty()
+    })
+    .await;
 }

@@ -37,7 +37,9 @@ async fn psql_reaches_the_primary_then_the_replica() {
     eventually(Duration::from_secs(15), "route to the primary", || async {
         let st = mesh.api_get("/v1/status").await;
         let s = &st["services"][0];
-        s["route"] == "aurora" && s["candidates"][0]["postgres_role"] == "replica" && s["candidates"][1]["postgres_role"] == "primary"
+        s["route"] == "aurora"
+            && s["candidates"][0]["postgres_role"] == "replica"
+            && s["candidates"][1]["postgres_role"] == "primary"
     })
     .await;
 
@@ -45,11 +47,17 @@ async fn psql_reaches_the_primary_then_the_replica() {
     let (ok, out, err) = q("SELECT pg_is_in_recovery()").await.expect("psql");
     assert!(ok, "{err}");
     assert_eq!(out, "f", "through the endpoint: the primary");
-    let (ok, _, err) = q("INSERT INTO notes VALUES ('written through robbie-mesh')").await.expect("psql");
+    let (ok, _, err) = q("INSERT INTO notes VALUES ('written through robbie-mesh')")
+        .await
+        .expect("psql");
     assert!(ok, "{err}");
     // Streaming replication carries it to the replica.
     let rport = replica.port;
-    wait_for(mesh_tests::DEADLINE, || psql(rport, "SELECT count(*) FROM notes").1 == "1", || "replica never saw the row".into());
+    wait_for(
+        mesh_tests::DEADLINE,
+        || psql(rport, "SELECT count(*) FROM notes").1 == "1",
+        || "replica never saw the row".into(),
+    );
 
     // The primary stops: the endpoint serves the replica, read-only, and says so.
     tokio::task::spawn_blocking(move || {
@@ -62,17 +70,31 @@ async fn psql_reaches_the_primary_then_the_replica() {
         mesh.api_get("/v1/status").await["services"][0]["route"] == "vengeance"
     })
     .await;
-    let (ok, out, err) = q("SELECT pg_is_in_recovery(), count(*) FROM notes").await.expect("psql");
+    let (ok, out, err) = q("SELECT pg_is_in_recovery(), count(*) FROM notes")
+        .await
+        .expect("psql");
     assert!(ok, "{err}\nreplica log:\n{}", replica.log());
     assert_eq!(out, "t|1", "the replica, with the row");
     let (ok, _, err) = q("INSERT INTO notes VALUES ('x')").await.expect("psql");
     assert!(!ok && err.contains("read-only"), "{err}");
     let st = mesh.api_get("/v1/status").await;
-    assert!(st["services"][0]["plan"]["order"][0]["why"].as_str().unwrap_or("").contains("replica (read-only)"), "{st}");
+    assert!(
+        st["services"][0]["plan"]["order"][0]["why"]
+            .as_str()
+            .unwrap_or("")
+            .contains("replica (read-only)"),
+        "{st}"
+    );
 
     // Nothing left: psql is told why, by a FATAL error.
     drop(replica);
-    eventually(Duration::from_secs(15), "no route", || async { mesh.api_get("/v1/status").await["services"][0]["route"].is_null() }).await;
+    eventually(Duration::from_secs(15), "no route", || async {
+        mesh.api_get("/v1/status").await["services"][0]["route"].is_null()
+    })
+    .await;
     let (ok, _, err) = q("SELECT 1").await.expect("psql");
-    assert!(!ok && err.contains("FATAL") && err.contains("no postgres node is up"), "{err}");
+    assert!(
+        !ok && err.contains("FATAL") && err.contains("no postgres node is up"),
+        "{err}"
+    );
 }

@@ -25,7 +25,13 @@ async fn setup() -> Setup {
     let book = OllamaStub::start("book", &["llama3.2:3b", "qwen3:8b"]).await;
     let (cfg, endpoint) = two_node_ollama(&sshd, aurora.addr, book.addr, "hold_down = \"3s\"\n");
     let mesh = Mesh::start(&cfg).await;
-    let s = Setup { sshd, aurora, book, mesh, endpoint: format!("http://127.0.0.1:{endpoint}") };
+    let s = Setup {
+        sshd,
+        aurora,
+        book,
+        mesh,
+        endpoint: format!("http://127.0.0.1:{endpoint}"),
+    };
     s.wait_route("aurora", Duration::from_secs(10)).await;
     s
 }
@@ -36,7 +42,10 @@ impl Setup {
     }
 
     async fn wait_route(&self, node: &str, deadline: Duration) -> Duration {
-        eventually(deadline, &format!("route to {node}"), || async { self.route().await == node }).await
+        eventually(deadline, &format!("route to {node}"), || async {
+            self.route().await == node
+        })
+        .await
     }
 
     /// A streamed generate; returns the node header and the NDJSON lines.
@@ -48,18 +57,29 @@ impl Setup {
             .await
             .expect("request");
         assert_eq!(resp.status(), 200, "{:?}", resp.headers());
-        let node = resp.headers().get("x-robbie-node").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let node = resp
+            .headers()
+            .get("x-robbie-node")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         if let Some(tried) = resp.headers().get("x-robbie-tried") {
             eprintln!("{node} served after trying: {tried:?}");
         }
         let text = resp.text().await.unwrap_or_default();
-        let lines = text.lines().map(|l| serde_json::from_str(l).expect("NDJSON line")).collect();
+        let lines = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("NDJSON line"))
+            .collect();
         (node, lines)
     }
 }
 
 fn said(lines: &[Value]) -> String {
-    lines.iter().filter_map(|l| l["response"].as_str()).collect()
+    lines
+        .iter()
+        .filter_map(|l| l["response"].as_str())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -72,7 +92,9 @@ async fn fails_over_and_back_after_the_hold_down() {
 
     // Aurora's SSH session dies; every request from now on succeeds, on book.
     let mut events = s.mesh.service.events.subscribe();
-    let mut sse = reqwest::get(format!("http://{}/v1/events", s.mesh.api)).await.expect("GET /v1/events");
+    let mut sse = reqwest::get(format!("http://{}/v1/events", s.mesh.api))
+        .await
+        .expect("GET /v1/events");
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
     s.sshd.kill();
     for _ in 0..10 {
@@ -83,14 +105,22 @@ async fn fails_over_and_back_after_the_hold_down() {
     s.wait_route("book", Duration::from_secs(3)).await;
     let mut reason = None;
     while let Ok(e) = events.try_recv() {
-        if let EventKind::Route { to: Some(to), reason: r, .. } = e.kind {
+        if let EventKind::Route {
+            to: Some(to),
+            reason: r,
+            ..
+        } = e.kind
+        {
             if to == "book" {
                 reason = Some(r);
             }
         }
     }
     let reason = reason.expect("a route event");
-    assert!(reason.contains("aurora offline") && reason.contains("tunnel aurora-ollama"), "{reason}");
+    assert!(
+        reason.contains("aurora offline") && reason.contains("tunnel aurora-ollama"),
+        "{reason}"
+    );
     // The same event reached the Server-Sent Events stream.
     let mut seen = String::new();
     let found = tokio::time::timeout(Duration::from_secs(5), async {
@@ -103,7 +133,10 @@ async fn fails_over_and_back_after_the_hold_down() {
         false
     })
     .await;
-    assert!(matches!(found, Ok(true)), "no route event on /v1/events: {seen}");
+    assert!(
+        matches!(found, Ok(true)),
+        "no route event on /v1/events: {seen}"
+    );
 
     // Aurora is back: traffic stays on book for the 3 s hold-down, then returns.
     s.sshd.restart();
@@ -116,7 +149,11 @@ async fn fails_over_and_back_after_the_hold_down() {
     let (node, _) = s.generate("llama3.2:3b").await;
     assert_eq!(node, "book", "held down right after recovery");
     s.wait_route("aurora", Duration::from_secs(6)).await;
-    assert!(online_at.elapsed() >= Duration::from_secs(2), "came back before the hold-down: {:?}", online_at.elapsed());
+    assert!(
+        online_at.elapsed() >= Duration::from_secs(2),
+        "came back before the hold-down: {:?}",
+        online_at.elapsed()
+    );
     assert_eq!(s.generate("llama3.2:3b").await.0, "aurora");
 }
 
@@ -126,7 +163,9 @@ async fn model_pin_and_mid_stream_failure() {
     // Only book has qwen3: it serves it while aurora is up.
     eventually(Duration::from_secs(10), "models known", || async {
         let st = s.mesh.api_get("/v1/status").await;
-        st["services"][0]["candidates"][1]["ollama"]["models"].as_array().is_some_and(|m| m.len() == 2)
+        st["services"][0]["candidates"][1]["ollama"]["models"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2)
     })
     .await;
     assert_eq!(s.generate("qwen3:8b").await.0, "book");
@@ -135,25 +174,54 @@ async fn model_pin_and_mid_stream_failure() {
     // Pinned to book, through the API; unpinned, back to aurora.
     let client = reqwest::Client::new();
     let pin = format!("http://{}/v1/services/ollama/pin", s.mesh.api);
-    let r: Value = client.post(&pin).json(&json!({"node": "book"})).send().await.expect("pin").json().await.expect("json");
+    let r: Value = client
+        .post(&pin)
+        .json(&json!({"node": "book"}))
+        .send()
+        .await
+        .expect("pin")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(r["route"], "book");
     assert_eq!(s.generate("llama3.2:3b").await.0, "book");
-    let bad = client.post(&pin).json(&json!({"node": "nowhere"})).send().await.expect("pin");
+    let bad = client
+        .post(&pin)
+        .json(&json!({"node": "nowhere"}))
+        .send()
+        .await
+        .expect("pin");
     assert_eq!(bad.status(), 400);
     client.delete(&pin).send().await.expect("unpin");
     assert_eq!(s.generate("llama3.2:3b").await.0, "aurora");
 
     // Aurora dies mid-answer: the client gets Ollama's error line, not done:true.
-    s.aurora.die_mid_stream.store(true, std::sync::atomic::Ordering::Relaxed);
+    s.aurora
+        .die_mid_stream
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let (node, lines) = s.generate("llama3.2:3b").await;
     assert_eq!(node, "aurora");
     let last = lines.last().expect("lines");
-    assert!(last["error"].as_str().is_some_and(|e| e.contains("aurora")), "{lines:?}");
-    assert!(lines.iter().all(|l| l["done"] != json!(true)), "never a fake done: {lines:?}");
+    assert!(
+        last["error"].as_str().is_some_and(|e| e.contains("aurora")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| l["done"] != json!(true)),
+        "never a fake done: {lines:?}"
+    );
 
     // /metrics counts it all, per node.
-    let metrics = reqwest::get(format!("http://{}/metrics", s.mesh.api)).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("# TYPE robbie_requests_total counter"), "{metrics}");
+    let metrics = reqwest::get(format!("http://{}/metrics", s.mesh.api))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("# TYPE robbie_requests_total counter"),
+        "{metrics}"
+    );
     let count = |labels: &str| -> f64 {
         metrics
             .lines()
@@ -161,9 +229,18 @@ async fn model_pin_and_mid_stream_failure() {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(-1.0)
     };
-    assert!(count("service=\"ollama\",node=\"book\",outcome=\"ok\"") >= 2.0, "{metrics}");
-    assert!(count("service=\"ollama\",node=\"aurora\",outcome=\"failed\"") >= 1.0, "{metrics}");
-    assert!(metrics.contains("robbie_candidate_up{service=\"ollama\",node=\"aurora\"}"), "{metrics}");
+    assert!(
+        count("service=\"ollama\",node=\"book\",outcome=\"ok\"") >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        count("service=\"ollama\",node=\"aurora\",outcome=\"failed\"") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("robbie_candidate_up{service=\"ollama\",node=\"aurora\"}"),
+        "{metrics}"
+    );
     drop(s.book);
 }
 
@@ -171,8 +248,12 @@ async fn model_pin_and_mid_stream_failure() {
 /// tests/setup.sh) streams a chat through the endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_ollama_python_client_streams_a_chat() {
-    let python = std::env::var("MESH_TEST_PYTHON").unwrap_or_else(|_| "/var/cache/robbie-mesh/venv/bin/python".into());
-    assert!(std::path::Path::new(&python).exists(), "{python} missing: run tests/setup.sh (tests/run.sh does)");
+    let python = std::env::var("MESH_TEST_PYTHON")
+        .unwrap_or_else(|_| "/var/cache/robbie-mesh/venv/bin/python".into());
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} missing: run tests/setup.sh (tests/run.sh does)"
+    );
     let s = setup().await;
     let script = r#"
 import sys, ollama
@@ -186,12 +267,20 @@ print("done" if last["done"] else "not done")
 print(len(client.list()["models"]))
 "#;
     let endpoint = s.endpoint.clone();
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(["-c", script, &endpoint]).output())
-        .await
-        .expect("join")
-        .expect("run python");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["-c", script, &endpoint])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines, ["hello from aurora", "done", "1"], "{stdout}");
 }

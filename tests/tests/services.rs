@@ -33,7 +33,10 @@ async fn candidates_are_probed_in_layers() {
     let a = candidate(&status, "aurora");
     assert_eq!(a["tunnel"], "aurora-ollama");
     assert_eq!(a["ollama"]["version"], "0.13.0");
-    assert_eq!(a["ollama"]["models"], serde_json::json!(["llama3.1:70b", "llama3.2:3b"]));
+    assert_eq!(
+        a["ollama"]["models"],
+        serde_json::json!(["llama3.1:70b", "llama3.2:3b"])
+    );
     assert!(a["latency_ms"].as_f64().is_some(), "{a}");
     assert_eq!(status["services"][0]["kind"], "ollama");
 
@@ -53,11 +56,18 @@ async fn candidates_are_probed_in_layers() {
     let took = eventually(Duration::from_secs(2), "aurora offline", || async {
         let s = mesh.api_get("/v1/status").await;
         let a = candidate(&s, "aurora");
-        a["health"] == "offline" && a["reason"].as_str().unwrap_or("").contains("tunnel aurora-ollama")
+        a["health"] == "offline"
+            && a["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("tunnel aurora-ollama")
     })
     .await;
     eprintln!("aurora offline {took:?} after sshd died");
-    assert_eq!(candidate(&mesh.api_get("/v1/status").await, "book")["health"], "online");
+    assert_eq!(
+        candidate(&mesh.api_get("/v1/status").await, "book")["health"],
+        "online"
+    );
     let mut saw_event = false;
     while let Ok(e) = events.try_recv() {
         if let robbie_mesh::events::EventKind::Health { node, health, .. } = &e.kind {
@@ -75,5 +85,10 @@ async fn candidates_are_probed_in_layers() {
 
     // sshd is back: aurora comes back after its rise checks.
     sshd.restart();
-    eventually(Duration::from_secs(15), "aurora back online", online("aurora")).await;
+    eventually(
+        Duration::from_secs(15),
+        "aurora back online",
+        online("aurora"),
+    )
+    .await;
 }

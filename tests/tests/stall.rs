@@ -32,7 +32,9 @@ async fn a_stalled_reader_does_not_stall_the_session() {
     mesh.wait_up("echo").await;
 
     // The stalled client: connects, reads nothing, keeps the connection open.
-    let stalled = TcpStream::connect(("127.0.0.1", l_hose)).await.expect("connect");
+    let stalled = TcpStream::connect(("127.0.0.1", l_hose))
+        .await
+        .expect("connect");
     // Let the firehose fill every buffer between it and the stalled client.
     let t = mesh.tunnel("hose");
     let start = Instant::now();
@@ -43,7 +45,9 @@ async fn a_stalled_reader_does_not_stall_the_session() {
 
     // Another connection of the same forward still gets 1 MiB within 2 s…
     let start = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", l_hose)).await.expect("connect");
+    let mut s = TcpStream::connect(("127.0.0.1", l_hose))
+        .await
+        .expect("connect");
     let mut buf = vec![0u8; MIB];
     tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf))
         .await
@@ -54,7 +58,9 @@ async fn a_stalled_reader_does_not_stall_the_session() {
 
     // …and a connection of another forward moves 1 MiB both ways within 2 s.
     let start = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", l_echo)).await.expect("connect");
+    let mut s = TcpStream::connect(("127.0.0.1", l_echo))
+        .await
+        .expect("connect");
     let data: Vec<u8> = (0..MIB).map(|i| (i % 253) as u8).collect();
     let (mut r, mut w) = s.split();
     let mut got = Vec::new();
@@ -66,7 +72,9 @@ async fn a_stalled_reader_does_not_stall_the_session() {
         let (_, n) = tokio::join!(send, r.read_to_end(&mut got));
         n.expect("read");
     };
-    tokio::time::timeout(Duration::from_secs(2), io).await.expect("1 MiB echoed within 2 s");
+    tokio::time::timeout(Duration::from_secs(2), io)
+        .await
+        .expect("1 MiB echoed within 2 s");
     assert!(got == data);
     eprintln!("other forward: 1 MiB echoed in {:?}", start.elapsed());
 

@@ -19,7 +19,9 @@ async fn echo_once(port: u16, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     s.write_all(msg).await?;
     s.shutdown().await?;
     let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got)).await.map_err(std::io::Error::other)??;
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got))
+        .await
+        .map_err(std::io::Error::other)??;
     Ok(got)
 }
 
@@ -39,7 +41,12 @@ async fn killed_sshd_is_detected_and_the_tunnel_comes_back_on_restart() {
 
     sshd.restart();
     mesh.wait_up("echo").await;
-    assert_eq!(echo_once(local, b"after").await.expect("echo after restart"), b"after");
+    assert_eq!(
+        echo_once(local, b"after")
+            .await
+            .expect("echo after restart"),
+        b"after"
+    );
     assert!(mesh.tunnel("echo").status().reconnects >= 1);
 }
 
@@ -55,7 +62,10 @@ async fn frozen_sshd_is_detected_by_keepalive_and_recovers() {
     let (state, took) = mesh.wait_state("echo", DETECT, not_up).await;
     eprintln!("frozen session noticed after {took:?}: {state:?}");
     let events_reason = format!("{state:?}");
-    assert!(events_reason.contains("keepalive"), "reason names the keepalive: {events_reason}");
+    assert!(
+        events_reason.contains("keepalive"),
+        "reason names the keepalive: {events_reason}"
+    );
 
     // The listener itself still runs, so a new session comes up; SIGCONT the old one.
     mesh.wait_up("echo").await;
@@ -79,11 +89,20 @@ async fn taken_local_port_is_a_visible_state_and_is_retried() {
     );
     let mesh = Mesh::start(&cfg).await;
     let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("address already in use")))
+        .wait_state("echo", Duration::from_secs(10), |s| {
+            s.reason()
+                .is_some_and(|r| r.contains("address already in use"))
+        })
         .await;
     assert!(matches!(state, TunnelState::Down { .. }), "{state:?}");
     let api = mesh.api_get("/v1/tunnels").await;
-    assert!(api["tunnels"][0]["reason"].as_str().unwrap_or("").contains("already in use"), "{api}");
+    assert!(
+        api["tunnels"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already in use"),
+        "{api}"
+    );
 
     drop(squatter);
     mesh.wait_up("echo").await;
@@ -105,12 +124,16 @@ async fn refused_remote_forward_is_visible_and_retried() {
     );
     let mesh = Mesh::start(&cfg).await;
     let (state, _) = mesh
-        .wait_state("api", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("refused")))
+        .wait_state("api", Duration::from_secs(10), |s| {
+            s.reason().is_some_and(|r| r.contains("refused"))
+        })
         .await;
     assert!(matches!(state, TunnelState::Down { .. }), "{state:?}");
     drop(squatter);
     mesh.wait_up("api").await;
-    let body = http_get(([127, 0, 0, 1], remote).into(), "/x").await.expect("GET through -R");
+    let body = http_get(([127, 0, 0, 1], remote).into(), "/x")
+        .await
+        .expect("GET through -R");
     assert_eq!(body, "hello from book: /x");
 }
 
@@ -119,7 +142,11 @@ async fn reconnect_through_the_api() {
     let sshd = Sshd::start();
     let (mesh, _) = echo_mesh(&sshd).await;
     let client = reqwest::Client::new();
-    let r = client.post(format!("http://{}/v1/tunnels/echo/reconnect", mesh.api)).send().await.expect("post");
+    let r = client
+        .post(format!("http://{}/v1/tunnels/echo/reconnect", mesh.api))
+        .send()
+        .await
+        .expect("post");
     assert_eq!(r.status(), 202);
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(body["peer"], "aurora");
@@ -129,10 +156,17 @@ async fn reconnect_through_the_api() {
         async move { t.status().reconnects >= 1 && t.snapshot().state.is_up() }
     })
     .await;
-    let r = client.post(format!("http://{}/v1/tunnels/nope/reconnect", mesh.api)).send().await.expect("post");
+    let r = client
+        .post(format!("http://{}/v1/tunnels/nope/reconnect", mesh.api))
+        .send()
+        .await
+        .expect("post");
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.expect("json");
-    assert!(body["error"].as_str().unwrap_or("").contains("nope"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("nope"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +175,12 @@ async fn api_refuses_foreign_hosts_and_cross_site_posts() {
     let client = reqwest::Client::new();
     let url = |p: &str| format!("http://{}{p}", mesh.api);
     // DNS rebinding: a page on evil.example resolved to 127.0.0.1.
-    let r = client.get(url("/v1/tunnels")).header("host", "evil.example:8007").send().await.expect("get");
+    let r = client
+        .get(url("/v1/tunnels"))
+        .header("host", "evil.example:8007")
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 403);
     // CSRF: a page posting to the loopback API.
     let r = client
@@ -152,7 +191,12 @@ async fn api_refuses_foreign_hosts_and_cross_site_posts() {
         .expect("post");
     assert_eq!(r.status(), 403);
     // The same from the dashboard's own origin passes through (404: no such tunnel).
-    let r = client.post(url("/v1/tunnels/x/reconnect")).header("origin", format!("http://{}", mesh.api)).send().await.expect("post");
+    let r = client
+        .post(url("/v1/tunnels/x/reconnect"))
+        .header("origin", format!("http://{}", mesh.api))
+        .send()
+        .await
+        .expect("post");
     assert_eq!(r.status(), 404);
     assert_eq!(mesh.api_get("/health").await["mode"], "local-only");
 }
@@ -183,8 +227,13 @@ async fn wake_from_sleep_rechecks_at_once() {
     let (mesh, local) = slow_keepalive_mesh(&sshd, clock.clone()).await;
     sshd.signal_sessions(Signal::SIGSTOP);
     clock.fire(Duration::from_secs(600));
-    let (state, took) = mesh.wait_state("echo", Duration::from_secs(6), not_up).await;
-    assert!(state.reason().is_some_and(|r| r.contains("wall clock")), "{state:?}");
+    let (state, took) = mesh
+        .wait_state("echo", Duration::from_secs(6), not_up)
+        .await;
+    assert!(
+        state.reason().is_some_and(|r| r.contains("wall clock")),
+        "{state:?}"
+    );
     eprintln!("wake noticed in {took:?}");
     sshd.signal_sessions(Signal::SIGCONT);
     mesh.wait_up("echo").await;
@@ -199,9 +248,17 @@ async fn a_timed_out_connection_rechecks_the_session_at_once() {
     let start = std::time::Instant::now();
     // The channel open gets no answer within 2 s; that failure triggers a ping.
     let _ = echo_once(local, b"hello?").await;
-    let (state, _) = mesh.wait_state("echo", Duration::from_secs(8), not_up).await;
-    assert!(state.reason().is_some_and(|r| r.contains("timed out")), "{state:?}");
-    eprintln!("traffic failure turned into a reconnect after {:?}", start.elapsed());
+    let (state, _) = mesh
+        .wait_state("echo", Duration::from_secs(8), not_up)
+        .await;
+    assert!(
+        state.reason().is_some_and(|r| r.contains("timed out")),
+        "{state:?}"
+    );
+    eprintln!(
+        "traffic failure turned into a reconnect after {:?}",
+        start.elapsed()
+    );
     sshd.signal_sessions(Signal::SIGCONT);
     mesh.wait_up("echo").await;
 }

@@ -53,7 +53,10 @@ impl ServiceKind {
     ];
 
     pub fn as_str(self) -> &'static str {
-        ServiceKind::ALL.iter().find(|(_, k)| *k == self).map_or("tcp", |(n, _)| n)
+        ServiceKind::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("tcp", |(n, _)| n)
     }
 }
 
@@ -211,7 +214,10 @@ impl Keepalive {
 
 impl Default for Keepalive {
     fn default() -> Self {
-        Keepalive { interval: Duration::from_secs(5), count: 3 }
+        Keepalive {
+            interval: Duration::from_secs(5),
+            count: 3,
+        }
     }
 }
 
@@ -223,7 +229,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(30) }
+        Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
     }
 }
 
@@ -409,9 +418,9 @@ impl Config {
             source: None,
             node,
             api: ApiConfig {
-                listen: DEFAULT_API_LISTEN.parse().unwrap_or_else(|_| {
-                    SocketAddr::from(([127, 0, 0, 1], 8007))
-                }),
+                listen: DEFAULT_API_LISTEN
+                    .parse()
+                    .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8007))),
             },
             peers: Vec::new(),
             services: Vec::new(),
@@ -421,7 +430,9 @@ impl Config {
 
     /// Every forward of every peer, with its peer.
     pub fn forwards(&self) -> impl Iterator<Item = (&PeerConfig, &ForwardConfig)> {
-        self.peers.iter().flat_map(|p| p.forwards.iter().map(move |f| (p, f)))
+        self.peers
+            .iter()
+            .flat_map(|p| p.forwards.iter().map(move |f| (p, f)))
     }
 }
 

@@ -5,7 +5,10 @@ use super::validate::Env;
 use super::*;
 
 fn env() -> Env {
-    Env { home: PathBuf::from("/home/u"), user: "u".into() }
+    Env {
+        home: PathBuf::from("/home/u"),
+        user: "u".into(),
+    }
 }
 
 fn errors(text: &str) -> Vec<ConfigError> {
@@ -22,7 +25,10 @@ fn one_error(text: &str, line: usize, field: &str) -> ConfigError {
     let e = errs.into_iter().next().expect("one");
     assert_eq!(e.location.map(|l| l.0), Some(line), "{e}");
     assert_eq!(e.field, field, "{e}");
-    assert!(e.to_string().starts_with(&format!("bad.toml:{line}:")), "{e}");
+    assert!(
+        e.to_string().starts_with(&format!("bad.toml:{line}:")),
+        "{e}"
+    );
     e
 }
 
@@ -36,7 +42,8 @@ fn every_example_parses() {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(&path).expect("read");
-            let cfg = parse_with(&text, &path.display().to_string(), &env()).unwrap_or_else(|e| panic!("{e}"));
+            let cfg = parse_with(&text, &path.display().to_string(), &env())
+                .unwrap_or_else(|e| panic!("{e}"));
             assert!(!cfg.peers.is_empty(), "{}", path.display());
             seen += 1;
         }
@@ -53,12 +60,33 @@ fn full_peer_is_validated_with_defaults() {
     );
     let cfg = parse_with(&text, "ok.toml", &env()).expect("valid");
     let p = &cfg.peers[0];
-    assert_eq!(p.target, SshTarget { user: "root".into(), host: "aurora.example".into(), port: 2222 });
+    assert_eq!(
+        p.target,
+        SshTarget {
+            user: "root".into(),
+            host: "aurora.example".into(),
+            port: 2222
+        }
+    );
     assert_eq!(p.target.known_hosts_name(), "[aurora.example]:2222");
-    assert_eq!(p.keepalive, Keepalive { interval: Duration::from_secs(1), count: 5 });
-    assert_eq!(p.known_hosts, vec![PathBuf::from("/home/u/.ssh/known_hosts")]);
+    assert_eq!(
+        p.keepalive,
+        Keepalive {
+            interval: Duration::from_secs(1),
+            count: 5
+        }
+    );
+    assert_eq!(
+        p.known_hosts,
+        vec![PathBuf::from("/home/u/.ssh/known_hosts")]
+    );
     assert_eq!(p.identities[0], IdentitySource::Agent { socket: None });
-    assert_eq!(p.identities[1], IdentitySource::Keychain { entry: "aurora".into() });
+    assert_eq!(
+        p.identities[1],
+        IdentitySource::Keychain {
+            entry: "aurora".into()
+        }
+    );
     let names: Vec<_> = p.forwards.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["aurora-L21434", "aurora-R8007"]);
     assert_eq!(cfg.api.listen.port(), 8007);
@@ -66,7 +94,11 @@ fn full_peer_is_validated_with_defaults() {
 
 #[test]
 fn unknown_key_names_line_and_field() {
-    let e = one_error(&format!("{PEER}keepalive = {{ interval = \"1s\", cuont = 3 }}\n"), 4, "peer[0].keepalive.cuont");
+    let e = one_error(
+        &format!("{PEER}keepalive = {{ interval = \"1s\", cuont = 3 }}\n"),
+        4,
+        "peer[0].keepalive.cuont",
+    );
     assert!(e.message.contains("cuont"), "{e}");
 }
 
@@ -78,7 +110,11 @@ fn toml_syntax_error_has_a_line() {
 
 #[test]
 fn wrong_type_names_the_field() {
-    let e = one_error(&format!("{PEER}accept_new = \"yes\"\n"), 4, "peer[0].accept_new");
+    let e = one_error(
+        &format!("{PEER}accept_new = \"yes\"\n"),
+        4,
+        "peer[0].accept_new",
+    );
     assert!(e.message.contains("bool"), "{e}");
 }
 
@@ -97,7 +133,11 @@ fn bad_addresses_are_explained() {
 
 #[test]
 fn non_loopback_listen_is_refused() {
-    let e = one_error(&format!("{PEER}[[peer.forward]]\nlocal = \"0.0.0.0:21434\"\nremote = \"127.0.0.1:1\"\n"), 5, "peer[0].forward[0].local");
+    let e = one_error(
+        &format!("{PEER}[[peer.forward]]\nlocal = \"0.0.0.0:21434\"\nremote = \"127.0.0.1:1\"\n"),
+        5,
+        "peer[0].forward[0].local",
+    );
     assert!(e.message.contains("loopback"), "{e}");
     let e = one_error("[api]\nlisten = \"192.168.1.4:8007\"\n", 2, "api.listen");
     assert!(e.message.contains("loopback"), "{e}");
@@ -110,9 +150,14 @@ fn duplicate_local_ports_are_refused() {
          [[peer.forward]]\nname = \"other\"\nlocal = \"127.0.0.1:21434\"\nremote = \"127.0.0.1:2\"\n"
     );
     let e = one_error(&text, 9, "peer[0].forward[1].local");
-    assert!(e.message.contains("already used by peer[0].forward[0].local"), "{e}");
+    assert!(
+        e.message
+            .contains("already used by peer[0].forward[0].local"),
+        "{e}"
+    );
     // The API port counts too.
-    let text = format!("{PEER}[[peer.forward]]\nlocal = \"127.0.0.1:8007\"\nremote = \"127.0.0.1:1\"\n");
+    let text =
+        format!("{PEER}[[peer.forward]]\nlocal = \"127.0.0.1:8007\"\nremote = \"127.0.0.1:1\"\n");
     let e = one_error(&text, 5, "peer[0].forward[0].local");
     assert!(e.message.contains("api.listen"), "{e}");
 }
@@ -125,10 +170,16 @@ fn duplicate_peer_names_are_refused() {
 
 #[test]
 fn bad_durations_and_counts() {
-    let errs = errors(&format!("{PEER}keepalive = {{ interval = \"soon\", count = 0 }}\n"));
+    let errs = errors(&format!(
+        "{PEER}keepalive = {{ interval = \"soon\", count = 0 }}\n"
+    ));
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs.iter().any(|e| e.field == "peer[0].keepalive.interval" && e.message.contains("not a duration")));
-    assert!(errs.iter().any(|e| e.field == "peer[0].keepalive.count" && e.message.contains("at least 1")));
+    assert!(errs
+        .iter()
+        .any(|e| e.field == "peer[0].keepalive.interval" && e.message.contains("not a duration")));
+    assert!(errs
+        .iter()
+        .any(|e| e.field == "peer[0].keepalive.count" && e.message.contains("at least 1")));
 }
 
 #[test]
@@ -145,10 +196,26 @@ fn ssh_config_alias_is_resolved() {
         ssh_config.display()
     );
     let cfg = parse_with(&text, "ok.toml", &env()).expect("valid");
-    assert_eq!(cfg.peers[0].target, SshTarget { user: "root".into(), host: "aurora-town.example".into(), port: 2200 });
-    assert!(cfg.peers[0].identities.contains(&IdentitySource::File { path: "/home/u/.ssh/aurora_key".into() }));
+    assert_eq!(
+        cfg.peers[0].target,
+        SshTarget {
+            user: "root".into(),
+            host: "aurora-town.example".into(),
+            port: 2200
+        }
+    );
+    assert!(cfg.peers[0].identities.contains(&IdentitySource::File {
+        path: "/home/u/.ssh/aurora_key".into()
+    }));
     // What the config says explicitly wins over ~/.ssh/config, as on ssh's command line.
-    assert_eq!(cfg.peers[1].target, SshTarget { user: "admin".into(), host: "aurora-town.example".into(), port: 22 });
+    assert_eq!(
+        cfg.peers[1].target,
+        SshTarget {
+            user: "admin".into(),
+            host: "aurora-town.example".into(),
+            port: 22
+        }
+    );
 }
 
 #[test]
@@ -188,18 +255,35 @@ fn bad_services_are_explained() {
     assert!(e.message.contains("known: aurora-ollama"), "{e}");
     let e = one_error(&svc("kind = \"ollama\"\nlisten = \"127.0.0.1:11434\"\ncandidates = [{ node = \"a\", tunnel = \"back\" }]\n"), 16, "service[0].candidates[0].tunnel");
     assert!(e.message.contains("-R forward"), "{e}");
-    let e = one_error(&svc("kind = \"ollama\"\nlisten = \"127.0.0.1:11434\"\ncandidates = [{ node = \"a\" }]\n"), 16, "service[0].candidates[0]");
+    let e = one_error(
+        &svc("kind = \"ollama\"\nlisten = \"127.0.0.1:11434\"\ncandidates = [{ node = \"a\" }]\n"),
+        16,
+        "service[0].candidates[0]",
+    );
     assert!(e.message.contains("exactly one of"), "{e}");
     let e = one_error(&svc("kind = \"tcp\"\nlisten = \"127.0.0.1:21434\"\ncandidates = [{ node = \"a\", address = \"127.0.0.1:1\" }]\n"), 15, "service[0].listen");
-    assert!(e.message.contains("already used by peer[0].forward[0].local"), "{e}");
+    assert!(
+        e.message
+            .contains("already used by peer[0].forward[0].local"),
+        "{e}"
+    );
 }
 
 #[test]
 fn on_demand_peers() {
-    let cfg = parse_with(&format!("{PEER}connect = \"on-demand\"\nidle = \"2m\"\n"), "ok.toml", &env()).expect("valid");
+    let cfg = parse_with(
+        &format!("{PEER}connect = \"on-demand\"\nidle = \"2m\"\n"),
+        "ok.toml",
+        &env(),
+    )
+    .expect("valid");
     assert_eq!(cfg.peers[0].on_demand, Some(Duration::from_secs(120)));
     let cfg = parse_with(PEER, "ok.toml", &env()).expect("valid");
     assert_eq!(cfg.peers[0].on_demand, None);
-    let e = one_error(&format!("{PEER}connect = \"sometimes\"\n"), 4, "peer[0].connect");
+    let e = one_error(
+        &format!("{PEER}connect = \"sometimes\"\n"),
+        4,
+        "peer[0].connect",
+    );
     assert!(e.message.contains("\"on-demand\""), "{e}");
 }

@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawBackoff, RawCandidate, RawConfig, RawForward, RawKeepalive, RawPaths, RawPeer, RawProbe, RawService};
+use super::raw::{
+    RawBackoff, RawCandidate, RawConfig, RawForward, RawKeepalive, RawPaths, RawPeer, RawProbe,
+    RawService,
+};
 use super::{
-    line_col, ApiConfig, Backoff, Candidate, Config, ConfigError, ConfigErrors, ForwardConfig, ForwardKind,
-    HostPort, IdentitySource, Keepalive, PeerConfig, ProbeConfig, ServiceConfig, ServiceKind, SshTarget,
-    DEFAULT_API_LISTEN,
+    line_col, ApiConfig, Backoff, Candidate, Config, ConfigError, ConfigErrors, ForwardConfig,
+    ForwardKind, HostPort, IdentitySource, Keepalive, PeerConfig, ProbeConfig, ServiceConfig,
+    ServiceKind, SshTarget, DEFAULT_API_LISTEN,
 };
 use crate::ssh::ssh_config::SshConfigFile;
 
@@ -56,7 +59,12 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn err(&mut self, span: Option<Range<usize>>, field: impl Into<String>, msg: impl Into<String>) {
+    fn err(
+        &mut self,
+        span: Option<Range<usize>>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             location: span.map(|s| line_col(self.text, s.start)),
@@ -65,7 +73,12 @@ impl Checker<'_> {
         });
     }
 
-    fn duration(&mut self, v: &Option<Spanned<String>>, field: String, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        field: String,
+        default: Duration,
+    ) -> Duration {
         let Some(v) = v else { return default };
         match humantime::parse_duration(v.get_ref().trim()) {
             Ok(d) if !d.is_zero() => d,
@@ -77,7 +90,10 @@ impl Checker<'_> {
                 self.err(
                     Some(v.span()),
                     field,
-                    format!("`{}` is not a duration ({e}); write e.g. \"5s\" or \"500ms\"", v.get_ref()),
+                    format!(
+                        "`{}` is not a duration ({e}); write e.g. \"5s\" or \"500ms\"",
+                        v.get_ref()
+                    ),
                 );
                 default
             }
@@ -85,8 +101,17 @@ impl Checker<'_> {
     }
 }
 
-pub(crate) fn validate(raw: RawConfig, text: &str, file: &str, env: &Env) -> Result<Config, ConfigErrors> {
-    let mut c = Checker { text, file, errors: Vec::new() };
+pub(crate) fn validate(
+    raw: RawConfig,
+    text: &str,
+    file: &str,
+    env: &Env,
+) -> Result<Config, ConfigErrors> {
+    let mut c = Checker {
+        text,
+        file,
+        errors: Vec::new(),
+    };
 
     let node = match &raw.node {
         Some(n) if valid_name(n.get_ref()) => n.get_ref().clone(),
@@ -121,29 +146,52 @@ pub(crate) fn validate(raw: RawConfig, text: &str, file: &str, env: &Env) -> Res
         let field = format!("peer[{i}]");
         let name = rp.name.get_ref();
         if !valid_name(name) {
-            c.err(Some(rp.name.span()), format!("{field}.name"), name_rule(name));
+            c.err(
+                Some(rp.name.span()),
+                format!("{field}.name"),
+                name_rule(name),
+            );
         } else if let Some(prev) = peer_names.insert(name.clone(), i) {
             c.err(
                 Some(rp.name.span()),
                 format!("{field}.name"),
-                format!("two peers are named `{name}` (peer[{prev}] too); peer names must be unique"),
+                format!(
+                    "two peers are named `{name}` (peer[{prev}] too); peer names must be unique"
+                ),
             );
         }
         if let Some(peer) = validate_peer(&mut c, rp, &field, env, &ssh_config) {
             // validate_peer keeps the order: every -L in file order, then every -R.
-            let raws = rp.forward.iter().enumerate().map(|(j, r)| (format!("{field}.forward[{j}]"), r));
-            let raws = raws.chain(rp.reverse.iter().enumerate().map(|(j, r)| (format!("{field}.reverse[{j}]"), r)));
+            let raws = rp
+                .forward
+                .iter()
+                .enumerate()
+                .map(|(j, r)| (format!("{field}.forward[{j}]"), r));
+            let raws = raws.chain(
+                rp.reverse
+                    .iter()
+                    .enumerate()
+                    .map(|(j, r)| (format!("{field}.reverse[{j}]"), r)),
+            );
             for (f, (ffield, raw_f)) in peer.forwards.iter().zip(raws) {
                 if let Some(prev) = tunnel_names.insert(f.name.clone(), ffield.clone()) {
                     let span = raw_f.name.as_ref().map_or(raw_f.local.span(), |n| n.span());
                     c.err(
                         Some(span),
                         format!("{ffield}.name"),
-                        format!("tunnel name `{}` is already used by {prev}; set a unique `name`", f.name),
+                        format!(
+                            "tunnel name `{}` is already used by {prev}; set a unique `name`",
+                            f.name
+                        ),
                     );
                 }
                 if let Some(addr) = f.listen_addr() {
-                    let clash = listen_ports.iter().find(|(a, _)| a.port() == addr.port() && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified()));
+                    let clash = listen_ports.iter().find(|(a, _)| {
+                        a.port() == addr.port()
+                            && (a.ip() == addr.ip()
+                                || a.ip().is_unspecified()
+                                || addr.ip().is_unspecified())
+                    });
                     if let Some((_, prev)) = clash {
                         c.err(
                             Some(raw_f.local.span()),
@@ -165,7 +213,11 @@ pub(crate) fn validate(raw: RawConfig, text: &str, file: &str, env: &Env) -> Res
     for (i, rs) in raw.service.iter().enumerate() {
         let field = format!("service[{i}]");
         if let Some(prev) = service_names.insert(rs.name.get_ref().clone(), i) {
-            c.err(Some(rs.name.span()), format!("{field}.name"), format!("service[{prev}] has this name too; service names must be unique"));
+            c.err(
+                Some(rs.name.span()),
+                format!("{field}.name"),
+                format!("service[{prev}] has this name too; service names must be unique"),
+            );
         }
         if let Some(svc) = validate_service(&mut c, rs, &field, &node, &peers, &mut listen_ports) {
             services.push(svc);
@@ -178,7 +230,9 @@ pub(crate) fn validate(raw: RawConfig, text: &str, file: &str, env: &Env) -> Res
     Ok(Config {
         source: None,
         node,
-        api: ApiConfig { listen: api_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8007))) },
+        api: ApiConfig {
+            listen: api_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8007))),
+        },
         peers,
         services,
         nodes,
@@ -196,14 +250,24 @@ fn validate_service(
     let before = c.errors.len();
     let name = rs.name.get_ref();
     if !valid_name(name) {
-        c.err(Some(rs.name.span()), format!("{field}.name"), name_rule(name));
+        c.err(
+            Some(rs.name.span()),
+            format!("{field}.name"),
+            name_rule(name),
+        );
     }
-    let kind = ServiceKind::ALL.iter().find(|(n, _)| *n == rs.kind.get_ref()).map(|(_, k)| *k);
+    let kind = ServiceKind::ALL
+        .iter()
+        .find(|(n, _)| *n == rs.kind.get_ref())
+        .map(|(_, k)| *k);
     if kind.is_none() {
         c.err(
             Some(rs.kind.span()),
             format!("{field}.kind"),
-            format!("`{}` is not a service kind; use \"ollama\", \"http\", \"postgres\" or \"tcp\"", rs.kind.get_ref()),
+            format!(
+                "`{}` is not a service kind; use \"ollama\", \"http\", \"postgres\" or \"tcp\"",
+                rs.kind.get_ref()
+            ),
         );
     }
     let listen = loopback_addr(c, &rs.listen, &format!("{field}.listen"));
@@ -220,56 +284,112 @@ fn validate_service(
         }
     }
     if rs.candidates.is_empty() {
-        c.err(Some(rs.name.span()), format!("{field}.candidates"), "is empty; list the nodes that serve it, first = preferred");
+        c.err(
+            Some(rs.name.span()),
+            format!("{field}.candidates"),
+            "is empty; list the nodes that serve it, first = preferred",
+        );
     }
-    let candidates = node_endpoints(c, &rs.candidates, &format!("{field}.candidates"), this_node, peers);
+    let candidates = node_endpoints(
+        c,
+        &rs.candidates,
+        &format!("{field}.candidates"),
+        this_node,
+        peers,
+    );
     let vram = validate_vram(c, rs.vram.as_ref(), field);
     let probe = validate_probe(c, rs.probe.as_ref(), field);
-    let hold_down = c.duration(&rs.hold_down, format!("{field}.hold_down"), crate::route::HOLD_DOWN);
+    let hold_down = c.duration(
+        &rs.hold_down,
+        format!("{field}.hold_down"),
+        crate::route::HOLD_DOWN,
+    );
     if c.errors.len() > before {
         return None;
     }
-    Some(ServiceConfig { name: name.clone(), kind: kind?, listen: listen?, candidates, probe, hold_down, vram })
+    Some(ServiceConfig {
+        name: name.clone(),
+        kind: kind?,
+        listen: listen?,
+        candidates,
+        probe,
+        hold_down,
+        vram,
+    })
 }
 
 /// A list of `{ node, tunnel | address }`: how this node reaches each node's instance
 /// of something (a service's candidates, the other nodes' APIs).
-fn node_endpoints(c: &mut Checker<'_>, list: &[RawCandidate], field: &str, this_node: &str, peers: &[PeerConfig]) -> Vec<Candidate> {
+fn node_endpoints(
+    c: &mut Checker<'_>,
+    list: &[RawCandidate],
+    field: &str,
+    this_node: &str,
+    peers: &[PeerConfig],
+) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     for (j, rc) in list.iter().enumerate() {
         let cfield = format!("{field}[{j}]");
         let node = rc.node.get_ref();
         if !valid_name(node) {
-            c.err(Some(rc.node.span()), format!("{cfield}.node"), name_rule(node));
+            c.err(
+                Some(rc.node.span()),
+                format!("{cfield}.node"),
+                name_rule(node),
+            );
             continue;
         }
         if out.iter().any(|x| &x.node == node) {
-            c.err(Some(rc.node.span()), format!("{cfield}.node"), format!("`{node}` is listed twice"));
+            c.err(
+                Some(rc.node.span()),
+                format!("{cfield}.node"),
+                format!("`{node}` is listed twice"),
+            );
             continue;
         }
         let target = match (&rc.tunnel, &rc.address) {
             (Some(t), None) => tunnel_end(c, t, &cfield, peers),
             (None, Some(a)) => host_port(c, a, &format!("{cfield}.address")).map(|hp| (hp, None)),
             _ => {
-                c.err(Some(rc.node.span()), cfield.clone(), "give exactly one of `tunnel` (a -L forward's name) or `address` (host:port)");
+                c.err(
+                    Some(rc.node.span()),
+                    cfield.clone(),
+                    "give exactly one of `tunnel` (a -L forward's name) or `address` (host:port)",
+                );
                 None
             }
         };
         if let Some((address, tunnel)) = target {
-            out.push(Candidate { node: node.clone(), address, tunnel, is_local: node == this_node });
+            out.push(Candidate {
+                node: node.clone(),
+                address,
+                tunnel,
+                is_local: node == this_node,
+            });
         }
     }
     out
 }
 
 /// `vram = { "llama3.1:70b" = "40GiB" }`: what a model needs on one GPU.
-fn validate_vram(c: &mut Checker<'_>, v: Option<&std::collections::BTreeMap<String, Spanned<String>>>, field: &str) -> Vec<(String, u64)> {
+fn validate_vram(
+    c: &mut Checker<'_>,
+    v: Option<&std::collections::BTreeMap<String, Spanned<String>>>,
+    field: &str,
+) -> Vec<(String, u64)> {
     let Some(v) = v else { return Vec::new() };
     v.iter()
         .filter_map(|(model, size)| match parse_size(size.get_ref()) {
             Some(bytes) => Some((model.clone(), bytes)),
             None => {
-                c.err(Some(size.span()), format!("{field}.vram.{model}"), format!("`{}` is not a size; write e.g. \"40GiB\" or \"24GB\"", size.get_ref()));
+                c.err(
+                    Some(size.span()),
+                    format!("{field}.vram.{model}"),
+                    format!(
+                        "`{}` is not a size; write e.g. \"40GiB\" or \"24GB\"",
+                        size.get_ref()
+                    ),
+                );
                 None
             }
         })
@@ -279,7 +399,9 @@ fn validate_vram(c: &mut Checker<'_>, v: Option<&std::collections::BTreeMap<Stri
 /// `40GiB`, `24GB`, `512MiB`, `1073741824`.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let split = s.find(|ch: char| !ch.is_ascii_digit() && ch != '.').unwrap_or(s.len());
+    let split = s
+        .find(|ch: char| !ch.is_ascii_digit() && ch != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let num: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -298,18 +420,48 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// A candidate's `tunnel`: must name a `-L` forward; its local end is where to connect.
-fn tunnel_end(c: &mut Checker<'_>, t: &Spanned<String>, field: &str, peers: &[PeerConfig]) -> Option<(HostPort, Option<String>)> {
+fn tunnel_end(
+    c: &mut Checker<'_>,
+    t: &Spanned<String>,
+    field: &str,
+    peers: &[PeerConfig],
+) -> Option<(HostPort, Option<String>)> {
     let name = t.get_ref();
-    let found = peers.iter().flat_map(|p| p.forwards.iter()).find(|f| &f.name == name);
+    let found = peers
+        .iter()
+        .flat_map(|p| p.forwards.iter())
+        .find(|f| &f.name == name);
     match found {
         Some(f) if f.kind == ForwardKind::Local => Some((f.local.clone(), Some(name.clone()))),
         Some(_) => {
-            c.err(Some(t.span()), format!("{field}.tunnel"), format!("`{name}` is a -R forward; a candidate needs a -L forward (or an `address`)"));
+            c.err(
+                Some(t.span()),
+                format!("{field}.tunnel"),
+                format!(
+                    "`{name}` is a -R forward; a candidate needs a -L forward (or an `address`)"
+                ),
+            );
             None
         }
         None => {
-            let known: Vec<&str> = peers.iter().flat_map(|p| p.forwards.iter()).filter(|f| f.kind == ForwardKind::Local).map(|f| f.name.as_str()).collect();
-            c.err(Some(t.span()), format!("{field}.tunnel"), format!("no -L forward is named `{name}` (known: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") }));
+            let known: Vec<&str> = peers
+                .iter()
+                .flat_map(|p| p.forwards.iter())
+                .filter(|f| f.kind == ForwardKind::Local)
+                .map(|f| f.name.as_str())
+                .collect();
+            c.err(
+                Some(t.span()),
+                format!("{field}.tunnel"),
+                format!(
+                    "no -L forward is named `{name}` (known: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
             None
         }
     }
@@ -321,14 +473,26 @@ fn validate_probe(c: &mut Checker<'_>, p: Option<&RawProbe>, field: &str) -> Pro
     let path = match &p.path {
         Some(path) if path.get_ref().starts_with('/') => path.get_ref().clone(),
         Some(path) => {
-            c.err(Some(path.span()), format!("{field}.probe.path"), "must start with `/`");
+            c.err(
+                Some(path.span()),
+                format!("{field}.probe.path"),
+                "must start with `/`",
+            );
             d.path.clone()
         }
         None => d.path.clone(),
     };
     ProbeConfig {
-        local_interval: c.duration(&p.local_interval, format!("{field}.probe.local_interval"), d.local_interval),
-        remote_interval: c.duration(&p.remote_interval, format!("{field}.probe.remote_interval"), d.remote_interval),
+        local_interval: c.duration(
+            &p.local_interval,
+            format!("{field}.probe.local_interval"),
+            d.local_interval,
+        ),
+        remote_interval: c.duration(
+            &p.remote_interval,
+            format!("{field}.probe.remote_interval"),
+            d.remote_interval,
+        ),
         timeout: c.duration(&p.timeout, format!("{field}.probe.timeout"), d.timeout),
         path,
         user: p.user.clone().unwrap_or(d.user),
@@ -351,7 +515,9 @@ fn validate_peer(
         Ok((user, host, port)) => {
             let resolved = ssh_config.resolve(&host);
             Some(SshTarget {
-                user: user.or(resolved.user.clone()).unwrap_or_else(|| env.user.clone()),
+                user: user
+                    .or(resolved.user.clone())
+                    .unwrap_or_else(|| env.user.clone()),
                 host: resolved.hostname.clone().unwrap_or(host),
                 port: port.or(resolved.port).unwrap_or(22),
             })
@@ -365,7 +531,11 @@ fn validate_peer(
 
     let identities = match &rp.identity {
         Some(list) if list.is_empty() => {
-            c.err(None, format!("{field}.identity"), "is empty; list at least one of \"agent\", \"keychain:NAME\" or a key file");
+            c.err(
+                None,
+                format!("{field}.identity"),
+                "is empty; list at least one of \"agent\", \"keychain:NAME\" or a key file",
+            );
             Vec::new()
         }
         Some(list) => list
@@ -384,12 +554,19 @@ fn validate_peer(
             // ~/.ssh/config names (or the default key files).
             let mut ids = vec![
                 IdentitySource::Agent { socket: None },
-                IdentitySource::Keychain { entry: name.clone() },
+                IdentitySource::Keychain {
+                    entry: name.clone(),
+                },
             ];
-            let files = target.as_ref().map(|(_, r)| r.identity_files.clone()).unwrap_or_default();
+            let files = target
+                .as_ref()
+                .map(|(_, r)| r.identity_files.clone())
+                .unwrap_or_default();
             if files.is_empty() {
                 for f in ["id_ed25519", "id_ecdsa", "id_rsa"] {
-                    ids.push(IdentitySource::File { path: env.home.join(".ssh").join(f) });
+                    ids.push(IdentitySource::File {
+                        path: env.home.join(".ssh").join(f),
+                    });
                 }
             } else {
                 ids.extend(files.into_iter().map(|path| IdentitySource::File { path }));
@@ -402,7 +579,11 @@ fn validate_peer(
         Some(RawPaths::One(p)) => vec![env.expand(p)],
         Some(RawPaths::Many(ps)) if !ps.is_empty() => ps.iter().map(|p| env.expand(p)).collect(),
         Some(RawPaths::Many(_)) => {
-            c.err(None, format!("{field}.known_hosts"), "is an empty list; give at least one file");
+            c.err(
+                None,
+                format!("{field}.known_hosts"),
+                "is an empty list; give at least one file",
+            );
             Vec::new()
         }
         None => target
@@ -414,21 +595,34 @@ fn validate_peer(
 
     let keepalive = validate_keepalive(c, rp.keepalive.as_ref(), field);
     let backoff = validate_backoff(c, rp.backoff.as_ref(), field);
-    let connect_timeout =
-        c.duration(&rp.connect_timeout, format!("{field}.connect_timeout"), Duration::from_secs(10));
+    let connect_timeout = c.duration(
+        &rp.connect_timeout,
+        format!("{field}.connect_timeout"),
+        Duration::from_secs(10),
+    );
     let idle = c.duration(&rp.idle, format!("{field}.idle"), Duration::from_secs(300));
     let on_demand = match rp.connect.as_ref().map(|s| (s, s.get_ref().as_str())) {
         None | Some((_, "always")) => None,
         Some((_, "on-demand")) => Some(idle),
         Some((s, other)) => {
-            c.err(Some(s.span()), format!("{field}.connect"), format!("`{other}` is not \"always\" or \"on-demand\""));
+            c.err(
+                Some(s.span()),
+                format!("{field}.connect"),
+                format!("`{other}` is not \"always\" or \"on-demand\""),
+            );
             None
         }
     };
 
     let mut forwards = Vec::new();
     for (j, f) in rp.forward.iter().enumerate() {
-        if let Some(f) = validate_forward(c, f, ForwardKind::Local, &format!("{field}.forward[{j}]"), &name) {
+        if let Some(f) = validate_forward(
+            c,
+            f,
+            ForwardKind::Local,
+            &format!("{field}.forward[{j}]"),
+            &name,
+        ) {
             forwards.push(f);
         }
     }
@@ -438,7 +632,14 @@ fn validate_peer(
         if let Some(f) = validate_forward(c, f, ForwardKind::Remote, &ffield, &name) {
             if let Some(prev) = remote_binds.insert(f.remote.clone(), j) {
                 let span = rp.reverse[j].remote.span();
-                c.err(Some(span), format!("{ffield}.remote"), format!("{} is already forwarded by {field}.reverse[{prev}]", f.remote));
+                c.err(
+                    Some(span),
+                    format!("{ffield}.remote"),
+                    format!(
+                        "{} is already forwarded by {field}.reverse[{prev}]",
+                        f.remote
+                    ),
+                );
             }
             forwards.push(f);
         }
@@ -466,10 +667,18 @@ fn validate_peer(
 fn validate_keepalive(c: &mut Checker<'_>, k: Option<&RawKeepalive>, field: &str) -> Keepalive {
     let d = Keepalive::default();
     let Some(k) = k else { return d };
-    let interval = c.duration(&k.interval, format!("{field}.keepalive.interval"), d.interval);
+    let interval = c.duration(
+        &k.interval,
+        format!("{field}.keepalive.interval"),
+        d.interval,
+    );
     let count = match &k.count {
         Some(n) if *n.get_ref() == 0 => {
-            c.err(Some(n.span()), format!("{field}.keepalive.count"), "must be at least 1");
+            c.err(
+                Some(n.span()),
+                format!("{field}.keepalive.count"),
+                "must be at least 1",
+            );
             d.count
         }
         Some(n) => *n.get_ref(),
@@ -485,7 +694,11 @@ fn validate_backoff(c: &mut Checker<'_>, b: Option<&RawBackoff>, field: &str) ->
     let max = c.duration(&b.max, format!("{field}.backoff.max"), d.max.max(initial));
     if max < initial {
         let span = b.max.as_ref().map(|m| m.span());
-        c.err(span, format!("{field}.backoff.max"), "must not be shorter than backoff.initial");
+        c.err(
+            span,
+            format!("{field}.backoff.max"),
+            "must not be shorter than backoff.initial",
+        );
     }
     Backoff { initial, max }
 }
@@ -499,15 +712,23 @@ fn validate_forward(
 ) -> Option<ForwardConfig> {
     let before = c.errors.len();
     let local = match kind {
-        ForwardKind::Local => loopback_addr(c, &f.local, &format!("{field}.local"))
-            .map(|a| HostPort { host: a.ip().to_string(), port: a.port() }),
+        ForwardKind::Local => {
+            loopback_addr(c, &f.local, &format!("{field}.local")).map(|a| HostPort {
+                host: a.ip().to_string(),
+                port: a.port(),
+            })
+        }
         ForwardKind::Remote => host_port(c, &f.local, &format!("{field}.local")),
     };
     let remote = host_port(c, &f.remote, &format!("{field}.remote"));
     let name = match &f.name {
         Some(n) if valid_name(n.get_ref()) => Some(n.get_ref().clone()),
         Some(n) => {
-            c.err(Some(n.span()), format!("{field}.name"), name_rule(n.get_ref()));
+            c.err(
+                Some(n.span()),
+                format!("{field}.name"),
+                name_rule(n.get_ref()),
+            );
             None
         }
         None => None,
@@ -520,7 +741,12 @@ fn validate_forward(
         ForwardKind::Local => format!("{peer}-L{}", local.port),
         ForwardKind::Remote => format!("{peer}-R{}", remote.port),
     });
-    Some(ForwardConfig { name, kind, local, remote })
+    Some(ForwardConfig {
+        name,
+        kind,
+        local,
+        remote,
+    })
 }
 
 fn host_port(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Option<HostPort> {
@@ -551,7 +777,11 @@ fn loopback_addr(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Optio
                 Ok(hp) => format!("; write an IP address, e.g. \"127.0.0.1:{}\"", hp.port),
                 Err(m) => format!(" ({m})"),
             };
-            c.err(Some(v.span()), field, format!("`{s}` is not an IP:port address{hint}"));
+            c.err(
+                Some(v.span()),
+                field,
+                format!("`{s}` is not an IP:port address{hint}"),
+            );
             None
         }
     }
@@ -561,29 +791,44 @@ fn loopback_addr(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Optio
 pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
     let s = s.trim();
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (h, p) = rest.split_once("]:").ok_or_else(|| format!("`{s}` is not [address]:port"))?;
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("`{s}` is not [address]:port"))?;
         (h, p)
     } else {
-        s.rsplit_once(':').ok_or_else(|| format!("`{s}` has no port; write host:port, e.g. \"127.0.0.1:11434\""))?
+        s.rsplit_once(':').ok_or_else(|| {
+            format!("`{s}` has no port; write host:port, e.g. \"127.0.0.1:11434\"")
+        })?
     };
     if host.is_empty() {
-        return Err(format!("`{s}` has no host; write host:port, e.g. \"127.0.0.1:11434\""));
+        return Err(format!(
+            "`{s}` has no host; write host:port, e.g. \"127.0.0.1:11434\""
+        ));
     }
     if host.contains(':') && !s.starts_with('[') {
-        return Err(format!("`{s}`: write IPv6 addresses in brackets, e.g. \"[::1]:11434\""));
+        return Err(format!(
+            "`{s}`: write IPv6 addresses in brackets, e.g. \"[::1]:11434\""
+        ));
     }
-    let port: u16 = port.parse().map_err(|_| format!("`{port}` in `{s}` is not a port number (1-65535)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{port}` in `{s}` is not a port number (1-65535)"))?;
     if port == 0 {
         return Err(format!("port 0 in `{s}` is not allowed; give a fixed port"));
     }
-    Ok(HostPort { host: host.to_string(), port })
+    Ok(HostPort {
+        host: host.to_string(),
+        port,
+    })
 }
 
 /// `[user@]host[:port]`; user and port are `None` when not written.
 fn parse_ssh_target(s: &str) -> Result<(Option<String>, String, Option<u16>), String> {
     let s = s.trim();
     if s.is_empty() || s.contains(char::is_whitespace) {
-        return Err(format!("`{s}` is not user@host[:port] or a ~/.ssh/config Host alias"));
+        return Err(format!(
+            "`{s}` is not user@host[:port] or a ~/.ssh/config Host alias"
+        ));
     }
     let (user, rest) = match s.rsplit_once('@') {
         Some((u, r)) if !u.is_empty() => (Some(u.to_string()), r),
@@ -594,7 +839,11 @@ fn parse_ssh_target(s: &str) -> Result<(Option<String>, String, Option<u16>), St
         let hp = parse_host_port(rest)?;
         (hp.host, Some(hp.port))
     } else if let Some((h, p)) = rest.split_once(':') {
-        let port = p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("`{p}` in `{s}` is not a port number (1-65535)"))?;
+        let port = p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("`{p}` in `{s}` is not a port number (1-65535)"))?;
         (h.to_string(), Some(port))
     } else {
         (rest.to_string(), None)
@@ -610,24 +859,31 @@ fn parse_identity(s: &str, env: &Env) -> Result<IdentitySource, String> {
     if s == "agent" {
         Ok(IdentitySource::Agent { socket: None })
     } else if let Some(p) = s.strip_prefix("agent:") {
-        Ok(IdentitySource::Agent { socket: Some(env.expand(p)) })
+        Ok(IdentitySource::Agent {
+            socket: Some(env.expand(p)),
+        })
     } else if let Some(e) = s.strip_prefix("keychain:") {
         if e.is_empty() {
             Err("`keychain:` needs an entry name, e.g. \"keychain:aurora\"".to_string())
         } else {
-            Ok(IdentitySource::Keychain { entry: e.to_string() })
+            Ok(IdentitySource::Keychain {
+                entry: e.to_string(),
+            })
         }
     } else if s.is_empty() {
         Err("is empty; write \"agent\", \"keychain:NAME\" or a key file path".to_string())
     } else {
-        Ok(IdentitySource::File { path: env.expand(s) })
+        Ok(IdentitySource::File {
+            path: env.expand(s),
+        })
     }
 }
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+        && s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
 }
 
 fn name_rule(s: &str) -> String {

@@ -48,7 +48,9 @@ impl Endpoint {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         // Idle upstream connections go after 5 s (they keep on-demand tunnels open).
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(5)).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build(connector);
         Endpoint { service, client }
     }
 
@@ -59,7 +61,11 @@ impl Endpoint {
 
 /// Ollama's error shape, which its clients show to the user.
 fn ollama_error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": msg.into() }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": msg.into() })),
+    )
+        .into_response()
 }
 
 /// The `model` a request asks for, from its JSON body.
@@ -73,12 +79,23 @@ fn requested_model(body: &[u8]) -> Option<String> {
     m.model.or(m.name).filter(|s| !s.is_empty())
 }
 
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 fn forward_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
-        if !HOP_BY_HOP.contains(&name.as_str()) && name != header::HOST && name != header::CONTENT_LENGTH {
+        if !HOP_BY_HOP.contains(&name.as_str())
+            && name != header::HOST
+            && name != header::CONTENT_LENGTH
+        {
             to.append(name.clone(), value.clone());
         }
     }
@@ -88,7 +105,12 @@ async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
-        Err(_) => return ollama_error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {} MiB", MAX_BODY >> 20)),
+        Err(_) => {
+            return ollama_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {} MiB", MAX_BODY >> 20),
+            )
+        }
     };
     let model = requested_model(&body);
     let vram_bytes = model.as_deref().and_then(|m| ep.service.vram_need(m));
@@ -100,7 +122,9 @@ async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
     for (k, choice) in plan.order.iter().enumerate() {
         let cand = &ep.service.candidates[choice.index];
         let last = k + 1 == attempts;
-        let mut up = hyper::Request::builder().method(parts.method.clone()).uri(format!("http://{}{path}", cand.config.address));
+        let mut up = hyper::Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("http://{}{path}", cand.config.address));
         if let Some(h) = up.headers_mut() {
             forward_headers(&parts.headers, h);
         }
@@ -118,7 +142,10 @@ async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
                 continue;
             }
             Err(_) => {
-                failures.push(format!("{}: no answer within {FIRST_BYTE_TIMEOUT:?}", choice.node));
+                failures.push(format!(
+                    "{}: no answer within {FIRST_BYTE_TIMEOUT:?}",
+                    choice.node
+                ));
                 cand.request_failed();
                 continue;
             }
@@ -137,20 +164,36 @@ async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
         // Ollama's 404 for a model this node lacks: another node may have it.
         if status == StatusCode::NOT_FOUND && !last && needs.model.is_some() {
             let (head, body) = resp.into_parts();
-            let text = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let text = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             if String::from_utf8_lossy(&text).contains("not found") {
                 failures.push(format!("{}: model not found", choice.node));
                 continue;
             }
-            return respond(hyper::Response::from_parts(head, Full::new(text).map_err(|e| match e {}).boxed()), &choice.node, &failures, in_flight);
+            return respond(
+                hyper::Response::from_parts(head, Full::new(text).map_err(|e| match e {}).boxed()),
+                &choice.node,
+                &failures,
+                in_flight,
+            );
         }
         if k > 0 {
             tracing::info!(service = %ep.service.config.name, "served by {} after: {}", choice.node, failures.join("; "));
         }
         return respond(resp.map(|b| b.boxed()), &choice.node, &failures, in_flight);
     }
-    let why = if failures.is_empty() { "no candidate is configured".to_string() } else { failures.join("; ") };
-    ollama_error(StatusCode::BAD_GATEWAY, format!("no node could serve {}: {why}", ep.service.config.name))
+    let why = if failures.is_empty() {
+        "no candidate is configured".to_string()
+    } else {
+        failures.join("; ")
+    };
+    ollama_error(
+        StatusCode::BAD_GATEWAY,
+        format!("no node could serve {}: {why}", ep.service.config.name),
+    )
 }
 
 fn transport_error(e: &hyper_util::client::legacy::Error) -> String {
@@ -165,7 +208,12 @@ fn transport_error(e: &hyper_util::client::legacy::Error) -> String {
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// Streams the upstream answer back, chunk by chunk, naming the node.
-fn respond(resp: hyper::Response<UpstreamBody>, node: &str, tried: &[String], in_flight: RequestGuard) -> Response {
+fn respond(
+    resp: hyper::Response<UpstreamBody>,
+    node: &str,
+    tried: &[String],
+    in_flight: RequestGuard,
+) -> Response {
     let (mut head, body) = resp.into_parts();
     for h in HOP_BY_HOP {
         head.headers.remove(h);
@@ -173,12 +221,18 @@ fn respond(resp: hyper::Response<UpstreamBody>, node: &str, tried: &[String], in
     if let Ok(v) = HeaderValue::from_str(node) {
         head.headers.insert(NODE_HEADER, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&tried.join("; ")).map_err(drop).and_then(|v| (!tried.is_empty()).then_some(v).ok_or(())) {
+    if let Ok(v) = HeaderValue::from_str(&tried.join("; "))
+        .map_err(drop)
+        .and_then(|v| (!tried.is_empty()).then_some(v).ok_or(()))
+    {
         head.headers.insert(TRIED_HEADER, v);
     }
     // An error line can be appended only to a chunked NDJSON stream.
     let ndjson = !head.headers.contains_key(header::CONTENT_LENGTH)
-        && head.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/x-ndjson"));
+        && head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/x-ndjson"));
     let node = node.to_string();
     let stream = futures_util::stream::unfold(Some((body, in_flight)), move |state| {
         let node = node.clone();
@@ -187,7 +241,9 @@ fn respond(resp: hyper::Response<UpstreamBody>, node: &str, tried: &[String], in
             loop {
                 match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
                     Ok(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => return Some((Ok::<_, std::io::Error>(data), Some((body, in_flight)))),
+                        Ok(data) => {
+                            return Some((Ok::<_, std::io::Error>(data), Some((body, in_flight))))
+                        }
                         Err(_) => continue, // trailers
                     },
                     Ok(None) => return None,
@@ -197,7 +253,10 @@ fn respond(resp: hyper::Response<UpstreamBody>, node: &str, tried: &[String], in
                     }
                     Err(_) => {
                         in_flight.candidate().request_failed();
-                        return error_line(ndjson, format!("{node} sent nothing for {} s", IDLE_TIMEOUT.as_secs()));
+                        return error_line(
+                            ndjson,
+                            format!("{node} sent nothing for {} s", IDLE_TIMEOUT.as_secs()),
+                        );
                     }
                 }
             }
@@ -223,8 +282,14 @@ mod tests {
 
     #[test]
     fn model_from_ollama_requests() {
-        assert_eq!(requested_model(br#"{"model":"llama3.2","prompt":"hi"}"#).as_deref(), Some("llama3.2"));
-        assert_eq!(requested_model(br#"{"name":"llama3.2"}"#).as_deref(), Some("llama3.2"));
+        assert_eq!(
+            requested_model(br#"{"model":"llama3.2","prompt":"hi"}"#).as_deref(),
+            Some("llama3.2")
+        );
+        assert_eq!(
+            requested_model(br#"{"name":"llama3.2"}"#).as_deref(),
+            Some("llama3.2")
+        );
         assert_eq!(requested_model(b"not json"), None);
         assert_eq!(requested_model(br#"{"model":""}"#), None);
     }

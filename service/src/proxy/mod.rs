@@ -20,7 +20,10 @@ use crate::tunnel::Backoff;
 /// until `cancel`.
 pub async fn serve(service: Arc<ServiceHandle>, cancel: CancellationToken) {
     let addr = service.config.listen;
-    let mut backoff = Backoff::new(crate::config::Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(10) });
+    let mut backoff = Backoff::new(crate::config::Backoff {
+        initial: Duration::from_millis(500),
+        max: Duration::from_secs(10),
+    });
     let listener = loop {
         match TcpListener::bind(addr).await {
             Ok(l) => break l,
@@ -42,7 +45,9 @@ pub async fn serve(service: Arc<ServiceHandle>, cancel: CancellationToken) {
     match service.config.kind {
         ServiceKind::Ollama | ServiceKind::Http => {
             let app = http::Endpoint::new(service.clone()).router();
-            let _ = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await;
         }
         ServiceKind::Postgres | ServiceKind::Tcp => tcp::serve(listener, service, cancel).await,
     }

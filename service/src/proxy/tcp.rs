@@ -35,14 +35,24 @@ pub async fn serve(listener: TcpListener, service: Arc<ServiceHandle>, cancel: C
     }
 }
 
-async fn connection(client: TcpStream, from: std::net::SocketAddr, service: Arc<ServiceHandle>, cancel: CancellationToken) {
+async fn connection(
+    client: TcpStream,
+    from: std::net::SocketAddr,
+    service: Arc<ServiceHandle>,
+    cancel: CancellationToken,
+) {
     let _ = client.set_nodelay(true);
     let mut failures = Vec::new();
     let plan = service.plan(&Needs::default());
     // Through a -L tunnel a connect always succeeds, so "try everyone" (panic mode)
     // would hand a PostgreSQL client a dead end: refuse it with a clear error instead.
     let order = if plan.panic && service.config.kind == ServiceKind::Postgres {
-        failures.extend(service.candidates.iter().map(|c| format!("{}: {}", c.config.node, c.status().health.reason)));
+        failures.extend(
+            service
+                .candidates
+                .iter()
+                .map(|c| format!("{}: {}", c.config.node, c.status().health.reason)),
+        );
         Vec::new()
     } else {
         plan.order
@@ -50,7 +60,12 @@ async fn connection(client: TcpStream, from: std::net::SocketAddr, service: Arc<
     for choice in order {
         let cand = &service.candidates[choice.index];
         let addr = &cand.config.address;
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((addr.host.as_str(), addr.port))).await {
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((addr.host.as_str(), addr.port)),
+        )
+        .await
+        {
             Ok(Ok(upstream)) => {
                 let _ = upstream.set_nodelay(true);
                 let _in_flight = cand.begin_request();
@@ -66,14 +81,25 @@ async fn connection(client: TcpStream, from: std::net::SocketAddr, service: Arc<
                 return;
             }
             Ok(Err(e)) => failures.push(format!("{}: {e}", choice.node)),
-            Err(_) => failures.push(format!("{}: no answer within {CONNECT_TIMEOUT:?}", choice.node)),
+            Err(_) => failures.push(format!(
+                "{}: no answer within {CONNECT_TIMEOUT:?}",
+                choice.node
+            )),
         }
         cand.request_failed();
     }
-    let why = format!("no {} node is up ({})", service.config.name, failures.join("; "));
+    let why = format!(
+        "no {} node is up ({})",
+        service.config.name,
+        failures.join("; ")
+    );
     tracing::warn!(service = %service.config.name, "refused a connection from {from}: {why}");
     if service.config.kind == ServiceKind::Postgres {
-        let _ = tokio::time::timeout(Duration::from_secs(5), pg_refuse(client, &format!("robbie-mesh: {why}"))).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            pg_refuse(client, &format!("robbie-mesh: {why}")),
+        )
+        .await;
     }
 }
 
@@ -94,7 +120,12 @@ async fn pg_refuse(mut client: TcpStream, message: &str) -> std::io::Result<()> 
         break;
     }
     let mut fields = Vec::new();
-    for (tag, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', "08006"), (b'M', message)] {
+    for (tag, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "08006"),
+        (b'M', message),
+    ] {
         fields.push(tag);
         fields.extend_from_slice(value.as_bytes());
         fields.push(0);

@@ -22,7 +22,8 @@ pub async fn authenticate(handle: &mut Handle, peer: &PeerConfig) -> Result<(), 
     for source in &peer.identities {
         let outcome = match source {
             IdentitySource::Agent { socket } => try_agent(handle, &user, socket.as_deref()).await,
-            IdentitySource::Keychain { entry } => match blocking(keychain_key(entry.clone())).await {
+            IdentitySource::Keychain { entry } => match blocking(keychain_key(entry.clone())).await
+            {
                 Ok(key) => try_key(handle, &user, key).await,
                 Err(why) => Outcome::Unusable(why),
             },
@@ -41,17 +42,31 @@ pub async fn authenticate(handle: &mut Handle, peer: &PeerConfig) -> Result<(), 
                 tracing::debug!(peer = %peer.name, "authenticated as {user} with {source}");
                 return Ok(());
             }
-            Outcome::Refused(n) => tried.push(format!("{source} ({n} key{} refused)", if n == 1 { "" } else { "s" })),
+            Outcome::Refused(n) => tried.push(format!(
+                "{source} ({n} key{} refused)",
+                if n == 1 { "" } else { "s" }
+            )),
             Outcome::Unusable(why) => tried.push(format!("{source} ({why})")),
             Outcome::Broken(e) => return Err(e),
         }
     }
-    Err(SshError::AuthFailed { user, tried: if tried.is_empty() { "nothing".into() } else { tried.join(", ") } })
+    Err(SshError::AuthFailed {
+        user,
+        tried: if tried.is_empty() {
+            "nothing".into()
+        } else {
+            tried.join(", ")
+        },
+    })
 }
 
 /// Keychain and file access block (D-Bus, disk): keep them off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(format!("worker failed: {e}")))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("worker failed: {e}")))
 }
 
 enum Outcome {
@@ -79,12 +94,17 @@ async fn try_agent(handle: &mut Handle, user: &str, socket: Option<&std::path::P
     };
     let mut refused = 0;
     for id in identities {
-        let AgentIdentity::PublicKey { key, .. } = id else { continue };
+        let AgentIdentity::PublicKey { key, .. } = id else {
+            continue;
+        };
         let hash = match rsa_hash(handle, key.algorithm().is_rsa()).await {
             Ok(h) => h,
             Err(e) => return Outcome::Broken(e),
         };
-        match handle.authenticate_publickey_with(user, key, hash, &mut agent).await {
+        match handle
+            .authenticate_publickey_with(user, key, hash, &mut agent)
+            .await
+        {
             Ok(AuthResult::Success) => return Outcome::Accepted,
             Ok(AuthResult::Failure { .. }) => refused += 1,
             Err(e) => return Outcome::Unusable(format!("agent failed to sign: {e}")),
@@ -102,7 +122,10 @@ async fn try_key(handle: &mut Handle, user: &str, key: PrivateKey) -> Outcome {
         Ok(h) => h,
         Err(e) => return Outcome::Broken(e),
     };
-    match handle.authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await {
+    match handle
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+        .await
+    {
         Ok(AuthResult::Success) => Outcome::Accepted,
         Ok(AuthResult::Failure { .. }) => Outcome::Refused(1),
         Err(e) => Outcome::Broken(SshError::Protocol(e.to_string())),
@@ -122,7 +145,9 @@ async fn rsa_hash(handle: &Handle, is_rsa: bool) -> Result<Option<HashAlg>, SshE
 /// The private key stored in the keychain as `entry`.
 fn keychain_key(entry: String) -> impl FnOnce() -> Result<PrivateKey, String> {
     move || match keys::private_key(&entry) {
-        Ok(pem) => russh::keys::decode_secret_key(&pem, None).map_err(|e| format!("unreadable key: {e}")),
+        Ok(pem) => {
+            russh::keys::decode_secret_key(&pem, None).map_err(|e| format!("unreadable key: {e}"))
+        }
         Err(keys::KeychainError::NotFound(_)) => Err("no such entry".into()),
         Err(e) => Err(e.to_string()),
     }
@@ -142,7 +167,11 @@ fn load_file(path: &std::path::Path) -> Result<PrivateKey, String> {
             let account = keys::passphrase_account(path);
             let pass = match keys::get(&account) {
                 Ok(Some(p)) => p,
-                Ok(None) => return Err(format!("encrypted; store its passphrase in the keychain as `{account}`")),
+                Ok(None) => {
+                    return Err(format!(
+                        "encrypted; store its passphrase in the keychain as `{account}`"
+                    ))
+                }
                 Err(e) => return Err(format!("encrypted, and the keychain failed: {e}")),
             };
             russh::keys::decode_secret_key(&text, Some(&pass))

@@ -45,7 +45,9 @@ impl KnownHosts {
     /// Reads every file; missing files are empty, malformed lines are skipped
     /// (as `ssh` does) and returned as warnings.
     pub fn load(files: &[PathBuf]) -> (KnownHosts, Vec<String>) {
-        let mut kh = KnownHosts { entries: Vec::new() };
+        let mut kh = KnownHosts {
+            entries: Vec::new(),
+        };
         let mut warnings = Vec::new();
         for f in files {
             if let Ok(text) = std::fs::read_to_string(f) {
@@ -56,7 +58,9 @@ impl KnownHosts {
     }
 
     pub fn parse(file: &Path, text: &str) -> KnownHosts {
-        let mut kh = KnownHosts { entries: Vec::new() };
+        let mut kh = KnownHosts {
+            entries: Vec::new(),
+        };
         kh.add_text(file, text, &mut Vec::new());
         kh
     }
@@ -76,14 +80,22 @@ impl KnownHosts {
                     // Host certificates are not supported: such a line trusts nothing.
                     "@cert-authority" => continue,
                     other => {
-                        warnings.push(format!("{}:{}: unknown marker {other}", file.display(), i + 1));
+                        warnings.push(format!(
+                            "{}:{}: unknown marker {other}",
+                            file.display(),
+                            i + 1
+                        ));
                         continue;
                     }
                 }
                 first = fields.next().unwrap_or("");
             }
             let (Some(kind), Some(b64)) = (fields.next(), fields.next()) else {
-                warnings.push(format!("{}:{}: not `hosts keytype key`", file.display(), i + 1));
+                warnings.push(format!(
+                    "{}:{}: not `hosts keytype key`",
+                    file.display(),
+                    i + 1
+                ));
                 continue;
             };
             match PublicKey::from_openssh(&format!("{kind} {b64}")) {
@@ -94,7 +106,11 @@ impl KnownHosts {
                     hosts: first.to_string(),
                     key,
                 }),
-                Err(e) => warnings.push(format!("{}:{}: unreadable {kind} key: {e}", file.display(), i + 1)),
+                Err(e) => warnings.push(format!(
+                    "{}:{}: unreadable {kind} key: {e}",
+                    file.display(),
+                    i + 1
+                )),
             }
         }
     }
@@ -103,12 +119,23 @@ impl KnownHosts {
     pub fn check(&self, name: &str, key: &PublicKey) -> HostKeyVerdict {
         let algo = key.algorithm();
         // A revoked key is refused for every host.
-        if let Some(e) = self.entries.iter().find(|e| e.revoked && e.key.key_data() == key.key_data()) {
-            return HostKeyVerdict::Revoked { file: e.file.clone(), line: e.line };
+        if let Some(e) = self
+            .entries
+            .iter()
+            .find(|e| e.revoked && e.key.key_data() == key.key_data())
+        {
+            return HostKeyVerdict::Revoked {
+                file: e.file.clone(),
+                line: e.line,
+            };
         }
         let mut changed = None;
         let mut other_types = Vec::new();
-        for e in self.entries.iter().filter(|e| !e.revoked && hosts_match(&e.hosts, name)) {
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| !e.revoked && hosts_match(&e.hosts, name))
+        {
             if e.key.key_data() == key.key_data() {
                 return HostKeyVerdict::Trusted;
             }
@@ -128,7 +155,11 @@ impl KnownHosts {
     /// (what `ssh` does to avoid a needless "unknown key type").
     pub fn known_algorithms(&self, name: &str) -> Vec<russh::keys::Algorithm> {
         let mut out = Vec::new();
-        for e in self.entries.iter().filter(|e| !e.revoked && hosts_match(&e.hosts, name)) {
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| !e.revoked && hosts_match(&e.hosts, name))
+        {
             let a = e.key.algorithm();
             if !out.contains(&a) {
                 out.push(a);
@@ -146,8 +177,15 @@ pub fn append(file: &Path, name: &str, key: &PublicKey) -> std::io::Result<()> {
     let line = key
         .to_openssh()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-    let line = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+    let line = line
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)?;
     writeln!(f, "{name} {line}")
 }
 
@@ -174,9 +212,15 @@ fn hosts_match(field: &str, name: &str) -> bool {
 /// `salt|hash`, both base64: HMAC-SHA1(key = salt, message = name) == hash.
 fn hashed_match(salt_and_hash: &str, name: &str) -> bool {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let Some((salt, hash)) = salt_and_hash.split_once('|') else { return false };
-    let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else { return false };
-    let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt) else { return false };
+    let Some((salt, hash)) = salt_and_hash.split_once('|') else {
+        return false;
+    };
+    let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt) else {
+        return false;
+    };
     mac.update(name.as_bytes());
     mac.verify_slice(&hash).is_ok()
 }
@@ -185,8 +229,10 @@ fn hashed_match(salt_and_hash: &str, name: &str) -> bool {
 mod tests {
     use super::*;
 
-    const ED1: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAA76dJieginodV+Ryl5SwxKSCYFUNVUSrZJnIi1kXs+";
-    const ED2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEogFQF8fgu36LCxpMS30/sehb10sSt0LjcPVKVKYtf9";
+    const ED1: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAA76dJieginodV+Ryl5SwxKSCYFUNVUSrZJnIi1kXs+";
+    const ED2: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEogFQF8fgu36LCxpMS30/sehb10sSt0LjcPVKVKYtf9";
 
     fn key(s: &str) -> PublicKey {
         PublicKey::from_openssh(s).expect("test key")
@@ -196,36 +242,73 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(salt).expect("hmac");
         mac.update(name.as_bytes());
-        format!("|1|{}|{}", b64.encode(salt), b64.encode(mac.finalize().into_bytes()))
+        format!(
+            "|1|{}|{}",
+            b64.encode(salt),
+            b64.encode(mac.finalize().into_bytes())
+        )
     }
 
     #[test]
     fn plain_port_and_wildcard_entries() {
-        let text = format!("# c\nexample.com,10.0.0.1 {ED1}\n[example.com]:2222\t{ED2}\n*.lan,!bad.lan {ED1}\n");
+        let text = format!(
+            "# c\nexample.com,10.0.0.1 {ED1}\n[example.com]:2222\t{ED2}\n*.lan,!bad.lan {ED1}\n"
+        );
         let kh = KnownHosts::parse(Path::new("kh"), &text);
         assert_eq!(kh.check("example.com", &key(ED1)), HostKeyVerdict::Trusted);
         assert_eq!(kh.check("10.0.0.1", &key(ED1)), HostKeyVerdict::Trusted);
-        assert_eq!(kh.check("[example.com]:2222", &key(ED2)), HostKeyVerdict::Trusted);
-        assert!(matches!(kh.check("[example.com]:2222", &key(ED1)), HostKeyVerdict::Changed { line: 3, .. }));
+        assert_eq!(
+            kh.check("[example.com]:2222", &key(ED2)),
+            HostKeyVerdict::Trusted
+        );
+        assert!(matches!(
+            kh.check("[example.com]:2222", &key(ED1)),
+            HostKeyVerdict::Changed { line: 3, .. }
+        ));
         assert_eq!(kh.check("box.lan", &key(ED1)), HostKeyVerdict::Trusted);
-        assert_eq!(kh.check("bad.lan", &key(ED1)), HostKeyVerdict::Unknown { other_types: vec![] });
-        assert_eq!(kh.check("other", &key(ED1)), HostKeyVerdict::Unknown { other_types: vec![] });
+        assert_eq!(
+            kh.check("bad.lan", &key(ED1)),
+            HostKeyVerdict::Unknown {
+                other_types: vec![]
+            }
+        );
+        assert_eq!(
+            kh.check("other", &key(ED1)),
+            HostKeyVerdict::Unknown {
+                other_types: vec![]
+            }
+        );
     }
 
     #[test]
     fn hashed_entries() {
-        let text = format!("{} {ED1}\n", hashed("[127.0.0.1]:2200", b"0123456789abcdefghij"));
+        let text = format!(
+            "{} {ED1}\n",
+            hashed("[127.0.0.1]:2200", b"0123456789abcdefghij")
+        );
         let kh = KnownHosts::parse(Path::new("kh"), &text);
-        assert_eq!(kh.check("[127.0.0.1]:2200", &key(ED1)), HostKeyVerdict::Trusted);
-        assert!(matches!(kh.check("[127.0.0.1]:2200", &key(ED2)), HostKeyVerdict::Changed { .. }));
-        assert!(matches!(kh.check("127.0.0.1", &key(ED1)), HostKeyVerdict::Unknown { .. }));
+        assert_eq!(
+            kh.check("[127.0.0.1]:2200", &key(ED1)),
+            HostKeyVerdict::Trusted
+        );
+        assert!(matches!(
+            kh.check("[127.0.0.1]:2200", &key(ED2)),
+            HostKeyVerdict::Changed { .. }
+        ));
+        assert!(matches!(
+            kh.check("127.0.0.1", &key(ED1)),
+            HostKeyVerdict::Unknown { .. }
+        ));
     }
 
     #[test]
     fn revoked_wins_everywhere() {
         let text = format!("host {ED1}\n@revoked * {ED1}\n");
         let kh = KnownHosts::parse(Path::new("kh"), &text);
-        assert!(matches!(kh.check("host", &key(ED1)), HostKeyVerdict::Revoked { line: 2, .. }));
+        assert!(matches!(
+            kh.check("host", &key(ED1)),
+            HostKeyVerdict::Revoked { line: 2, .. }
+        ));
     }
 
     #[test]

@@ -30,9 +30,18 @@ pub enum SshError {
     #[error("no answer from {target} within {timeout:?} (handshake not completed)")]
     Timeout { target: String, timeout: Duration },
     #[error("host key changed for {name} ({file}:{line} lists another {algo} key); if the server was reinstalled, remove that line (ssh-keygen -R '{name}')")]
-    HostKeyChanged { name: String, algo: String, file: String, line: usize },
+    HostKeyChanged {
+        name: String,
+        algo: String,
+        file: String,
+        line: usize,
+    },
     #[error("host key for {name} is revoked ({file}:{line})")]
-    HostKeyRevoked { name: String, file: String, line: usize },
+    HostKeyRevoked {
+        name: String,
+        file: String,
+        line: usize,
+    },
     #[error("host key for {name} is unknown ({fingerprint}); add it to known_hosts (ssh-keyscan -p PORT HOST) or set accept_new = true for this peer")]
     HostKeyUnknown { name: String, fingerprint: String },
     #[error("authentication as {user} failed; tried {tried}")]
@@ -59,7 +68,9 @@ impl SshError {
     pub fn is_host_key_alarm(&self) -> bool {
         matches!(
             self,
-            SshError::HostKeyChanged { .. } | SshError::HostKeyRevoked { .. } | SshError::HostKeyUnknown { .. }
+            SshError::HostKeyChanged { .. }
+                | SshError::HostKeyRevoked { .. }
+                | SshError::HostKeyUnknown { .. }
         )
     }
 }
@@ -80,11 +91,13 @@ pub struct ReverseRoute {
 
 impl ReverseRoutes {
     pub fn insert(&self, bind: &HostPort, route: Arc<ReverseRoute>) {
-        self.lock().insert((bind.host.clone(), u32::from(bind.port)), route);
+        self.lock()
+            .insert((bind.host.clone(), u32::from(bind.port)), route);
     }
 
     pub fn remove(&self, bind: &HostPort) {
-        self.lock().remove(&(bind.host.clone(), u32::from(bind.port)));
+        self.lock()
+            .remove(&(bind.host.clone(), u32::from(bind.port)));
     }
 
     fn find(&self, address: &str, port: u32) -> Option<Arc<ReverseRoute>> {
@@ -123,8 +136,15 @@ impl Drop for MeshHandler {
 impl client::Handler for MeshHandler {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, offered: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let russh::keys::PublicKeyOrCertificate::PublicKey { key: server_public_key, .. } = offered else {
+    async fn check_server_key(
+        &mut self,
+        offered: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let russh::keys::PublicKeyOrCertificate::PublicKey {
+            key: server_public_key,
+            ..
+        } = offered
+        else {
             // We never advertise certificate host-key algorithms.
             return Ok(false);
         };
@@ -137,11 +157,17 @@ impl client::Handler for MeshHandler {
                 file: file.display().to_string(),
                 line,
             },
-            HostKeyVerdict::Revoked { file, line } => {
-                SshError::HostKeyRevoked { name: name.clone(), file: file.display().to_string(), line }
-            }
-            HostKeyVerdict::Unknown { other_types } if self.peer.accept_new && other_types.is_empty() => {
-                let Some(file) = self.peer.known_hosts.first() else { return Ok(false) };
+            HostKeyVerdict::Revoked { file, line } => SshError::HostKeyRevoked {
+                name: name.clone(),
+                file: file.display().to_string(),
+                line,
+            },
+            HostKeyVerdict::Unknown { other_types }
+                if self.peer.accept_new && other_types.is_empty() =>
+            {
+                let Some(file) = self.peer.known_hosts.first() else {
+                    return Ok(false);
+                };
                 match known_hosts::append(file, name, server_public_key) {
                     Ok(()) => {
                         tracing::info!(
@@ -152,12 +178,16 @@ impl client::Handler for MeshHandler {
                         );
                         return Ok(true);
                     }
-                    Err(e) => SshError::Protocol(format!("cannot record the new host key in {}: {e}", file.display())),
+                    Err(e) => SshError::Protocol(format!(
+                        "cannot record the new host key in {}: {e}",
+                        file.display()
+                    )),
                 }
             }
-            HostKeyVerdict::Unknown { .. } => {
-                SshError::HostKeyUnknown { name: name.clone(), fingerprint: fingerprint(server_public_key) }
-            }
+            HostKeyVerdict::Unknown { .. } => SshError::HostKeyUnknown {
+                name: name.clone(),
+                fingerprint: fingerprint(server_public_key),
+            },
         };
         *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(refusal);
         Ok(false)
@@ -199,10 +229,19 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
     let target = peer.target.clone();
     let timeout = peer.connect_timeout;
     let addr = format!("{}:{}", target.host, target.port);
-    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((target.host.as_str(), target.port)))
-        .await
-        .map_err(|_| SshError::Timeout { target: addr.clone(), timeout })?
-        .map_err(|e| SshError::Unreachable { target: addr.clone(), reason: e.to_string() })?;
+    let tcp = tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
+    )
+    .await
+    .map_err(|_| SshError::Timeout {
+        target: addr.clone(),
+        timeout,
+    })?
+    .map_err(|e| SshError::Unreachable {
+        target: addr.clone(),
+        reason: e.to_string(),
+    })?;
     let _ = tcp.set_nodelay(true);
 
     let known_hosts_name = target.known_hosts_name();
@@ -210,7 +249,9 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
     for w in warnings {
         tracing::warn!(peer = %peer.name, "known_hosts: {w}");
     }
-    let config = Arc::new(client_config(&known_hosts.known_algorithms(&known_hosts_name)));
+    let config = Arc::new(client_config(
+        &known_hosts.known_algorithms(&known_hosts_name),
+    ));
     let refusal = Arc::new(Mutex::new(None));
     let closed = CancellationToken::new();
     let handler = MeshHandler {
@@ -236,15 +277,22 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
     };
     tokio::time::timeout(timeout, handshake)
         .await
-        .map_err(|_| SshError::Timeout { target: addr.clone(), timeout })?
+        .map_err(|_| SshError::Timeout {
+            target: addr.clone(),
+            timeout,
+        })?
 }
 
 fn protocol_error(addr: &str, e: russh::Error) -> SshError {
     match e {
-        russh::Error::IO(io) => SshError::Unreachable { target: addr.to_string(), reason: io.to_string() },
-        russh::Error::Disconnect | russh::Error::HUP => {
-            SshError::Unreachable { target: addr.to_string(), reason: "connection closed by the server".into() }
-        }
+        russh::Error::IO(io) => SshError::Unreachable {
+            target: addr.to_string(),
+            reason: io.to_string(),
+        },
+        russh::Error::Disconnect | russh::Error::HUP => SshError::Unreachable {
+            target: addr.to_string(),
+            reason: "connection closed by the server".into(),
+        },
         other => SshError::Protocol(other.to_string()),
     }
 }
@@ -266,11 +314,27 @@ fn client_config(known_algorithms: &[russh::keys::Algorithm]) -> client::Config 
     if !known_algorithms.is_empty() {
         let mut keys: Vec<_> = known_algorithms.to_vec();
         // An RSA key is offered under rsa-sha2-512/256 signatures, all named "rsa".
-        if known_algorithms.iter().any(|a| matches!(a, russh::keys::Algorithm::Rsa { .. })) {
+        if known_algorithms
+            .iter()
+            .any(|a| matches!(a, russh::keys::Algorithm::Rsa { .. }))
+        {
             keys.retain(|a| !matches!(a, russh::keys::Algorithm::Rsa { .. }));
-            keys.extend(preferred.key.iter().filter(|a| matches!(a, russh::keys::Algorithm::Rsa { .. })).cloned());
+            keys.extend(
+                preferred
+                    .key
+                    .iter()
+                    .filter(|a| matches!(a, russh::keys::Algorithm::Rsa { .. }))
+                    .cloned(),
+            );
         }
-        keys.extend(preferred.key.iter().filter(|a| !keys.contains(a)).cloned().collect::<Vec<_>>());
+        keys.extend(
+            preferred
+                .key
+                .iter()
+                .filter(|a| !keys.contains(a))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         preferred.key = Cow::Owned(keys);
     }
     let defaults = client::Config::default();
@@ -294,7 +358,8 @@ fn client_config(known_algorithms: &[russh::keys::Algorithm]) -> client::Config 
 fn cpu_has_aes() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
     }
     #[cfg(target_arch = "aarch64")]
     {

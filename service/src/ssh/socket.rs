@@ -30,7 +30,12 @@ pub struct QuickAck {
 
 impl QuickAck {
     pub fn new(inner: TcpStream) -> Self {
-        QuickAck { inner, buf: vec![0; READ_BUF].into_boxed_slice(), pos: 0, len: 0 }
+        QuickAck {
+            inner,
+            buf: vec![0; READ_BUF].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+        }
     }
 
     #[cfg(target_os = "linux")]
@@ -43,7 +48,11 @@ impl QuickAck {
 }
 
 impl AsyncRead for QuickAck {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.pos == this.len {
             // Empty: read once, into our buffer (or straight into a big enough caller's).
@@ -71,7 +80,11 @@ impl AsyncRead for QuickAck {
 }
 
 impl AsyncWrite for QuickAck {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

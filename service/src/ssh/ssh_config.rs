@@ -40,13 +40,19 @@ pub struct SshConfigFile {
 impl SshConfigFile {
     /// Reads `path`; a missing or unreadable file is an empty config, as for `ssh`.
     pub fn load(path: &Path, home: &Path) -> SshConfigFile {
-        let mut cfg = SshConfigFile { directives: Vec::new(), home: home.to_path_buf() };
+        let mut cfg = SshConfigFile {
+            directives: Vec::new(),
+            home: home.to_path_buf(),
+        };
         cfg.read_file(path, 0);
         cfg
     }
 
     pub fn parse(text: &str, home: &Path) -> SshConfigFile {
-        let mut cfg = SshConfigFile { directives: Vec::new(), home: home.to_path_buf() };
+        let mut cfg = SshConfigFile {
+            directives: Vec::new(),
+            home: home.to_path_buf(),
+        };
         cfg.read_text(text, 0);
         cfg
     }
@@ -60,12 +66,18 @@ impl SshConfigFile {
     fn read_text(&mut self, text: &str, depth: usize) {
         let mut when = Condition::Always;
         for line in text.lines() {
-            let Some((key, args)) = split_line(line) else { continue };
+            let Some((key, args)) = split_line(line) else {
+                continue;
+            };
             match key.as_str() {
                 "host" => when = Condition::Hosts(args),
                 "match" => {
                     let all = args.len() == 1 && args[0].eq_ignore_ascii_case("all");
-                    when = if all { Condition::Always } else { Condition::Never };
+                    when = if all {
+                        Condition::Always
+                    } else {
+                        Condition::Never
+                    };
                 }
                 "include" if depth < 16 => {
                     // Includes inherit the enclosing condition, as in ssh_config(5).
@@ -81,15 +93,25 @@ impl SshConfigFile {
                         }
                     }
                 }
-                _ => self.directives.push(Directive { when: when.clone(), key, args }),
+                _ => self.directives.push(Directive {
+                    when: when.clone(),
+                    key,
+                    args,
+                }),
             }
         }
     }
 
     fn expand_include(&self, pattern: &str) -> Vec<PathBuf> {
         let path = crate::config::expand_tilde_path(pattern, &self.home);
-        let path = if path.is_relative() { self.home.join(".ssh").join(path) } else { path };
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return vec![path] };
+        let path = if path.is_relative() {
+            self.home.join(".ssh").join(path)
+        } else {
+            path
+        };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return vec![path];
+        };
         if !name.contains(['*', '?']) {
             return vec![path];
         }
@@ -97,7 +119,11 @@ impl SshConfigFile {
         let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_str().is_some_and(|n| wildcard_match(name, n)))
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|n| wildcard_match(name, n))
+                    })
                     .map(|e| e.path())
                     .collect()
             })
@@ -117,9 +143,13 @@ impl SshConfigFile {
                 Condition::Never => false,
                 Condition::Hosts(patterns) => host_matches(patterns, host),
             };
-            let Some(first) = d.args.first().filter(|_| applies) else { continue };
+            let Some(first) = d.args.first().filter(|_| applies) else {
+                continue;
+            };
             match d.key.as_str() {
-                "hostname" if r.hostname.is_none() => r.hostname = Some(first.replace("%h", host).replace("%%", "%")),
+                "hostname" if r.hostname.is_none() => {
+                    r.hostname = Some(first.replace("%h", host).replace("%%", "%"))
+                }
                 "user" if r.user.is_none() => r.user = Some(first.clone()),
                 "port" if r.port.is_none() => r.port = first.parse().ok(),
                 "identityfile" => identity.push(first.clone()),
@@ -133,7 +163,10 @@ impl SshConfigFile {
             user: r.user.clone(),
             port: r.port.unwrap_or(22),
         };
-        r.identity_files = identity.iter().map(|p| tokens.path(p, &self.home)).collect();
+        r.identity_files = identity
+            .iter()
+            .map(|p| tokens.path(p, &self.home))
+            .collect();
         r.known_hosts_files = known_hosts
             .unwrap_or_default()
             .iter()
@@ -295,12 +328,18 @@ Host *
     #[test]
     fn alias_resolves_like_openssh() {
         let r = cfg().resolve("aurora");
-        assert_eq!(r.hostname.as_deref(), Some("aurora-town-u44170.vm.elestio.app"));
+        assert_eq!(
+            r.hostname.as_deref(),
+            Some("aurora-town-u44170.vm.elestio.app")
+        );
         assert_eq!(r.user.as_deref(), Some("root"));
         assert_eq!(r.port, Some(2222));
         assert_eq!(
             r.identity_files,
-            vec![PathBuf::from("/home/u/.ssh/aurora_ed25519"), PathBuf::from("/home/u/.ssh/id_ed25519")]
+            vec![
+                PathBuf::from("/home/u/.ssh/aurora_ed25519"),
+                PathBuf::from("/home/u/.ssh/id_ed25519")
+            ]
         );
         assert_eq!(r.known_hosts_files.len(), 2);
     }
@@ -313,7 +352,10 @@ Host *
         assert_eq!(r.user.as_deref(), Some("fallback"));
         let r = cfg().resolve("box.local");
         assert_eq!(r.user.as_deref(), Some("allan"));
-        assert_eq!(r.identity_files[0], PathBuf::from("/home/u/.ssh/box.local_key"));
+        assert_eq!(
+            r.identity_files[0],
+            PathBuf::from("/home/u/.ssh/box.local_key")
+        );
     }
 
     #[test]

@@ -44,16 +44,25 @@ mod tests {
 
     #[test]
     fn doubles_to_cap_with_bounded_jitter_and_resets() {
-        let cfg = BackoffConfig { initial: Duration::from_millis(500), max: Duration::from_secs(30) };
+        let cfg = BackoffConfig {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        };
         let mut b = Backoff::new(cfg);
         let mut bases = Vec::new();
         for _ in 0..10 {
             let base = b.base_delay();
             let d = b.next_delay();
-            assert!(d >= base.mul_f64(0.8) && d <= base.mul_f64(1.2).min(cfg.max), "{d:?} vs {base:?}");
+            assert!(
+                d >= base.mul_f64(0.8) && d <= base.mul_f64(1.2).min(cfg.max),
+                "{d:?} vs {base:?}"
+            );
             bases.push(base.as_millis());
         }
-        assert_eq!(bases, vec![500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]);
+        assert_eq!(
+            bases,
+            vec![500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]
+        );
         b.reset();
         assert_eq!(b.base_delay(), Duration::from_millis(500));
     }

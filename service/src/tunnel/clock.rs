@@ -14,7 +14,11 @@ const THRESHOLD: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_secs(1);
 
 /// Compares one tick of both clocks; `Some(jump)` if they disagree by more than the threshold.
-pub fn jump(mono_elapsed: Duration, wall_before: SystemTime, wall_now: SystemTime) -> Option<Duration> {
+pub fn jump(
+    mono_elapsed: Duration,
+    wall_before: SystemTime,
+    wall_now: SystemTime,
+) -> Option<Duration> {
     let wall_elapsed = match wall_now.duration_since(wall_before) {
         Ok(d) => d.abs_diff(mono_elapsed),
         // The wall clock went backwards.
@@ -50,7 +54,9 @@ impl ClockWatch {
                 }
                 let (mono_now, wall_now) = (Instant::now(), SystemTime::now());
                 if let Some(j) = jump(mono_now - mono, wall, wall_now) {
-                    tracing::info!("wall clock jumped by {j:?} (wake from sleep?); re-checking every session");
+                    tracing::info!(
+                        "wall clock jumped by {j:?} (wake from sleep?); re-checking every session"
+                    );
                     fire.fire(j);
                 }
                 (mono, wall) = (mono_now, wall_now);
@@ -61,7 +67,9 @@ impl ClockWatch {
 
     /// A watch with no task behind it: it fires only through [`ClockWatch::fire`].
     pub fn never() -> ClockWatch {
-        ClockWatch { tx: Arc::new(watch::Sender::new(WallClockJump::default())) }
+        ClockWatch {
+            tx: Arc::new(watch::Sender::new(WallClockJump::default())),
+        }
     }
 
     /// Reports a jump as the watcher would (tests simulate a wake from sleep with it).
@@ -86,7 +94,13 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let one = Duration::from_secs(1);
         assert_eq!(jump(one, t0, t0 + Duration::from_millis(1100)), None);
-        assert_eq!(jump(one, t0, t0 + Duration::from_secs(600)), Some(Duration::from_secs(599)));
-        assert_eq!(jump(one, t0, t0 - Duration::from_secs(5)), Some(Duration::from_secs(6)));
+        assert_eq!(
+            jump(one, t0, t0 + Duration::from_secs(600)),
+            Some(Duration::from_secs(599))
+        );
+        assert_eq!(
+            jump(one, t0, t0 - Duration::from_secs(5)),
+            Some(Duration::from_secs(6))
+        );
     }
 }

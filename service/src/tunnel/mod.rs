@@ -117,7 +117,11 @@ pub struct Demand {
 
 impl Demand {
     pub fn new(on_demand: bool) -> Arc<Demand> {
-        Arc::new(Demand { on_demand, wanted_by: Mutex::new(Default::default()), tx: watch::Sender::new(false) })
+        Arc::new(Demand {
+            on_demand,
+            wanted_by: Mutex::new(Default::default()),
+            tx: watch::Sender::new(false),
+        })
     }
 
     /// `who` (a service) needs the peer, or no longer does.
@@ -131,7 +135,8 @@ impl Demand {
             }
             !w.is_empty()
         };
-        self.tx.send_if_modified(|v| std::mem::replace(v, any) != any);
+        self.tx
+            .send_if_modified(|v| std::mem::replace(v, any) != any);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<bool> {
@@ -160,14 +165,25 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    pub fn new(peer: &str, config: ForwardConfig, events: EventBus, demand: Arc<Demand>) -> Arc<Tunnel> {
-        let snapshot = Snapshot { state: TunnelState::Connecting, since: SystemTime::now() };
+    pub fn new(
+        peer: &str,
+        config: ForwardConfig,
+        events: EventBus,
+        demand: Arc<Demand>,
+    ) -> Arc<Tunnel> {
+        let snapshot = Snapshot {
+            state: TunnelState::Connecting,
+            since: SystemTime::now(),
+        };
         Arc::new(Tunnel {
             config,
             peer: peer.to_string(),
             counters: Arc::new(Counters::default()),
             reconnects: AtomicU64::new(0),
-            inputs: Mutex::new(Inputs { session: TunnelState::Connecting, own_problem: None }),
+            inputs: Mutex::new(Inputs {
+                session: TunnelState::Connecting,
+                own_problem: None,
+            }),
             state: watch::Sender::new(snapshot),
             events,
             demand,
@@ -210,13 +226,20 @@ impl Tunnel {
             if snap.state == state {
                 return false;
             }
-            *snap = Snapshot { state: state.clone(), since: SystemTime::now() };
+            *snap = Snapshot {
+                state: state.clone(),
+                since: SystemTime::now(),
+            };
             true
         });
         if changed {
             match state.reason() {
-                Some(r) => tracing::warn!(tunnel = %self.name(), peer = %self.peer, "tunnel {}: {r}", state.label()),
-                None => tracing::info!(tunnel = %self.name(), peer = %self.peer, "tunnel {}", state.label()),
+                Some(r) => {
+                    tracing::warn!(tunnel = %self.name(), peer = %self.peer, "tunnel {}: {r}", state.label())
+                }
+                None => {
+                    tracing::info!(tunnel = %self.name(), peer = %self.peer, "tunnel {}", state.label())
+                }
             }
             self.events.publish(EventKind::Tunnel {
                 tunnel: self.name().to_string(),
@@ -229,7 +252,10 @@ impl Tunnel {
     pub fn status(&self) -> TunnelStatus {
         let snap = self.snapshot();
         let c = &self.counters;
-        let (local, remote) = (self.config.local.to_string(), self.config.remote.to_string());
+        let (local, remote) = (
+            self.config.local.to_string(),
+            self.config.remote.to_string(),
+        );
         TunnelStatus {
             name: self.name().to_string(),
             peer: self.peer.clone(),
@@ -272,7 +298,9 @@ fn derive_state(i: &Inputs) -> TunnelState {
         (Some(p), TunnelState::Up) => TunnelState::Down { reason: p.clone() },
         (Some(p), TunnelState::Connecting) => TunnelState::Down { reason: p.clone() },
         (Some(p), TunnelState::Down { reason } | TunnelState::Waiting { reason, .. }) => {
-            TunnelState::Down { reason: format!("{p}; ssh: {reason}") }
+            TunnelState::Down {
+                reason: format!("{p}; ssh: {reason}"),
+            }
         }
         (None, s) => s.clone(),
     }
@@ -284,8 +312,16 @@ mod tests {
     use crate::config::HostPort;
 
     fn tunnel() -> Arc<Tunnel> {
-        let hp = |p| HostPort { host: "127.0.0.1".into(), port: p };
-        let cfg = ForwardConfig { name: "t".into(), kind: ForwardKind::Local, local: hp(1), remote: hp(2) };
+        let hp = |p| HostPort {
+            host: "127.0.0.1".into(),
+            port: p,
+        };
+        let cfg = ForwardConfig {
+            name: "t".into(),
+            kind: ForwardKind::Local,
+            local: hp(1),
+            remote: hp(2),
+        };
         Tunnel::new("p", cfg, EventBus::new(), Demand::new(false))
     }
 
@@ -297,7 +333,10 @@ mod tests {
         assert!(t.snapshot().state.is_up());
         t.set_session(TunnelState::Up); // no change, no event
         t.set_problem(Some("cannot listen on 127.0.0.1:1: address in use".into()));
-        assert_eq!(t.snapshot().state.reason(), Some("cannot listen on 127.0.0.1:1: address in use"));
+        assert_eq!(
+            t.snapshot().state.reason(),
+            Some("cannot listen on 127.0.0.1:1: address in use")
+        );
         t.set_problem(None);
         assert!(t.snapshot().state.is_up());
         let mut n = 0;

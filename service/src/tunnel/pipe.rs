@@ -44,8 +44,12 @@ impl LocalForward {
     /// forwards every accepted connection over the peer's current session.
     pub async fn serve(self, backoff: BackoffConfig, cancel: CancellationToken) {
         let tunnel = &self.tunnel;
-        let Some(addr) = tunnel.config.listen_addr() else { return };
-        let Some(listener) = bind_with_retry(tunnel, addr, backoff, &cancel).await else { return };
+        let Some(addr) = tunnel.config.listen_addr() else {
+            return;
+        };
+        let Some(listener) = bind_with_retry(tunnel, addr, backoff, &cancel).await else {
+            return;
+        };
         loop {
             let accepted = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -67,7 +71,9 @@ impl LocalForward {
             };
             let (tunnel, suspect, cancel) = (tunnel.clone(), self.suspect.clone(), cancel.clone());
             tokio::spawn(async move {
-                if let Err(ForwardError::OpenTimeout) = forward_local(&tunnel, current, tcp, from, &cancel).await {
+                if let Err(ForwardError::OpenTimeout) =
+                    forward_local(&tunnel, current, tcp, from, &cancel).await
+                {
                     suspect.notify_one();
                 }
             });
@@ -144,7 +150,11 @@ async fn forward_local(
 
 /// The local half of a `-R` connection: connect to the target first, then accept the
 /// server's channel (or refuse it, so the remote client sees the failure at once).
-pub async fn serve_reverse(channel: Channel<Msg>, reply: ChannelOpenHandle, route: Arc<ReverseRoute>) {
+pub async fn serve_reverse(
+    channel: Channel<Msg>,
+    reply: ChannelOpenHandle,
+    route: Arc<ReverseRoute>,
+) {
     let target = (route.local.host.as_str(), route.local.port);
     match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(tcp)) => {
@@ -157,7 +167,10 @@ pub async fn serve_reverse(channel: Channel<Msg>, reply: ChannelOpenHandle, rout
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
         }
         Err(_) => {
-            tracing::debug!("-R target {} did not answer within {LOCAL_CONNECT_TIMEOUT:?}", route.local);
+            tracing::debug!(
+                "-R target {} did not answer within {LOCAL_CONNECT_TIMEOUT:?}",
+                route.local
+            );
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
         }
     }
@@ -168,7 +181,12 @@ pub async fn serve_reverse(channel: Channel<Msg>, reply: ChannelOpenHandle, rout
 /// Server-to-client data is written to the socket straight from the channel's
 /// messages (no intermediate copy); an EOF either way becomes a write shutdown on
 /// the other side, and a channel closed by the server ends the connection.
-pub async fn pipe(tcp: TcpStream, channel: Channel<Msg>, counters: &Arc<Counters>, cancel: &CancellationToken) {
+pub async fn pipe(
+    tcp: TcpStream,
+    channel: Channel<Msg>,
+    counters: &Arc<Counters>,
+    cancel: &CancellationToken,
+) {
     counters.connections_open.fetch_add(1, Ordering::Relaxed);
     counters.connections_total.fetch_add(1, Ordering::Relaxed);
     let (mut from_server, to_server) = channel.split();
@@ -198,7 +216,9 @@ pub async fn pipe(tcp: TcpStream, channel: Channel<Msg>, counters: &Arc<Counters
                     if tcp_w.write_all(&data).await.is_err() {
                         break true;
                     }
-                    counters.bytes_received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    counters
+                        .bytes_received
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 Some(ChannelMsg::Eof) => {
                     tracing::trace!("server sent EOF");

@@ -55,13 +55,23 @@ impl PeerSupervisor {
         cancel: CancellationToken,
     ) -> PeerHandle {
         let demand = Demand::new(peer.on_demand.is_some());
-        let tunnels: Vec<_> =
-            peer.forwards.iter().map(|f| Tunnel::new(&peer.name, f.clone(), events.clone(), demand.clone())).collect();
+        let tunnels: Vec<_> = peer
+            .forwards
+            .iter()
+            .map(|f| Tunnel::new(&peer.name, f.clone(), events.clone(), demand.clone()))
+            .collect();
         let reconnect = Arc::new(Notify::new());
         let suspect = Arc::new(Notify::new());
-        let handle = PeerHandle { name: peer.name.clone(), tunnels: tunnels.clone(), reconnect: reconnect.clone() };
+        let handle = PeerHandle {
+            name: peer.name.clone(),
+            tunnels: tunnels.clone(),
+            reconnect: reconnect.clone(),
+        };
         let (session, session_rx) = watch::channel(None);
-        for t in tunnels.iter().filter(|t| t.config.kind == ForwardKind::Local) {
+        for t in tunnels
+            .iter()
+            .filter(|t| t.config.kind == ForwardKind::Local)
+        {
             let local = pipe::LocalForward {
                 tunnel: t.clone(),
                 session: session_rx.clone(),
@@ -117,7 +127,10 @@ impl PeerSupervisor {
                 Err(e) => {
                     if e.is_host_key_alarm() {
                         tracing::error!("{e}");
-                        self.events.publish(EventKind::HostKeyAlarm { peer: self.peer.name.clone(), message: e.to_string() });
+                        self.events.publish(EventKind::HostKeyAlarm {
+                            peer: self.peer.name.clone(),
+                            message: e.to_string(),
+                        });
                     }
                     e.to_string()
                 }
@@ -140,7 +153,10 @@ impl PeerSupervisor {
                 break;
             }
             let delay = backoff.next_delay();
-            self.set_session(TunnelState::Waiting { reason, until: SystemTime::now() + delay });
+            self.set_session(TunnelState::Waiting {
+                reason,
+                until: SystemTime::now() + delay,
+            });
             let no_longer_needed = async {
                 if self.peer.on_demand.is_some() {
                     let _ = self.demand.wait_for(|d| !*d).await;
@@ -156,7 +172,9 @@ impl PeerSupervisor {
                 () = no_longer_needed => {}
             }
         }
-        self.set_session(TunnelState::Down { reason: "service stopped".into() });
+        self.set_session(TunnelState::Down {
+            reason: "service stopped".into(),
+        });
     }
 
     /// Runs one established session until it fails; returns why it ended.
@@ -166,7 +184,12 @@ impl PeerSupervisor {
         tracing::info!("ssh session to {target} up");
 
         // -R forwards are requested before the tunnels are announced up.
-        let remotes: Vec<_> = self.tunnels.iter().filter(|t| t.config.kind == ForwardKind::Remote).cloned().collect();
+        let remotes: Vec<_> = self
+            .tunnels
+            .iter()
+            .filter(|t| t.config.kind == ForwardKind::Remote)
+            .cloned()
+            .collect();
         for t in &remotes {
             let route = ReverseRoute {
                 local: t.config.local.clone(),
@@ -176,7 +199,12 @@ impl PeerSupervisor {
             self.reverse.insert(&t.config.remote, Arc::new(route));
             if let Err(why) = request_remote(&session, t).await {
                 t.set_problem(Some(why));
-                tokio::spawn(retry_remote(session.clone(), t.clone(), self.peer.backoff, session_cancel.clone()));
+                tokio::spawn(retry_remote(
+                    session.clone(),
+                    t.clone(),
+                    self.peer.backoff,
+                    session_cancel.clone(),
+                ));
             }
         }
         self.session.send_replace(Some(session.clone()));
@@ -202,7 +230,11 @@ impl PeerSupervisor {
             self.reverse.remove(&t.config.remote);
             t.set_problem(None);
         }
-        let bye = session.handle.disconnect(russh::Disconnect::ByApplication, "robbie-mesh reconnecting", "en");
+        let bye = session.handle.disconnect(
+            russh::Disconnect::ByApplication,
+            "robbie-mesh reconnecting",
+            "en",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
         reason
     }
@@ -210,7 +242,11 @@ impl PeerSupervisor {
 
 /// An on-demand session ends once no service has needed it for `idle` and no
 /// request through it is in flight.
-async fn released(demand: &mut watch::Receiver<bool>, idle: Duration, tunnels: &[Arc<Tunnel>]) -> String {
+async fn released(
+    demand: &mut watch::Receiver<bool>,
+    idle: Duration,
+    tunnels: &[Arc<Tunnel>],
+) -> String {
     loop {
         if demand.wait_for(|d| !*d).await.is_err() {
             std::future::pending::<()>().await;
@@ -219,11 +255,19 @@ async fn released(demand: &mut watch::Receiver<bool>, idle: Duration, tunnels: &
             _ = demand.wait_for(|d| *d) => continue,
             () = tokio::time::sleep(idle) => {}
         }
-        while tunnels.iter().any(|t| t.counters.requests_in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0) {
+        while tunnels.iter().any(|t| {
+            t.counters
+                .requests_in_flight
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        }) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         if !*demand.borrow() {
-            return format!("released: not needed for {}", humantime::format_duration(idle));
+            return format!(
+                "released: not needed for {}",
+                humantime::format_duration(idle)
+            );
         }
     }
 }
@@ -240,7 +284,12 @@ async fn request_remote(session: &Session, t: &Tunnel) -> Result<(), String> {
 }
 
 /// Asks again, with backoff, until the server accepts the `-R` forward or the session ends.
-async fn retry_remote(session: Arc<Session>, t: Arc<Tunnel>, cfg: crate::config::Backoff, cancel: CancellationToken) {
+async fn retry_remote(
+    session: Arc<Session>,
+    t: Arc<Tunnel>,
+    cfg: crate::config::Backoff,
+    cancel: CancellationToken,
+) {
     let mut backoff = Backoff::new(cfg);
     loop {
         tokio::select! {
@@ -283,12 +332,19 @@ async fn keepalive(
             }
             Ok(Err(_)) => return "connection closed".to_string(),
             Err(_) if why_now.is_some() => {
-                return format!("no keepalive answer within {:?} {}", ka.interval, why_now.unwrap_or_default())
+                return format!(
+                    "no keepalive answer within {:?} {}",
+                    ka.interval,
+                    why_now.unwrap_or_default()
+                )
             }
             Err(_) => {
                 misses += 1;
                 if misses >= ka.count {
-                    return format!("keepalive timeout: {misses} keepalives unanswered ({:?} each)", ka.interval);
+                    return format!(
+                        "keepalive timeout: {misses} keepalives unanswered ({:?} each)",
+                        ka.interval
+                    );
                 }
                 next = tokio::time::Instant::now();
             }

@@ -1,0 +1,482 @@
+//! The seed's three tests with every node a machine of its own: aurora and
+//! vengeance each run in their own network namespace with their own `sshd` on
+//! port 22 and their own Ollama (the stub binary) on that machine's loopback;
+//! this process is robbiebook1, with its own Ollama. A node is cut off by downing
+//! its link, so it vanishes without a FIN or RST and only keepalives notice.
+//!
+//! - Test 1, full mesh: robbiebook1's Ollama endpoint is served by aurora; a
+//!   model only vengeance has goes to vengeance; vengeance's GPU is known here
+//!   (its own robbie-mesh answers `/v1/node` through the tunnel).
+//! - Test 2, aurora cut off: served by vengeance; every request that started
+//!   after the cut succeeds; the route event says why; back to aurora only after
+//!   the hold-down once it is reachable again.
+//! - Test 3, airplane mode: served by robbiebook1's own Ollama, and back.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_tests::netns::{Netns, Proc};
+use mesh_tests::ollama::OllamaStub;
+use mesh_tests::sshd::Sshd;
+use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
+use robbie_mesh::events::EventKind;
+use serde_json::{json, Value};
+
+const HOLD_DOWN: Duration = Duration::from_secs(3);
+
+/// A remote machine: its namespace, sshd and Ollama, and the local port of the
+/// tunnel to its Ollama.
+struct Node {
+    _ollama: Proc,
+    _mesh: Option<Proc>,
+    sshd: Sshd,
+    ns: Netns,
+    tunnel_port: u16,
+}
+
+impl Node {
+    fn start(name: &str, models: &[&str], gpu: Option<&Path>) -> Node {
+        let ns = Netns::create(name);
+        let sshd = Sshd::start_in(&ns);
+        let mut args = vec!["--node", name, "--listen", "127.0.0.1:11435"];
+        args.extend_from_slice(models);
+        let ollama = ns.spawn_ready(
+            Path::new(env!("CARGO_BIN_EXE_ollama-stub")),
+            &args,
+            "listening on",
+        );
+        // Its own robbie-mesh (API on the usual 127.0.0.1:8007 of that machine), with
+        // the GPU seam fed, when the test wants its inventory.
+        let mesh = gpu.map(|smi| {
+            let cfg = sshd.dir.path().join("node.toml");
+            std::fs::write(
+                &cfg,
+                format!("node = \"{name}\"\n[api]\nlisten = \"127.0.0.1:8007\"\n"),
+            )
+            .expect("write");
+            let child = ns
+                .command(robbie_mesh_bin())
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .env("ROBBIE_MESH_NVIDIA_SMI", smi)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("robbie-mesh in the namespace");
+            Proc(child)
+        });
+        Node {
+            _ollama: ollama,
+            _mesh: mesh,
+            sshd,
+            ns,
+            tunnel_port: free_port(),
+        }
+    }
+
+    fn peer(&self, name: &str, with_api: Option<u16>) -> String {
+        let mut forwards = format!(
+            "[[peer.forward]]\nname = \"{name}-ollama\"\nlocal = \"127.0.0.1:{}\"\nremote = \"127.0.0.1:11435\"\n",
+            self.tunnel_port
+        );
+        if let Some(port) = with_api {
+            forwards.push_str(&format!("[[peer.forward]]\nname = \"{name}-api\"\nlocal = \"127.0.0.1:{port}\"\nremote = \"127.0.0.1:8007\"\n"));
+        }
+        peer_toml(name, &self.sshd, &trust(&self.sshd), &forwards)
+    }
+}
+
+fn robbie_mesh_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("robbie-mesh");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p robbie-mesh` (tests/run.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+struct Mesh3 {
+    aurora: Node,
+    vengeance: Node,
+    _local: OllamaStub,
+    mesh: Mesh,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn three_nodes() -> Mesh3 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smi = dir.path().join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 0'\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let aurora = Node::start("aurora", &["llama3.2:3b"], None);
+    let vengeance = Node::start(
+        "vengeance",
+        &["llama3.2:3b", "qwen2.5-coder:32b"],
+        Some(&smi),
+    );
+    let local = OllamaStub::start("robbiebook1", &["llama3.2:3b"]).await;
+    let endpoint = free_port();
+    // robbiebook1's row of the seed's priority matrix: aurora, vengeance, itself.
+    let cfg = format!(
+        "node = \"robbiebook1\"\nnodes = [{{ node = \"vengeance\", tunnel = \"vengeance-api\" }}]\n{}{}\
+         [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\nhold_down = \"{}s\"\n\
+         candidates = [{{ node = \"aurora\", tunnel = \"aurora-ollama\" }}, {{ node = \"vengeance\", tunnel = \"vengeance-ollama\" }}, \
+         {{ node = \"robbiebook1\", address = \"{}\" }}]\n\
+         probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\", timeout = \"1s\" }}\n",
+        aurora.peer("aurora", None),
+        vengeance.peer("vengeance", Some(free_port())),
+        HOLD_DOWN.as_secs(),
+        local.addr,
+    );
+    let mesh = Mesh::start(&cfg).await;
+    let m = Mesh3 {
+        aurora,
+        vengeance,
+        _local: local,
+        mesh,
+        endpoint: format!("http://127.0.0.1:{endpoint}"),
+        _dir: dir,
+    };
+    m.wait_route("aurora", Duration::from_secs(15)).await;
+    m
+}
+
+impl Mesh3 {
+    async fn route(&self) -> Value {
+        self.mesh.api_get("/v1/status").await["services"][0]["route"].clone()
+    }
+
+    async fn wait_route(&self, node: &str, deadline: Duration) -> Duration {
+        eventually(deadline, &format!("route to {node}"), || async {
+            self.route().await == node
+        })
+        .await
+    }
+
+    async fn health(&self, i: usize) -> Value {
+        self.mesh.api_get("/v1/status").await["services"][0]["candidates"][i]["health"].clone()
+    }
+
+    /// The reason of the next route event to `to` (the event follows the route's
+    /// change within a second; what it skips on the way is dropped).
+    async fn route_event(
+        events: &mut tokio::sync::broadcast::Receiver<robbie_mesh::events::Event>,
+        to: &str,
+    ) -> String {
+        use tokio::sync::broadcast::error::RecvError;
+        let found = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match events.recv().await {
+                    Ok(e) => match e.kind {
+                        EventKind::Route {
+                            to: Some(t),
+                            reason,
+                            ..
+                        } if t == to => return Some(reason),
+                        _ => {}
+                    },
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        })
+        .await;
+        found
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no route event to {to}"))
+    }
+}
+
+/// A streamed generate through `endpoint`: the serving node (header) and the lines.
+async fn generate(
+    client: &reqwest::Client,
+    endpoint: &str,
+    model: &str,
+) -> Result<(String, Vec<Value>), String> {
+    let resp = client
+        .post(format!("{endpoint}/api/generate"))
+        .json(&json!({"model": model, "prompt": "hi"}))
+        .send()
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    if resp.status() != 200 {
+        return Err(format!(
+            "status {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        ));
+    }
+    let node = resp
+        .headers()
+        .get("x-robbie-node")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = resp.text().await.map_err(|e| format!("body: {e}"))?;
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("{e}: {l}")))
+        .collect::<Result<_, _>>()?;
+    Ok((node, lines))
+}
+
+fn said(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .filter_map(|l| l["response"].as_str())
+        .collect()
+}
+
+/// Requests sent one after another until stopped: how many, which failed and
+/// which nodes served them.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<(Vec<String>, Vec<String>)>,
+}
+
+impl Load {
+    fn start(endpoint: &str) -> Load {
+        let (stop, done) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (endpoint, stop2, done2) = (endpoint.to_string(), stop.clone(), done.clone());
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut failed, mut served) = (Vec::new(), Vec::new());
+            while !stop2.load(Ordering::Relaxed) {
+                match generate(&client, &endpoint, "llama3.2:3b").await {
+                    Ok((node, lines)) if said(&lines) == format!("hello from {node}") => {
+                        served.push(node)
+                    }
+                    Ok((node, lines)) => failed.push(format!("{node}: {lines:?}")),
+                    Err(e) => failed.push(e),
+                }
+                done2.fetch_add(1, Ordering::Relaxed);
+            }
+            (failed, served)
+        });
+        Load { stop, done, task }
+    }
+
+    async fn finish(self) -> (usize, Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (failed, served) = self.task.await.expect("load task");
+        (self.done.load(Ordering::Relaxed), failed, served)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_mesh_then_aurora_cut_off_then_back_after_the_hold_down() {
+    let m = three_nodes().await;
+    let client = reqwest::Client::new();
+
+    // Test 1, full mesh: aurora serves robbiebook1.
+    let (node, lines) = generate(&client, &m.endpoint, "llama3.2:3b")
+        .await
+        .expect("generate");
+    assert_eq!(
+        (node.as_str(), said(&lines).as_str()),
+        ("aurora", "hello from aurora")
+    );
+    assert_eq!(lines.last().map(|l| l["done"].clone()), Some(json!(true)));
+    // A model only vengeance has goes there while aurora is up.
+    eventually(
+        Duration::from_secs(10),
+        "vengeance's models known",
+        || async {
+            let st = m.mesh.api_get("/v1/status").await;
+            st["services"][0]["candidates"][1]["ollama"]["models"]
+                .as_array()
+                .is_some_and(|v| v.len() == 2)
+        },
+    )
+    .await;
+    let (node, _) = generate(&client, &m.endpoint, "qwen2.5-coder:32b")
+        .await
+        .expect("generate");
+    assert_eq!(node, "vengeance");
+    // Vengeance's GPU is known on robbiebook1, from its own robbie-mesh across the tunnel.
+    eventually(Duration::from_secs(15), "vengeance's inventory", || async {
+        let st = m.mesh.api_get("/v1/status").await;
+        st["nodes"]["vengeance"]["inventory"]["gpus"][0]["name"] == "NVIDIA GeForce RTX 4090"
+    })
+    .await;
+
+    // Test 2: aurora's link goes down mid-traffic; every request succeeds.
+    let mut events = m.mesh.service.events.subscribe();
+    let load = Load::start(&m.endpoint);
+    eventually(Duration::from_secs(5), "traffic flowing", || async {
+        load.done.load(Ordering::Relaxed) >= 5
+    })
+    .await;
+    let cut_at = Instant::now();
+    m.aurora.ns.cut();
+    let moved = m.wait_route("vengeance", Duration::from_secs(10)).await;
+    let before = load.done.load(Ordering::Relaxed);
+    eventually(
+        Duration::from_secs(10),
+        "requests after the move",
+        || async { load.done.load(Ordering::Relaxed) >= before + 10 },
+    )
+    .await;
+    let (total, failed, served) = load.finish().await;
+    eprintln!(
+        "route moved {moved:?} after the cut; {total} requests, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {total} requests failed across the cut: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(served.last().map(String::as_str), Some("vengeance"));
+    assert!(
+        !served.iter().any(|n| n == "robbiebook1"),
+        "vengeance is next in line, not the laptop: {served:?}"
+    );
+    let reason = Mesh3::route_event(&mut events, "vengeance").await;
+    // Found by the keepalive or by the probes, whichever was first; said either way.
+    assert!(
+        reason.starts_with("aurora offline: ")
+            && (reason.contains("keepalive") || reason.contains("no answer")),
+        "{reason}"
+    );
+    assert!(cut_at.elapsed() < Duration::from_secs(30));
+
+    // Aurora is reachable again: vengeance keeps the traffic for the hold-down.
+    m.aurora.ns.heal();
+    eventually(Duration::from_secs(20), "aurora online", || async {
+        m.health(0).await == "online"
+    })
+    .await;
+    let online_at = Instant::now();
+    assert_eq!(
+        generate(&client, &m.endpoint, "llama3.2:3b")
+            .await
+            .expect("generate")
+            .0,
+        "vengeance",
+        "held down right after recovery"
+    );
+    m.wait_route("aurora", Duration::from_secs(10)).await;
+    let back = online_at.elapsed();
+    assert!(
+        back >= HOLD_DOWN - Duration::from_millis(500),
+        "came back after {back:?}, before the hold-down"
+    );
+    assert_eq!(
+        generate(&client, &m.endpoint, "llama3.2:3b")
+            .await
+            .expect("generate")
+            .0,
+        "aurora"
+    );
+    let reason = Mesh3::route_event(&mut events, "aurora").await;
+    assert!(
+        reason.contains("aurora is up"),
+        "the failback event: {reason}"
+    );
+    drop(m.vengeance);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn airplane_mode_serves_the_local_ollama_and_a_node_dying_mid_stream_says_so() {
+    let m = three_nodes().await;
+    let client = reqwest::Client::new();
+
+    // Aurora's Ollama dies mid-answer: Ollama's error line, never a fake done:true.
+    let ctl = format!(
+        "http://127.0.0.1:{}/_stub/die_mid_stream",
+        m.aurora.tunnel_port
+    );
+    assert_eq!(
+        client
+            .post(&ctl)
+            .json(&true)
+            .send()
+            .await
+            .expect("stub control")
+            .status(),
+        204
+    );
+    let (node, lines) = generate(&client, &m.endpoint, "llama3.2:3b")
+        .await
+        .expect("generate");
+    assert_eq!(node, "aurora");
+    assert!(
+        lines
+            .last()
+            .and_then(|l| l["error"].as_str())
+            .is_some_and(|e| e.contains("aurora")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| l["done"] != json!(true)),
+        "never a fake done: {lines:?}"
+    );
+    client
+        .post(&ctl)
+        .json(&false)
+        .send()
+        .await
+        .expect("stub control");
+
+    // Test 3, airplane mode: both links go down; robbiebook1's own Ollama serves.
+    let load = Load::start(&m.endpoint);
+    eventually(Duration::from_secs(5), "traffic flowing", || async {
+        load.done.load(Ordering::Relaxed) >= 5
+    })
+    .await;
+    m.aurora.ns.cut();
+    m.vengeance.ns.cut();
+    m.wait_route("robbiebook1", Duration::from_secs(10)).await;
+    let before = load.done.load(Ordering::Relaxed);
+    eventually(
+        Duration::from_secs(10),
+        "requests in airplane mode",
+        || async { load.done.load(Ordering::Relaxed) >= before + 10 },
+    )
+    .await;
+    let (total, failed, served) = load.finish().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {total} requests failed going offline: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(served.last().map(String::as_str), Some("robbiebook1"));
+    let st = m.mesh.api_get("/v1/status").await;
+    for (i, node) in ["aurora", "vengeance"].iter().enumerate() {
+        assert_eq!(
+            st["services"][0]["candidates"][i]["health"], "offline",
+            "{node}: {st}"
+        );
+    }
+
+    // Landed: both come back, and aurora serves again after the hold-down.
+    m.aurora.ns.heal();
+    m.vengeance.ns.heal();
+    m.wait_route("aurora", Duration::from_secs(25)).await;
+    assert_eq!(
+        generate(&client, &m.endpoint, "llama3.2:3b")
+            .await
+            .expect("generate")
+            .0,
+        "aurora"
+    );
+}
