@@ -203,6 +203,28 @@ fn signed_us(a: Duration, b: Duration) -> String {
     format!("{:+.0} us", (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
 }
 
+/// CPU time (ns) used so far by the process `pid`, its threads and its child
+/// processes (nginx's workers), from the scheduler's per-thread accounting.
+fn cpu_ns(pid: u32) -> u64 {
+    let threads = |p: u32| -> u64 {
+        std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    threads(pid)
+        + children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .map(threads)
+            .sum::<u64>()
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -301,10 +323,18 @@ async fn main() {
     );
     let direct_url = format!("http://{}/api/version", a.addr);
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/api/version");
+    // CPU µs the proxy spent per request while `l` ran.
+    let cpu_per_request =
+        |pid: u32, before: u64| (cpu_ns(pid) - before) as f64 / 1e3 / REQUESTS as f64;
+    let mut cpu = Vec::new();
     for conc in [1, 32] {
         let d = load(&direct_url, conc, REQUESTS).await;
+        let before = cpu_ns(mesh.0.id());
         let m = load(&mesh_url, conc, REQUESTS).await;
+        let mesh_cpu = cpu_per_request(mesh.0.id(), before);
+        let before = cpu_ns(nginx.0.id());
         let n = load(&nginx_url, conc, REQUESTS).await;
+        cpu.push((conc, mesh_cpu, cpu_per_request(nginx.0.id(), before)));
         assert_eq!(m.failed + n.failed + d.failed, 0, "failed requests");
         println!(
             "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}",
@@ -327,6 +357,9 @@ async fn main() {
                 l.rps / d.rps
             );
         }
+    }
+    for (conc, m, n) in cpu {
+        println!("proxy CPU per request (warm-up included), concurrency {conc}: robbie-mesh {m:.1} us, nginx {n:.1} us ({:.2}x)", m / n);
     }
     println!();
     let sd = stream(&format!("http://{}/api/generate", a.addr)).await;

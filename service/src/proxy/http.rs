@@ -13,13 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::route::Needs;
 use crate::services::{RequestGuard, ServiceHandle};
@@ -54,10 +56,40 @@ impl Endpoint {
         Endpoint { service, client }
     }
 
-    pub fn router(self) -> axum::Router {
-        axum::Router::new().fallback(handle).with_state(self)
+    /// Serves HTTP/1.1 on `listener` until `cancel`; then gives open connections
+    /// a moment to finish their answers.
+    pub async fn serve(self, listener: TcpListener, cancel: CancellationToken) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let http = hyper::server::conn::http1::Builder::new();
+        loop {
+            let stream = tokio::select! {
+                () = cancel.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, say: the listener stays, and so do we.
+                        tracing::warn!(service = %self.service.config.name, "accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let ep = self.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let ep = ep.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(ep, req).await) }
+            });
+            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+            tokio::spawn(conn);
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
     }
 }
+
+/// How long answers still streaming at shutdown may go on.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Ollama's error shape, which its clients show to the user.
 fn ollama_error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -101,14 +133,20 @@ fn forward_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-async fn handle(State(ep): State<Endpoint>, req: Request) -> Response {
+async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return ollama_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body over {} MiB", MAX_BODY >> 20),
+            )
+        }
+        Err(e) => {
+            return ollama_error(
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {e}"),
             )
         }
     };

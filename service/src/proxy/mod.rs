@@ -44,10 +44,9 @@ pub async fn serve(service: Arc<ServiceHandle>, cancel: CancellationToken) {
     tracing::info!(service = %service.config.name, "endpoint listening on {addr}");
     match service.config.kind {
         ServiceKind::Ollama | ServiceKind::Http => {
-            let app = http::Endpoint::new(service.clone()).router();
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await;
+            http::Endpoint::new(service.clone())
+                .serve(listener, cancel)
+                .await
         }
         ServiceKind::Postgres | ServiceKind::Tcp => tcp::serve(listener, service, cancel).await,
     }
