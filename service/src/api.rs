@@ -45,6 +45,16 @@ pub struct Status {
     pub nodes: NodeMap,
     pub tunnels: Vec<TunnelStatus>,
     pub services: Vec<ServiceStatus>,
+    pub store: StoreStatus,
+}
+
+/// The local store and its sync.
+#[derive(Debug, Serialize)]
+pub struct StoreStatus {
+    pub path: String,
+    /// Why the store is not open, if it is not.
+    pub error: Option<String>,
+    pub sync: crate::store::sync::SyncStatus,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,7 +98,7 @@ pub struct ApiError {
     pub error: String,
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ApiError { error: msg.into() })).into_response()
 }
 
@@ -102,6 +112,7 @@ pub fn router(service: Service) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/tunnels/{name}/reconnect", post(reconnect))
         .route("/v1/services/{name}/pin", post(pin).delete(unpin))
+        .merge(crate::store::api::routes())
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -233,6 +244,11 @@ async fn status(State(s): State<Service>) -> Json<Status> {
         nodes: s.nodes.borrow().clone(),
         tunnels: s.tunnels().map(|t| t.status()).collect(),
         services,
+        store: StoreStatus {
+            path: s.config.store.path.display().to_string(),
+            error: s.store.as_ref().err().cloned(),
+            sync: s.sync.status.borrow().clone(),
+        },
     })
 }
 

@@ -33,6 +33,12 @@ pub fn key_account(name: &str) -> String {
     format!("ssh-key:{name}")
 }
 
+/// The account name of the entry holding the PostgreSQL password used for `service`
+/// (its probe and the store's sync log in with it).
+pub fn postgres_account(service: &str) -> String {
+    format!("postgres:{service}")
+}
+
 /// The account name of the entry holding the passphrase of a key file.
 pub fn passphrase_account(key_file: &Path) -> String {
     format!("passphrase:{}", key_file.display())

@@ -69,6 +69,50 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Sync the local store with the PostgreSQL primary now.
+    Sync {
+        /// Show progress and return once nothing is pending (or fail with why not).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// The local store and the PostgreSQL side of sync.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// List the conversations in the local store.
+    List {
+        /// Archived ones too.
+        #[arg(long)]
+        archived: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Write every conversation and message as JSON Lines (to stdout, or --output).
+    Export {
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Create or upgrade robbie-mesh's schema on the PostgreSQL primary (idempotent).
+    Migrate {
+        /// The primary, e.g. postgres://robbie@127.0.0.1:5433/robbie (default: the
+        /// config's [store.sync], through the PostgreSQL endpoint).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -89,6 +133,8 @@ fn main() -> ExitCode {
         Command::Reconnect { tunnel, api } => reconnect(&tunnel, &api),
         Command::Pin { service, node, api } => pin(&service, Some(&node), &api),
         Command::Unpin { service, api } => pin(&service, None, &api),
+        Command::Sync { wait, timeout, api } => sync(wait, timeout, &api),
+        Command::Db { command } => db(command),
     };
     match result {
         Ok(code) => code,
@@ -322,5 +368,86 @@ fn pin(service: &str, node: Option<&str>, api: &ApiArg) -> anyhow::Result<ExitCo
                 serde_json::from_str::<robbie_mesh::api::ApiError>(&text).map_or(text, |e| e.error);
             bail!("{msg}")
         }
+    }
+}
+
+/// The local store named by the config (the default place without one).
+fn open_store(config: Option<PathBuf>) -> anyhow::Result<(Config, robbie_mesh::store::Store)> {
+    let cfg = load_config(config)?;
+    let store = robbie_mesh::store::Store::open(&cfg.store.path, &cfg.node)?;
+    Ok((cfg, store))
+}
+
+fn db(command: DbCommand) -> anyhow::Result<ExitCode> {
+    use robbie_mesh::store::cli;
+    match command {
+        DbCommand::List { archived, config } => {
+            let (_, store) = open_store(config)?;
+            print!("{}", cli::list(&store, archived)?);
+        }
+        DbCommand::Export { output, config } => {
+            let (_, store) = open_store(config)?;
+            let (c, m) = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+                    cli::export(&store, &mut std::io::BufWriter::new(file))?
+                }
+                None => cli::export(&store, &mut std::io::stdout().lock())?,
+            };
+            eprintln!("exported {c} conversations and {m} messages from {}", store.path().display());
+        }
+        DbCommand::Migrate { url, config } => {
+            let cfg = load_config(config)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (from, to) = rt.block_on(async {
+                let mut client = cli::connect(url.as_deref(), cfg.store.sync.as_ref()).await?;
+                robbie_mesh::store::sync::migrate(&mut client).await.map_err(anyhow::Error::from)
+            })?;
+            if from == to {
+                println!("the robbie schema is up to date (version {to})");
+            } else {
+                println!("the robbie schema: version {from} -> {to}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sync --wait`: one round now, with progress, until nothing is pending.
+fn sync(wait: bool, timeout: std::time::Duration, api: &ApiArg) -> anyhow::Result<ExitCode> {
+    let (code, text) = api_call(api, reqwest::Method::POST, "/v1/sync")?;
+    if !code.is_success() {
+        bail!("API answered {code}: {text}");
+    }
+    let first: serde_json::Value = serde_json::from_str(&text).context("the API answered something that is not JSON")?;
+    if first["state"] == "off" {
+        bail!("sync is not configured: add a [store.sync] section naming your postgres service (see the README)");
+    }
+    if !wait {
+        println!("sync requested ({} rows pending)", first["pending"]);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = std::time::Instant::now();
+    let since = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let mut shown = String::new();
+    loop {
+        let (_, text) = api_call(api, reqwest::Method::GET, "/v1/status")?;
+        let st: serde_json::Value = serde_json::from_str(&text).context("the API answered something that is not JSON")?;
+        let s = &st["store"]["sync"];
+        let line = format!("{}: {} pending, {} pushed, {} pulled", s["state"].as_str().unwrap_or("?"), s["pending"], s["pushed"], s["pulled"]);
+        if line != shown {
+            eprintln!("{line}");
+            shown = line;
+        }
+        let synced_after_start = s["last_sync"].as_str().is_some_and(|t| t >= since.as_str());
+        if s["pending"] == 0 && s["state"] == "idle" && synced_after_start {
+            println!("in sync: nothing pending (last sync {})", s["last_sync"].as_str().unwrap_or("?"));
+            return Ok(ExitCode::SUCCESS);
+        }
+        if started.elapsed() > timeout {
+            let why = s["last_error"].as_str().unwrap_or("no answer from the primary yet");
+            bail!("not in sync after {}: {why}; rows stay queued locally and go when the primary is reachable", humantime::format_duration(timeout));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

@@ -14,6 +14,8 @@ use crate::config::Config;
 use crate::events::EventBus;
 use crate::nodes::NodeMap;
 use crate::services::ServiceHandle;
+use crate::store::sync::SyncHandle;
+use crate::store::Store;
 use crate::tunnel::{ClockWatch, PeerHandle, PeerSupervisor, Tunnel};
 
 /// Every task gets this long to finish after shutdown is requested.
@@ -28,6 +30,9 @@ pub struct Service {
     /// Every node's hardware as far as known; this node's a moment after start.
     pub nodes: watch::Receiver<NodeMap>,
     pub events: EventBus,
+    /// The local store, or why it could not be opened (the rest runs without it).
+    pub store: Result<Store, String>,
+    pub sync: SyncHandle,
 }
 
 impl Service {
@@ -62,12 +67,22 @@ impl Service {
         let nodes = crate::nodes::spawn(&config.node, &config.nodes, &tunnel, tracker, cancel);
         let services =
             crate::services::spawn(&config.services, &tunnel, &nodes, &events, tracker, cancel);
+        let store = Store::open(&config.store.path, &config.node).map_err(|e| {
+            tracing::error!("{e}; conversations are unavailable until it is fixed (set [store] path in the config)");
+            e.to_string()
+        });
+        let sync = match &store {
+            Ok(st) => crate::store::sync::start(st.clone(), config.store.sync.clone(), events.clone(), tracker, cancel.child_token()),
+            Err(_) => crate::store::sync::SyncHandle::off(),
+        };
         Service {
             config: Arc::new(config),
             peers: Arc::new(peers),
             services: Arc::new(services),
             nodes,
             events,
+            store,
+            sync,
         }
     }
 

@@ -335,7 +335,7 @@ impl Prober {
         let mut quick = 0;
         // PostgreSQL: the probe's password, if the user stored one.
         let pg_password = if self.service.kind == crate::config::ServiceKind::Postgres {
-            let account = format!("postgres:{}", self.service.name);
+            let account = crate::keys::postgres_account(&self.service.name);
             tokio::task::spawn_blocking(move || crate::keys::get(&account).ok().flatten())
                 .await
                 .ok()

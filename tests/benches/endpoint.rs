@@ -265,8 +265,9 @@ async fn main() {
     let cfg = format!(
         "node = \"bench\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[[service]]\nname = \"bench\"\nkind = \"http\"\n\
          listen = \"127.0.0.1:{endpoint}\"\nprobe = {{ path = \"/api/version\" }}\n\
-         candidates = [{{ node = \"a\", address = \"{}\" }}, {{ node = \"b\", address = \"{}\" }}]\n",
-        a.addr, b.addr
+         candidates = [{{ node = \"a\", address = \"{}\" }}, {{ node = \"b\", address = \"{}\" }}]\n\
+         [store]\npath = \"{}\"\n",
+        a.addr, b.addr, dir.path().join("store.db").display()
     );
     std::fs::write(dir.path().join("bench.toml"), cfg).expect("config");
     let exe = std::env::current_exe().expect("exe");

@@ -241,7 +241,8 @@ async fn main() {
          [[peer.forward]]\nlocal = \"127.0.0.1:{m_up}\"\nremote = \"{sink}\"\n\
          [[peer.forward]]\nlocal = \"127.0.0.1:{m_down}\"\nremote = \"{source}\"\n\
          [[peer.forward]]\nlocal = \"127.0.0.1:{m_echo}\"\nremote = \"{echo}\"\n\
-         [[peer.reverse]]\nremote = \"127.0.0.1:{m_rev}\"\nlocal = \"{echo}\"\n",
+         [[peer.reverse]]\nremote = \"127.0.0.1:{m_rev}\"\nlocal = \"{echo}\"\n[store]\npath = \"{store}\"\n",
+        store = dir.path().join("store.db").display(),
         port = sshd.port,
         key = sshd.client_key.private.display(),
         kh = known_hosts.display(),

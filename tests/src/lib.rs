@@ -79,6 +79,8 @@ pub struct Mesh {
     pub api: SocketAddr,
     shutdown: CancellationToken,
     done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Holds the store when the config names none (never the user's own).
+    _store_dir: Option<tempfile::TempDir>,
 }
 
 impl Mesh {
@@ -107,6 +109,11 @@ impl Mesh {
             .expect("bind api");
         let api = listener.local_addr().expect("addr");
         cfg.api.listen = api;
+        let store_dir = (cfg.store.path == robbie_mesh::config::default_store_path()).then(|| {
+            let d = tempfile::tempdir().expect("tempdir");
+            cfg.store.path = d.path().join("store.db");
+            d
+        });
         let shutdown = CancellationToken::new();
         let (service, done) =
             robbie_mesh::service::start_with_clock(cfg, listener, shutdown.clone(), clock);
@@ -115,6 +122,7 @@ impl Mesh {
             api,
             shutdown,
             done: Some(tokio::spawn(done)),
+            _store_dir: store_dir,
         }
     }
 

@@ -31,6 +31,7 @@ fn cmd(home: &std::path::Path) -> Command {
     let mut c = Command::new(bin());
     c.env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_DATA_HOME", home.join(".local/share"))
         .env_remove("ROBBIE_MESH_CONFIG")
         .env("ROBBIE_MESH_LOG", "info");
     c

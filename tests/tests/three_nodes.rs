@@ -53,7 +53,7 @@ impl Node {
             let cfg = sshd.dir.path().join("node.toml");
             std::fs::write(
                 &cfg,
-                format!("node = \"{name}\"\n[api]\nlisten = \"127.0.0.1:8007\"\n"),
+                format!("node = \"{name}\"\n[api]\nlisten = \"127.0.0.1:8007\"\n[store]\npath = \"{}\"\n", sshd.dir.path().join("store.db").display()),
             )
             .expect("write");
             let child = ns

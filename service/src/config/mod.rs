@@ -32,6 +32,37 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// How to reach the other nodes' APIs (for their hardware inventory).
     pub nodes: Vec<Candidate>,
+    pub store: StoreConfig,
+}
+
+/// `[store]`: the local SQLite store, and its sync with the PostgreSQL primary.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub sync: Option<SyncConfig>,
+}
+
+/// `[store.sync]`: sync through the endpoint of a `postgres` service of this node.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The `[[service]]` whose endpoint leads to the primary.
+    pub service: String,
+    /// That service's endpoint address.
+    pub address: SocketAddr,
+    pub database: String,
+    pub user: String,
+    /// Between rounds when nothing asks for one sooner.
+    pub interval: Duration,
+    /// Between attempts while the primary cannot be reached.
+    pub retry: Duration,
+    /// Rows per pushed or pulled batch.
+    pub batch: usize,
+}
+
+/// `<data dir>/robbie-mesh/store.db` (`~/.local/share` on Linux,
+/// `~/Library/Application Support` on macOS).
+pub fn default_store_path() -> PathBuf {
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("robbie-mesh").join("store.db")
 }
 
 /// What a service speaks, which decides how it is probed and proxied.
@@ -425,6 +456,7 @@ impl Config {
             peers: Vec::new(),
             services: Vec::new(),
             nodes: Vec::new(),
+            store: StoreConfig { path: default_store_path(), sync: None },
         }
     }
 

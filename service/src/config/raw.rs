@@ -20,6 +20,27 @@ pub struct RawConfig {
     /// The other nodes' APIs, to learn their hardware: `{ node, tunnel | address }`.
     #[serde(default)]
     pub nodes: Vec<RawCandidate>,
+    pub store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// The SQLite file (default: the platform's data dir).
+    pub path: Option<String>,
+    pub sync: Option<RawSync>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSync {
+    /// A `postgres` `[[service]]` of this node: sync goes through its endpoint.
+    pub service: Spanned<String>,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    pub interval: Option<Spanned<String>>,
+    pub retry: Option<Spanned<String>>,
+    pub batch: Option<Spanned<u32>>,
 }
 
 /// One `[[service]]`: a stable local endpoint and the nodes that can serve it.

@@ -11,12 +11,12 @@ use toml::Spanned;
 
 use super::raw::{
     RawBackoff, RawCandidate, RawConfig, RawForward, RawKeepalive, RawPaths, RawPeer, RawProbe,
-    RawService,
+    RawService, RawStore,
 };
 use super::{
     line_col, ApiConfig, Backoff, Candidate, Config, ConfigError, ConfigErrors, ForwardConfig,
     ForwardKind, HostPort, IdentitySource, Keepalive, PeerConfig, ProbeConfig, ServiceConfig,
-    ServiceKind, SshTarget, DEFAULT_API_LISTEN,
+    ServiceKind, SshTarget, StoreConfig, SyncConfig, DEFAULT_API_LISTEN,
 };
 use crate::ssh::ssh_config::SshConfigFile;
 
@@ -224,6 +224,8 @@ pub(crate) fn validate(
         }
     }
 
+    let store = validate_store(&mut c, raw.store.as_ref(), &services, env);
+
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -236,7 +238,47 @@ pub(crate) fn validate(
         peers,
         services,
         nodes,
+        store,
     })
+}
+
+fn validate_store(c: &mut Checker<'_>, raw: Option<&RawStore>, services: &[ServiceConfig], env: &Env) -> StoreConfig {
+    let path = raw.and_then(|r| r.path.as_deref()).map_or_else(super::default_store_path, |p| env.expand(p));
+    let sync = raw.and_then(|r| r.sync.as_ref()).and_then(|s| {
+        let name = s.service.get_ref();
+        let svc = services.iter().find(|x| &x.name == name);
+        let address = match svc {
+            Some(svc) if svc.kind == ServiceKind::Postgres => Some(svc.listen),
+            Some(svc) => {
+                c.err(Some(s.service.span()), "store.sync.service", format!("service `{name}` is {}; sync needs a postgres service", svc.kind.as_str()));
+                None
+            }
+            None => {
+                c.err(Some(s.service.span()), "store.sync.service", format!("no [[service]] is named `{name}`; name the postgres service whose endpoint leads to the primary"));
+                None
+            }
+        };
+        let interval = c.duration(&s.interval, "store.sync.interval".into(), Duration::from_secs(30));
+        let retry = c.duration(&s.retry, "store.sync.retry".into(), Duration::from_secs(5));
+        let batch = match &s.batch {
+            Some(b) if (1..=50_000).contains(b.get_ref()) => *b.get_ref() as usize,
+            Some(b) => {
+                c.err(Some(b.span()), "store.sync.batch", "must be between 1 and 50000 rows");
+                2_000
+            }
+            None => 2_000,
+        };
+        Some(SyncConfig {
+            service: name.clone(),
+            address: address?,
+            database: s.database.clone().unwrap_or_else(|| "robbie".into()),
+            user: s.user.clone().unwrap_or_else(|| "robbie".into()),
+            interval,
+            retry,
+            batch,
+        })
+    });
+    StoreConfig { path, sync }
 }
 
 fn validate_service(

@@ -1,0 +1,138 @@
+//! The store's part of the loopback API, for the programs on this node. Always
+//! answered from the local SQLite file, so it works in airplane mode:
+//!
+//! - `GET  /v1/conversations?archived=true&before=ID&limit=N` (newest first)
+//! - `POST /v1/conversations` `{"title": …}`
+//! - `GET  /v1/conversations/{id}`, `PATCH` it with `{"title"?, "archived"?}`
+//! - `GET  /v1/conversations/{id}/messages?after=ID&limit=N` (oldest first)
+//! - `POST /v1/conversations/{id}/messages` `{"role", "content", "model"?}`
+//! - `POST /v1/sync`: a sync round now; answers the sync status.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{Store, StoreError};
+use crate::api::error;
+use crate::service::Service;
+
+pub fn routes() -> Router<Service> {
+    Router::new()
+        .route("/v1/conversations", get(list).post(create))
+        .route("/v1/conversations/{id}", get(one).patch(update))
+        .route("/v1/conversations/{id}/messages", get(messages).post(append))
+        .route("/v1/sync", post(sync_now))
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    #[serde(default)]
+    archived: bool,
+    before: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+impl Page {
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(100).clamp(1, 1000)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConversation {
+    #[serde(default)]
+    title: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationPatch {
+    title: Option<String>,
+    archived: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    role: String,
+    content: String,
+    model: Option<String>,
+}
+
+fn store(s: &Service) -> Result<&Store, Response> {
+    s.store.as_ref().map_err(|why| error(StatusCode::SERVICE_UNAVAILABLE, format!("the local store is not open: {why}")))
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+    b.map(|Json(t)| t).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {}", e.body_text())))
+}
+
+fn answer<T: serde::Serialize>(r: Result<T, StoreError>, created: bool) -> Response {
+    match r {
+        Ok(v) if created => (StatusCode::CREATED, Json(v)).into_response(),
+        Ok(v) => Json(v).into_response(),
+        Err(e @ StoreError::NoConversation(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) if e.is_client_error() => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            tracing::error!("store: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+async fn list(State(s): State<Service>, Query(p): Query<Page>) -> Response {
+    match store(&s) {
+        Ok(st) => answer(st.conversations(p.archived, p.before.clone(), p.limit()).await, false),
+        Err(r) => r,
+    }
+}
+
+async fn create(State(s): State<Service>, b: Result<Json<NewConversation>, JsonRejection>) -> Response {
+    let (st, b) = match (store(&s), body(b)) {
+        (Ok(st), Ok(b)) => (st, b),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    answer(st.create_conversation(&b.title).await, true)
+}
+
+async fn one(State(s): State<Service>, Path(id): Path<String>) -> Response {
+    match store(&s) {
+        Ok(st) => answer(st.conversation(&id).await, false),
+        Err(r) => r,
+    }
+}
+
+async fn update(State(s): State<Service>, Path(id): Path<String>, b: Result<Json<ConversationPatch>, JsonRejection>) -> Response {
+    let (st, b) = match (store(&s), body(b)) {
+        (Ok(st), Ok(b)) => (st, b),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    answer(st.update_conversation(&id, b.title, b.archived).await, false)
+}
+
+async fn messages(State(s): State<Service>, Path(id): Path<String>, Query(p): Query<Page>) -> Response {
+    match store(&s) {
+        Ok(st) => answer(st.messages(&id, p.after.clone(), p.limit()).await, false),
+        Err(r) => r,
+    }
+}
+
+async fn append(State(s): State<Service>, Path(id): Path<String>, b: Result<Json<NewMessage>, JsonRejection>) -> Response {
+    let (st, b) = match (store(&s), body(b)) {
+        (Ok(st), Ok(b)) => (st, b),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    answer(st.append_message(&id, &b.role, b.content, b.model).await, true)
+}
+
+async fn sync_now(State(s): State<Service>) -> Response {
+    s.sync.kick();
+    let status = s.sync.status.borrow().clone();
+    Json(status).into_response()
+}

@@ -1,0 +1,398 @@
+//! The local-first store: conversations and messages in a SQLite file on this node
+//! (WAL, `synchronous=FULL`), answered locally whether or not any other node is
+//! reachable. Every write commits together with its outbox row, which `sync` pushes
+//! to the PostgreSQL primary later; rows written elsewhere come back through `sync`
+//! too. Ids are UUIDv7 made here; messages never change once written; conversation
+//! metadata (title, archived) is last-writer-wins by a hybrid logical clock (`hlc`).
+//!
+//! rusqlite is blocking: every call runs on tokio's blocking pool, holding the one
+//! connection's lock only inside that closure.
+
+pub mod api;
+pub mod cli;
+pub mod hlc;
+mod schema;
+pub mod sync;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use hlc::{Hlc, Stamp};
+
+/// The longest title and message accepted (a message may hold a long answer).
+pub const MAX_TITLE: usize = 1_000;
+pub const MAX_CONTENT: usize = 8 * 1024 * 1024;
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: String,
+    pub title: String,
+    pub archived: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// The node that created it.
+    pub origin: String,
+    /// The clock stamp of the last metadata write (rename, archive).
+    pub updated_hlc: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub role: String,
+    pub content: String,
+    pub model: Option<String>,
+    /// The node it was written on.
+    pub node: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the local store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the store's directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the local store {path} has schema version {found}; this robbie-mesh knows up to {known}: upgrade robbie-mesh")]
+    TooNew { path: PathBuf, found: i64, known: i64 },
+    #[error("no conversation {0}")]
+    NoConversation(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// A problem with the request (not with the store).
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, StoreError::NoConversation(_) | StoreError::Invalid(_))
+    }
+}
+
+/// What `sync` pushes next: outbox rows up to `max_seq`, with the rows they name.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub max_seq: i64,
+    pub rows: usize,
+    pub conversations: Vec<Conversation>,
+    pub messages: Vec<Message>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    node: String,
+    device: String,
+    hlc: Mutex<Hlc>,
+    /// Woken after every local write (the sync task pushes soon after).
+    written: tokio::sync::Notify,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path, node: &str) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
+        }
+        let sql = |source| StoreError::Sqlite { path: path.to_path_buf(), source };
+        let mut conn = Connection::open(path).map_err(sql)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
+            .map_err(sql)?;
+        schema::migrate(&mut conn, path)?;
+        let device = match meta(&conn, "device_id").map_err(sql)? {
+            Some(d) => d,
+            None => {
+                let d = uuid::Uuid::now_v7().to_string();
+                set_meta(&conn, "device_id", &d).map_err(sql)?;
+                d
+            }
+        };
+        let last = meta(&conn, "hlc").map_err(sql)?.and_then(|s| Stamp::decode(&s)).unwrap_or(Stamp { ms: 0, counter: 0 });
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                conn: Mutex::new(conn),
+                node: node.to_string(),
+                device,
+                hlc: Mutex::new(Hlc::new(last)),
+                written: tokio::sync::Notify::new(),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// This store's device id (one per SQLite file).
+    pub fn device(&self) -> &str {
+        &self.inner.device
+    }
+
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Resolves after the next local write.
+    pub async fn written(&self) {
+        self.inner.written.notified().await;
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn, &inner)
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Invalid(format!("store task failed: {e}"))))
+    }
+
+    /// The same, synchronously (the CLI, tests).
+    pub fn with_blocking<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|source| StoreError::Sqlite { path: self.inner.path.clone(), source })
+    }
+
+    pub async fn create_conversation(&self, title: &str) -> Result<Conversation, StoreError> {
+        check_title(title)?;
+        let title = title.to_string();
+        let c = self
+            .with(move |conn, inner| {
+                let stamp = inner.tick(conn)?;
+                let c = Conversation {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    title,
+                    archived: false,
+                    created_at: hlc::now_ms() as i64,
+                    origin: inner.node.clone(),
+                    updated_hlc: stamp,
+                };
+                inner.write(conn, |tx| {
+                    tx.execute(
+                        "INSERT INTO conversations (id, title, archived, created_at, origin, updated_hlc) VALUES (?1, ?2, 0, ?3, ?4, ?5)",
+                        params![c.id, c.title, c.created_at, c.origin, c.updated_hlc],
+                    )?;
+                    outbox(tx, 'c', &c.id)
+                })?;
+                Ok(c)
+            })
+            .await?;
+        self.inner.written.notify_waiters();
+        Ok(c)
+    }
+
+    /// Renames and/or archives a conversation (a metadata write: newest stamp wins).
+    pub async fn update_conversation(&self, id: &str, title: Option<String>, archived: Option<bool>) -> Result<Conversation, StoreError> {
+        if let Some(t) = &title {
+            check_title(t)?;
+        }
+        let id = id.to_string();
+        let c = self
+            .with(move |conn, inner| {
+                let mut c = get_conversation(conn, &id).map_err(|e| inner.sql(e))?.ok_or(StoreError::NoConversation(id))?;
+                c.title = title.unwrap_or(c.title);
+                c.archived = archived.unwrap_or(c.archived);
+                c.updated_hlc = inner.tick(conn)?;
+                inner.write(conn, |tx| {
+                    tx.execute(
+                        "UPDATE conversations SET title = ?2, archived = ?3, updated_hlc = ?4 WHERE id = ?1",
+                        params![c.id, c.title, c.archived, c.updated_hlc],
+                    )?;
+                    outbox(tx, 'c', &c.id)
+                })?;
+                Ok(c)
+            })
+            .await?;
+        self.inner.written.notify_waiters();
+        Ok(c)
+    }
+
+    pub async fn conversation(&self, id: &str) -> Result<Conversation, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn, inner| get_conversation(conn, &id).map_err(|e| inner.sql(e))?.ok_or(StoreError::NoConversation(id)))
+            .await
+    }
+
+    /// Newest first; `before` (an id) pages on.
+    pub async fn conversations(&self, archived: bool, before: Option<String>, limit: usize) -> Result<Vec<Conversation>, StoreError> {
+        self.with(move |conn, inner| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT id, title, archived, created_at, origin, updated_hlc FROM conversations \
+                     WHERE (?1 OR archived = 0) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+                )
+                .map_err(|e| inner.sql(e))?;
+            let rows = st.query_map(params![archived, before, limit as i64], conversation_row).map_err(|e| inner.sql(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| inner.sql(e))
+        })
+        .await
+    }
+
+    pub async fn append_message(&self, conversation: &str, role: &str, content: String, model: Option<String>) -> Result<Message, StoreError> {
+        if !ROLES.contains(&role) {
+            return Err(StoreError::Invalid(format!("role `{role}` is not one of {}", ROLES.join(", "))));
+        }
+        if content.len() > MAX_CONTENT {
+            return Err(StoreError::Invalid(format!("content is over {} MiB", MAX_CONTENT >> 20)));
+        }
+        let (conversation, role) = (conversation.to_string(), role.to_string());
+        let m = self
+            .with(move |conn, inner| {
+                let m = Message {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    conversation_id: conversation,
+                    role,
+                    content,
+                    model,
+                    node: inner.node.clone(),
+                    created_at: hlc::now_ms() as i64,
+                };
+                let ok = inner.write(conn, |tx| {
+                    let exists: bool = tx
+                        .prepare_cached("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)")?
+                        .query_row([&m.conversation_id], |r| r.get(0))?;
+                    if !exists {
+                        return Ok(false);
+                    }
+                    tx.prepare_cached(
+                        "INSERT INTO messages (id, conversation_id, role, content, model, node, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![m.id, m.conversation_id, m.role, m.content, m.model, m.node, m.created_at])?;
+                    outbox(tx, 'm', &m.id)?;
+                    Ok(true)
+                })?;
+                if ok {
+                    Ok(m)
+                } else {
+                    Err(StoreError::NoConversation(m.conversation_id))
+                }
+            })
+            .await;
+        let m = m?;
+        self.inner.written.notify_waiters();
+        Ok(m)
+    }
+
+    /// Oldest first; `after` (an id) pages on.
+    pub async fn messages(&self, conversation: &str, after: Option<String>, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let conversation = conversation.to_string();
+        self.with(move |conn, inner| {
+            if get_conversation(conn, &conversation).map_err(|e| inner.sql(e))?.is_none() {
+                return Err(StoreError::NoConversation(conversation));
+            }
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT id, conversation_id, role, content, model, node, created_at FROM messages \
+                     WHERE conversation_id = ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3",
+                )
+                .map_err(|e| inner.sql(e))?;
+            let rows = st.query_map(params![conversation, after, limit as i64], message_row).map_err(|e| inner.sql(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| inner.sql(e))
+        })
+        .await
+    }
+
+    /// Rows written here and not yet acknowledged by the primary.
+    pub async fn pending(&self) -> Result<u64, StoreError> {
+        self.with(|conn, inner| conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(|e| inner.sql(e)))
+            .await
+    }
+}
+
+impl Inner {
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { path: self.path.clone(), source }
+    }
+
+    /// A new clock stamp, persisted with the write that uses it.
+    fn tick(&self, _conn: &Connection) -> Result<String, StoreError> {
+        let mut h = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(h.tick(hlc::now_ms()).encode(&self.device))
+    }
+
+    /// One immediate transaction around `f`, with the clock saved in it.
+    fn write<T>(&self, conn: &mut Connection, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let run = || -> rusqlite::Result<T> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            let last = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).last();
+            tx.prepare_cached("INSERT INTO meta (key, value) VALUES ('hlc', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?
+                .execute([last.encode(&self.device)])?;
+            tx.commit()?;
+            Ok(out)
+        };
+        run().map_err(|e| self.sql(e))
+    }
+}
+
+fn check_title(t: &str) -> Result<(), StoreError> {
+    if t.len() > MAX_TITLE {
+        return Err(StoreError::Invalid(format!("title is over {MAX_TITLE} bytes")));
+    }
+    Ok(())
+}
+
+fn outbox(tx: &rusqlite::Transaction<'_>, kind: char, id: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO outbox (kind, row_id) VALUES (?1, ?2)")?.execute(params![kind.to_string(), id])?;
+    Ok(())
+}
+
+fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+}
+
+fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [key, value])?;
+    Ok(())
+}
+
+fn get_conversation(conn: &Connection, id: &str) -> rusqlite::Result<Option<Conversation>> {
+    conn.prepare_cached("SELECT id, title, archived, created_at, origin, updated_hlc FROM conversations WHERE id = ?1")?
+        .query_row([id], conversation_row)
+        .optional()
+}
+
+fn conversation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
+    Ok(Conversation {
+        id: r.get(0)?,
+        title: r.get(1)?,
+        archived: r.get(2)?,
+        created_at: r.get(3)?,
+        origin: r.get(4)?,
+        updated_hlc: r.get(5)?,
+    })
+}
+
+fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: r.get(0)?,
+        conversation_id: r.get(1)?,
+        role: r.get(2)?,
+        content: r.get(3)?,
+        model: r.get(4)?,
+        node: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
