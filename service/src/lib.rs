@@ -19,7 +19,7 @@ pub mod proxy;
 pub mod route;
 pub mod service;
 pub mod services;
-pub mod store;
 pub mod ssh;
+pub mod store;
 pub mod tunnel;
 mod util;

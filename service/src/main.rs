@@ -389,19 +389,27 @@ fn db(command: DbCommand) -> anyhow::Result<ExitCode> {
             let (_, store) = open_store(config)?;
             let (c, m) = match &output {
                 Some(path) => {
-                    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
                     cli::export(&store, &mut std::io::BufWriter::new(file))?
                 }
                 None => cli::export(&store, &mut std::io::stdout().lock())?,
             };
-            eprintln!("exported {c} conversations and {m} messages from {}", store.path().display());
+            eprintln!(
+                "exported {c} conversations and {m} messages from {}",
+                store.path().display()
+            );
         }
         DbCommand::Migrate { url, config } => {
             let cfg = load_config(config)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let (from, to) = rt.block_on(async {
                 let mut client = cli::connect(url.as_deref(), cfg.store.sync.as_ref()).await?;
-                robbie_mesh::store::sync::migrate(&mut client).await.map_err(anyhow::Error::from)
+                robbie_mesh::store::sync::migrate(&mut client)
+                    .await
+                    .map_err(anyhow::Error::from)
             })?;
             if from == to {
                 println!("the robbie schema is up to date (version {to})");
@@ -419,7 +427,8 @@ fn sync(wait: bool, timeout: std::time::Duration, api: &ApiArg) -> anyhow::Resul
     if !code.is_success() {
         bail!("API answered {code}: {text}");
     }
-    let first: serde_json::Value = serde_json::from_str(&text).context("the API answered something that is not JSON")?;
+    let first: serde_json::Value =
+        serde_json::from_str(&text).context("the API answered something that is not JSON")?;
     if first["state"] == "off" {
         bail!("sync is not configured: add a [store.sync] section naming your postgres service (see the README)");
     }
@@ -432,20 +441,32 @@ fn sync(wait: bool, timeout: std::time::Duration, api: &ApiArg) -> anyhow::Resul
     let mut shown = String::new();
     loop {
         let (_, text) = api_call(api, reqwest::Method::GET, "/v1/status")?;
-        let st: serde_json::Value = serde_json::from_str(&text).context("the API answered something that is not JSON")?;
+        let st: serde_json::Value =
+            serde_json::from_str(&text).context("the API answered something that is not JSON")?;
         let s = &st["store"]["sync"];
-        let line = format!("{}: {} pending, {} pushed, {} pulled", s["state"].as_str().unwrap_or("?"), s["pending"], s["pushed"], s["pulled"]);
+        let line = format!(
+            "{}: {} pending, {} pushed, {} pulled",
+            s["state"].as_str().unwrap_or("?"),
+            s["pending"],
+            s["pushed"],
+            s["pulled"]
+        );
         if line != shown {
             eprintln!("{line}");
             shown = line;
         }
         let synced_after_start = s["last_sync"].as_str().is_some_and(|t| t >= since.as_str());
         if s["pending"] == 0 && s["state"] == "idle" && synced_after_start {
-            println!("in sync: nothing pending (last sync {})", s["last_sync"].as_str().unwrap_or("?"));
+            println!(
+                "in sync: nothing pending (last sync {})",
+                s["last_sync"].as_str().unwrap_or("?")
+            );
             return Ok(ExitCode::SUCCESS);
         }
         if started.elapsed() > timeout {
-            let why = s["last_error"].as_str().unwrap_or("no answer from the primary yet");
+            let why = s["last_error"]
+                .as_str()
+                .unwrap_or("no answer from the primary yet");
             bail!("not in sync after {}: {why}; rows stay queued locally and go when the primary is reachable", humantime::format_duration(timeout));
         }
         std::thread::sleep(std::time::Duration::from_millis(200));

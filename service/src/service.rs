@@ -72,7 +72,13 @@ impl Service {
             e.to_string()
         });
         let sync = match &store {
-            Ok(st) => crate::store::sync::start(st.clone(), config.store.sync.clone(), events.clone(), tracker, cancel.child_token()),
+            Ok(st) => crate::store::sync::start(
+                st.clone(),
+                config.store.sync.clone(),
+                events.clone(),
+                tracker,
+                cancel.child_token(),
+            ),
             Err(_) => crate::store::sync::SyncHandle::off(),
         };
         Service {

@@ -27,7 +27,10 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
     let v_cfg = dir.path().join("vengeance.toml");
     std::fs::write(
         &v_cfg,
-        format!("node = \"vengeance\"\n[api]\nlisten = \"127.0.0.1:{v_api}\"\n[store]\npath = \"{}\"\n", dir.path().join("store.db").display()),
+        format!(
+            "node = \"vengeance\"\n[api]\nlisten = \"127.0.0.1:{v_api}\"\n[store]\npath = \"{}\"\n",
+            dir.path().join("store.db").display()
+        ),
     )
     .expect("write");
     let exe = std::env::current_exe().expect("exe");

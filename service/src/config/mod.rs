@@ -62,7 +62,10 @@ pub struct SyncConfig {
 /// `<data dir>/robbie-mesh/store.db` (`~/.local/share` on Linux,
 /// `~/Library/Application Support` on macOS).
 pub fn default_store_path() -> PathBuf {
-    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("robbie-mesh").join("store.db")
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("robbie-mesh")
+        .join("store.db")
 }
 
 /// What a service speaks, which decides how it is probed and proxied.
@@ -456,7 +459,10 @@ impl Config {
             peers: Vec::new(),
             services: Vec::new(),
             nodes: Vec::new(),
-            store: StoreConfig { path: default_store_path(), sync: None },
+            store: StoreConfig {
+                path: default_store_path(),
+                sync: None,
+            },
         }
     }
 

@@ -242,8 +242,15 @@ pub(crate) fn validate(
     })
 }
 
-fn validate_store(c: &mut Checker<'_>, raw: Option<&RawStore>, services: &[ServiceConfig], env: &Env) -> StoreConfig {
-    let path = raw.and_then(|r| r.path.as_deref()).map_or_else(super::default_store_path, |p| env.expand(p));
+fn validate_store(
+    c: &mut Checker<'_>,
+    raw: Option<&RawStore>,
+    services: &[ServiceConfig],
+    env: &Env,
+) -> StoreConfig {
+    let path = raw
+        .and_then(|r| r.path.as_deref())
+        .map_or_else(super::default_store_path, |p| env.expand(p));
     let sync = raw.and_then(|r| r.sync.as_ref()).and_then(|s| {
         let name = s.service.get_ref();
         let svc = services.iter().find(|x| &x.name == name);

@@ -24,7 +24,10 @@ pub fn routes() -> Router<Service> {
     Router::new()
         .route("/v1/conversations", get(list).post(create))
         .route("/v1/conversations/{id}", get(one).patch(update))
-        .route("/v1/conversations/{id}/messages", get(messages).post(append))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(messages).post(append),
+        )
         .route("/v1/sync", post(sync_now))
 }
 
@@ -65,12 +68,31 @@ pub struct NewMessage {
     model: Option<String>,
 }
 
-fn store(s: &Service) -> Result<&Store, Response> {
-    s.store.as_ref().map_err(|why| error(StatusCode::SERVICE_UNAVAILABLE, format!("the local store is not open: {why}")))
+/// A refusal: its status and what to say.
+struct Fail(StatusCode, String);
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
-    b.map(|Json(t)| t).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {}", e.body_text())))
+fn store(s: &Service) -> Result<&Store, Fail> {
+    s.store.as_ref().map_err(|why| {
+        Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the local store is not open: {why}"),
+        )
+    })
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Fail> {
+    b.map(|Json(t)| t).map_err(|e| {
+        Fail(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {}", e.body_text()),
+        )
+    })
 }
 
 fn answer<T: serde::Serialize>(r: Result<T, StoreError>, created: bool) -> Response {
@@ -86,49 +108,62 @@ fn answer<T: serde::Serialize>(r: Result<T, StoreError>, created: bool) -> Respo
     }
 }
 
-async fn list(State(s): State<Service>, Query(p): Query<Page>) -> Response {
-    match store(&s) {
-        Ok(st) => answer(st.conversations(p.archived, p.before.clone(), p.limit()).await, false),
-        Err(r) => r,
-    }
+type Answer = Result<Response, Fail>;
+
+async fn list(State(s): State<Service>, Query(p): Query<Page>) -> Answer {
+    Ok(answer(
+        store(&s)?
+            .conversations(p.archived, p.before.clone(), p.limit())
+            .await,
+        false,
+    ))
 }
 
-async fn create(State(s): State<Service>, b: Result<Json<NewConversation>, JsonRejection>) -> Response {
-    let (st, b) = match (store(&s), body(b)) {
-        (Ok(st), Ok(b)) => (st, b),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    answer(st.create_conversation(&b.title).await, true)
+async fn create(
+    State(s): State<Service>,
+    b: Result<Json<NewConversation>, JsonRejection>,
+) -> Answer {
+    let (st, b) = (store(&s)?, body(b)?);
+    Ok(answer(st.create_conversation(&b.title).await, true))
 }
 
-async fn one(State(s): State<Service>, Path(id): Path<String>) -> Response {
-    match store(&s) {
-        Ok(st) => answer(st.conversation(&id).await, false),
-        Err(r) => r,
-    }
+async fn one(State(s): State<Service>, Path(id): Path<String>) -> Answer {
+    Ok(answer(store(&s)?.conversation(&id).await, false))
 }
 
-async fn update(State(s): State<Service>, Path(id): Path<String>, b: Result<Json<ConversationPatch>, JsonRejection>) -> Response {
-    let (st, b) = match (store(&s), body(b)) {
-        (Ok(st), Ok(b)) => (st, b),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    answer(st.update_conversation(&id, b.title, b.archived).await, false)
+async fn update(
+    State(s): State<Service>,
+    Path(id): Path<String>,
+    b: Result<Json<ConversationPatch>, JsonRejection>,
+) -> Answer {
+    let (st, b) = (store(&s)?, body(b)?);
+    Ok(answer(
+        st.update_conversation(&id, b.title, b.archived).await,
+        false,
+    ))
 }
 
-async fn messages(State(s): State<Service>, Path(id): Path<String>, Query(p): Query<Page>) -> Response {
-    match store(&s) {
-        Ok(st) => answer(st.messages(&id, p.after.clone(), p.limit()).await, false),
-        Err(r) => r,
-    }
+async fn messages(
+    State(s): State<Service>,
+    Path(id): Path<String>,
+    Query(p): Query<Page>,
+) -> Answer {
+    Ok(answer(
+        store(&s)?.messages(&id, p.after.clone(), p.limit()).await,
+        false,
+    ))
 }
 
-async fn append(State(s): State<Service>, Path(id): Path<String>, b: Result<Json<NewMessage>, JsonRejection>) -> Response {
-    let (st, b) = match (store(&s), body(b)) {
-        (Ok(st), Ok(b)) => (st, b),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    answer(st.append_message(&id, &b.role, b.content, b.model).await, true)
+async fn append(
+    State(s): State<Service>,
+    Path(id): Path<String>,
+    b: Result<Json<NewMessage>, JsonRejection>,
+) -> Answer {
+    let (st, b) = (store(&s)?, body(b)?);
+    Ok(answer(
+        st.append_message(&id, &b.role, b.content, b.model).await,
+        true,
+    ))
 }
 
 async fn sync_now(State(s): State<Service>) -> Response {

@@ -17,15 +17,29 @@ pub fn list(store: &Store, archived: bool) -> Result<String, StoreError> {
              (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) \
              FROM conversations c WHERE (?1 OR c.archived = 0) ORDER BY c.id DESC",
         )?;
-        let mut out = format!("{:<36}  {:>8}  {:<16}  {:<12}  TITLE\n", "ID", "MESSAGES", "CREATED (UTC)", "NODE");
-        let rows = st.query_map(params![archived], |r| Ok((conversation_row(r)?, r.get::<_, i64>(6)?)))?;
+        let mut out = format!(
+            "{:<36}  {:>8}  {:<16}  {:<12}  TITLE\n",
+            "ID", "MESSAGES", "CREATED (UTC)", "NODE"
+        );
+        let rows = st.query_map(params![archived], |r| {
+            Ok((conversation_row(r)?, r.get::<_, i64>(6)?))
+        })?;
         let mut n = 0;
         for row in rows {
             let (c, count) = row?;
-            let created = crate::util::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(c.created_at as u64));
+            let created = crate::util::rfc3339(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(c.created_at as u64),
+            );
             let created = created.get(..16).unwrap_or(&created).replace('T', " ");
-            let title = if c.archived { format!("{} (archived)", c.title) } else { c.title };
-            out.push_str(&format!("{:<36}  {count:>8}  {created:<16}  {:<12}  {title}\n", c.id, c.origin));
+            let title = if c.archived {
+                format!("{} (archived)", c.title)
+            } else {
+                c.title
+            };
+            out.push_str(&format!(
+                "{:<36}  {count:>8}  {created:<16}  {:<12}  {title}\n",
+                c.id, c.origin
+            ));
             n += 1;
         }
         if n == 0 {
@@ -76,7 +90,10 @@ fn tagged<T: serde::Serialize>(kind: &str, v: &T) -> String {
 /// A PostgreSQL connection: from a URL / conninfo string if given, else the
 /// config's `[store.sync]` (through the PostgreSQL endpoint, password from the
 /// keychain or `PGPASSWORD`).
-pub async fn connect(url: Option<&str>, sync: Option<&SyncConfig>) -> anyhow::Result<tokio_postgres::Client> {
+pub async fn connect(
+    url: Option<&str>,
+    sync: Option<&SyncConfig>,
+) -> anyhow::Result<tokio_postgres::Client> {
     let pg: tokio_postgres::Config = match (url, sync) {
         (Some(u), _) => u.parse().map_err(|e| anyhow::anyhow!("--url `{u}`: {e}"))?,
         (None, Some(s)) => {
@@ -94,10 +111,12 @@ pub async fn connect(url: Option<&str>, sync: Option<&SyncConfig>) -> anyhow::Re
             "no PostgreSQL to talk to: pass --url postgres://USER@HOST:PORT/DB, or configure [store.sync] in the config"
         ),
     };
-    let (client, conn) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {}", super::sync::SyncError::from(e)))?;
+    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to PostgreSQL: {}",
+            super::sync::SyncError::from(e)
+        )
+    })?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -50,9 +50,15 @@ impl Hlc {
     /// A stamp for a write happening now (wall clock `now_ms`).
     pub fn tick(&mut self, now_ms: u64) -> Stamp {
         self.last = if now_ms > self.last.ms {
-            Stamp { ms: now_ms, counter: 0 }
+            Stamp {
+                ms: now_ms,
+                counter: 0,
+            }
         } else {
-            Stamp { ms: self.last.ms, counter: self.last.counter + 1 }
+            Stamp {
+                ms: self.last.ms,
+                counter: self.last.counter + 1,
+            }
         };
         self.last
     }
@@ -72,7 +78,9 @@ impl Hlc {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -95,11 +103,43 @@ mod tests {
 
     #[test]
     fn a_remote_stamp_moves_the_clock_within_the_skew_bound_only() {
-        let mut c = Hlc::new(Stamp { ms: 1_000, counter: 0 });
-        assert_eq!(c.observe(Stamp { ms: 5_000, counter: 3 }, 2_000), None);
-        assert_eq!(c.tick(2_000), Stamp { ms: 5_000, counter: 4 }, "after what it has seen");
-        let far = Stamp { ms: 2_000 + MAX_SKEW.as_millis() as u64 + 10_000, counter: 0 };
-        assert_eq!(c.observe(far, 2_000), Some(MAX_SKEW + Duration::from_secs(10)));
-        assert_eq!(c.tick(2_000), Stamp { ms: 5_000, counter: 5 }, "not dragged into the future");
+        let mut c = Hlc::new(Stamp {
+            ms: 1_000,
+            counter: 0,
+        });
+        assert_eq!(
+            c.observe(
+                Stamp {
+                    ms: 5_000,
+                    counter: 3
+                },
+                2_000
+            ),
+            None
+        );
+        assert_eq!(
+            c.tick(2_000),
+            Stamp {
+                ms: 5_000,
+                counter: 4
+            },
+            "after what it has seen"
+        );
+        let far = Stamp {
+            ms: 2_000 + MAX_SKEW.as_millis() as u64 + 10_000,
+            counter: 0,
+        };
+        assert_eq!(
+            c.observe(far, 2_000),
+            Some(MAX_SKEW + Duration::from_secs(10))
+        );
+        assert_eq!(
+            c.tick(2_000),
+            Stamp {
+                ms: 5_000,
+                counter: 5
+            },
+            "not dragged into the future"
+        );
     }
 }

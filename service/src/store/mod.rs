@@ -67,7 +67,11 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("the local store {path} has schema version {found}; this robbie-mesh knows up to {known}: upgrade robbie-mesh")]
-    TooNew { path: PathBuf, found: i64, known: i64 },
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("no conversation {0}")]
     NoConversation(String),
     #[error("{0}")]
@@ -109,12 +113,20 @@ impl Store {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     pub fn open(path: &Path, node: &str) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
-        let sql = |source| StoreError::Sqlite { path: path.to_path_buf(), source };
+        let sql = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut conn = Connection::open(path).map_err(sql)?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
-            .map_err(sql)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(sql)?;
         schema::migrate(&mut conn, path)?;
         let device = match meta(&conn, "device_id").map_err(sql)? {
             Some(d) => d,
@@ -124,7 +136,10 @@ impl Store {
                 d
             }
         };
-        let last = meta(&conn, "hlc").map_err(sql)?.and_then(|s| Stamp::decode(&s)).unwrap_or(Stamp { ms: 0, counter: 0 });
+        let last = meta(&conn, "hlc")
+            .map_err(sql)?
+            .and_then(|s| Stamp::decode(&s))
+            .unwrap_or(Stamp { ms: 0, counter: 0 });
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -170,9 +185,15 @@ impl Store {
     }
 
     /// The same, synchronously (the CLI, tests).
-    pub fn with_blocking<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    pub fn with_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn).map_err(|source| StoreError::Sqlite { path: self.inner.path.clone(), source })
+        f(&mut conn).map_err(|source| StoreError::Sqlite {
+            path: self.inner.path.clone(),
+            source,
+        })
     }
 
     pub async fn create_conversation(&self, title: &str) -> Result<Conversation, StoreError> {
@@ -204,7 +225,12 @@ impl Store {
     }
 
     /// Renames and/or archives a conversation (a metadata write: newest stamp wins).
-    pub async fn update_conversation(&self, id: &str, title: Option<String>, archived: Option<bool>) -> Result<Conversation, StoreError> {
+    pub async fn update_conversation(
+        &self,
+        id: &str,
+        title: Option<String>,
+        archived: Option<bool>,
+    ) -> Result<Conversation, StoreError> {
         if let Some(t) = &title {
             check_title(t)?;
         }
@@ -231,12 +257,21 @@ impl Store {
 
     pub async fn conversation(&self, id: &str) -> Result<Conversation, StoreError> {
         let id = id.to_string();
-        self.with(move |conn, inner| get_conversation(conn, &id).map_err(|e| inner.sql(e))?.ok_or(StoreError::NoConversation(id)))
-            .await
+        self.with(move |conn, inner| {
+            get_conversation(conn, &id)
+                .map_err(|e| inner.sql(e))?
+                .ok_or(StoreError::NoConversation(id))
+        })
+        .await
     }
 
     /// Newest first; `before` (an id) pages on.
-    pub async fn conversations(&self, archived: bool, before: Option<String>, limit: usize) -> Result<Vec<Conversation>, StoreError> {
+    pub async fn conversations(
+        &self,
+        archived: bool,
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
         self.with(move |conn, inner| {
             let mut st = conn
                 .prepare_cached(
@@ -250,12 +285,24 @@ impl Store {
         .await
     }
 
-    pub async fn append_message(&self, conversation: &str, role: &str, content: String, model: Option<String>) -> Result<Message, StoreError> {
+    pub async fn append_message(
+        &self,
+        conversation: &str,
+        role: &str,
+        content: String,
+        model: Option<String>,
+    ) -> Result<Message, StoreError> {
         if !ROLES.contains(&role) {
-            return Err(StoreError::Invalid(format!("role `{role}` is not one of {}", ROLES.join(", "))));
+            return Err(StoreError::Invalid(format!(
+                "role `{role}` is not one of {}",
+                ROLES.join(", ")
+            )));
         }
         if content.len() > MAX_CONTENT {
-            return Err(StoreError::Invalid(format!("content is over {} MiB", MAX_CONTENT >> 20)));
+            return Err(StoreError::Invalid(format!(
+                "content is over {} MiB",
+                MAX_CONTENT >> 20
+            )));
         }
         let (conversation, role) = (conversation.to_string(), role.to_string());
         let m = self
@@ -296,7 +343,12 @@ impl Store {
     }
 
     /// Oldest first; `after` (an id) pages on.
-    pub async fn messages(&self, conversation: &str, after: Option<String>, limit: usize) -> Result<Vec<Message>, StoreError> {
+    pub async fn messages(
+        &self,
+        conversation: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
         let conversation = conversation.to_string();
         self.with(move |conn, inner| {
             if get_conversation(conn, &conversation).map_err(|e| inner.sql(e))?.is_none() {
@@ -316,14 +368,21 @@ impl Store {
 
     /// Rows written here and not yet acknowledged by the primary.
     pub async fn pending(&self) -> Result<u64, StoreError> {
-        self.with(|conn, inner| conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(|e| inner.sql(e)))
-            .await
+        self.with(|conn, inner| {
+            conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(|e| inner.sql(e))
+        })
+        .await
     }
 }
 
 impl Inner {
     fn sql(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite { path: self.path.clone(), source }
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// A new clock stamp, persisted with the write that uses it.
@@ -333,7 +392,11 @@ impl Inner {
     }
 
     /// One immediate transaction around `f`, with the clock saved in it.
-    fn write<T>(&self, conn: &mut Connection, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    fn write<T>(
+        &self,
+        conn: &mut Connection,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let run = || -> rusqlite::Result<T> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
@@ -349,18 +412,22 @@ impl Inner {
 
 fn check_title(t: &str) -> Result<(), StoreError> {
     if t.len() > MAX_TITLE {
-        return Err(StoreError::Invalid(format!("title is over {MAX_TITLE} bytes")));
+        return Err(StoreError::Invalid(format!(
+            "title is over {MAX_TITLE} bytes"
+        )));
     }
     Ok(())
 }
 
 fn outbox(tx: &rusqlite::Transaction<'_>, kind: char, id: &str) -> rusqlite::Result<()> {
-    tx.prepare_cached("INSERT INTO outbox (kind, row_id) VALUES (?1, ?2)")?.execute(params![kind.to_string(), id])?;
+    tx.prepare_cached("INSERT INTO outbox (kind, row_id) VALUES (?1, ?2)")?
+        .execute(params![kind.to_string(), id])?;
     Ok(())
 }
 
 fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
 }
 
 fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {

@@ -42,16 +42,26 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let sql = |source| StoreError::Sqlite { path: path.to_path_buf(), source };
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
+    let sql = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(StoreError::TooNew { path: path.to_path_buf(), found: version, known });
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known,
+        });
     }
     for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction().map_err(sql)?;
         tx.execute_batch(m).map_err(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(sql)?;
         tx.commit().map_err(sql)?;
     }
     Ok(())

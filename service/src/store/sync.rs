@@ -75,8 +75,14 @@ pub enum SyncError {
     #[error("PostgreSQL: {0}")]
     Pg(String),
     #[error("the primary's robbie schema is version {found}, this robbie-mesh writes version {ours}: run `robbie-mesh db migrate` {hint}")]
-    Schema { found: i32, ours: i32, hint: &'static str },
-    #[error("the primary has no robbie schema yet: run `robbie-mesh db migrate` once (on any node)")]
+    Schema {
+        found: i32,
+        ours: i32,
+        hint: &'static str,
+    },
+    #[error(
+        "the primary has no robbie schema yet: run `robbie-mesh db migrate` once (on any node)"
+    )]
     NoSchema,
 }
 
@@ -93,19 +99,31 @@ impl From<tokio_postgres::Error> for SyncError {
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(i32, i32), SyncError> {
     let tx = client.transaction().await?;
     // One migrator at a time, whichever node runs it.
-    tx.execute("SELECT pg_advisory_xact_lock(7361_2025)", &[]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock(73612025)", &[])
+        .await?;
     tx.batch_execute("CREATE SCHEMA IF NOT EXISTS robbie; CREATE TABLE IF NOT EXISTS robbie.schema_version (version int NOT NULL)")
         .await?;
-    let found: Option<i32> = tx.query_opt("SELECT version FROM robbie.schema_version", &[]).await?.map(|r| r.get(0));
+    let found: Option<i32> = tx
+        .query_opt("SELECT version FROM robbie.schema_version", &[])
+        .await?
+        .map(|r| r.get(0));
     let from = found.unwrap_or(0);
     if from > PG_SCHEMA_VERSION {
-        return Err(SyncError::Schema { found: from, ours: PG_SCHEMA_VERSION, hint: "with a newer robbie-mesh" });
+        return Err(SyncError::Schema {
+            found: from,
+            ours: PG_SCHEMA_VERSION,
+            hint: "with a newer robbie-mesh",
+        });
     }
     for m in &PG_MIGRATIONS[from as usize..] {
         tx.batch_execute(m).await?;
     }
     tx.execute("DELETE FROM robbie.schema_version", &[]).await?;
-    tx.execute("INSERT INTO robbie.schema_version VALUES ($1)", &[&PG_SCHEMA_VERSION]).await?;
+    tx.execute(
+        "INSERT INTO robbie.schema_version VALUES ($1)",
+        &[&PG_SCHEMA_VERSION],
+    )
+    .await?;
     tx.commit().await?;
     Ok((from, PG_SCHEMA_VERSION))
 }
@@ -135,8 +153,14 @@ pub struct SyncHandle {
 impl SyncHandle {
     /// The handle of a store that could not be opened.
     pub fn off() -> SyncHandle {
-        let (_, rx) = watch::channel(SyncStatus { state: "off".into(), ..Default::default() });
-        SyncHandle { status: rx, kick: Arc::new(Notify::new()) }
+        let (_, rx) = watch::channel(SyncStatus {
+            state: "off".into(),
+            ..Default::default()
+        });
+        SyncHandle {
+            status: rx,
+            kick: Arc::new(Notify::new()),
+        }
     }
 
     pub fn kick(&self) {
@@ -152,9 +176,16 @@ pub fn start(
     tracker: &tokio_util::task::TaskTracker,
     cancel: CancellationToken,
 ) -> SyncHandle {
-    let (tx, rx) = watch::channel(SyncStatus { state: "off".into(), device: store.device().to_string(), ..Default::default() });
+    let (tx, rx) = watch::channel(SyncStatus {
+        state: "off".into(),
+        device: store.device().to_string(),
+        ..Default::default()
+    });
     let kick = Arc::new(Notify::new());
-    let handle = SyncHandle { status: rx, kick: kick.clone() };
+    let handle = SyncHandle {
+        status: rx,
+        kick: kick.clone(),
+    };
     let pending_store = store.clone();
     let status = tx.clone();
     // Pending rows are shown whether or not sync is configured.
@@ -172,7 +203,15 @@ pub fn start(
         }
     });
     if let Some(cfg) = cfg {
-        tracker.spawn(Syncer { store, cfg, status: tx, client: None }.run(kick, events, cancel));
+        tracker.spawn(
+            Syncer {
+                store,
+                cfg,
+                status: tx,
+                client: None,
+            }
+            .run(kick, events, cancel),
+        );
     }
     handle
 }
@@ -195,14 +234,21 @@ impl Syncer {
                 Err(e) => {
                     self.client = None;
                     let msg = e.to_string();
-                    tracing::warn!("sync: {msg}");
+                    // Said once per new reason, not on every retry.
+                    if self.status.borrow().last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::warn!("sync: {msg}");
+                    }
                     self.status.send_modify(|s| {
                         s.state = "waiting".into();
                         s.last_error = Some(msg);
                     });
                 }
             }
-            let retry = if self.status.borrow().state == "waiting" { self.cfg.retry } else { self.cfg.interval };
+            let retry = if self.status.borrow().state == "waiting" {
+                self.cfg.retry
+            } else {
+                self.cfg.interval
+            };
             // The next round: asked for, a local write, the primary reachable again, or time.
             let wait = async {
                 loop {
@@ -243,7 +289,8 @@ impl Syncer {
                 .dbname(&self.cfg.database)
                 .application_name("robbie-mesh sync")
                 .connect_timeout(Duration::from_secs(5));
-            if let Ok(Some(p)) = crate::keys::get(&crate::keys::postgres_account(&self.cfg.service)) {
+            if let Ok(Some(p)) = crate::keys::get(&crate::keys::postgres_account(&self.cfg.service))
+            {
                 pg.password(p);
             }
             let (client, conn) = pg.connect(tokio_postgres::NoTls).await?;
@@ -260,11 +307,21 @@ impl Syncer {
 
     async fn acked_seq(&mut self) -> Result<i64, SyncError> {
         let device = self.store.device().to_string();
-        let client = self.client.as_ref().ok_or(SyncError::Pg("not connected".into()))?;
-        let row = client.query_opt("SELECT acked_seq FROM robbie.devices WHERE device_id = $1", &[&device]).await;
+        let client = self
+            .client
+            .as_ref()
+            .ok_or(SyncError::Pg("not connected".into()))?;
+        let row = client
+            .query_opt(
+                "SELECT acked_seq FROM robbie.devices WHERE device_id = $1",
+                &[&device],
+            )
+            .await;
         match row {
             Ok(r) => Ok(r.map_or(0, |r| r.get(0))),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Err(SyncError::NoSchema),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                Err(SyncError::NoSchema)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -276,7 +333,9 @@ impl Syncer {
         self.status.send_modify(|s| s.state = "syncing".into());
         let read_only = {
             let c = self.client.as_ref().expect("connected");
-            c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get::<_, bool>(0)
+            c.query_one("SELECT pg_is_in_recovery()", &[])
+                .await?
+                .get::<_, bool>(0)
         };
         if !read_only {
             loop {
@@ -308,8 +367,14 @@ impl Syncer {
         let pending = self.store.pending().await?;
         self.status.send_modify(|s| {
             s.pending = pending;
-            s.state = if read_only { "waiting".into() } else { "idle".into() };
-            s.last_error = read_only.then(|| "the primary is down; pulled from a read-only replica, local writes wait".into());
+            s.state = if read_only {
+                "waiting".into()
+            } else {
+                "idle".into()
+            };
+            s.last_error = read_only.then(|| {
+                "the primary is down; pulled from a read-only replica, local writes wait".into()
+            });
             if !read_only {
                 s.last_sync = Some(SystemTime::now());
             }
@@ -322,22 +387,41 @@ impl Syncer {
         let node = self.store.node().to_string();
         let client = self.client.as_mut().expect("connected");
         let tx = client.transaction().await?;
-        let version: Option<i32> = match tx.query_opt("SELECT version FROM robbie.schema_version", &[]).await {
+        let version: Option<i32> = match tx
+            .query_opt("SELECT version FROM robbie.schema_version", &[])
+            .await
+        {
             Ok(r) => r.map(|r| r.get(0)),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => return Err(SyncError::NoSchema),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                return Err(SyncError::NoSchema)
+            }
             Err(e) => return Err(e.into()),
         };
         match version {
             Some(PG_SCHEMA_VERSION) => {}
             Some(v) => {
-                let hint = if v > PG_SCHEMA_VERSION { "with a newer robbie-mesh here" } else { "" };
-                return Err(SyncError::Schema { found: v, ours: PG_SCHEMA_VERSION, hint });
+                let hint = if v > PG_SCHEMA_VERSION {
+                    "with a newer robbie-mesh here"
+                } else {
+                    ""
+                };
+                return Err(SyncError::Schema {
+                    found: v,
+                    ours: PG_SCHEMA_VERSION,
+                    hint,
+                });
             }
             None => return Err(SyncError::NoSchema),
         }
         tx.execute("INSERT INTO robbie.devices (device_id, node) VALUES ($1, $2) ON CONFLICT (device_id) DO NOTHING", &[&device, &node])
             .await?;
-        let acked: i64 = tx.query_one("SELECT acked_seq FROM robbie.devices WHERE device_id = $1 FOR UPDATE", &[&device]).await?.get(0);
+        let acked: i64 = tx
+            .query_one(
+                "SELECT acked_seq FROM robbie.devices WHERE device_id = $1 FOR UPDATE",
+                &[&device],
+            )
+            .await?
+            .get(0);
         if acked >= b.max_seq {
             // Already there (a crash after the commit, before the local ack).
             tx.rollback().await?;
@@ -382,8 +466,11 @@ impl Syncer {
             )
             .await?;
         }
-        tx.execute("UPDATE robbie.devices SET acked_seq = $2, last_push = now() WHERE device_id = $1", &[&device, &b.max_seq])
-            .await?;
+        tx.execute(
+            "UPDATE robbie.devices SET acked_seq = $2, last_push = now() WHERE device_id = $1",
+            &[&device, &b.max_seq],
+        )
+        .await?;
         crate::failpoint::hit("sync-before-commit");
         tx.commit().await?;
         Ok(())
@@ -405,8 +492,12 @@ impl Syncer {
                  FROM robbie.messages WHERE {fence} ORDER BY xid, change_id LIMIT $4"
             ),
         };
-        let rows = client.query(&sql, &[&xid, &change, &device, &(limit as i64)]).await?;
-        let Some(last) = rows.last() else { return Ok(0) };
+        let rows = client
+            .query(&sql, &[&xid, &change, &device, &(limit as i64)])
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(0);
+        };
         let width = last.len();
         let cursor: (String, i64) = (last.get(width - 2), last.get(width - 1));
         let n = rows.len();
@@ -497,23 +588,35 @@ impl Store {
 
     /// The primary has everything up to `seq`: those outbox rows go.
     pub async fn ack(&self, seq: i64) -> Result<(), StoreError> {
-        self.with(move |conn, inner| conn.execute("DELETE FROM outbox WHERE seq <= ?1", [seq]).map(drop).map_err(|e| inner.sql(e)))
-            .await
-    }
-
-    pub async fn cursor(&self, table: &'static str) -> Result<(String, i64), StoreError> {
         self.with(move |conn, inner| {
-            use rusqlite::OptionalExtension;
-            conn.query_row("SELECT xid, change_id FROM sync_cursor WHERE tbl = ?1", [table], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .map(|c| c.unwrap_or_else(|| ("0".to_string(), 0)))
+            conn.execute("DELETE FROM outbox WHERE seq <= ?1", [seq])
+                .map(drop)
                 .map_err(|e| inner.sql(e))
         })
         .await
     }
 
+    pub async fn cursor(&self, table: &'static str) -> Result<(String, i64), StoreError> {
+        self.with(move |conn, inner| {
+            use rusqlite::OptionalExtension;
+            conn.query_row(
+                "SELECT xid, change_id FROM sync_cursor WHERE tbl = ?1",
+                [table],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map(|c| c.unwrap_or_else(|| ("0".to_string(), 0)))
+            .map_err(|e| inner.sql(e))
+        })
+        .await
+    }
+
     /// Conversations from the primary, newest stamp winning, with the cursor.
-    pub async fn apply_conversations(&self, rows: Vec<Conversation>, cursor: (String, i64)) -> Result<(), StoreError> {
+    pub async fn apply_conversations(
+        &self,
+        rows: Vec<Conversation>,
+        cursor: (String, i64),
+    ) -> Result<(), StoreError> {
         self.with(move |conn, inner| {
             let now = super::hlc::now_ms();
             let mut skewed: HashMap<String, Duration> = HashMap::new();
@@ -546,7 +649,11 @@ impl Store {
     }
 
     /// Messages from the primary (already here: ignored), with the cursor.
-    pub async fn apply_messages(&self, rows: Vec<Message>, cursor: (String, i64)) -> Result<(), StoreError> {
+    pub async fn apply_messages(
+        &self,
+        rows: Vec<Message>,
+        cursor: (String, i64),
+    ) -> Result<(), StoreError> {
         self.with(move |conn, inner| {
             inner.write(conn, |tx| {
                 let mut st = tx.prepare_cached(
@@ -563,7 +670,11 @@ impl Store {
     }
 }
 
-fn save_cursor(tx: &rusqlite::Transaction<'_>, table: &str, (xid, change): &(String, i64)) -> rusqlite::Result<()> {
+fn save_cursor(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    (xid, change): &(String, i64),
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO sync_cursor (tbl, xid, change_id) VALUES (?1, ?2, ?3) ON CONFLICT (tbl) DO UPDATE SET xid = excluded.xid, change_id = excluded.change_id",
     )?
