@@ -55,6 +55,7 @@ pub struct StoreStatus {
     /// Why the store is not open, if it is not.
     pub error: Option<String>,
     pub sync: crate::store::sync::SyncStatus,
+    pub replica: Option<crate::store::replica::ReplicaStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -248,6 +249,7 @@ async fn status(State(s): State<Service>) -> Json<Status> {
             path: s.config.store.path.display().to_string(),
             error: s.store.as_ref().err().cloned(),
             sync: s.sync.status.borrow().clone(),
+            replica: s.replica.borrow().clone(),
         },
     })
 }

@@ -115,6 +115,45 @@ pub fn services_text(status: &serde_json::Value) -> String {
     out
 }
 
+/// The store part of `status`: where it is, what is pending, when it last synced.
+pub fn store_text(status: &serde_json::Value) -> String {
+    let st = &status["store"];
+    let sync = &st["sync"];
+    let mut out = format!("store      {}", st["path"].as_str().unwrap_or("?"));
+    if let Some(e) = st["error"].as_str() {
+        let _ = writeln!(out, "\n    not open: {e}");
+        return out;
+    }
+    let pending = sync["pending"].as_u64().unwrap_or(0);
+    match sync["state"].as_str() {
+        Some("off") => {
+            let _ = write!(
+                out,
+                "\n    {pending} rows kept here only (no [store.sync] configured)"
+            );
+        }
+        Some(state) => {
+            let last = sync["last_sync"]
+                .as_str()
+                .map_or("never".to_string(), |t| format!("last sync {t}"));
+            let _ = write!(out, "\n    {state}: {pending} rows pending, {last}");
+            if let Some(e) = sync["last_error"].as_str() {
+                let _ = write!(out, "\n    {e}");
+            }
+        }
+        None => {}
+    }
+    if let Some(r) = st["replica"].as_object() {
+        let _ = write!(
+            out,
+            "\n    replica: {}",
+            r.get("summary").and_then(|v| v.as_str()).unwrap_or("?")
+        );
+    }
+    out.push('\n');
+    out
+}
+
 /// The `status` table: one line per tunnel, its reason underneath when it is not up.
 pub fn tunnel_table(node: &str, tunnels: &[TunnelStatus], now: SystemTime) -> String {
     let mut out = String::new();

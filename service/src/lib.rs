@@ -22,4 +22,4 @@ pub mod services;
 pub mod ssh;
 pub mod store;
 pub mod tunnel;
-mod util;
+pub mod util;

@@ -113,6 +113,33 @@ enum DbCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// This node's streaming replica of the primary.
+    Replica {
+        #[command(subcommand)]
+        command: ReplicaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplicaCommand {
+    /// Bootstrap a standby of NODE's primary through the tunnel (pg_basebackup with
+    /// a replication slot); run it as the user that will own the data directory.
+    Init {
+        /// The node whose primary to copy (a candidate of a postgres service).
+        #[arg(long)]
+        from: String,
+        /// Where the standby's data goes (must not exist, or be empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The replication user on the primary.
+        #[arg(long, default_value = "replicator")]
+        user: String,
+        /// The replication slot (default robbie_<this node>).
+        #[arg(long)]
+        slot: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -313,6 +340,7 @@ fn status(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
         serde_json::from_str(&text).context("the API answered something that is not JSON")?;
     // Services first: which machine serves what, right now.
     print!("{}", robbie_mesh::cli::services_text(&status));
+    print!("{}", robbie_mesh::cli::store_text(&status));
     let list: TunnelList =
         serde_json::from_value(status.clone()).context("the API's status has no tunnel list")?;
     if !list.tunnels.is_empty() || status["services"].as_array().is_none_or(|s| s.is_empty()) {
@@ -416,6 +444,19 @@ fn db(command: DbCommand) -> anyhow::Result<ExitCode> {
             } else {
                 println!("the robbie schema: version {from} -> {to}");
             }
+        }
+        DbCommand::Replica {
+            command:
+                ReplicaCommand::Init {
+                    from,
+                    data_dir,
+                    user,
+                    slot,
+                    config,
+                },
+        } => {
+            let cfg = load_config(config)?;
+            robbie_mesh::store::replica::init(&cfg, &from, &data_dir, &user, slot.as_deref())?;
         }
     }
     Ok(ExitCode::SUCCESS)

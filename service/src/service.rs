@@ -33,6 +33,8 @@ pub struct Service {
     /// The local store, or why it could not be opened (the rest runs without it).
     pub store: Result<Store, String>,
     pub sync: SyncHandle,
+    /// This node's standby, when `[store.replica]` names one.
+    pub replica: watch::Receiver<Option<crate::store::replica::ReplicaStatus>>,
 }
 
 impl Service {
@@ -81,7 +83,12 @@ impl Service {
             ),
             Err(_) => crate::store::sync::SyncHandle::off(),
         };
+        let replica = match &config.store.replica {
+            Some(r) => crate::store::replica::watch(r.clone(), tracker, cancel.child_token()),
+            None => watch::channel(None).1,
+        };
         Service {
+            replica,
             config: Arc::new(config),
             peers: Arc::new(peers),
             services: Arc::new(services),

@@ -17,3 +17,16 @@ pub fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Resul
         None => s.serialize_none(),
     }
 }
+
+/// A PostgreSQL client error in full: the server's own words, or the connection
+/// error with its cause (tokio-postgres keeps the cause, e.g. "Connection refused",
+/// out of its `Display`).
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}

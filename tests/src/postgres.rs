@@ -45,7 +45,8 @@ fn postgres_ids() -> (u32, u32) {
 }
 
 /// `cmd` run as the postgres user (via setpriv when we are root).
-fn as_postgres(program: &Path) -> Command {
+/// `program` run as the `postgres` user (when we are root; as ourselves otherwise).
+pub fn as_postgres(program: &Path) -> Command {
     if nix::unistd::Uid::effective().is_root() {
         let mut c = Command::new("setpriv");
         c.args([
@@ -79,7 +80,8 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    fn new_dir() -> (tempfile::TempDir, PathBuf) {
+    /// A temp dir the `postgres` user owns, and the data directory path inside it.
+    pub fn new_dir() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (uid, gid) = postgres_ids();
         if nix::unistd::Uid::effective().is_root() {
@@ -136,6 +138,19 @@ impl Postgres {
         );
         let mut pg = Postgres {
             port: free_port(),
+            _dir: dir,
+            data,
+            child: None,
+        };
+        pg.configure("hot_standby = on\n");
+        pg.start();
+        pg
+    }
+
+    /// Starts the standby that `db replica init` made in `data` (inside `dir`), on `port`.
+    pub fn standby(dir: tempfile::TempDir, data: PathBuf, port: u16) -> Postgres {
+        let mut pg = Postgres {
+            port,
             _dir: dir,
             data,
             child: None,

@@ -40,6 +40,15 @@ pub struct Config {
 pub struct StoreConfig {
     pub path: PathBuf,
     pub sync: Option<SyncConfig>,
+    pub replica: Option<ReplicaConfig>,
+}
+
+/// `[store.replica]`: this node's streaming standby, watched for its lag.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub address: SocketAddr,
+    pub user: String,
+    pub database: String,
 }
 
 /// `[store.sync]`: sync through the endpoint of a `postgres` service of this node.
@@ -462,6 +471,7 @@ impl Config {
             store: StoreConfig {
                 path: default_store_path(),
                 sync: None,
+                replica: None,
             },
         }
     }

@@ -29,6 +29,16 @@ pub struct RawStore {
     /// The SQLite file (default: the platform's data dir).
     pub path: Option<String>,
     pub sync: Option<RawSync>,
+    pub replica: Option<RawReplica>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplica {
+    /// This node's standby (loopback).
+    pub address: Spanned<String>,
+    pub user: Option<String>,
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

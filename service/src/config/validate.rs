@@ -15,8 +15,8 @@ use super::raw::{
 };
 use super::{
     line_col, ApiConfig, Backoff, Candidate, Config, ConfigError, ConfigErrors, ForwardConfig,
-    ForwardKind, HostPort, IdentitySource, Keepalive, PeerConfig, ProbeConfig, ServiceConfig,
-    ServiceKind, SshTarget, StoreConfig, SyncConfig, DEFAULT_API_LISTEN,
+    ForwardKind, HostPort, IdentitySource, Keepalive, PeerConfig, ProbeConfig, ReplicaConfig,
+    ServiceConfig, ServiceKind, SshTarget, StoreConfig, SyncConfig, DEFAULT_API_LISTEN,
 };
 use crate::ssh::ssh_config::SshConfigFile;
 
@@ -285,7 +285,19 @@ fn validate_store(
             batch,
         })
     });
-    StoreConfig { path, sync }
+    let replica = raw.and_then(|r| r.replica.as_ref()).and_then(|r| {
+        let address = loopback_addr(c, &r.address, "store.replica.address")?;
+        Some(ReplicaConfig {
+            address,
+            user: r.user.clone().unwrap_or_else(|| "postgres".into()),
+            database: r.database.clone().unwrap_or_else(|| "postgres".into()),
+        })
+    });
+    StoreConfig {
+        path,
+        sync,
+        replica,
+    }
 }
 
 fn validate_service(

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod cli;
 pub mod hlc;
+pub mod replica;
 mod schema;
 pub mod sync;
 

@@ -88,10 +88,7 @@ pub enum SyncError {
 
 impl From<tokio_postgres::Error> for SyncError {
     fn from(e: tokio_postgres::Error) -> Self {
-        SyncError::Pg(match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.severity(), db.message()),
-            None => e.to_string(),
-        })
+        SyncError::Pg(crate::util::pg_error(&e))
     }
 }
 
