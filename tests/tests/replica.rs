@@ -164,9 +164,7 @@ async fn a_replica_bootstrapped_through_the_tunnel_streams_survives_a_cut_and_ca
         );
     }
     assert_eq!(
-        tokio::task::spawn_blocking(count.clone())
-            .await
-            .expect("join"),
+        tokio::task::spawn_blocking(count).await.expect("join"),
         "2",
         "still serving reads, behind"
     );
@@ -174,7 +172,7 @@ async fn a_replica_bootstrapped_through_the_tunnel_streams_survives_a_cut_and_ca
     // Healed: it catches up by itself.
     sshd.restart();
     let caught_up = std::time::Instant::now();
-    let c2 = count.clone();
+    let c2 = count;
     tokio::task::spawn_blocking(move || {
         wait_for(
             Duration::from_secs(30),
