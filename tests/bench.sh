@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks, release build: tunnels (robbie-mesh vs OpenSSH ssh -L/-R vs
-# direct) and the HTTP endpoint (robbie-mesh vs nginx vs direct).
+# direct), the HTTP endpoint (robbie-mesh vs nginx vs direct) and the store
+# (append latency, push rows/s, incremental sync vs pg_dump | psql).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh >/dev/null
@@ -8,3 +9,4 @@ command -v nginx >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"; $SU
 cargo build --release -p robbie-mesh
 cargo bench -p mesh-tests --bench tunnels
 cargo bench -p mesh-tests --bench endpoint
+cargo bench -p mesh-tests --bench store

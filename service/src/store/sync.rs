@@ -351,14 +351,14 @@ impl Syncer {
                 });
             }
         }
-        loop {
-            let mut got = 0;
-            for table in [Table::Conversations, Table::Messages] {
-                got += self.pull(table, batch_size).await?;
-            }
-            self.status.send_modify(|s| s.pulled += got as u64);
-            if got == 0 {
-                break;
+        for table in [Table::Conversations, Table::Messages] {
+            // Page on while pages come back full.
+            loop {
+                let n = self.pull(table, batch_size).await?;
+                self.status.send_modify(|s| s.pulled += n as u64);
+                if n < batch_size {
+                    break;
+                }
             }
         }
         let pending = self.store.pending().await?;
@@ -473,42 +473,67 @@ impl Syncer {
         Ok(())
     }
 
-    /// One page of rows other devices wrote, applied with the cursor; returns how many.
+    /// One page of rows other devices wrote after the cursor, applied with the new
+    /// cursor; returns how many. Read in one snapshot: when the page is not full,
+    /// every other device's row below the fence has been read, so the cursor jumps
+    /// to the last row below the fence, past this device's own rows, which no pull
+    /// then reads again.
     async fn pull(&mut self, table: Table, limit: usize) -> Result<usize, SyncError> {
         let (xid, change) = self.store.cursor(table.name()).await?;
         let device = self.store.device().to_string();
-        let client = self.client.as_ref().expect("connected");
-        let fence = "xid < pg_snapshot_xmin(pg_current_snapshot()) AND (xid, change_id) > ($1::text::xid8, $2) AND device <> $3";
+        let client = self.client.as_mut().expect("connected");
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let fence: String = tx
+            .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+            .await?
+            .get(0);
+        let name = table.name();
+        let after = "xid < $5::text::xid8 AND (xid, change_id) > ($1::text::xid8, $2)";
         let sql = match table {
             Table::Conversations => format!(
-                "SELECT id::text, title, archived, created_at, origin, updated_hlc, xid::text, change_id \
-                 FROM robbie.conversations WHERE {fence} ORDER BY xid, change_id LIMIT $4"
+                "SELECT xid::text, change_id, id::text, title, archived, created_at, origin, updated_hlc \
+                 FROM robbie.conversations WHERE {after} AND device <> $3 ORDER BY xid, change_id LIMIT $4"
             ),
             Table::Messages => format!(
-                "SELECT id::text, conversation_id::text, role, content, model, node, created_at, xid::text, change_id \
-                 FROM robbie.messages WHERE {fence} ORDER BY xid, change_id LIMIT $4"
+                "SELECT xid::text, change_id, id::text, conversation_id::text, role, content, model, node, created_at \
+                 FROM robbie.messages WHERE {after} AND device <> $3 ORDER BY xid, change_id LIMIT $4"
             ),
         };
-        let rows = client
-            .query(&sql, &[&xid, &change, &device, &(limit as i64)])
+        let rows = tx
+            .query(&sql, &[&xid, &change, &device, &(limit as i64), &fence])
             .await?;
-        let Some(last) = rows.last() else {
-            return Ok(0);
+        let cursor: Option<(String, i64)> = if rows.len() == limit {
+            rows.last().map(|r| (r.get(0), r.get(1)))
+        } else {
+            tx.query_opt(
+                &format!(
+                    "SELECT xid::text, change_id FROM robbie.{name} WHERE xid < $3::text::xid8 AND (xid, change_id) > ($1::text::xid8, $2) \
+                     ORDER BY xid DESC, change_id DESC LIMIT 1"
+                ),
+                &[&xid, &change, &fence],
+            )
+            .await?
+            .map(|r| (r.get(0), r.get(1)))
         };
-        let width = last.len();
-        let cursor: (String, i64) = (last.get(width - 2), last.get(width - 1));
+        tx.commit().await?;
+        let Some(cursor) = cursor else { return Ok(0) };
         let n = rows.len();
         match table {
             Table::Conversations => {
                 let cs = rows
                     .iter()
                     .map(|r| Conversation {
-                        id: r.get(0),
-                        title: r.get(1),
-                        archived: r.get(2),
-                        created_at: r.get(3),
-                        origin: r.get(4),
-                        updated_hlc: r.get(5),
+                        id: r.get(2),
+                        title: r.get(3),
+                        archived: r.get(4),
+                        created_at: r.get(5),
+                        origin: r.get(6),
+                        updated_hlc: r.get(7),
                     })
                     .collect();
                 self.store.apply_conversations(cs, cursor).await?;
@@ -517,13 +542,13 @@ impl Syncer {
                 let ms = rows
                     .iter()
                     .map(|r| Message {
-                        id: r.get(0),
-                        conversation_id: r.get(1),
-                        role: r.get(2),
-                        content: r.get(3),
-                        model: r.get(4),
-                        node: r.get(5),
-                        created_at: r.get(6),
+                        id: r.get(2),
+                        conversation_id: r.get(3),
+                        role: r.get(4),
+                        content: r.get(5),
+                        model: r.get(6),
+                        node: r.get(7),
+                        created_at: r.get(8),
                     })
                     .collect();
                 self.store.apply_messages(ms, cursor).await?;
