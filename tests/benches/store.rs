@@ -284,7 +284,7 @@ fn main() {
     let t = Instant::now();
     assert!(psql(primary.port, "DROP DATABASE IF EXISTS seedcopy").0);
     assert!(psql(primary.port, "CREATE DATABASE seedcopy").0);
-    let dump = Command::new(bin.join("pg_dump"))
+    let mut dump = Command::new(bin.join("pg_dump"))
         .args([
             "-h",
             "127.0.0.1",
@@ -311,11 +311,11 @@ fn main() {
             "-d",
             "seedcopy",
         ])
-        .stdin(dump.stdout.expect("pipe"))
+        .stdin(dump.stdout.take().expect("pipe"))
         .stdout(Stdio::null())
         .status()
         .expect("psql");
-    assert!(restore.success());
+    assert!(restore.success() && dump.wait().is_ok_and(|s| s.success()), "pg_dump | psql failed");
     let seed = t.elapsed();
     let copied: usize = psql(primary.port, "SELECT count(*) FROM robbie.messages")
         .1
