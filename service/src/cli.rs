@@ -68,6 +68,25 @@ pub fn config_summary(cfg: &Config) -> String {
             let _ = writeln!(out, "  {}. {:<12} {}{via}", i + 1, c.node, c.address);
         }
     }
+    let _ = write!(out, "store {}", cfg.store.path.display());
+    match &cfg.store.sync {
+        Some(sy) => {
+            let _ = writeln!(
+                out,
+                ", synced through service {} (database {}, user {}) at least every {}",
+                sy.service,
+                sy.database,
+                sy.user,
+                humantime::format_duration(sy.interval)
+            );
+        }
+        None => {
+            let _ = writeln!(out, ", kept on this node only (no [store.sync])");
+        }
+    }
+    if let Some(r) = &cfg.store.replica {
+        let _ = writeln!(out, "replica watched at {}", r.address);
+    }
     out
 }
 

@@ -315,7 +315,10 @@ fn main() {
         .stdout(Stdio::null())
         .status()
         .expect("psql");
-    assert!(restore.success() && dump.wait().is_ok_and(|s| s.success()), "pg_dump | psql failed");
+    assert!(
+        restore.success() && dump.wait().is_ok_and(|s| s.success()),
+        "pg_dump | psql failed"
+    );
     let seed = t.elapsed();
     let copied: usize = psql(primary.port, "SELECT count(*) FROM robbie.messages")
         .1

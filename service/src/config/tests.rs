@@ -287,3 +287,49 @@ fn on_demand_peers() {
     );
     assert!(e.message.contains("\"on-demand\""), "{e}");
 }
+
+#[test]
+fn store_sync_names_a_postgres_service() {
+    let svc = "[[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:11434\"\n\
+               candidates = [{ node = \"a\", address = \"127.0.0.1:11435\" }]\n\
+               [[service]]\nname = \"pg\"\nkind = \"postgres\"\nlisten = \"127.0.0.1:5432\"\n\
+               candidates = [{ node = \"a\", address = \"127.0.0.1:5433\" }]\n";
+    let e = one_error(
+        &format!("{svc}[store.sync]\nservice = \"nope\"\n"),
+        12,
+        "store.sync.service",
+    );
+    assert!(e.message.contains("no [[service]] is named `nope`"), "{e}");
+    let e = one_error(
+        &format!("{svc}[store.sync]\nservice = \"ollama\"\n"),
+        12,
+        "store.sync.service",
+    );
+    assert!(e.message.contains("sync needs a postgres service"), "{e}");
+    let e = one_error(
+        &format!("{svc}[store.sync]\nservice = \"pg\"\nbatch = 0\n"),
+        13,
+        "store.sync.batch",
+    );
+    assert!(e.message.contains("between 1 and 50000"), "{e}");
+    let e = one_error(
+        &format!("{svc}[store.replica]\naddress = \"0.0.0.0:5433\"\n"),
+        12,
+        "store.replica.address",
+    );
+    assert!(e.message.contains("loopback"), "{e}");
+
+    let cfg = parse_with(
+        &format!("{svc}[store]\npath = \"~/robbie-local.db\"\n[store.sync]\nservice = \"pg\"\n"),
+        "ok.toml",
+        &env(),
+    )
+    .expect("valid");
+    assert_eq!(cfg.store.path, PathBuf::from("/home/u/robbie-local.db"));
+    let sync = cfg.store.sync.expect("sync");
+    assert_eq!(
+        (sync.address.port(), sync.database.as_str(), sync.batch),
+        (5432, "robbie", 2000)
+    );
+    assert_eq!(sync.interval, Duration::from_secs(30));
+}
