@@ -106,8 +106,9 @@ struct Inner {
     node: String,
     device: String,
     hlc: Mutex<Hlc>,
-    /// Woken after every local write (the sync task pushes soon after).
-    written: tokio::sync::Notify,
+    /// Counts local writes; a subscriber sees every change, even one made while it
+    /// was busy (the sync task pushes soon after a write).
+    written: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -148,7 +149,7 @@ impl Store {
                 node: node.to_string(),
                 device,
                 hlc: Mutex::new(Hlc::new(last)),
-                written: tokio::sync::Notify::new(),
+                written: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -166,9 +167,13 @@ impl Store {
         &self.inner.node
     }
 
-    /// Resolves after the next local write.
-    pub async fn written(&self) {
-        self.inner.written.notified().await;
+    /// Changes after every local write.
+    pub fn writes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.written.subscribe()
+    }
+
+    fn wrote(&self) {
+        self.inner.written.send_modify(|n| *n += 1);
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -202,7 +207,7 @@ impl Store {
         let title = title.to_string();
         let c = self
             .with(move |conn, inner| {
-                let stamp = inner.tick(conn)?;
+                let stamp = inner.tick()?;
                 let c = Conversation {
                     id: uuid::Uuid::now_v7().to_string(),
                     title,
@@ -221,7 +226,7 @@ impl Store {
                 Ok(c)
             })
             .await?;
-        self.inner.written.notify_waiters();
+        self.wrote();
         Ok(c)
     }
 
@@ -241,7 +246,7 @@ impl Store {
                 let mut c = get_conversation(conn, &id).map_err(|e| inner.sql(e))?.ok_or(StoreError::NoConversation(id))?;
                 c.title = title.unwrap_or(c.title);
                 c.archived = archived.unwrap_or(c.archived);
-                c.updated_hlc = inner.tick(conn)?;
+                c.updated_hlc = inner.tick()?;
                 inner.write(conn, |tx| {
                     tx.execute(
                         "UPDATE conversations SET title = ?2, archived = ?3, updated_hlc = ?4 WHERE id = ?1",
@@ -252,7 +257,7 @@ impl Store {
                 Ok(c)
             })
             .await?;
-        self.inner.written.notify_waiters();
+        self.wrote();
         Ok(c)
     }
 
@@ -339,7 +344,7 @@ impl Store {
             })
             .await;
         let m = m?;
-        self.inner.written.notify_waiters();
+        self.wrote();
         Ok(m)
     }
 
@@ -387,7 +392,7 @@ impl Inner {
     }
 
     /// A new clock stamp, persisted with the write that uses it.
-    fn tick(&self, _conn: &Connection) -> Result<String, StoreError> {
+    fn tick(&self) -> Result<String, StoreError> {
         let mut h = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
         Ok(h.tick(hlc::now_ms()).encode(&self.device))
     }
@@ -464,3 +469,6 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         created_at: r.get(6)?,
     })
 }
+
+#[cfg(test)]
+mod tests;

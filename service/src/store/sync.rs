@@ -188,13 +188,14 @@ pub fn start(
     // Pending rows are shown whether or not sync is configured.
     let stop = cancel.clone();
     tracker.spawn(async move {
+        let mut writes = pending_store.writes();
         loop {
             if let Ok(n) = pending_store.pending().await {
                 status.send_if_modified(|s| std::mem::replace(&mut s.pending, n) != n);
             }
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = pending_store.written() => {}
+                _ = writes.changed() => {}
                 () = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
@@ -223,6 +224,7 @@ struct Syncer {
 impl Syncer {
     async fn run(mut self, kick: Arc<Notify>, events: EventBus, cancel: CancellationToken) {
         let mut routes = events.subscribe();
+        let mut writes = self.store.writes();
         let service = self.cfg.service.clone();
         self.status.send_modify(|s| s.state = "idle".into());
         loop {
@@ -251,7 +253,7 @@ impl Syncer {
                 loop {
                     tokio::select! {
                         () = kick.notified() => return,
-                        () = self.store.written() => {
+                        _ = writes.changed() => {
                             // Let a burst of writes gather into one batch.
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             return;
