@@ -93,7 +93,11 @@ fn local_only_without_config_then_sigterm_within_2s() {
     wait_for(DEADLINE, || listening(api), || "API did not come up".into());
     let out = run(cmd(home.path()).args(["status", "--api", &format!("127.0.0.1:{api}")]));
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no tunnels (local-only mode)"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("no tunnels (local-only mode)"), "{text}");
+    // The local store, in the data dir under this HOME, with nothing to sync to.
+    assert!(text.contains(&format!("store      {}", home.path().join(".local/share/robbie-mesh/store.db").display())), "{text}");
+    assert!(text.contains("0 rows kept here only (no [store.sync] configured)"), "{text}");
 
     let (took, log) = stop(svc, Signal::SIGTERM);
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
