@@ -29,6 +29,7 @@ for _ in $(seq 200); do
   sleep 0.1
 done
 export MESH_TESTS_REQUIRE_KEYCHAIN=1
+export MESH_PLAYWRIGHT="${MESH_PLAYWRIGHT:-/var/cache/robbie-mesh/node}"
 export MESH_TEST_PYTHON="${MESH_TEST_VENV:-/var/cache/robbie-mesh/venv}/bin/python"
 
 cargo build -p robbie-mesh --bins

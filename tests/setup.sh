@@ -11,6 +11,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)   # the multi-node tests: one network namespace per node
+command -v chromium >/dev/null || need+=(chromium)   # the dashboard test, headless
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 
 if ((${#need[@]})); then
   echo "tests/setup.sh: installing ${need[*]}"
@@ -30,6 +33,13 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ollama' 2>/dev
   mkdir -p "$(dirname "$venv")"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check ollama
+fi
+# Playwright's driver for Debian's Chromium (no browser download), kept between runs.
+pw="${MESH_PLAYWRIGHT:-/var/cache/robbie-mesh/node}"
+if [ ! -f "$pw/node_modules/playwright-core/package.json" ]; then
+  echo "tests/setup.sh: installing playwright-core into $pw"
+  mkdir -p "$pw"
+  npm install --prefix "$pw" --no-audit --no-fund --silent playwright-core@1.65.1
 fi
 # sshd's privilege separation directory.
 [ -d /run/sshd ] || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"; $SUDO mkdir -p /run/sshd; }

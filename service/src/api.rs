@@ -114,6 +114,7 @@ pub fn router(service: Service) -> Router {
         .route("/v1/tunnels/{name}/reconnect", post(reconnect))
         .route("/v1/services/{name}/pin", post(pin).delete(unpin))
         .merge(crate::store::api::routes())
+        .merge(crate::ui::routes())
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,

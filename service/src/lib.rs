@@ -22,4 +22,5 @@ pub mod services;
 pub mod ssh;
 pub mod store;
 pub mod tunnel;
+pub mod ui;
 pub mod util;

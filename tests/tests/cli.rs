@@ -96,8 +96,19 @@ fn local_only_without_config_then_sigterm_within_2s() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains("no tunnels (local-only mode)"), "{text}");
     // The local store, in the data dir under this HOME, with nothing to sync to.
-    assert!(text.contains(&format!("store      {}", home.path().join(".local/share/robbie-mesh/store.db").display())), "{text}");
-    assert!(text.contains("0 rows kept here only (no [store.sync] configured)"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "store      {}",
+            home.path()
+                .join(".local/share/robbie-mesh/store.db")
+                .display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 rows kept here only (no [store.sync] configured)"),
+        "{text}"
+    );
 
     let (took, log) = stop(svc, Signal::SIGTERM);
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");

@@ -1,0 +1,114 @@
+//! The dashboard in real headless Chromium against a running service with real
+//! tunnels: it shows the node that serves Ollama; when that node's sshd is killed,
+//! the page shows the new node within 2 s without a reload, and the route event in
+//! its timeline; at 360 px (the tray popover) nothing overflows sideways.
+//! Screenshots are kept in `<target>/test-artifacts/`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mesh_tests::ollama::OllamaStub;
+use mesh_tests::sshd::Sshd;
+use mesh_tests::{eventually, two_node_ollama, Mesh};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_follows_a_failover_live() {
+    let mut sshd = Sshd::start();
+    let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
+    let book = OllamaStub::start("book", &["llama3.2:3b"]).await;
+    let (cfg, _) = two_node_ollama(&sshd, aurora.addr, book.addr, "");
+    let mesh = Mesh::start(&cfg).await;
+    eventually(Duration::from_secs(10), "route to aurora", || async {
+        mesh.api_get("/v1/status").await["services"][0]["route"] == "aurora"
+    })
+    .await;
+
+    // The page is served by the API, with a strict content security policy.
+    let index = reqwest::get(format!("http://{}/", mesh.api))
+        .await
+        .expect("GET /");
+    assert_eq!(index.status(), 200);
+    assert!(index.headers()["content-security-policy"]
+        .to_str()
+        .is_ok_and(|c| c.contains("script-src 'self'")));
+
+    let artifacts = std::env::current_exe()
+        .expect("exe")
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target")
+        .join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/dashboard.mjs");
+    let mut node = Command::new("node")
+        .arg(&script)
+        .arg(format!("http://{}/", mesh.api))
+        .arg(&artifacts)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node (nodejs; tests/setup.sh installs it with playwright-core and chromium)");
+    let mut stdin = node.stdin.take().expect("stdin");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = node.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "(browser script ended)".into())
+    }
+    let ready = next(&mut rx).await;
+    assert_eq!(ready, "READY aurora", "the page shows who serves Ollama");
+
+    sshd.kill();
+    writeln!(stdin, "go").expect("tell the script");
+    let changed = next(&mut rx).await;
+    let parts: Vec<&str> = changed.split_whitespace().collect();
+    assert_eq!(parts.first(), Some(&"CHANGED"), "{changed}");
+    let ms: u64 = parts[1].parse().expect("ms");
+    assert_eq!(&parts[2..], ["book", "same-page"], "{changed}");
+    assert!(ms <= 2000, "the page took {ms} ms to show the failover");
+    let timeline = next(&mut rx).await;
+    assert!(
+        timeline.contains("ollama → book: aurora offline"),
+        "{timeline}"
+    );
+    let narrow = next(&mut rx).await;
+    let width: u32 = narrow
+        .strip_prefix("NARROW ")
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(9999);
+    assert!(width <= 360, "at 360 px the page is {width} px wide");
+    let errors = next(&mut rx).await;
+    assert_eq!(errors, "ERRORS []", "the page logged errors");
+    drop(stdin);
+    let status = tokio::task::spawn_blocking(move || {
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = node.try_wait() {
+                return st.success();
+            }
+            if std::time::Instant::now() > end {
+                let _ = node.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("join");
+    assert!(status, "the browser script did not finish cleanly");
+    assert!(artifacts.join("dashboard-after.png").exists());
+    eprintln!(
+        "dashboard showed the failover after {ms} ms; screenshots in {}",
+        artifacts.display()
+    );
+}
