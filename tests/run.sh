@@ -32,6 +32,6 @@ export MESH_TESTS_REQUIRE_KEYCHAIN=1
 export MESH_PLAYWRIGHT="${MESH_PLAYWRIGHT:-/var/cache/robbie-mesh/node}"
 export MESH_TEST_PYTHON="${MESH_TEST_VENV:-/var/cache/robbie-mesh/venv}/bin/python"
 
-cargo build -p robbie-mesh --bins
+cargo build -p robbie-mesh -p robbie-mesh-tray --bins
 cargo test --workspace --benches --no-run -q   # the benchmark must keep compiling
 cargo test --workspace "$@"

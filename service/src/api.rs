@@ -176,9 +176,17 @@ pub async fn serve(
     service: Service,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(service))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    // Requests still running at shutdown (an event stream never ends by itself) get
+    // a moment, then go.
+    let server = axum::serve(listener, router(service))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        r = server => r,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        } => Ok(()),
+    }
 }
 
 async fn health(State(s): State<Service>) -> Json<Health> {
@@ -398,6 +406,7 @@ async fn events(
     impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
     use axum::response::sse::{Event as SseEvent, KeepAlive};
+    use futures_util::StreamExt;
     use tokio::sync::broadcast::error::RecvError;
     let rx = s.events.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -417,6 +426,8 @@ async fn events(
         };
         Some((Ok(item), rx))
     });
+    // The stream ends when the service stops, so shutdown need not wait for it.
+    let stream = stream.take_until(s.shutdown.clone().cancelled_owned());
     axum::response::Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

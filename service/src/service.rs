@@ -35,6 +35,8 @@ pub struct Service {
     pub sync: SyncHandle,
     /// This node's standby, when `[store.replica]` names one.
     pub replica: watch::Receiver<Option<crate::store::replica::ReplicaStatus>>,
+    /// Cancelled when the service stops (long-lived answers end with it).
+    pub shutdown: CancellationToken,
 }
 
 impl Service {
@@ -88,6 +90,7 @@ impl Service {
             None => watch::channel(None).1,
         };
         Service {
+            shutdown: cancel.clone(),
             replica,
             config: Arc::new(config),
             peers: Arc::new(peers),

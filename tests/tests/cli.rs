@@ -110,6 +110,17 @@ fn local_only_without_config_then_sigterm_within_2s() {
         "{text}"
     );
 
+    // A dashboard or tray listening to the event stream does not hold shutdown up.
+    let mut sse = TcpStream::connect(("127.0.0.1", api)).expect("connect");
+    std::io::Write::write_all(
+        &mut sse,
+        b"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .expect("GET /v1/events");
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut sse, &mut head).expect("answer head");
+    assert_eq!(&head, b"HTTP/1.1 200");
+
     let (took, log) = stop(svc, Signal::SIGTERM);
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
     assert!(!listening(api), "API still listening after exit");

@@ -1,0 +1,346 @@
+//! robbie-mesh-tray: the tray / menu-bar face of the robbie-mesh service on this
+//! machine. Its title shows who serves Ollama now (`⚡ vengeance`), its icon whether
+//! all is well; its menu pins a service to a node, reconnects, opens the dashboard
+//! (the service's own page, in a window that hides when closed); failovers,
+//! failbacks and host-key alarms become notifications. It only talks to the
+//! service's loopback API, so it follows the service across restarts.
+
+mod client;
+mod icon;
+mod notify;
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+use tauri::menu::{CheckMenuItem, Menu, MenuItem, PredefinedMenuItem};
+use tauri::tray::{TrayIcon, TrayIconBuilder};
+use tauri::{AppHandle, Manager, RunEvent, WebviewUrl, WebviewWindowBuilder, WindowEvent, Wry};
+
+use client::Client;
+use icon::Look;
+use notify::Notifier;
+
+/// The tray's state, shared by the watcher and the menu handler.
+struct Tray {
+    client: Client,
+    notifier: Notifier,
+    /// The menu as last built (rebuilt only when what it says changes).
+    shown: Mutex<String>,
+}
+
+/// Menu ids: one table, parsed in `on_menu`.
+const ID_RECONNECT: &str = "reconnect";
+const ID_DASHBOARD: &str = "dashboard";
+const ID_KEYS: &str = "keys";
+const ID_MUTE: &str = "mute";
+const ID_QUIT: &str = "quit";
+const PIN: &str = "pin:"; // pin:<service>:<node>
+const UNPIN: &str = "unpin:"; // unpin:<service>
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROBBIE_MESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let app = tauri::Builder::default()
+        // One instance: a second launch opens the first one's dashboard.
+        .plugin(tauri_plugin_single_instance::init(|app, _, _| {
+            open_dashboard(app)
+        }))
+        .setup(|app| {
+            let client = Client::from_env();
+            app.manage(Tray {
+                client: client.clone(),
+                notifier: Notifier::start(),
+                shown: Mutex::new(String::new()),
+            });
+            let menu = Menu::with_items(app, &[])?;
+            let tray = TrayIconBuilder::with_id("main")
+                .icon(Look::NotRunning.image())
+                .title("robbie-mesh")
+                .tooltip("robbie-mesh")
+                .menu(&menu)
+                .show_menu_on_left_click(true)
+                .on_menu_event(|app, e| on_menu(app, e.id().as_ref()))
+                .build(app)?;
+            tauri::async_runtime::spawn(watch(app.handle().clone(), tray));
+            Ok(())
+        })
+        .on_window_event(|w, e| {
+            // Closing the dashboard hides it; the tray stays.
+            if let WindowEvent::CloseRequested { api, .. } = e {
+                api.prevent_close();
+                let _ = w.hide();
+            }
+        })
+        .build(tauri::generate_context!());
+    match app {
+        Ok(app) => app.run(|_, e| {
+            if let RunEvent::ExitRequested {
+                api, code: None, ..
+            } = e
+            {
+                api.prevent_exit();
+            }
+        }),
+        Err(e) => {
+            eprintln!("robbie-mesh-tray: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Follows the service: its status now, then its events (each one redraws, and
+/// some become notifications); when it does not answer, says so and tries again.
+async fn watch(app: AppHandle, tray: TrayIcon) {
+    loop {
+        let client = app.state::<Tray>().client.clone();
+        match client.status().await {
+            Ok(st) => {
+                show(&app, &tray, Some(&st));
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+                let notifier = app.state::<Tray>().notifier.clone();
+                let events = client.events(move |kind, e| {
+                    if let Some((summary, body)) = notify::for_event(kind, &e) {
+                        notifier.tell(summary, body);
+                    }
+                    let _ = tx.send(());
+                });
+                // Redraw on events (a burst once) while the stream lasts.
+                let redraw = async {
+                    while rx.recv().await.is_some() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        while rx.try_recv().is_ok() {}
+                        if let Ok(st) = client.status().await {
+                            show(&app, &tray, Some(&st));
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = events => {}
+                    () = redraw => {}
+                }
+            }
+            Err(_) => show(&app, &tray, None),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The Ollama service if there is one, else the first.
+fn main_service(st: &Value) -> Option<&Value> {
+    let services = st["services"].as_array()?;
+    services
+        .iter()
+        .find(|s| s["kind"] == "ollama")
+        .or_else(|| services.first())
+}
+
+fn look(st: &Value) -> Look {
+    let services = st["services"].as_array().cloned().unwrap_or_default();
+    if services.iter().any(|s| s["route"].is_null()) {
+        return Look::Offline;
+    }
+    let first_choice = services
+        .iter()
+        .all(|s| s["route"] == s["candidates"][0]["node"] || !s["pinned"].is_null());
+    let tunnels_up = st["tunnels"]
+        .as_array()
+        .is_none_or(|t| t.iter().all(|t| t["state"] == "up"));
+    if first_choice && tunnels_up {
+        Look::Good
+    } else {
+        Look::Degraded
+    }
+}
+
+/// Title, icon and menu for a status (`None`: the service is not running).
+fn show(app: &AppHandle, tray: &TrayIcon, st: Option<&Value>) {
+    let state = app.state::<Tray>();
+    let (title, look) = match st {
+        None => (
+            "robbie-mesh: service not running".to_string(),
+            Look::NotRunning,
+        ),
+        Some(st) => match main_service(st) {
+            Some(s) => match s["route"].as_str() {
+                Some(node) => (format!("⚡ {node}"), look(st)),
+                None => (
+                    format!("{}: no node up", s["name"].as_str().unwrap_or("?")),
+                    Look::Offline,
+                ),
+            },
+            None => ("robbie-mesh".to_string(), look(st)),
+        },
+    };
+    let muted = state.notifier.muted.load(Ordering::Relaxed);
+    let items = menu_items(st, muted);
+    let signature = format!("{title}|{look:?}|{items:?}");
+    {
+        let mut shown = state.shown.lock().unwrap_or_else(|p| p.into_inner());
+        if *shown == signature {
+            return;
+        }
+        *shown = signature;
+    }
+    let _ = tray.set_title(Some(&title));
+    let _ = tray.set_tooltip(Some(&title));
+    let _ = tray.set_icon(Some(look.image()));
+    match build_menu(app, &items) {
+        Ok(menu) => {
+            let _ = tray.set_menu(Some(menu));
+        }
+        Err(e) => tracing::warn!("cannot build the tray menu: {e}"),
+    }
+}
+
+/// One menu line: (id, label, enabled, checked).
+type Item = (String, String, bool, Option<bool>);
+
+fn menu_items(st: Option<&Value>, muted: bool) -> Vec<Item> {
+    let mut items: Vec<Item> = Vec::new();
+    let text = |id: &str, label: String, enabled: bool| (id.to_string(), label, enabled, None);
+    match st {
+        None => items.push(text(
+            "",
+            "Service not running — start it with `robbie-mesh run`".into(),
+            false,
+        )),
+        Some(st) => {
+            for s in st["services"].as_array().cloned().unwrap_or_default() {
+                let name = s["name"].as_str().unwrap_or("?").to_string();
+                let route = s["route"].as_str().unwrap_or("nothing is up");
+                items.push(text("", format!("{name} → {route}"), false));
+                let pinned = s["pinned"].as_str();
+                for c in s["candidates"].as_array().cloned().unwrap_or_default() {
+                    let node = c["node"].as_str().unwrap_or("?");
+                    let label = format!("    {node} ({})", c["health"].as_str().unwrap_or("?"));
+                    items.push((
+                        format!("{PIN}{name}:{node}"),
+                        label,
+                        true,
+                        Some(pinned == Some(node)),
+                    ));
+                }
+                items.push((
+                    format!("{UNPIN}{name}"),
+                    "    automatic".into(),
+                    true,
+                    Some(pinned.is_none()),
+                ));
+            }
+            items.push(text("-", String::new(), false));
+            items.push(text(ID_RECONNECT, "Reconnect all".into(), true));
+        }
+    }
+    items.push(text(ID_DASHBOARD, "Open dashboard".into(), true));
+    items.push(text(ID_KEYS, "SSH keys…".into(), true));
+    items.push((
+        ID_MUTE.into(),
+        "Mute notifications".into(),
+        true,
+        Some(muted),
+    ));
+    items.push(text("-", String::new(), false));
+    items.push(text(ID_QUIT, "Quit".into(), true));
+    items
+}
+
+fn build_menu(app: &AppHandle, items: &[Item]) -> tauri::Result<Menu<Wry>> {
+    let menu = Menu::new(app)?;
+    for (n, (id, label, enabled, checked)) in items.iter().enumerate() {
+        if id == "-" {
+            menu.append(&PredefinedMenuItem::separator(app)?)?;
+        } else if let Some(c) = checked {
+            menu.append(&CheckMenuItem::with_id(
+                app,
+                id,
+                label,
+                *enabled,
+                *c,
+                None::<&str>,
+            )?)?;
+        } else {
+            // Headers need unique ids too.
+            let id = if id.is_empty() {
+                format!("label:{n}")
+            } else {
+                id.clone()
+            };
+            menu.append(&MenuItem::with_id(app, id, label, *enabled, None::<&str>)?)?;
+        }
+    }
+    Ok(menu)
+}
+
+fn on_menu(app: &AppHandle, id: &str) {
+    let state = app.state::<Tray>();
+    let client = state.client.clone();
+    match id {
+        ID_QUIT => app.exit(0),
+        ID_DASHBOARD | ID_KEYS => open_dashboard(app),
+        ID_MUTE => {
+            state.notifier.muted.fetch_xor(true, Ordering::Relaxed);
+            // Redrawn with the next status.
+            state
+                .shown
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+        ID_RECONNECT => {
+            tauri::async_runtime::spawn(async move {
+                if let Ok(st) = client.status().await {
+                    let mut peers = std::collections::BTreeSet::new();
+                    for t in st["tunnels"].as_array().cloned().unwrap_or_default() {
+                        // One tunnel per peer: they share its SSH session.
+                        if peers.insert(t["peer"].as_str().unwrap_or_default().to_string()) {
+                            let _ = client
+                                .reconnect(t["name"].as_str().unwrap_or_default())
+                                .await;
+                        }
+                    }
+                }
+            });
+        }
+        _ => {
+            let (service, node) = if let Some(rest) = id.strip_prefix(PIN) {
+                match rest.split_once(':') {
+                    Some((s, n)) => (s.to_string(), Some(n.to_string())),
+                    None => return,
+                }
+            } else if let Some(s) = id.strip_prefix(UNPIN) {
+                (s.to_string(), None)
+            } else {
+                return;
+            };
+            tauri::async_runtime::spawn(async move {
+                if let Err(e) = client.pin(&service, node.as_deref()).await {
+                    tracing::warn!("pin {service}: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Shows the dashboard window (the service's own page), creating it the first time.
+fn open_dashboard(app: &AppHandle) {
+    if let Some(w) = app.get_webview_window("dashboard") {
+        let _ = w.show();
+        let _ = w.set_focus();
+        return;
+    }
+    let url = app.state::<Tray>().client.dashboard_url();
+    let Ok(url) = url.parse() else { return };
+    if let Err(e) = WebviewWindowBuilder::new(app, "dashboard", WebviewUrl::External(url))
+        .title("robbie-mesh")
+        .inner_size(420.0, 680.0)
+        .build()
+    {
+        tracing::warn!("cannot open the dashboard: {e}");
+    }
+}

@@ -1,0 +1,87 @@
+//! Desktop notifications (notify-rust: the freedesktop Notifications service on
+//! Linux, Notification Center on macOS) for failover, failback and host-key alarms.
+//! What arrives within 2 s of the first is told in one notification; a setting
+//! mutes them all.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+/// How long after the first of a burst the notification goes out.
+pub const BURST: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct Notifier {
+    tx: mpsc::UnboundedSender<(String, String)>,
+    pub muted: Arc<AtomicBool>,
+}
+
+impl Notifier {
+    pub fn start() -> Notifier {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
+        let muted = Arc::new(AtomicBool::new(false));
+        let m = muted.clone();
+        tauri::async_runtime::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut all = vec![first];
+                let until = tokio::time::Instant::now() + BURST;
+                while let Ok(Some(more)) = tokio::time::timeout_at(until, rx.recv()).await {
+                    all.push(more);
+                }
+                if m.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let (summary, body) = if all.len() == 1 {
+                    all.remove(0)
+                } else {
+                    let lines: Vec<String> = all.iter().map(|(s, b)| format!("{s}: {b}")).collect();
+                    (
+                        format!("robbie-mesh: {} changes", all.len()),
+                        lines.join("\n"),
+                    )
+                };
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = notify_rust::Notification::new()
+                        .appname("robbie-mesh")
+                        .summary(&summary)
+                        .body(&body)
+                        .show()
+                    {
+                        tracing::warn!("cannot show a notification: {e}");
+                    }
+                })
+                .await;
+            }
+        });
+        Notifier { tx, muted }
+    }
+
+    pub fn tell(&self, summary: String, body: String) {
+        let _ = self.tx.send((summary, body));
+    }
+}
+
+/// What an event says to the user, if it is worth a notification.
+pub fn for_event(kind: &str, e: &serde_json::Value) -> Option<(String, String)> {
+    let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+    match kind {
+        "route" => {
+            let service = s("service");
+            let mut name = service.chars();
+            let service = name
+                .next()
+                .map(|c| c.to_uppercase().collect::<String>() + name.as_str())
+                .unwrap_or_default();
+            let to = e["to"].as_str().unwrap_or("nothing (no node is up)");
+            // The first route after start-up is not news.
+            if e["from"].is_null() && !e["to"].is_null() {
+                return None;
+            }
+            Some((format!("{service} → {to}"), s("reason")))
+        }
+        "host_key_alarm" => Some((format!("Host key alarm: {}", s("peer")), s("message"))),
+        _ => None,
+    }
+}

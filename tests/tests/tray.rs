@@ -1,0 +1,238 @@
+//! The tray app under Xvfb on this session bus, with a StatusNotifierWatcher and a
+//! notification server (tests/tray/sni_host.py) standing in for the desktop's
+//! panel: the item registers; its label and menu, read back over D-Bus, show who
+//! serves Ollama; after a failover (aurora's sshd killed) both change and the
+//! notification server receives "Ollama → book" with the reason; a menu click sent
+//! over D-Bus pins a node (seen in /v1/status); with the service stopped the label
+//! says so.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mesh_tests::ollama::OllamaStub;
+use mesh_tests::sshd::Sshd;
+use mesh_tests::{eventually, two_node_ollama, Mesh};
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The host script: commands in, lines out.
+struct Host {
+    _proc: Killed,
+    stdin: ChildStdin,
+    lines: UnboundedReceiver<String>,
+    notifications: Vec<Value>,
+}
+
+impl Host {
+    fn start() -> Host {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tray/sni_host.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with python3-dbus and python3-gi (tests/setup.sh installs them)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Host {
+            _proc: Killed(child),
+            stdin,
+            lines,
+            notifications: Vec::new(),
+        }
+    }
+
+    /// The next line starting with `prefix` (notifications seen on the way are kept).
+    async fn expect(&mut self, prefix: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let line = tokio::time::timeout(left, self.lines.recv())
+                .await
+                .ok()
+                .flatten();
+            let Some(line) = line else {
+                panic!("the tray host never printed {prefix}")
+            };
+            if std::env::var_os("MESH_TRAY_DEBUG").is_some() {
+                eprintln!("host: {line}");
+            }
+            if let Some(n) = line.strip_prefix("NOTIFY ") {
+                self.notifications
+                    .push(serde_json::from_str(n).expect("json"));
+            }
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    async fn state(&mut self) -> Value {
+        writeln!(self.stdin, "state").expect("host stdin");
+        let line = self.expect("STATE ").await;
+        serde_json::from_str(&line["STATE ".len()..]).expect("json")
+    }
+
+    async fn wait_label(&mut self, label: &str, menu_line: &str) -> Value {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = self.state().await;
+            let menu = st["menu"].as_array().cloned().unwrap_or_default();
+            if st["label"] == label
+                && menu
+                    .iter()
+                    .any(|i| i["label"].as_str().is_some_and(|l| l.contains(menu_line)))
+            {
+                return st;
+            }
+            assert!(
+                Instant::now() < end,
+                "the tray never showed {label:?} with {menu_line:?}: {st}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_tray_shows_the_current_resource_notifies_and_pins() {
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+        "run under a session bus (tests/run.sh does)"
+    );
+    let mut sshd = Sshd::start();
+    let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
+    let book = OllamaStub::start("book", &["llama3.2:3b"]).await;
+    let (cfg, _) = two_node_ollama(&sshd, aurora.addr, book.addr, "");
+    let mesh = Mesh::start(&cfg).await;
+    eventually(Duration::from_secs(10), "route to aurora", || async {
+        mesh.api_get("/v1/status").await["services"][0]["route"] == "aurora"
+    })
+    .await;
+
+    let mut host = Host::start();
+    host.expect("READY").await;
+    let bin = std::env::current_exe()
+        .expect("exe")
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target")
+        .join("robbie-mesh-tray");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build -p robbie-mesh-tray (tests/run.sh does)",
+        bin.display()
+    );
+    let tray = Killed(
+        Command::new("xvfb-run")
+            .args(["-a", "-s", "-screen 0 1024x768x24"])
+            .arg(&bin)
+            .env("ROBBIE_MESH_API", mesh.api.to_string())
+            .env("ROBBIE_MESH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("xvfb-run (package xvfb)"),
+    );
+    host.expect("REGISTERED").await;
+    let st = host.wait_label("⚡ aurora", "ollama → aurora").await;
+    let labels: Vec<&str> = st["menu"]
+        .as_array()
+        .expect("menu")
+        .iter()
+        .filter_map(|i| i["label"].as_str())
+        .collect();
+    for want in [
+        "aurora (online)",
+        "book (online)",
+        "automatic",
+        "Reconnect all",
+        "Open dashboard",
+        "SSH keys…",
+        "Mute notifications",
+        "Quit",
+    ] {
+        assert!(
+            labels.iter().any(|l| l.contains(want)),
+            "menu lacks {want:?}: {labels:?}"
+        );
+    }
+
+    // Failover: the label, the menu and a notification with the reason.
+    sshd.kill();
+    host.wait_label("⚡ book", "ollama → book").await;
+    let end = Instant::now() + Duration::from_secs(10);
+    while !host
+        .notifications
+        .iter()
+        .any(|n| n["summary"] == "Ollama → book")
+    {
+        assert!(
+            Instant::now() < end,
+            "no failover notification: {:?}",
+            host.notifications
+        );
+        host.state().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let n = host
+        .notifications
+        .iter()
+        .find(|n| n["summary"] == "Ollama → book")
+        .expect("notification");
+    assert!(
+        n["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("aurora offline")),
+        "{n}"
+    );
+    assert_eq!(n["app"], "robbie-mesh");
+
+    // A click on "book" in the menu pins Ollama to book.
+    writeln!(host.stdin, "click book (").expect("stdin");
+    let clicked = host.expect("CLICKED").await;
+    assert_ne!(clicked, "CLICKED none");
+    let status_url = format!("http://{}/v1/status", mesh.api);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    eventually(
+        Duration::from_secs(5),
+        "pinned through the tray",
+        || async {
+            let st: Value = match client.get(&status_url).send().await {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("status: {e}");
+                    Value::Null
+                }
+            };
+            st["services"][0]["pinned"] == "book"
+        },
+    )
+    .await;
+
+    // The service stops: the tray says so.
+    mesh.stop().await;
+    host.wait_label("robbie-mesh: service not running", "Service not running")
+        .await;
+    drop(tray);
+}
