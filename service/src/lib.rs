@@ -20,6 +20,7 @@ pub mod route;
 pub mod service;
 pub mod services;
 pub mod ssh;
+pub mod sshkeys;
 pub mod store;
 pub mod tunnel;
 pub mod ui;

@@ -80,11 +80,31 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// SSH keys in the OS keychain (what `identity = ["keychain:NAME"]` logs in with).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The local store and the PostgreSQL side of sync.
     Db {
         #[command(subcommand)]
         command: DbCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// The keys robbie-mesh keeps in the keychain.
+    List,
+    /// Make a new ed25519 key; prints its authorized_keys line.
+    Generate { name: String },
+    /// Copy a private key file into the keychain (asks nothing: an encrypted file's
+    /// passphrase comes from $ROBBIE_MESH_KEY_PASSPHRASE).
+    Import { name: String, file: PathBuf },
+    /// Print a key's authorized_keys line.
+    Show { name: String },
+    /// Remove a key from the keychain.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +182,7 @@ fn main() -> ExitCode {
         Command::Unpin { service, api } => pin(&service, None, &api),
         Command::Sync { wait, timeout, api } => sync(wait, timeout, &api),
         Command::Db { command } => db(command),
+        Command::Keys { command } => keys(command),
     };
     match result {
         Ok(code) => code,
@@ -512,4 +533,38 @@ fn sync(wait: bool, timeout: std::time::Duration, api: &ApiArg) -> anyhow::Resul
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
+    use robbie_mesh::sshkeys;
+    let added = |k: sshkeys::StoredKey| {
+        println!("{}", k.public);
+        eprintln!(
+            "stored `{}` ({}) in the keychain; add the line above to ~/.ssh/authorized_keys on your servers \
+             and use identity = [\"keychain:{}\"]",
+            k.name, k.fingerprint, k.name
+        );
+    };
+    match command {
+        KeysCommand::List => {
+            let list = sshkeys::list()?;
+            if list.is_empty() {
+                println!("no keys in the keychain yet: `robbie-mesh keys generate NAME` makes one");
+            }
+            for k in list {
+                println!("{:<20} {}  {}", k.name, k.fingerprint, k.public);
+            }
+        }
+        KeysCommand::Generate { name } => added(sshkeys::generate(&name)?),
+        KeysCommand::Import { name, file } => {
+            let pass = std::env::var("ROBBIE_MESH_KEY_PASSPHRASE").ok();
+            added(sshkeys::import(&name, &file, pass.as_deref())?);
+        }
+        KeysCommand::Show { name } => println!("{}", sshkeys::show(&name)?.public),
+        KeysCommand::Delete { name } => {
+            sshkeys::delete(&name)?;
+            eprintln!("deleted `{name}` from the keychain");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -28,12 +28,16 @@ struct Tray {
     notifier: Notifier,
     /// The menu as last built (rebuilt only when what it says changes).
     shown: Mutex<String>,
+    /// The SSH keys in the keychain, as last read.
+    keys: Mutex<Vec<robbie_mesh::sshkeys::StoredKey>>,
 }
 
 /// Menu ids: one table, parsed in `on_menu`.
 const ID_RECONNECT: &str = "reconnect";
 const ID_DASHBOARD: &str = "dashboard";
-const ID_KEYS: &str = "keys";
+const ID_KEY_NEW: &str = "keys:generate";
+const ID_KEY_IMPORT: &str = "keys:import";
+const KEY: &str = "key:"; // key:<name>: show its authorized_keys line
 const ID_MUTE: &str = "mute";
 const ID_QUIT: &str = "quit";
 const PIN: &str = "pin:"; // pin:<service>:<node>
@@ -57,7 +61,9 @@ fn main() {
                 client: client.clone(),
                 notifier: Notifier::start(),
                 shown: Mutex::new(String::new()),
+                keys: Mutex::new(Vec::new()),
             });
+            reload_keys(app.handle().clone());
             let menu = Menu::with_items(app, &[])?;
             let tray = TrayIconBuilder::with_id("main")
                 .icon(Look::NotRunning.image())
@@ -178,7 +184,8 @@ fn show(app: &AppHandle, tray: &TrayIcon, st: Option<&Value>) {
         },
     };
     let muted = state.notifier.muted.load(Ordering::Relaxed);
-    let items = menu_items(st, muted);
+    let keys = state.keys.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let items = menu_items(st, muted, &keys);
     let signature = format!("{title}|{look:?}|{items:?}");
     {
         let mut shown = state.shown.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,7 +208,11 @@ fn show(app: &AppHandle, tray: &TrayIcon, st: Option<&Value>) {
 /// One menu line: (id, label, enabled, checked).
 type Item = (String, String, bool, Option<bool>);
 
-fn menu_items(st: Option<&Value>, muted: bool) -> Vec<Item> {
+fn menu_items(
+    st: Option<&Value>,
+    muted: bool,
+    keys: &[robbie_mesh::sshkeys::StoredKey],
+) -> Vec<Item> {
     let mut items: Vec<Item> = Vec::new();
     let text = |id: &str, label: String, enabled: bool| (id.to_string(), label, enabled, None);
     match st {
@@ -238,7 +249,23 @@ fn menu_items(st: Option<&Value>, muted: bool) -> Vec<Item> {
         }
     }
     items.push(text(ID_DASHBOARD, "Open dashboard".into(), true));
-    items.push(text(ID_KEYS, "SSH keys…".into(), true));
+    items.push(text("-", String::new(), false));
+    items.push(text("", "SSH keys (in the keychain)".into(), false));
+    for k in keys {
+        items.push(text(
+            &format!("{KEY}{}", k.name),
+            format!("    🔑 {} — show its authorized_keys line", k.name),
+            true,
+        ));
+    }
+    items.push(text(ID_KEY_NEW, "    Generate a new key".into(), true));
+    if default_key_file().is_some_and(|p| p.exists()) {
+        items.push(text(
+            ID_KEY_IMPORT,
+            "    Import ~/.ssh/id_ed25519".into(),
+            true,
+        ));
+    }
     items.push((
         ID_MUTE.into(),
         "Mute notifications".into(),
@@ -282,7 +309,40 @@ fn on_menu(app: &AppHandle, id: &str) {
     let client = state.client.clone();
     match id {
         ID_QUIT => app.exit(0),
-        ID_DASHBOARD | ID_KEYS => open_dashboard(app),
+        ID_DASHBOARD => open_dashboard(app),
+        ID_KEY_NEW | ID_KEY_IMPORT => {
+            let app = app.clone();
+            let import = id == ID_KEY_IMPORT;
+            tauri::async_runtime::spawn(async move {
+                let node = app
+                    .state::<Tray>()
+                    .client
+                    .status()
+                    .await
+                    .ok()
+                    .and_then(|st| st["node"].as_str().map(str::to_string));
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let name = format!("{}-{secs}", node.unwrap_or_else(|| "robbie-mesh".into()));
+                let made = tokio::task::spawn_blocking(move || {
+                    match default_key_file().filter(|_| import) {
+                        Some(path) => robbie_mesh::sshkeys::import(&name, &path, None),
+                        None => robbie_mesh::sshkeys::generate(&name),
+                    }
+                })
+                .await;
+                match made {
+                    Ok(Ok(k)) => show_now(
+                        format!("SSH key {} is in the keychain", k.name),
+                        format!("Add this line to ~/.ssh/authorized_keys on your servers, and use identity = [\"keychain:{}\"]:\n{}", k.name, k.public),
+                    ),
+                    Ok(Err(e)) => show_now("SSH key not stored".into(), e.to_string()),
+                    Err(e) => show_now("SSH key not stored".into(), e.to_string()),
+                }
+                reload_keys(app);
+            });
+        }
         ID_MUTE => {
             state.notifier.muted.fetch_xor(true, Ordering::Relaxed);
             // Redrawn with the next status.
@@ -306,6 +366,18 @@ fn on_menu(app: &AppHandle, id: &str) {
                     }
                 }
             });
+        }
+        _ if id.starts_with(KEY) => {
+            let keys = state.keys.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(k) = keys
+                .iter()
+                .find(|k| id.strip_prefix(KEY) == Some(k.name.as_str()))
+            {
+                show_now(
+                    format!("SSH key {} ({})", k.name, k.fingerprint),
+                    k.public.clone(),
+                );
+            }
         }
         _ => {
             let (service, node) = if let Some(rest) = id.strip_prefix(PIN) {
@@ -343,4 +415,41 @@ fn open_dashboard(app: &AppHandle) {
     {
         tracing::warn!("cannot open the dashboard: {e}");
     }
+}
+
+/// `~/.ssh/id_ed25519`, the key file most users have.
+fn default_key_file() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".ssh").join("id_ed25519"))
+}
+
+/// Re-reads the key list from the keychain (blocking calls, off the UI thread).
+fn reload_keys(app: AppHandle) {
+    tauri::async_runtime::spawn(async move {
+        let keys = tokio::task::spawn_blocking(robbie_mesh::sshkeys::list).await;
+        let state = app.state::<Tray>();
+        match keys {
+            Ok(Ok(k)) => *state.keys.lock().unwrap_or_else(|p| p.into_inner()) = k,
+            Ok(Err(e)) => tracing::warn!("cannot list the SSH keys: {e}"),
+            Err(_) => {}
+        }
+        state
+            .shown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    });
+}
+
+/// A notification the user asked for (never muted, never merged).
+fn show_now(summary: String, body: String) {
+    tauri::async_runtime::spawn_blocking(move || {
+        if let Err(e) = notify_rust::Notification::new()
+            .appname("robbie-mesh")
+            .summary(&summary)
+            .body(&body)
+            .show()
+        {
+            tracing::warn!("cannot show a notification: {e}");
+        }
+    });
 }

@@ -155,3 +155,59 @@ async fn keychain_key_and_keychain_passphrase_log_in() {
     mesh.wait_up("echo").await;
     keys::delete(&account).expect("delete");
 }
+
+/// `robbie-mesh keys`: generate, list, show and delete keys in the keychain; a
+/// bad name is refused with what to use instead.
+#[test]
+fn the_keys_command_manages_keychain_keys() {
+    if !keychain_available() {
+        return;
+    }
+    let bin = std::env::current_exe()
+        .expect("exe")
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target")
+        .join("robbie-mesh");
+    let run = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(args)
+            .output()
+            .expect("robbie-mesh keys")
+    };
+    let name = format!("cli-test-{}", std::process::id());
+    let made = run(&["keys", "generate", &name]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let public = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    assert!(
+        public.starts_with("ssh-ed25519 ") && public.ends_with(&format!("robbie-mesh:{name}")),
+        "{public}"
+    );
+    assert!(String::from_utf8_lossy(&made.stderr).contains(&format!("keychain:{name}")));
+    let again = run(&["keys", "generate", &name]);
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("exists already")
+    );
+    let listed = run(&["keys", "list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&public));
+    assert_eq!(
+        String::from_utf8_lossy(&run(&["keys", "show", &name]).stdout).trim(),
+        public
+    );
+    // The private half is where the service looks for it.
+    let pem = keys::private_key(&name).expect("in the keychain");
+    assert!(pem.contains("BEGIN OPENSSH PRIVATE KEY"));
+    let bad = run(&["keys", "generate", "no spaces"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use letters, digits"));
+    assert!(run(&["keys", "delete", &name]).status.success());
+    assert!(
+        keys::private_key(&name).is_err(),
+        "deleted from the keychain"
+    );
+    assert!(!run(&["keys", "show", &name]).status.success());
+}

@@ -165,7 +165,8 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
         "automatic",
         "Reconnect all",
         "Open dashboard",
-        "SSH keys…",
+        "SSH keys (in the keychain)",
+        "Generate a new key",
         "Mute notifications",
         "Quit",
     ] {
@@ -230,9 +231,99 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
     )
     .await;
 
+    // A key generated in the tray lands in the keychain (Secret Service), and the
+    // service logs in to a real sshd with it.
+    if tokio::task::spawn_blocking(keychain_usable)
+        .await
+        .expect("probe")
+    {
+        writeln!(host.stdin, "click Generate a new key").expect("stdin");
+        assert_ne!(host.expect("CLICKED").await, "CLICKED none");
+        let end = Instant::now() + Duration::from_secs(10);
+        let made = loop {
+            if let Some(n) = host.notifications.iter().find(|n| {
+                n["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("SSH key "))
+            }) {
+                break n.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "no key notification: {:?}",
+                host.notifications
+            );
+            host.state().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let body = made["body"].as_str().expect("body");
+        assert!(
+            made["summary"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("is in the keychain")),
+            "{made}"
+        );
+        let public = body
+            .lines()
+            .find(|l| l.starts_with("ssh-ed25519 "))
+            .expect("an authorized_keys line");
+        let name = made["summary"]
+            .as_str()
+            .and_then(|s| s.strip_prefix("SSH key "))
+            .and_then(|s| s.strip_suffix(" is in the keychain"))
+            .expect("name")
+            .to_string();
+        let listed = tokio::task::spawn_blocking(robbie_mesh::sshkeys::list)
+            .await
+            .expect("join")
+            .expect("list keys");
+        assert!(
+            listed.iter().any(|k| k.name == name && k.public == public),
+            "{listed:?}"
+        );
+        host.wait_label("⚡ book", &format!("🔑 {name}")).await;
+
+        let server = Sshd::start();
+        server.authorize(public);
+        let backend = mesh_tests::servers::echo().await;
+        let local = mesh_tests::free_port();
+        let cfg = format!(
+            "[[peer]]\nname = \"k\"\nssh = \"{}@{}\"\nidentity = [\"keychain:{name}\"]\nknown_hosts = \"{}\"\n\
+             [[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n",
+            mesh_tests::whoami(),
+            server.addr(),
+            mesh_tests::trust(&server).display()
+        );
+        let keyed = Mesh::start(&cfg).await;
+        keyed.wait_up("echo").await;
+        drop(keyed);
+        tokio::task::spawn_blocking(move || robbie_mesh::sshkeys::delete(&name))
+            .await
+            .expect("join")
+            .expect("delete key");
+    }
+
     // The service stops: the tray says so.
     mesh.stop().await;
     host.wait_label("robbie-mesh: service not running", "Service not running")
         .await;
     drop(tray);
+}
+
+/// The Secret Service keychain on this bus (tests/run.sh starts one); required when
+/// MESH_TESTS_REQUIRE_KEYCHAIN=1.
+fn keychain_usable() -> bool {
+    let required = std::env::var("MESH_TESTS_REQUIRE_KEYCHAIN").is_ok_and(|v| v == "1");
+    let probe = robbie_mesh::keys::set("robbie-mesh-test-probe", "x")
+        .and_then(|()| robbie_mesh::keys::delete("robbie-mesh-test-probe"));
+    match probe {
+        Ok(()) => true,
+        Err(e) if required => panic!("the OS keychain is required here but failed: {e}"),
+        Err(e) => {
+            eprintln!(
+                "SKIPPED the key part: no usable OS keychain ({e}); run through tests/run.sh"
+            );
+            false
+        }
+    }
 }
