@@ -44,6 +44,13 @@ const PIN: &str = "pin:"; // pin:<service>:<node>
 const UNPIN: &str = "unpin:"; // unpin:<service>
 
 fn main() {
+    // A page of text needs no GPU compositing; without it WebKit's web process
+    // takes about half the memory (measured: 94 vs 175 MiB PSS). A user's own
+    // setting wins.
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("WEBKIT_DISABLE_COMPOSITING_MODE").is_none() {
+        std::env::set_var("WEBKIT_DISABLE_COMPOSITING_MODE", "1");
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROBBIE_MESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -303,6 +303,16 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
             .expect("delete key");
     }
 
+    // Memory at rest: the tray alone, then with the dashboard window open (the tray
+    // process and its WebKit processes together).
+    let (rss, pss) = settle_memory(&bin, 1).await;
+    eprintln!("tray idle, no window: RSS {rss:.1} MiB, PSS {pss:.1} MiB");
+    writeln!(host.stdin, "click Open dashboard").expect("stdin");
+    assert_ne!(host.expect("CLICKED").await, "CLICKED none");
+    let (rss, pss) = settle_memory(&bin, 3).await;
+    eprintln!("tray idle with the dashboard open: RSS {:.1} MiB summed, PSS {:.1} MiB (goal <= 150 MiB together)", rss, pss);
+    assert!(pss > 0.0, "the tray process was not found");
+
     // The service stops: the tray says so.
     mesh.stop().await;
     host.wait_label("robbie-mesh: service not running", "Service not running")
@@ -326,4 +336,70 @@ fn keychain_usable() -> bool {
             false
         }
     }
+}
+
+/// (RSS summed, PSS) in MiB of the process running `bin` and its descendants, once
+/// there are `processes` of them and they have stopped growing (polled, at most 20 s).
+async fn settle_memory(bin: &std::path::Path, processes: usize) -> (f64, f64) {
+    let read = |pid: u32, key: &str| -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let tree = || -> Vec<u32> {
+        let Some(root) = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == bin))
+        else {
+            return Vec::new();
+        };
+        let mut all = vec![root];
+        let mut i = 0;
+        while i < all.len() {
+            let p = all[i];
+            let kids =
+                std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+            all.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<u32>().ok()),
+            );
+            i += 1;
+        }
+        all
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut last = (0.0, 0.0);
+    let mut steady = 0;
+    while Instant::now() < end && steady < 6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pids = tree();
+        let now = (
+            pids.iter().map(|p| read(*p, "Rss:")).sum::<f64>(),
+            pids.iter().map(|p| read(*p, "Pss:")).sum::<f64>(),
+        );
+        // Steady once the web process exists and the total moves by under 1 MiB.
+        if pids.len() >= processes && (now.0 - last.0).abs() < 1.0 {
+            steady += 1;
+        } else {
+            steady = 0;
+        }
+        last = now;
+    }
+    for p in tree() {
+        let name = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        eprintln!(
+            "  {p} {}: RSS {:.1} MiB, PSS {:.1} MiB",
+            name.trim(),
+            read(p, "Rss:"),
+            read(p, "Pss:")
+        );
+    }
+    last
 }
