@@ -449,14 +449,5 @@ fn reload_keys(app: AppHandle) {
 
 /// A notification the user asked for (never muted, never merged).
 fn show_now(summary: String, body: String) {
-    tauri::async_runtime::spawn_blocking(move || {
-        if let Err(e) = notify_rust::Notification::new()
-            .appname("robbie-mesh")
-            .summary(&summary)
-            .body(&body)
-            .show()
-        {
-            tracing::warn!("cannot show a notification: {e}");
-        }
-    });
+    tauri::async_runtime::spawn_blocking(move || notify::show(&summary, &body));
 }

@@ -42,17 +42,7 @@ impl Notifier {
                         lines.join("\n"),
                     )
                 };
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Err(e) = notify_rust::Notification::new()
-                        .appname("robbie-mesh")
-                        .summary(&summary)
-                        .body(&body)
-                        .show()
-                    {
-                        tracing::warn!("cannot show a notification: {e}");
-                    }
-                })
-                .await;
+                let _ = tokio::task::spawn_blocking(move || show(&summary, &body)).await;
             }
         });
         Notifier { tx, muted }
@@ -83,5 +73,17 @@ pub fn for_event(kind: &str, e: &serde_json::Value) -> Option<(String, String)> 
         }
         "host_key_alarm" => Some((format!("Host key alarm: {}", s("peer")), s("message"))),
         _ => None,
+    }
+}
+
+/// Shows one notification now (blocking: call it off the UI thread).
+pub fn show(summary: &str, body: &str) {
+    if let Err(e) = notify_rust::Notification::new()
+        .appname("robbie-mesh")
+        .summary(summary)
+        .body(body)
+        .show()
+    {
+        tracing::warn!("cannot show a notification: {e}");
     }
 }

@@ -280,3 +280,20 @@ pub fn two_node_ollama(
     );
     (cfg, endpoint)
 }
+
+/// A binary of the workspace built next to the running test (`robbie-mesh`,
+/// `robbie-mesh-tray`; tests/run.sh builds them first).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p {name}` (tests/run.sh does)",
+        bin.display()
+    );
+    bin
+}

@@ -163,12 +163,7 @@ fn the_keys_command_manages_keychain_keys() {
     if !keychain_available() {
         return;
     }
-    let bin = std::env::current_exe()
-        .expect("exe")
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target")
-        .join("robbie-mesh");
+    let bin = mesh_tests::workspace_bin("robbie-mesh");
     let run = |args: &[&str]| {
         std::process::Command::new(&bin)
             .args(args)

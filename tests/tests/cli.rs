@@ -13,17 +13,8 @@ use mesh_tests::{free_port, peer_toml, trust, wait_for, DEADLINE};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// The binary built next to this test (tests/run.sh builds it first).
 fn bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("robbie-mesh");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p robbie-mesh` (tests/run.sh does)",
-        bin.display()
-    );
-    bin
+    mesh_tests::workspace_bin("robbie-mesh")
 }
 
 /// A command with a private HOME, so no user config is found.

@@ -33,12 +33,7 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
         ),
     )
     .expect("write");
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target")
-        .join("robbie-mesh");
+    let bin = mesh_tests::workspace_bin("robbie-mesh");
     let mut vengeance = Command::new(bin)
         .args(["run", "--config"])
         .arg(&v_cfg)

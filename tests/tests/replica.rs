@@ -60,12 +60,7 @@ async fn a_replica_bootstrapped_through_the_tunnel_streams_survives_a_cut_and_ca
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .expect("chmod");
-    let bin = std::env::current_exe()
-        .expect("exe")
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target")
-        .join("robbie-mesh");
+    let bin = mesh_tests::workspace_bin("robbie-mesh");
     let (init_cfg2, data2) = (init_cfg.clone(), data.clone());
     let out = tokio::task::spawn_blocking(move || {
         as_postgres(&bin)

@@ -19,18 +19,7 @@ use serde_json::{json, Value};
 const ROUNDS: usize = 200;
 
 fn bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("robbie-mesh");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p robbie-mesh` (tests/run.sh does)",
-        bin.display()
-    );
-    bin
+    mesh_tests::workspace_bin("robbie-mesh")
 }
 
 /// A small xorshift: the campaign is random but reproducible from its seed.

@@ -88,18 +88,7 @@ impl Node {
 }
 
 fn robbie_mesh_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("robbie-mesh");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p robbie-mesh` (tests/run.sh does)",
-        bin.display()
-    );
-    bin
+    mesh_tests::workspace_bin("robbie-mesh")
 }
 
 struct Mesh3 {

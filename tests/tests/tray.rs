@@ -129,12 +129,7 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
 
     let mut host = Host::start();
     host.expect("READY").await;
-    let bin = std::env::current_exe()
-        .expect("exe")
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target")
-        .join("robbie-mesh-tray");
+    let bin = mesh_tests::workspace_bin("robbie-mesh-tray");
     assert!(
         bin.exists(),
         "{} is missing: cargo build -p robbie-mesh-tray (tests/run.sh does)",
