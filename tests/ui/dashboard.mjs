@@ -16,7 +16,8 @@ const out = (line) => process.stdout.write(`${line}\n`);
 
 const browser = await chromium.launch({
   executablePath: process.env.MESH_CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
+  // Not the session keyring: the tests own it (and Chromium has no passwords to keep).
+  args: ["--no-sandbox", "--disable-gpu", "--password-store=basic"],
 });
 try {
   const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
