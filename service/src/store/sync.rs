@@ -207,6 +207,7 @@ pub fn start(
                 cfg,
                 status: tx,
                 client: None,
+                password: None,
             }
             .run(kick, events, cancel),
         );
@@ -219,6 +220,8 @@ struct Syncer {
     cfg: SyncConfig,
     status: watch::Sender<SyncStatus>,
     client: Option<tokio_postgres::Client>,
+    /// The keychain's password for the primary: `None` until read.
+    password: Option<Option<String>>,
 }
 
 impl Syncer {
@@ -288,11 +291,27 @@ impl Syncer {
                 .dbname(&self.cfg.database)
                 .application_name("robbie-mesh sync")
                 .connect_timeout(Duration::from_secs(5));
-            if let Ok(Some(p)) = crate::keys::get(&crate::keys::postgres_account(&self.cfg.service))
-            {
+            // The keychain is asked once, and again only after a refused login (not
+            // on every retry while the primary is unreachable).
+            if self.password.is_none() {
+                let account = crate::keys::postgres_account(&self.cfg.service);
+                let read =
+                    tokio::task::spawn_blocking(move || crate::keys::get(&account).ok().flatten())
+                        .await;
+                self.password = Some(read.ok().flatten());
+            }
+            if let Some(Some(p)) = &self.password {
                 pg.password(p);
             }
-            let (client, conn) = pg.connect(tokio_postgres::NoTls).await?;
+            let (client, conn) = match pg.connect(tokio_postgres::NoTls).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if e.code().is_some_and(|c| c.code().starts_with("28")) {
+                        self.password = None;
+                    }
+                    return Err(e.into());
+                }
+            };
             tokio::spawn(async move {
                 let _ = conn.await;
             });
