@@ -116,6 +116,57 @@ def menu_items(layout, acc):
     return acc
 
 
+def png_centre(path):
+    """The RGB of the centre pixel of an 8-bit RGBA PNG file, as #rrggbb."""
+    import struct
+    import zlib
+    data = open(path, "rb").read()
+    pos, idat, w = 8, b"", 0
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    raw, bpp, stride = zlib.decompress(idat), 4, w * 4
+    rows, prev, i = [], bytearray(stride), 0
+    while i < len(raw):
+        f, line = raw[i], bytearray(raw[i + 1:i + 1 + stride])
+        i += 1 + stride
+        for x in range(stride):
+            a = line[x - bpp] if x >= bpp else 0
+            b = prev[x]
+            c = prev[x - bpp] if x >= bpp else 0
+            if f == 1:
+                line[x] = (line[x] + a) & 255
+            elif f == 2:
+                line[x] = (line[x] + b) & 255
+            elif f == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(line)
+        prev = line
+    px = rows[len(rows) // 2][(w // 2) * 4:(w // 2) * 4 + 3]
+    return "#%02x%02x%02x" % tuple(px)
+
+
+def icon_colour(props):
+    name = str(props.get("IconName", ""))
+    theme = str(props.get("IconThemePath", ""))
+    for path in (name, os.path.join(theme, name + ".png"), os.path.join(theme, name)):
+        if path and os.path.isfile(path):
+            try:
+                return png_centre(path)
+            except Exception as e:  # the test shows it
+                return "unreadable: %r" % e
+    return "no icon file (IconName %r, IconThemePath %r)" % (name, theme)
+
+
 def item_state():
     if not watcher.items:
         return {"error": "no item registered"}
@@ -132,6 +183,7 @@ def item_state():
         "label": str(props.get("XAyatanaLabel", "")),
         "title": str(props.get("Title", "")),
         "status": str(props.get("Status", "")),
+        "icon": icon_colour(props),
         "menu": [i for i in menu if i["id"] != 0],
         "menu_path": str(menu_path or ""),
         "name": str(name),
