@@ -97,6 +97,7 @@ impl Host {
             let st = self.state().await;
             let menu = st["menu"].as_array().cloned().unwrap_or_default();
             if st["label"] == label
+                && st["icon"] == icon
                 && menu
                     .iter()
                     .any(|i| i["label"].as_str().is_some_and(|l| l.contains(menu_line)))
@@ -105,7 +106,7 @@ impl Host {
             }
             assert!(
                 Instant::now() < end,
-                "the tray never showed {label:?} with {menu_line:?}: {st}"
+                "the tray never showed {label:?} with {menu_line:?} and icon {icon}: {st}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
