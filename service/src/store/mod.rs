@@ -75,6 +75,8 @@ pub enum StoreError {
     },
     #[error("no conversation {0}")]
     NoConversation(String),
+    #[error("the store's worker failed: {0}")]
+    Worker(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -187,7 +189,7 @@ impl Store {
             f(&mut conn, &inner)
         })
         .await
-        .unwrap_or_else(|e| Err(StoreError::Invalid(format!("store task failed: {e}"))))
+        .unwrap_or_else(|e| Err(StoreError::Worker(e.to_string())))
     }
 
     /// The same, synchronously (the CLI, tests).
