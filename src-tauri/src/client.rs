@@ -68,17 +68,24 @@ impl Client {
             .map(drop)
     }
 
-    /// Calls `on_event(type, data)` for every event until the stream ends.
-    pub async fn events(
-        &self,
-        mut on_event: impl FnMut(&str, Value),
-    ) -> Result<(), reqwest::Error> {
+    /// Opens the event stream (before reading the status, so no change falls
+    /// between the two).
+    pub async fn open_events(&self) -> Result<reqwest::Response, reqwest::Error> {
         let resp = self
             .stream
             .get(format!("{}/v1/events", self.base))
             .send()
             .await?
             .error_for_status()?;
+        tracing::debug!("following {}/v1/events", self.base);
+        Ok(resp)
+    }
+
+    /// Calls `on_event(type, data)` for every event of an opened stream until it ends.
+    pub async fn read_events(
+        resp: reqwest::Response,
+        mut on_event: impl FnMut(&str, Value),
+    ) -> Result<(), reqwest::Error> {
         let mut body = resp.bytes_stream();
         let mut buf = String::new();
         while let Some(chunk) = body.next().await {

@@ -119,12 +119,13 @@ fn main() {
 async fn watch(app: AppHandle, tray: TrayIcon) {
     loop {
         let client = app.state::<Tray>().client.clone();
-        match client.status().await {
-            Ok(st) => {
+        let opened = client.open_events().await;
+        match (opened, client.status().await) {
+            (Ok(stream), Ok(st)) => {
                 show(&app, &tray, Some(&st));
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
                 let notifier = app.state::<Tray>().notifier.clone();
-                let events = client.events(move |kind, e| {
+                let events = Client::read_events(stream, move |kind, e| {
                     if let Some((summary, body)) = notify::for_event(kind, &e) {
                         notifier.tell(summary, body);
                     }
@@ -145,7 +146,7 @@ async fn watch(app: AppHandle, tray: TrayIcon) {
                     () = redraw => {}
                 }
             }
-            Err(_) => show(&app, &tray, None),
+            _ => show(&app, &tray, None),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -49,6 +49,7 @@ impl Notifier {
     }
 
     pub fn tell(&self, summary: String, body: String) {
+        tracing::debug!("to tell: {summary}: {body}");
         let _ = self.tx.send((summary, body));
     }
 }
@@ -78,6 +79,7 @@ pub fn for_event(kind: &str, e: &serde_json::Value) -> Option<(String, String)> 
 
 /// Shows one notification now (blocking: call it off the UI thread).
 pub fn show(summary: &str, body: &str) {
+    tracing::debug!("notification: {summary}: {body}");
     if let Err(e) = notify_rust::Notification::new()
         .appname("robbie-mesh")
         .summary(summary)
