@@ -297,3 +297,20 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     );
     bin
 }
+
+/// A child's output, line by line, on a channel (read by a thread, so a test can
+/// wait for a line with a deadline).
+pub fn lines_of(
+    out: impl std::io::Read + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}

@@ -4,7 +4,7 @@
 //! its timeline; at 360 px (the tray popover) nothing overflows sideways.
 //! Screenshots are kept in `<target>/test-artifacts/`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -51,13 +51,7 @@ async fn the_dashboard_follows_a_failover_live() {
         .spawn()
         .expect("node (nodejs; tests/setup.sh installs it with playwright-core and chromium)");
     let mut stdin = node.stdin.take().expect("stdin");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stdout = node.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut rx = mesh_tests::lines_of(node.stdout.take().expect("stdout"));
     async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
         tokio::time::timeout(Duration::from_secs(60), rx.recv())
             .await

@@ -209,7 +209,7 @@ impl Store {
         let title = title.to_string();
         let c = self
             .with(move |conn, inner| {
-                let stamp = inner.tick()?;
+                let stamp = inner.tick();
                 let c = Conversation {
                     id: uuid::Uuid::now_v7().to_string(),
                     title,
@@ -248,7 +248,7 @@ impl Store {
                 let mut c = get_conversation(conn, &id).map_err(|e| inner.sql(e))?.ok_or(StoreError::NoConversation(id))?;
                 c.title = title.unwrap_or(c.title);
                 c.archived = archived.unwrap_or(c.archived);
-                c.updated_hlc = inner.tick()?;
+                c.updated_hlc = inner.tick();
                 inner.write(conn, |tx| {
                     tx.execute(
                         "UPDATE conversations SET title = ?2, archived = ?3, updated_hlc = ?4 WHERE id = ?1",
@@ -394,9 +394,9 @@ impl Inner {
     }
 
     /// A new clock stamp, persisted with the write that uses it.
-    fn tick(&self) -> Result<String, StoreError> {
+    fn tick(&self) -> String {
         let mut h = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(h.tick(hlc::now_ms()).encode(&self.device))
+        h.tick(hlc::now_ms()).encode(&self.device)
     }
 
     /// One immediate transaction around `f`, with the clock saved in it.

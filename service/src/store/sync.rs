@@ -125,11 +125,51 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(i32, i32), 
     Ok((from, PG_SCHEMA_VERSION))
 }
 
+/// The primary's robbie schema is the one this build writes, or an error that says
+/// what to run. Checked after every connect and in every pushed batch.
+async fn check_schema(c: &impl tokio_postgres::GenericClient) -> Result<(), SyncError> {
+    let version: Option<i32> = match c
+        .query_opt("SELECT version FROM robbie.schema_version", &[])
+        .await
+    {
+        Ok(r) => r.map(|r| r.get(0)),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Err(SyncError::NoSchema)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match version {
+        Some(PG_SCHEMA_VERSION) => Ok(()),
+        Some(v) => Err(SyncError::Schema {
+            found: v,
+            ours: PG_SCHEMA_VERSION,
+            hint: if v > PG_SCHEMA_VERSION {
+                "with a newer robbie-mesh here"
+            } else {
+                ""
+            },
+        }),
+        None => Err(SyncError::NoSchema),
+    }
+}
+
+/// What the sync task is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// No `[store.sync]` configured (or no store).
+    #[default]
+    Off,
+    Idle,
+    Syncing,
+    /// The primary cannot be reached (or only a read-only replica can).
+    Waiting,
+}
+
 /// What the sync task is doing, for `/v1/status` and `robbie-mesh status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncStatus {
-    /// `off` (no sync configured), `idle`, `syncing`, `waiting` (primary unreachable).
-    pub state: String,
+    pub state: SyncState,
     pub device: String,
     /// Rows written here and not yet acknowledged by the primary.
     pub pending: u64,
@@ -151,7 +191,7 @@ impl SyncHandle {
     /// The handle of a store that could not be opened.
     pub fn off() -> SyncHandle {
         let (_, rx) = watch::channel(SyncStatus {
-            state: "off".into(),
+            state: SyncState::Off,
             ..Default::default()
         });
         SyncHandle {
@@ -174,7 +214,7 @@ pub fn start(
     cancel: CancellationToken,
 ) -> SyncHandle {
     let (tx, rx) = watch::channel(SyncStatus {
-        state: "off".into(),
+        state: SyncState::Off,
         device: store.device().to_string(),
         ..Default::default()
     });
@@ -229,7 +269,7 @@ impl Syncer {
         let mut routes = events.subscribe();
         let mut writes = self.store.writes();
         let service = self.cfg.service.clone();
-        self.status.send_modify(|s| s.state = "idle".into());
+        self.status.send_modify(|s| s.state = SyncState::Idle);
         loop {
             match self.round().await {
                 Ok(()) => {}
@@ -241,12 +281,12 @@ impl Syncer {
                         tracing::warn!("sync: {msg}");
                     }
                     self.status.send_modify(|s| {
-                        s.state = "waiting".into();
+                        s.state = SyncState::Waiting;
                         s.last_error = Some(msg);
                     });
                 }
             }
-            let retry = if self.status.borrow().state == "waiting" {
+            let retry = if self.status.borrow().state == SyncState::Waiting {
                 self.cfg.retry
             } else {
                 self.cfg.interval
@@ -315,6 +355,8 @@ impl Syncer {
             tokio::spawn(async move {
                 let _ = conn.await;
             });
+            // Rows are read and written in this build's shape only.
+            check_schema(&client).await?;
             self.client = Some(client);
             // First thing after every connect: what the primary already has from us.
             let acked = self.acked_seq().await?;
@@ -335,20 +377,14 @@ impl Syncer {
                 &[&device],
             )
             .await;
-        match row {
-            Ok(r) => Ok(r.map_or(0, |r| r.get(0))),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-                Err(SyncError::NoSchema)
-            }
-            Err(e) => Err(e.into()),
-        }
+        Ok(row?.map_or(0, |r| r.get(0)))
     }
 
     /// Push everything pending, then pull everything new.
     async fn round(&mut self) -> Result<(), SyncError> {
         let batch_size = self.cfg.batch;
         self.connect().await?;
-        self.status.send_modify(|s| s.state = "syncing".into());
+        self.status.send_modify(|s| s.state = SyncState::Syncing);
         let read_only = {
             let c = self.client.as_ref().expect("connected");
             c.query_one("SELECT pg_is_in_recovery()", &[])
@@ -386,9 +422,9 @@ impl Syncer {
         self.status.send_modify(|s| {
             s.pending = pending;
             s.state = if read_only {
-                "waiting".into()
+                SyncState::Waiting
             } else {
-                "idle".into()
+                SyncState::Idle
             };
             s.last_error = read_only.then(|| {
                 "the primary is down; pulled from a read-only replica, local writes wait".into()
@@ -405,32 +441,7 @@ impl Syncer {
         let node = self.store.node().to_string();
         let client = self.client.as_mut().expect("connected");
         let tx = client.transaction().await?;
-        let version: Option<i32> = match tx
-            .query_opt("SELECT version FROM robbie.schema_version", &[])
-            .await
-        {
-            Ok(r) => r.map(|r| r.get(0)),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-                return Err(SyncError::NoSchema)
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match version {
-            Some(PG_SCHEMA_VERSION) => {}
-            Some(v) => {
-                let hint = if v > PG_SCHEMA_VERSION {
-                    "with a newer robbie-mesh here"
-                } else {
-                    ""
-                };
-                return Err(SyncError::Schema {
-                    found: v,
-                    ours: PG_SCHEMA_VERSION,
-                    hint,
-                });
-            }
-            None => return Err(SyncError::NoSchema),
-        }
+        check_schema(&tx).await?;
         tx.execute("INSERT INTO robbie.devices (device_id, node) VALUES ($1, $2) ON CONFLICT (device_id) DO NOTHING", &[&device, &node])
             .await?;
         let acked: i64 = tx
