@@ -25,6 +25,8 @@ use mesh_tests::{free_port, wait_for, DEADLINE};
 use tokio::task::JoinSet;
 
 const REQUESTS: usize = 10_000;
+/// Rounds in which the targets take turns (REQUESTS / ROUNDS each time).
+const ROUNDS: usize = 5;
 const STREAM_CHUNKS: usize = 20_000;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -133,14 +135,38 @@ async fn get_once(c: &HttpClient, url: &str) -> Result<Duration, String> {
     }
 }
 
+/// Latencies of one target, gathered over several rounds.
+#[derive(Default)]
 struct Load {
-    p50: Duration,
-    p99: Duration,
-    rps: f64,
+    lat: Vec<Duration>,
+    busy: Duration,
     failed: usize,
 }
 
-async fn load(url: &str, concurrency: usize, total: usize) -> Load {
+impl Load {
+    fn pct(&self, p: f64) -> Duration {
+        let mut all = self.lat.clone();
+        all.sort();
+        all.get(((all.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn p50(&self) -> Duration {
+        self.pct(0.5)
+    }
+
+    fn p99(&self) -> Duration {
+        self.pct(0.99)
+    }
+
+    fn rps(&self) -> f64 {
+        self.lat.len() as f64 / self.busy.as_secs_f64()
+    }
+}
+
+/// `total` requests at `concurrency`, added to `into`.
+async fn load(into: &mut Load, url: &str, concurrency: usize, total: usize) {
     let c = client();
     for _ in 0..200 {
         let _ = get_once(&c, url).await; // warm-up
@@ -161,24 +187,11 @@ async fn load(url: &str, concurrency: usize, total: usize) -> Load {
             (lat, failed)
         });
     }
-    let (mut all, mut failed) = (Vec::with_capacity(total), 0);
     while let Some(Ok((lat, f))) = set.join_next().await {
-        all.extend(lat);
-        failed += f;
+        into.lat.extend(lat);
+        into.failed += f;
     }
-    let elapsed = start.elapsed();
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len().max(1) - 1) as f64 * p) as usize)
-            .copied()
-            .unwrap_or_default()
-    };
-    Load {
-        p50: pct(0.5),
-        p99: pct(0.99),
-        rps: all.len() as f64 / elapsed.as_secs_f64(),
-        failed,
-    }
+    into.busy += start.elapsed();
 }
 
 /// Chunks per second of one streamed answer.
@@ -261,13 +274,15 @@ async fn main() {
     let mut a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (api, endpoint, nginx_port) = (free_port(), free_port(), free_port());
+    let (api, endpoint, nginx_port, pipe) = (free_port(), free_port(), free_port(), free_port());
     let cfg = format!(
         "node = \"bench\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[[service]]\nname = \"bench\"\nkind = \"http\"\n\
          listen = \"127.0.0.1:{endpoint}\"\nprobe = {{ path = \"/api/version\" }}\n\
          candidates = [{{ node = \"a\", address = \"{}\" }}, {{ node = \"b\", address = \"{}\" }}]\n\
+         [[service]]\nname = \"pipe\"\nkind = \"tcp\"\nlisten = \"127.0.0.1:{pipe}\"\n\
+         candidates = [{{ node = \"a\", address = \"{}\" }}]\n\
          [store]\npath = \"{}\"\n",
-        a.addr, b.addr, dir.path().join("store.db").display()
+        a.addr, b.addr, a.addr, dir.path().join("store.db").display()
     );
     std::fs::write(dir.path().join("bench.toml"), cfg).expect("config");
     let exe = std::env::current_exe().expect("exe");
@@ -293,7 +308,7 @@ async fn main() {
             }),
     );
     let nginx = start_nginx(dir.path(), nginx_port, a.addr);
-    for port in [endpoint, nginx_port] {
+    for port in [endpoint, nginx_port, pipe] {
         wait_for(
             DEADLINE,
             || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
@@ -312,8 +327,9 @@ async fn main() {
     // while (attach `perf record -p <robbie-mesh pid>` meanwhile).
     if std::env::var("MESH_BENCH_PROFILE").is_ok() {
         eprintln!("robbie-mesh pid {}", mesh.0.id());
-        let l = load(&mesh_url, 1, 60_000).await;
-        eprintln!("p50 {} p99 {}", us(l.p50), us(l.p99));
+        let mut l = Load::default();
+        load(&mut l, &mesh_url, 1, 60_000).await;
+        eprintln!("p50 {} p99 {}", us(l.p50()), us(l.p99()));
         return;
     }
     println!("robbie-mesh endpoint benchmark — one small GET per request, keep-alive, {REQUESTS} requests per row");
@@ -324,43 +340,68 @@ async fn main() {
     );
     let direct_url = format!("http://{}/api/version", a.addr);
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/api/version");
-    // CPU µs the proxy spent per request while `l` ran.
-    let cpu_per_request =
-        |pid: u32, before: u64| (cpu_ns(pid) - before) as f64 / 1e3 / REQUESTS as f64;
-    let mut cpu = Vec::new();
+    // The same process as a plain TCP forwarder (a `tcp` service): the floor of what
+    // any proxy in this runtime adds, with no HTTP work at all.
+    let pipe_url = format!("http://127.0.0.1:{pipe}/api/version");
+    // The targets take turns, a share of the requests per round, so that a slow
+    // moment of this shared VM falls on all of them alike.
+    let targets = [
+        ("direct", direct_url.as_str(), None),
+        ("robbie-mesh", mesh_url.as_str(), Some(mesh.0.id())),
+        ("nginx", nginx_url.as_str(), Some(nginx.0.id())),
+        ("byte pipe (tcp)", pipe_url.as_str(), Some(mesh.0.id())),
+    ];
+    let mut cpu_lines = Vec::new();
     for conc in [1, 32] {
-        let d = load(&direct_url, conc, REQUESTS).await;
-        let before = cpu_ns(mesh.0.id());
-        let m = load(&mesh_url, conc, REQUESTS).await;
-        let mesh_cpu = cpu_per_request(mesh.0.id(), before);
-        let before = cpu_ns(nginx.0.id());
-        let n = load(&nginx_url, conc, REQUESTS).await;
-        cpu.push((conc, mesh_cpu, cpu_per_request(nginx.0.id(), before)));
-        assert_eq!(m.failed + n.failed + d.failed, 0, "failed requests");
+        let mut loads: Vec<Load> = targets.iter().map(|_| Load::default()).collect();
+        let mut cpu = vec![0u64; targets.len()];
+        for round in 0..ROUNDS {
+            for k in 0..targets.len() {
+                let t = (k + round) % targets.len();
+                let (_, url, pid) = targets[t];
+                let before = pid.map(cpu_ns);
+                load(&mut loads[t], url, conc, REQUESTS / ROUNDS).await;
+                if let (Some(pid), Some(before)) = (pid, before) {
+                    cpu[t] += cpu_ns(pid) - before;
+                }
+            }
+        }
+        let failed: usize = loads.iter().map(|l| l.failed).sum();
+        assert_eq!(failed, 0, "failed requests");
+        let d = &loads[0];
         println!(
             "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}",
             format!("direct, concurrency {conc}"),
-            us(d.p50),
-            us(d.p99),
+            us(d.p50()),
+            us(d.p99()),
             "-",
             "-",
-            d.rps
+            d.rps()
         );
-        for (who, l) in [("robbie-mesh", &m), ("nginx", &n)] {
+        for (t, l) in loads.iter().enumerate().skip(1) {
             println!(
                 "{:<26} {:>10} {:>10} {:>12} {:>12} {:>12.0}  ({:.2}x direct)",
-                format!("{who}, conc. {conc}"),
-                us(l.p50),
-                us(l.p99),
-                signed_us(l.p50, d.p50),
-                signed_us(l.p99, d.p99),
-                l.rps,
-                l.rps / d.rps
+                format!("{}, conc. {conc}", targets[t].0),
+                us(l.p50()),
+                us(l.p99()),
+                signed_us(l.p50(), d.p50()),
+                signed_us(l.p99(), d.p99()),
+                l.rps(),
+                l.rps() / d.rps()
             );
         }
+        // CPU µs per request, warm-up requests included.
+        let per = |t: usize| cpu[t] as f64 / 1e3 / (REQUESTS + ROUNDS * 200) as f64;
+        cpu_lines.push(format!(
+            "proxy CPU per request, concurrency {conc}: robbie-mesh {:.1} us, nginx {:.1} us ({:.2}x), byte pipe {:.1} us",
+            per(1),
+            per(2),
+            per(1) / per(2),
+            per(3)
+        ));
     }
-    for (conc, m, n) in cpu {
-        println!("proxy CPU per request (warm-up included), concurrency {conc}: robbie-mesh {m:.1} us, nginx {n:.1} us ({:.2}x)", m / n);
+    for line in cpu_lines {
+        println!("{line}");
     }
     println!();
     let sd = stream(&format!("http://{}/api/generate", a.addr)).await;
@@ -371,10 +412,16 @@ async fn main() {
     drop(nginx);
 
     // Failover: kill backend a while requests run; every retryable request must succeed.
-    let normal = load(&mesh_url, 1, 500).await.p50;
+    let mut normal = Load::default();
+    load(&mut normal, &mesh_url, 1, 500).await;
+    let normal = normal.p50();
     let running = {
         let url = mesh_url.clone();
-        tokio::spawn(async move { load(&url, 4, 4_000).await })
+        tokio::spawn(async move {
+            let mut l = Load::default();
+            load(&mut l, &url, 4, 4_000).await;
+            l
+        })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let killed = Instant::now();
