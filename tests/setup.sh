@@ -14,9 +14,10 @@ command -v ip >/dev/null || need+=(iproute2)   # the multi-node tests: one netwo
 command -v chromium >/dev/null || need+=(chromium)   # the dashboard test, headless
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
-# The tray app (Tauri 2) and its test: a headless X server and Python's D-Bus bindings.
+# The tray app (Tauri 2) and its test: a headless X server, Python's D-Bus and X11
+# bindings (the test reads and closes the dashboard window) and xdotool (it answers dialogs).
 for pkg in libwebkit2gtk-4.1-dev libsoup-3.0-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev \
-           libxdo-dev libdbus-1-dev xvfb xauth python3-dbus python3-gi; do
+           libxdo-dev libdbus-1-dev xvfb xauth python3-dbus python3-gi python3-xlib xdotool; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 

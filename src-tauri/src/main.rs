@@ -95,6 +95,7 @@ fn main() {
             if let WindowEvent::CloseRequested { api, .. } = e {
                 api.prevent_close();
                 let _ = w.hide();
+                release_later(w.app_handle().clone());
             }
         })
         .build(tauri::generate_context!());
@@ -414,8 +415,42 @@ fn on_menu(app: &AppHandle, id: &str) {
     }
 }
 
-/// Shows the dashboard window (the service's own page), creating it the first time.
+/// How long a hidden dashboard keeps its web page: reopened within this it shows
+/// at once; after it, the page's web process (about 90 MiB) goes. WebKit's network
+/// process stays for the next opening. `ROBBIE_MESH_TRAY_KEEP_HIDDEN` (seconds)
+/// changes it.
+fn keep_hidden() -> Duration {
+    std::env::var("ROBBIE_MESH_TRAY_KEEP_HIDDEN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(120), Duration::from_secs)
+}
+
+/// Counts the dashboard's openings, so that a release planned at one hiding does
+/// not close a window opened again since.
+static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Destroys the hidden dashboard once it has stayed hidden for `keep_hidden()`.
+fn release_later(app: AppHandle) {
+    let opened = OPENED.load(Ordering::SeqCst);
+    tauri::async_runtime::spawn(async move {
+        tokio::time::sleep(keep_hidden()).await;
+        if OPENED.load(Ordering::SeqCst) != opened {
+            return;
+        }
+        if let Some(w) = app.get_webview_window("dashboard") {
+            if !w.is_visible().unwrap_or(true) {
+                tracing::debug!("the dashboard stayed hidden: releasing its web page");
+                let _ = w.destroy();
+            }
+        }
+    });
+}
+
+/// Shows the dashboard window (the service's own page), creating it when there is
+/// none.
 fn open_dashboard(app: &AppHandle) {
+    OPENED.fetch_add(1, Ordering::SeqCst);
     if let Some(w) = app.get_webview_window("dashboard") {
         let _ = w.show();
         let _ = w.set_focus();

@@ -137,6 +137,8 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
             .arg(&bin)
             .env("ROBBIE_MESH_API", mesh.api.to_string())
             .env("ROBBIE_MESH_LOG", "warn,robbie_mesh_tray=debug")
+            // A hidden dashboard gives its web page back after 2 s (default 120 s).
+            .env("ROBBIE_MESH_TRAY_KEEP_HIDDEN", "2")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -332,6 +334,44 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
     let (rss, pss) = settle_memory(&bin, 3).await;
     eprintln!("tray idle with the dashboard open: RSS {:.1} MiB summed, PSS {:.1} MiB (goal <= 150 MiB together)", rss, pss);
     assert!(pss > 0.0, "the tray process was not found");
+    let pid = tray_pid(&bin).expect("the tray process");
+    assert!(dashboard_mapped(pid), "the dashboard window is not shown");
+
+    // Closing the window (as a window manager's close button does) hides it; the
+    // tray goes on, and after a while the hidden page's web process goes too.
+    assert_eq!(x11(pid, &["close", "robbie-mesh"]), "CLOSED");
+    eventually(Duration::from_secs(5), "the dashboard hidden", || async {
+        !dashboard_mapped(pid)
+    })
+    .await;
+    assert_eq!(
+        tray_pid(&bin),
+        Some(pid),
+        "closing the window ended the tray"
+    );
+    // (WebKit's network process stays for the next opening.)
+    eventually(
+        Duration::from_secs(20),
+        "the hidden page released",
+        || async {
+            !process_tree(pid).iter().any(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.starts_with("WebKitWebProces"))
+            })
+        },
+    )
+    .await;
+    let (rss, pss) = settle_memory(&bin, 1).await;
+    eprintln!("tray idle after the dashboard was closed: RSS {rss:.1} MiB, PSS {pss:.1} MiB");
+    // "Open dashboard" brings it back.
+    writeln!(host.stdin, "click Open dashboard").expect("stdin");
+    assert_ne!(host.expect("CLICKED").await, "CLICKED none");
+    eventually(
+        Duration::from_secs(15),
+        "the dashboard shown again",
+        || async { dashboard_mapped(pid) },
+    )
+    .await;
 
     // The service stops: the tray says so.
     mesh.stop().await;
@@ -374,30 +414,7 @@ async fn settle_memory(bin: &std::path::Path, processes: usize) -> (f64, f64) {
             .unwrap_or(0.0)
             / 1024.0
     };
-    let tree = || -> Vec<u32> {
-        let Some(root) = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .find(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == bin))
-        else {
-            return Vec::new();
-        };
-        let mut all = vec![root];
-        let mut i = 0;
-        while i < all.len() {
-            let p = all[i];
-            let kids =
-                std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-            all.extend(
-                kids.split_whitespace()
-                    .filter_map(|k| k.parse::<u32>().ok()),
-            );
-            i += 1;
-        }
-        all
-    };
+    let tree = || tray_pid(bin).map(process_tree).unwrap_or_default();
     let end = Instant::now() + Duration::from_secs(20);
     let mut last = (0.0, 0.0);
     let mut steady = 0;
@@ -426,4 +443,69 @@ async fn settle_memory(bin: &std::path::Path, processes: usize) -> (f64, f64) {
         );
     }
     last
+}
+
+/// The running process of `bin`.
+fn tray_pid(bin: &std::path::Path) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == bin))
+}
+
+/// `root` and its descendants.
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut all = vec![root];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        let kids =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        all.extend(
+            kids.split_whitespace()
+                .filter_map(|k| k.parse::<u32>().ok()),
+        );
+        i += 1;
+    }
+    all
+}
+
+/// Runs tests/tray/x11.py on the X display of the process `pid`; its output.
+fn x11(pid: u32, args: &[&str]) -> String {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let var = |name: &str| {
+        environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tray/x11.py");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(script).args(args);
+    for name in ["DISPLAY", "XAUTHORITY"] {
+        if let Some(v) = var(name) {
+            cmd.env(name, v);
+        }
+    }
+    let out = cmd
+        .output()
+        .expect("python3 with python3-xlib (tests/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "x11.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Whether the dashboard window is on screen.
+fn dashboard_mapped(pid: u32) -> bool {
+    let windows: Value = serde_json::from_str(&x11(pid, &["windows"])).expect("json");
+    windows.as_array().is_some_and(|w| {
+        w.iter()
+            .any(|w| w["name"] == "robbie-mesh" && w["mapped"] == true)
+    })
 }
