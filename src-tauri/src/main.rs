@@ -14,9 +14,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
-use tauri::menu::{CheckMenuItem, Menu, MenuItem, PredefinedMenuItem};
+use tauri::menu::{CheckMenuItem, IsMenuItem, Menu, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::tray::{TrayIcon, TrayIconBuilder};
 use tauri::{AppHandle, Manager, RunEvent, WebviewUrl, WebviewWindowBuilder, WindowEvent, Wry};
+use tauri_plugin_dialog::{DialogExt, MessageDialogButtons, MessageDialogKind};
 
 use client::Client;
 use icon::Look;
@@ -38,6 +39,7 @@ const ID_DASHBOARD: &str = "dashboard";
 const ID_KEY_NEW: &str = "keys:generate";
 const ID_KEY_IMPORT: &str = "keys:import";
 const KEY: &str = "key:"; // key:<name>: show its authorized_keys line
+const KEY_DELETE: &str = "keydel:"; // keydel:<name>: delete it (after asking)
 const ID_MUTE: &str = "mute";
 const ID_QUIT: &str = "quit";
 const PIN: &str = "pin:"; // pin:<service>:<node>
@@ -69,6 +71,7 @@ fn main() {
         .plugin(tauri_plugin_single_instance::init(|app, _, _| {
             open_dashboard(app)
         }))
+        .plugin(tauri_plugin_dialog::init())
         .setup(|app| {
             let client = Client::from_env();
             app.manage(Tray {
@@ -221,8 +224,40 @@ fn show(app: &AppHandle, tray: &TrayIcon, st: Option<&Value>) {
     }
 }
 
-/// One menu line: (id, label, enabled, checked).
-type Item = (String, String, bool, Option<bool>);
+/// One menu line; `sub` makes it a submenu.
+#[derive(Debug, Default)]
+struct Item {
+    id: String,
+    label: String,
+    enabled: bool,
+    checked: Option<bool>,
+    sub: Vec<Item>,
+}
+
+impl Item {
+    fn text(id: &str, label: impl Into<String>, enabled: bool) -> Item {
+        Item {
+            id: id.to_string(),
+            label: label.into(),
+            enabled,
+            ..Item::default()
+        }
+    }
+
+    fn check(id: String, label: impl Into<String>, checked: bool) -> Item {
+        Item {
+            id,
+            label: label.into(),
+            enabled: true,
+            checked: Some(checked),
+            sub: Vec::new(),
+        }
+    }
+
+    fn separator() -> Item {
+        Item::text("-", "", false)
+    }
+}
 
 fn menu_items(
     st: Option<&Value>,
@@ -230,94 +265,120 @@ fn menu_items(
     keys: &[robbie_mesh::sshkeys::StoredKey],
 ) -> Vec<Item> {
     let mut items: Vec<Item> = Vec::new();
-    let text = |id: &str, label: String, enabled: bool| (id.to_string(), label, enabled, None);
     match st {
-        None => items.push(text(
+        None => items.push(Item::text(
             "",
-            "Service not running — start it with `robbie-mesh run`".into(),
+            "Service not running — start it with `robbie-mesh run`",
             false,
         )),
         Some(st) => {
             for s in st["services"].as_array().cloned().unwrap_or_default() {
                 let name = s["name"].as_str().unwrap_or("?").to_string();
                 let route = s["route"].as_str().unwrap_or("nothing is up");
-                items.push(text("", format!("{name} → {route}"), false));
+                items.push(Item::text("", format!("{name} → {route}"), false));
                 let pinned = s["pinned"].as_str();
                 for c in s["candidates"].as_array().cloned().unwrap_or_default() {
                     let node = c["node"].as_str().unwrap_or("?");
                     let label = format!("    {node} ({})", c["health"].as_str().unwrap_or("?"));
-                    items.push((
+                    items.push(Item::check(
                         format!("{PIN}{name}:{node}"),
                         label,
-                        true,
-                        Some(pinned == Some(node)),
+                        pinned == Some(node),
                     ));
                 }
-                items.push((
+                items.push(Item::check(
                     format!("{UNPIN}{name}"),
-                    "    automatic".into(),
-                    true,
-                    Some(pinned.is_none()),
+                    "    automatic",
+                    pinned.is_none(),
                 ));
             }
-            items.push(text("-", String::new(), false));
-            items.push(text(ID_RECONNECT, "Reconnect all".into(), true));
+            items.push(Item::separator());
+            items.push(Item::text(ID_RECONNECT, "Reconnect all", true));
         }
     }
-    items.push(text(ID_DASHBOARD, "Open dashboard".into(), true));
-    items.push(text("-", String::new(), false));
-    items.push(text("", "SSH keys (in the keychain)".into(), false));
+    items.push(Item::text(ID_DASHBOARD, "Open dashboard", true));
+    items.push(Item::separator());
+    items.push(Item::text("", "SSH keys (in the keychain)", false));
     for k in keys {
-        items.push(text(
-            &format!("{KEY}{}", k.name),
-            format!("    🔑 {} — show its authorized_keys line", k.name),
-            true,
-        ));
+        items.push(Item {
+            label: format!("    🔑 {}", k.name),
+            enabled: true,
+            sub: vec![
+                Item::text(
+                    &format!("{KEY}{}", k.name),
+                    "Show its authorized_keys line",
+                    true,
+                ),
+                Item::text(
+                    &format!("{KEY_DELETE}{}", k.name),
+                    format!("Delete {} from the keychain…", k.name),
+                    true,
+                ),
+            ],
+            ..Item::default()
+        });
     }
-    items.push(text(ID_KEY_NEW, "    Generate a new key".into(), true));
-    if default_key_file().is_some_and(|p| p.exists()) {
-        items.push(text(
-            ID_KEY_IMPORT,
-            "    Import ~/.ssh/id_ed25519".into(),
-            true,
-        ));
-    }
-    items.push((
-        ID_MUTE.into(),
-        "Mute notifications".into(),
-        true,
-        Some(muted),
-    ));
-    items.push(text("-", String::new(), false));
-    items.push(text(ID_QUIT, "Quit".into(), true));
+    items.push(Item::text(ID_KEY_NEW, "    Generate a new key", true));
+    items.push(Item::text(ID_KEY_IMPORT, "    Import a key file…", true));
+    items.push(Item::check(ID_MUTE.into(), "Mute notifications", muted));
+    items.push(Item::separator());
+    items.push(Item::text(ID_QUIT, "Quit", true));
     items
 }
 
 fn build_menu(app: &AppHandle, items: &[Item]) -> tauri::Result<Menu<Wry>> {
-    let menu = Menu::new(app)?;
-    for (n, (id, label, enabled, checked)) in items.iter().enumerate() {
-        if id == "-" {
-            menu.append(&PredefinedMenuItem::separator(app)?)?;
-        } else if let Some(c) = checked {
-            menu.append(&CheckMenuItem::with_id(
+    let mut n = 0;
+    let entries = menu_entries(app, items, &mut n)?;
+    let refs: Vec<&dyn IsMenuItem<Wry>> = entries.iter().map(|e| e.as_ref()).collect();
+    Menu::with_items(app, &refs)
+}
+
+/// The menu's entries; `n` numbers the ones without an id (ids must be unique).
+fn menu_entries(
+    app: &AppHandle,
+    items: &[Item],
+    n: &mut usize,
+) -> tauri::Result<Vec<Box<dyn IsMenuItem<Wry>>>> {
+    let mut out: Vec<Box<dyn IsMenuItem<Wry>>> = Vec::new();
+    for item in items {
+        *n += 1;
+        let id = if item.id.is_empty() {
+            format!("label:{n}")
+        } else {
+            item.id.clone()
+        };
+        if item.id == "-" {
+            out.push(Box::new(PredefinedMenuItem::separator(app)?));
+        } else if !item.sub.is_empty() {
+            let sub = menu_entries(app, &item.sub, n)?;
+            let refs: Vec<&dyn IsMenuItem<Wry>> = sub.iter().map(|e| e.as_ref()).collect();
+            out.push(Box::new(Submenu::with_id_and_items(
                 app,
                 id,
-                label,
-                *enabled,
-                *c,
+                &item.label,
+                item.enabled,
+                &refs,
+            )?));
+        } else if let Some(c) = item.checked {
+            out.push(Box::new(CheckMenuItem::with_id(
+                app,
+                id,
+                &item.label,
+                item.enabled,
+                c,
                 None::<&str>,
-            )?)?;
+            )?));
         } else {
-            // Headers need unique ids too.
-            let id = if id.is_empty() {
-                format!("label:{n}")
-            } else {
-                id.clone()
-            };
-            menu.append(&MenuItem::with_id(app, id, label, *enabled, None::<&str>)?)?;
+            out.push(Box::new(MenuItem::with_id(
+                app,
+                id,
+                &item.label,
+                item.enabled,
+                None::<&str>,
+            )?));
         }
     }
-    Ok(menu)
+    Ok(out)
 }
 
 fn on_menu(app: &AppHandle, id: &str) {
@@ -326,37 +387,20 @@ fn on_menu(app: &AppHandle, id: &str) {
     match id {
         ID_QUIT => app.exit(0),
         ID_DASHBOARD => open_dashboard(app),
-        ID_KEY_NEW | ID_KEY_IMPORT => {
-            let app = app.clone();
-            let import = id == ID_KEY_IMPORT;
-            tauri::async_runtime::spawn(async move {
-                let node = app
-                    .state::<Tray>()
-                    .client
-                    .status()
-                    .await
-                    .ok()
-                    .and_then(|st| st["node"].as_str().map(str::to_string));
-                let secs = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let name = format!("{}-{secs}", node.unwrap_or_else(|| "robbie-mesh".into()));
-                let made = tokio::task::spawn_blocking(move || {
-                    match default_key_file().filter(|_| import) {
-                        Some(path) => robbie_mesh::sshkeys::import(&name, &path, None),
-                        None => robbie_mesh::sshkeys::generate(&name),
-                    }
-                })
-                .await;
-                match made {
-                    Ok(Ok(k)) => show_now(
-                        format!("SSH key {} is in the keychain", k.name),
-                        format!("Add this line to ~/.ssh/authorized_keys on your servers, and use identity = [\"keychain:{}\"]:\n{}", k.name, k.public),
-                    ),
-                    Ok(Err(e)) => show_now("SSH key not stored".into(), e.to_string()),
-                    Err(e) => show_now("SSH key not stored".into(), e.to_string()),
+        ID_KEY_NEW => add_key(app.clone(), None),
+        ID_KEY_IMPORT => {
+            let app2 = app.clone();
+            let mut picker = app
+                .dialog()
+                .file()
+                .set_title("Import an SSH private key into the keychain");
+            if let Some(dir) = home().map(|h| h.join(".ssh")).filter(|d| d.is_dir()) {
+                picker = picker.set_directory(dir);
+            }
+            picker.pick_file(move |file| {
+                if let Some(path) = file.and_then(|f| f.into_path().ok()) {
+                    add_key(app2, Some(path));
                 }
-                reload_keys(app);
             });
         }
         ID_MUTE => {
@@ -382,6 +426,54 @@ fn on_menu(app: &AppHandle, id: &str) {
                     }
                 }
             });
+        }
+        _ if id.starts_with(KEY_DELETE) => {
+            let Some(name) = id.strip_prefix(KEY_DELETE).map(str::to_string) else {
+                return;
+            };
+            let app2 = app.clone();
+            // On Linux (GTK) the underscore makes Alt+D press the button.
+            let delete = if cfg!(target_os = "linux") {
+                "_Delete"
+            } else {
+                "Delete"
+            };
+            app.dialog()
+                .message(
+                    "The key goes from the keychain for good. Servers that know only this key \
+                     will no longer let robbie-mesh in.",
+                )
+                .title(format!("Delete SSH key {name}?"))
+                .kind(MessageDialogKind::Warning)
+                .buttons(MessageDialogButtons::OkCancelCustom(
+                    delete.into(),
+                    "Cancel".into(),
+                ))
+                .show(move |yes| {
+                    if !yes {
+                        return;
+                    }
+                    tauri::async_runtime::spawn(async move {
+                        let gone = {
+                            let name = name.clone();
+                            tokio::task::spawn_blocking(move || robbie_mesh::sshkeys::delete(&name))
+                                .await
+                        };
+                        match gone {
+                            Ok(Ok(())) => show_now(
+                                format!("SSH key {name} deleted"),
+                                "It is no longer in the keychain.".into(),
+                            ),
+                            Ok(Err(e)) => {
+                                show_now(format!("SSH key {name} not deleted"), e.to_string())
+                            }
+                            Err(e) => {
+                                show_now(format!("SSH key {name} not deleted"), e.to_string())
+                            }
+                        }
+                        reload_keys(app2);
+                    });
+                });
         }
         _ if id.starts_with(KEY) => {
             let keys = state.keys.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -467,9 +559,90 @@ fn open_dashboard(app: &AppHandle) {
     }
 }
 
-/// `~/.ssh/id_ed25519`, the key file most users have.
-fn default_key_file() -> Option<std::path::PathBuf> {
-    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".ssh").join("id_ed25519"))
+fn home() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME").map(std::path::PathBuf::from)
+}
+
+/// Generates a key (`file` None) or imports `file` into the keychain, then says
+/// how to use it.
+fn add_key(app: AppHandle, file: Option<std::path::PathBuf>) {
+    tauri::async_runtime::spawn(async move {
+        let node = app
+            .state::<Tray>()
+            .client
+            .status()
+            .await
+            .ok()
+            .and_then(|st| st["node"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "robbie-mesh".into());
+        let taken: Vec<String> = app
+            .state::<Tray>()
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|k| k.name.clone())
+            .collect();
+        let name = key_name(&node, file.as_deref(), &taken);
+        let made = {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || match file {
+                Some(path) => robbie_mesh::sshkeys::import(&name, &path, None),
+                None => robbie_mesh::sshkeys::generate(&name),
+            })
+            .await
+        };
+        let failed = |why: String| {
+            let hint = match &file {
+                // The tray cannot ask for a passphrase; the CLI can.
+                Some(path) if why.contains("passphrase") => format!(
+                    "{why}\nImport it in a terminal instead: robbie-mesh keys import NAME {}",
+                    path.display()
+                ),
+                _ => why,
+            };
+            show_now("SSH key not stored".into(), hint);
+        };
+        match made {
+            Ok(Ok(k)) => show_now(
+                format!("SSH key {} is in the keychain", k.name),
+                format!("Add this line to ~/.ssh/authorized_keys on your servers, and use identity = [\"keychain:{}\"]:\n{}", k.name, k.public),
+            ),
+            Ok(Err(e)) => failed(e.to_string()),
+            Err(e) => failed(e.to_string()),
+        }
+        reload_keys(app);
+    });
+}
+
+/// A new key's name: the key file's (`id_ed25519`), or `<node>-<seconds>` for a
+/// generated key; made unique against `taken`, and valid as a key name.
+fn key_name(node: &str, file: Option<&std::path::Path>, taken: &[String]) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(40)
+            .collect()
+    };
+    let base = file
+        .and_then(|f| f.file_stem())
+        .map(|s| clean(&s.to_string_lossy()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("{}-{secs}", clean(node)));
+    if taken.contains(&base) {
+        format!("{base}-{secs}")
+    } else {
+        base
+    }
 }
 
 /// Re-reads the key list from the keychain (blocking calls, off the UI thread).

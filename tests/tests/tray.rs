@@ -78,6 +78,29 @@ impl Host {
         }
     }
 
+    /// The first notification (seen so far or within 15 s) that `pred` accepts.
+    async fn notification(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(n) = self.notifications.iter().find(|n| pred(n)) {
+                return n.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "no notification {what}: {:?}",
+                self.notifications
+            );
+            self.state().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn click(&mut self, text: &str) {
+        writeln!(self.stdin, "click {text}").expect("host stdin");
+        let clicked = self.expect("CLICKED").await;
+        assert_ne!(clicked, "CLICKED none", "no menu item {text:?}");
+    }
+
     async fn state(&mut self) -> Value {
         writeln!(self.stdin, "state").expect("host stdin");
         let line = self.expect("STATE ").await;
@@ -235,55 +258,21 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
         .await
         .expect("probe")
     {
-        writeln!(host.stdin, "click Generate a new key").expect("stdin");
-        assert_ne!(host.expect("CLICKED").await, "CLICKED none");
-        let end = Instant::now() + Duration::from_secs(10);
-        let made = loop {
-            if let Some(n) = host.notifications.iter().find(|n| {
+        let pid = tray_pid(&bin).expect("the tray process");
+        host.click("Generate a new key").await;
+        let made = host
+            .notification("about the new key", |n| {
                 n["summary"]
                     .as_str()
                     .is_some_and(|s| s.starts_with("SSH key "))
-            }) {
-                break n.clone();
-            }
-            assert!(
-                Instant::now() < end,
-                "no key notification: {:?}",
-                host.notifications
-            );
-            host.state().await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let body = made["body"].as_str().expect("body");
-        assert!(
-            made["summary"]
-                .as_str()
-                .is_some_and(|s| s.ends_with("is in the keychain")),
-            "{made}"
-        );
-        let public = body
-            .lines()
-            .find(|l| l.starts_with("ssh-ed25519 "))
-            .expect("an authorized_keys line");
-        let name = made["summary"]
-            .as_str()
-            .and_then(|s| s.strip_prefix("SSH key "))
-            .and_then(|s| s.strip_suffix(" is in the keychain"))
-            .expect("name")
-            .to_string();
-        let listed = tokio::task::spawn_blocking(robbie_mesh::sshkeys::list)
-            .await
-            .expect("join")
-            .expect("list keys");
-        assert!(
-            listed.iter().any(|k| k.name == name && k.public == public),
-            "{listed:?}"
-        );
+            })
+            .await;
+        let (name, public) = stored_key(&made);
         host.wait_label("⚡ book", &format!("🔑 {name}"), DEGRADED)
             .await;
 
         let server = Sshd::start();
-        server.authorize(public);
+        server.authorize(&public);
         let backend = mesh_tests::servers::echo().await;
         let local = mesh_tests::free_port();
         let cfg = format!(
@@ -296,10 +285,60 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
         let keyed = Mesh::start(&cfg).await;
         keyed.wait_up("echo").await;
         drop(keyed);
-        tokio::task::spawn_blocking(move || robbie_mesh::sshkeys::delete(&name))
-            .await
-            .expect("join")
-            .expect("delete key");
+
+        // Import a key file chosen in the file picker (typed in, as a user can).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("tray_import_test");
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "imported", "-f"])
+            .arg(&file)
+            .status()
+            .expect("ssh-keygen");
+        assert!(made.success());
+        let file_public = std::fs::read_to_string(file.with_extension("pub")).expect("pub");
+        host.click("Import a key file").await;
+        let path = format!("type:{}", file.display());
+        answer_dialog(
+            pid,
+            "Import an SSH private key",
+            // GTK's location bar completes the path as it loads the folder: Return
+            // once that is done.
+            &["ctrl+l", &path, "pause", "Return"],
+        );
+        if std::env::var_os("MESH_TRAY_DEBUG").is_some() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            x11(pid, &["shot", "/tmp/tray-shot.png"]);
+        }
+        let imported = host
+            .notification("about the imported key", |n| {
+                n["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("SSH key tray_import_test"))
+            })
+            .await;
+        let (imported, public) = stored_key(&imported);
+        assert_eq!(
+            public.split_whitespace().nth(1),
+            file_public.split_whitespace().nth(1),
+            "the keychain holds another key than the file's"
+        );
+
+        // Delete both through the menu, confirming in the dialog.
+        for name in [&name, &imported] {
+            host.wait_label("⚡ book", &format!("🔑 {name}"), DEGRADED)
+                .await;
+            host.click(&format!("Delete {name} from the keychain"))
+                .await;
+            answer_dialog(pid, &format!("Delete SSH key {name}?"), &["alt+d"]);
+            let want = format!("SSH key {name} deleted");
+            host.notification("about the deletion", |n| n["summary"] == want.as_str())
+                .await;
+            let listed = tokio::task::spawn_blocking(robbie_mesh::sshkeys::list)
+                .await
+                .expect("join")
+                .expect("list keys");
+            assert!(listed.iter().all(|k| k.name != *name), "{listed:?}");
+        }
     }
 
     // Memory at rest: the tray alone, then with the dashboard window open (the tray
@@ -472,8 +511,32 @@ fn process_tree(root: u32) -> Vec<u32> {
     all
 }
 
-/// Runs tests/tray/x11.py on the X display of the process `pid`; its output.
-fn x11(pid: u32, args: &[&str]) -> String {
+/// (name, authorized_keys line) of the key a "SSH key NAME is in the keychain"
+/// notification tells of; checks that the keychain lists it so.
+fn stored_key(n: &Value) -> (String, String) {
+    let name = n["summary"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("SSH key "))
+        .and_then(|s| s.strip_suffix(" is in the keychain"))
+        .unwrap_or_else(|| panic!("not a stored key: {n}"))
+        .to_string();
+    let public = n["body"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("ssh-ed25519 "))
+        .unwrap_or_else(|| panic!("no authorized_keys line: {n}"))
+        .to_string();
+    let listed = robbie_mesh::sshkeys::list().expect("list keys");
+    assert!(
+        listed.iter().any(|k| k.name == name && k.public == public),
+        "{listed:?}"
+    );
+    (name, public)
+}
+
+/// Runs `program` on the X display of the process `pid`; its output.
+fn on_display(pid: u32, program: &str, args: &[&str]) -> String {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let var = |name: &str| {
         environ
@@ -482,9 +545,8 @@ fn x11(pid: u32, args: &[&str]) -> String {
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             .map(str::to_string)
     };
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tray/x11.py");
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg(script).args(args);
+    let mut cmd = Command::new(program);
+    cmd.args(args);
     for name in ["DISPLAY", "XAUTHORITY"] {
         if let Some(v) = var(name) {
             cmd.env(name, v);
@@ -492,13 +554,52 @@ fn x11(pid: u32, args: &[&str]) -> String {
     }
     let out = cmd
         .output()
-        .expect("python3 with python3-xlib (tests/setup.sh installs it)");
+        .unwrap_or_else(|e| panic!("{program}: {e} (tests/setup.sh installs it)"));
     assert!(
         out.status.success(),
-        "x11.py {args:?}: {}",
+        "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs tests/tray/x11.py on the X display of the process `pid`; its output.
+fn x11(pid: u32, args: &[&str]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tray/x11.py");
+    let script = script.to_string_lossy();
+    let mut all = vec![script.as_ref()];
+    all.extend(args);
+    on_display(pid, "/usr/bin/python3", &all)
+}
+
+/// Types `keys` (xdotool words: `ctrl+l`, `Return`, or `type:TEXT`; `pause` waits
+/// half a second) into the window titled `title`, once it appears.
+fn answer_dialog(pid: u32, title: &str, keys: &[&str]) {
+    let id = on_display(
+        pid,
+        "timeout",
+        &[
+            "15",
+            "xdotool",
+            "search",
+            "--sync",
+            "--onlyvisible",
+            "--name",
+            title,
+        ],
+    );
+    let id = id.lines().next().expect("a window").to_string();
+    on_display(pid, "xdotool", &["windowfocus", "--sync", &id]);
+    for k in keys {
+        if *k == "pause" {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        match k.strip_prefix("type:") {
+            Some(text) => on_display(pid, "xdotool", &["type", "--delay", "20", text]),
+            None => on_display(pid, "xdotool", &["key", k]),
+        };
+    }
 }
 
 /// Whether the dashboard window is on screen.

@@ -106,11 +106,17 @@ host = dbus.service.BusName("org.kde.StatusNotifierHost-%d" % os.getpid(), bus)
 notifications = Notifications()
 
 
+def shown(label):
+    """A dbusmenu label as a panel shows it: "__" is "_", a lone "_" marks the
+    access key and is not shown."""
+    return "_".join(part.replace("_", "") for part in label.split("__"))
+
+
 def menu_items(layout, acc):
     _id, props, children = layout
     label = str(props.get("label", ""))
     if label or props.get("type") != "separator":
-        acc.append({"id": int(_id), "label": label.replace("_", ""), "toggle": int(props.get("toggle-state", -1))})
+        acc.append({"id": int(_id), "label": shown(label), "toggle": int(props.get("toggle-state", -1))})
     for c in children:
         menu_items(c, acc)
     return acc
