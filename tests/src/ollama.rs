@@ -33,6 +33,8 @@ pub struct OllamaStub {
     pub fail_with: Arc<Mutex<Option<u16>>>,
     /// Streams break after two lines (the process "dies" mid-answer).
     pub die_mid_stream: Arc<std::sync::atomic::AtomicBool>,
+    /// Stops the server (see `stop`).
+    running: Arc<Mutex<Option<tokio_util::sync::CancellationToken>>>,
 }
 
 impl OllamaStub {
@@ -61,7 +63,14 @@ impl OllamaStub {
             )),
             fail_with: Arc::new(Mutex::new(None)),
             die_mid_stream: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            running: Arc::new(Mutex::new(None)),
         };
+        stub.run(l);
+        stub
+    }
+
+    /// Serves on `l` until `stop`.
+    fn run(&self, l: tokio::net::TcpListener) {
         let app = Router::new()
             .route("/api/version", get(version))
             .route("/api/tags", get(tags))
@@ -71,11 +80,43 @@ impl OllamaStub {
             .route("/api/chat", post(chat))
             // Not Ollama's: lets a test reach into a stub running in another process.
             .route("/_stub/die_mid_stream", post(set_die_mid_stream))
-            .with_state(stub.clone());
+            .with_state(self.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        *self.running.lock().expect("lock") = Some(stop.clone());
         tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
         });
-        stub
+    }
+
+    /// Quits like Ollama's process: the port refuses connections (the few open
+    /// idle ones close) until `start_again`.
+    pub fn stop(&self) {
+        if let Some(stop) = self.running.lock().expect("lock").take() {
+            stop.cancel();
+        }
+    }
+
+    /// Serves again on the same address.
+    pub async fn start_again(&self) {
+        let deadline = std::time::Instant::now() + crate::DEADLINE;
+        let l = loop {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_reuseaddr(true).expect("reuseaddr");
+            match socket.bind(self.addr).and_then(|()| socket.listen(1024)) {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "cannot bind {} again: {e}",
+                        self.addr
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        };
+        self.run(l);
     }
 
     fn failing(&self) -> Option<Response> {

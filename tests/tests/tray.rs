@@ -168,10 +168,12 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
             .expect("xvfb-run (package xvfb)"),
     );
     host.expect("REGISTERED").await;
-    // Icon colours: all good, degraded (served, not by the first choice), not running.
+    // Icon colours: all good, degraded (served, not by the first choice), no node up,
+    // not running.
     const GOOD: &str = "#1f9d55";
     const DEGRADED: &str = "#c77c02";
     const NOT_RUNNING: &str = "#808086";
+    const OFFLINE: &str = "#d12f2f";
     let st = host.wait_label("⚡ aurora", "ollama → aurora", GOOD).await;
     let labels: Vec<&str> = st["menu"]
         .as_array()
@@ -411,6 +413,13 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
         || async { dashboard_mapped(pid) },
     )
     .await;
+
+    // No node left for Ollama (book's Ollama quits too): red, and the label says so.
+    book.stop();
+    host.wait_label("ollama: no node up", "ollama → nothing is up", OFFLINE)
+        .await;
+    book.start_again().await;
+    host.wait_label("⚡ book", "ollama → book", DEGRADED).await;
 
     // The service stops: the tray says so.
     mesh.stop().await;
