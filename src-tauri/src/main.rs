@@ -667,3 +667,38 @@ fn reload_keys(app: AppHandle) {
 fn show_now(summary: String, body: String) {
     tauri::async_runtime::spawn_blocking(move || notify::show(&summary, &body));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_names_come_from_the_file_or_the_node_and_stay_unique() {
+        let file = std::path::Path::new("/home/u/.ssh/id_ed25519");
+        assert_eq!(key_name("book", Some(file), &[]), "id_ed25519");
+        let again = key_name("book", Some(file), &["id_ed25519".into()]);
+        assert!(
+            again.starts_with("id_ed25519-") && again != "id_ed25519",
+            "{again}"
+        );
+        let odd = std::path::Path::new("/keys/my key (old).pem");
+        assert_eq!(key_name("book", Some(odd), &[]), "my-key--old-");
+        assert!(key_name("robbie book", None, &[]).starts_with("robbie-book-"));
+    }
+
+    #[test]
+    fn the_icon_tells_first_choice_fallback_and_nothing_up_apart() {
+        let st = |route: Value, tunnel: &str| {
+            json!({
+                "services": [{"name": "ollama", "route": route, "pinned": null,
+                              "candidates": [{"node": "aurora"}, {"node": "book"}]}],
+                "tunnels": [{"state": tunnel}],
+            })
+        };
+        assert_eq!(look(&st(json!("aurora"), "up")), Look::Good);
+        assert_eq!(look(&st(json!("aurora"), "waiting")), Look::Degraded);
+        assert_eq!(look(&st(json!("book"), "up")), Look::Degraded);
+        assert_eq!(look(&st(Value::Null, "up")), Look::Offline);
+    }
+}
