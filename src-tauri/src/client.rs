@@ -36,6 +36,11 @@ impl Client {
         }
     }
 
+    /// The API's host:port.
+    pub fn api_addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
     pub fn dashboard_url(&self) -> String {
         format!("{}/", self.base)
     }

@@ -1,11 +1,13 @@
 //! robbie-mesh-tray: the tray / menu-bar face of the robbie-mesh service on this
 //! machine. Its title shows who serves Ollama now (`⚡ vengeance`), its icon whether
 //! all is well; its menu pins a service to a node, reconnects, opens the dashboard
-//! (the service's own page, in a window that hides when closed); failovers,
+//! (the service's own page, in a window of its own process: see `dashboard`),
+//! manages the SSH keys in the keychain; failovers,
 //! failbacks and host-key alarms become notifications. It only talks to the
 //! service's loopback API, so it follows the service across restarts.
 
 mod client;
+mod dashboard;
 mod icon;
 mod notify;
 
@@ -16,7 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tauri::menu::{CheckMenuItem, IsMenuItem, Menu, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::tray::{TrayIcon, TrayIconBuilder};
-use tauri::{AppHandle, Manager, RunEvent, WebviewUrl, WebviewWindowBuilder, WindowEvent, Wry};
+use tauri::{AppHandle, Manager, RunEvent, Wry};
 use tauri_plugin_dialog::{DialogExt, MessageDialogButtons, MessageDialogKind};
 
 use client::Client;
@@ -31,6 +33,8 @@ struct Tray {
     shown: Mutex<String>,
     /// The SSH keys in the keychain, as last read.
     keys: Mutex<Vec<robbie_mesh::sshkeys::StoredKey>>,
+    /// The dashboard's process while it runs (see `dashboard`): its pid and stdin.
+    dashboard: Mutex<Option<(u32, std::process::ChildStdin)>>,
 }
 
 /// Menu ids: one table, parsed in `on_menu`.
@@ -45,7 +49,12 @@ const ID_QUIT: &str = "quit";
 const PIN: &str = "pin:"; // pin:<service>:<node>
 const UNPIN: &str = "unpin:"; // unpin:<service>
 
-fn main() {
+/// The app's context (configuration and assets), made in one place for both modes.
+fn context() -> tauri::Context<Wry> {
+    tauri::generate_context!()
+}
+
+fn main() -> std::process::ExitCode {
     // A tray and a page of text need no GPU: without WebKit's GPU compositing its
     // web process takes about half the memory (measured: 94 vs 175 MiB PSS), and
     // without GTK's GL the tray process does not load Mesa and LLVM (91 vs 76 MiB
@@ -66,6 +75,9 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if std::env::args().any(|a| a == "--dashboard") {
+        return dashboard::run();
+    }
     let app = tauri::Builder::default()
         // One instance: a second launch opens the first one's dashboard.
         .plugin(tauri_plugin_single_instance::init(|app, _, _| {
@@ -79,6 +91,7 @@ fn main() {
                 notifier: Notifier::start(),
                 shown: Mutex::new(String::new()),
                 keys: Mutex::new(Vec::new()),
+                dashboard: Mutex::new(None),
             });
             reload_keys(app.handle().clone());
             let menu = Menu::with_items(app, &[])?;
@@ -93,27 +106,21 @@ fn main() {
             tauri::async_runtime::spawn(watch(app.handle().clone(), tray));
             Ok(())
         })
-        .on_window_event(|w, e| {
-            // Closing the dashboard hides it; the tray stays.
-            if let WindowEvent::CloseRequested { api, .. } = e {
-                api.prevent_close();
-                let _ = w.hide();
-                release_later(w.app_handle().clone());
-            }
-        })
-        .build(tauri::generate_context!());
+        .build(context());
     match app {
-        Ok(app) => app.run(|_, e| {
-            if let RunEvent::ExitRequested {
-                api, code: None, ..
-            } = e
-            {
-                api.prevent_exit();
-            }
-        }),
+        Ok(app) => {
+            app.run(|app, e| match e {
+                RunEvent::ExitRequested {
+                    api, code: None, ..
+                } => api.prevent_exit(),
+                RunEvent::Exit => close_dashboard(app),
+                _ => {}
+            });
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("robbie-mesh-tray: {e}");
-            std::process::exit(1);
+            std::process::ExitCode::FAILURE
         }
     }
 }
@@ -507,56 +514,56 @@ fn on_menu(app: &AppHandle, id: &str) {
     }
 }
 
-/// How long a hidden dashboard keeps its web page: reopened within this it shows
-/// at once; after it, the page's web process (about 90 MiB) goes. WebKit's network
-/// process stays for the next opening. `ROBBIE_MESH_TRAY_KEEP_HIDDEN` (seconds)
-/// changes it.
-fn keep_hidden() -> Duration {
-    std::env::var("ROBBIE_MESH_TRAY_KEEP_HIDDEN")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(Duration::from_secs(120), Duration::from_secs)
-}
-
-/// Counts the dashboard's openings, so that a release planned at one hiding does
-/// not close a window opened again since.
-static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Destroys the hidden dashboard once it has stayed hidden for `keep_hidden()`.
-fn release_later(app: AppHandle) {
-    let opened = OPENED.load(Ordering::SeqCst);
-    tauri::async_runtime::spawn(async move {
-        tokio::time::sleep(keep_hidden()).await;
-        if OPENED.load(Ordering::SeqCst) != opened {
+/// Shows the dashboard: tells its process to show the window, or starts one.
+fn open_dashboard(app: &AppHandle) {
+    use std::io::Write;
+    let state = app.state::<Tray>();
+    let mut running = state.dashboard.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, stdin)) = running.as_mut() {
+        // Fails once the process has ended: then a new one.
+        if stdin
+            .write_all(b"show\n")
+            .and_then(|()| stdin.flush())
+            .is_ok()
+        {
             return;
         }
-        if let Some(w) = app.get_webview_window("dashboard") {
-            if !w.is_visible().unwrap_or(true) {
-                tracing::debug!("the dashboard stayed hidden: releasing its web page");
-                let _ = w.destroy();
-            }
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return tracing::warn!("cannot open the dashboard: {e}"),
+    };
+    let child = std::process::Command::new(exe)
+        .arg("--dashboard")
+        .env("ROBBIE_MESH_API", state.client.api_addr())
+        .stdin(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => return tracing::warn!("cannot open the dashboard: {e}"),
+    };
+    let pid = child.id();
+    *running = child.stdin.take().map(|stdin| (pid, stdin));
+    // Reaps it when it ends, and forgets it.
+    let app = app.clone();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+        let state = app.state::<Tray>();
+        let mut running = state.dashboard.lock().unwrap_or_else(|p| p.into_inner());
+        if running.as_ref().is_some_and(|(p, _)| *p == pid) {
+            *running = None;
         }
     });
 }
 
-/// Shows the dashboard window (the service's own page), creating it when there is
-/// none.
-fn open_dashboard(app: &AppHandle) {
-    OPENED.fetch_add(1, Ordering::SeqCst);
-    if let Some(w) = app.get_webview_window("dashboard") {
-        let _ = w.show();
-        let _ = w.set_focus();
-        return;
-    }
-    let url = app.state::<Tray>().client.dashboard_url();
-    let Ok(url) = url.parse() else { return };
-    if let Err(e) = WebviewWindowBuilder::new(app, "dashboard", WebviewUrl::External(url))
-        .title("robbie-mesh")
-        .inner_size(420.0, 680.0)
-        .build()
-    {
-        tracing::warn!("cannot open the dashboard: {e}");
-    }
+/// Ends the dashboard with the tray: its stdin closes, and it exits.
+fn close_dashboard(app: &AppHandle) {
+    let state = app.state::<Tray>();
+    state
+        .dashboard
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
 }
 
 fn home() -> Option<std::path::PathBuf> {
