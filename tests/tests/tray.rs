@@ -148,7 +148,10 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
 
     let mut host = Host::start();
     host.expect("READY").await;
-    let bin = mesh_tests::workspace_bin("robbie-mesh-tray");
+    // MESH_TRAY_BIN: another build to measure (a release one, say).
+    let bin = std::env::var_os("MESH_TRAY_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| mesh_tests::workspace_bin("robbie-mesh-tray"));
     assert!(
         bin.exists(),
         "{} is missing: cargo build -p robbie-mesh-tray (tests/run.sh does)",
