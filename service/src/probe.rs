@@ -24,8 +24,8 @@ use crate::health::Observation;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OllamaInfo {
     pub version: String,
-    /// Installed models (`/api/tags`).
-    pub models: Vec<String>,
+    /// Installed models (`/api/tags`); shared, as every request's plan reads them.
+    pub models: std::sync::Arc<[String]>,
     /// Loaded models (`/api/ps`).
     pub loaded: Vec<LoadedModel>,
 }

@@ -29,7 +29,7 @@ pub struct View {
     /// Set when the node came back after being down (not on its first success).
     pub recovered_at: Option<Instant>,
     /// Installed models, when the service reports them (Ollama).
-    pub models: Option<Vec<String>>,
+    pub models: Option<std::sync::Arc<[String]>>,
     pub in_flight: usize,
     pub ejected_until: Option<Instant>,
     /// The node's largest GPU memory, when its inventory is known.
@@ -78,14 +78,20 @@ impl Plan {
 
 /// Ollama names `llama3` and `llama3:latest` the same model.
 pub fn same_model(a: &str, b: &str) -> bool {
-    let norm = |s: &str| {
-        if s.contains(':') {
-            s.to_string()
-        } else {
-            format!("{s}:latest")
-        }
-    };
-    norm(a) == norm(b)
+    name_and_tag(a) == name_and_tag(b)
+}
+
+/// `llama3:8b` → (`llama3`, `8b`); no tag is `latest`.
+fn name_and_tag(model: &str) -> (&str, &str) {
+    model.split_once(':').unwrap_or((model, "latest"))
+}
+
+/// Whether a plan says why (for status, events and a request's tried header) or
+/// only the order (a request's path, where the words would be thrown away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explain {
+    Why,
+    OrderOnly,
 }
 
 pub fn plan(
@@ -94,7 +100,9 @@ pub fn plan(
     pin: Option<&str>,
     hold_down: Duration,
     now: Instant,
+    explain: Explain,
 ) -> Plan {
+    let why = explain == Explain::Why;
     let someone_has_model = needs.model.as_deref().is_some_and(|m| {
         views.iter().any(|v| {
             v.models
@@ -105,25 +113,31 @@ pub fn plan(
     let mut eligible = Vec::new();
     let mut skipped = Vec::new();
     for (index, v) in views.iter().enumerate() {
-        let skip = |why: String| Choice {
-            index,
-            node: v.node.clone(),
-            why,
+        let mut skip = |reason: &dyn Fn() -> String| {
+            if why {
+                skipped.push(Choice {
+                    index,
+                    node: v.node.clone(),
+                    why: reason(),
+                });
+            }
         };
         if v.health == Health::Offline {
-            skipped.push(skip(format!("offline: {}", v.health_reason)));
+            skip(&|| format!("offline: {}", v.health_reason));
             continue;
         }
         if let Some(until) = v.ejected_until.filter(|u| *u > now) {
-            skipped.push(skip(format!(
-                "ejected for {} s after repeated errors",
-                (until - now).as_secs().max(1)
-            )));
+            skip(&|| {
+                format!(
+                    "ejected for {} s after repeated errors",
+                    (until - now).as_secs().max(1)
+                )
+            });
             continue;
         }
         if let (Some(model), Some(models)) = (&needs.model, &v.models) {
             if someone_has_model && !models.iter().any(|m| same_model(m, model)) {
-                skipped.push(skip(format!("does not have {model}")));
+                skip(&|| format!("does not have {model}"));
                 continue;
             }
         }
@@ -131,11 +145,13 @@ pub fn plan(
             if have < need {
                 let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 let model = needs.model.as_deref().unwrap_or("the model");
-                skipped.push(skip(format!(
-                    "has {:.0} GiB of VRAM, {model} needs {:.0} GiB",
-                    gib(have),
-                    gib(need)
-                )));
+                skip(&|| {
+                    format!(
+                        "has {:.0} GiB of VRAM, {model} needs {:.0} GiB",
+                        gib(have),
+                        gib(need)
+                    )
+                });
                 continue;
             }
         }
@@ -152,7 +168,11 @@ pub fn plan(
             .map(|(index, v)| Choice {
                 index,
                 node: v.node.clone(),
-                why: format!("panic mode: nothing is up ({})", v.health_reason),
+                why: if why {
+                    format!("panic mode: nothing is up ({})", v.health_reason)
+                } else {
+                    String::new()
+                },
             })
             .collect();
         order.sort_by_key(|c| !pinned(c.index));
@@ -175,6 +195,13 @@ pub fn plan(
     let order = eligible
         .into_iter()
         .map(|(index, v, held)| {
+            if !why {
+                return Choice {
+                    index,
+                    node: v.node.clone(),
+                    why: String::new(),
+                };
+            }
             let mut why = match v.health {
                 Health::Degraded => {
                     format!("degraded ({}), priority {}", v.health_reason, index + 1)
@@ -276,7 +303,14 @@ mod tests {
             view("vengeance", Health::Online),
             view("book", Health::Online),
         ];
-        let p = plan(&views, &Needs::default(), None, HOLD_DOWN, now);
+        let p = plan(
+            &views,
+            &Needs::default(),
+            None,
+            HOLD_DOWN,
+            now,
+            Explain::Why,
+        );
         assert_eq!(nodes(&p), ["vengeance", "book", "aurora"]);
         assert!(p.order[2].why.starts_with("degraded"));
         assert!(!p.panic);
@@ -291,7 +325,7 @@ mod tests {
             view("book", Health::Online),
         ];
         v[1].ejected_until = Some(now + Duration::from_secs(30));
-        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now);
+        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now, Explain::Why);
         assert_eq!(nodes(&p), ["book"]);
         assert_eq!(p.skipped.len(), 2);
         assert!(p.skipped[0].why.starts_with("offline"));
@@ -305,23 +339,44 @@ mod tests {
             view("aurora", Health::Online),
             view("vengeance", Health::Online),
         ];
-        v[0].models = Some(vec!["llama3.2:3b".into()]);
-        v[1].models = Some(vec!["llama3.1:70b".into(), "qwen3".into()]);
+        v[0].models = Some(vec!["llama3.2:3b".into()].into());
+        v[1].models = Some(vec!["llama3.1:70b".into(), "qwen3".into()].into());
         let needs = |m: &str| Needs {
             model: Some(m.into()),
             vram_bytes: None,
         };
         assert_eq!(
-            nodes(&plan(&v, &needs("llama3.1:70b"), None, HOLD_DOWN, now)),
+            nodes(&plan(
+                &v,
+                &needs("llama3.1:70b"),
+                None,
+                HOLD_DOWN,
+                now,
+                Explain::Why
+            )),
             ["vengeance"]
         );
         assert_eq!(
-            nodes(&plan(&v, &needs("qwen3:latest"), None, HOLD_DOWN, now)),
+            nodes(&plan(
+                &v,
+                &needs("qwen3:latest"),
+                None,
+                HOLD_DOWN,
+                now,
+                Explain::Why
+            )),
             ["vengeance"]
         );
         // Nobody has it: let the preferred node answer (Ollama's own 404).
         assert_eq!(
-            nodes(&plan(&v, &needs("mistral"), None, HOLD_DOWN, now)),
+            nodes(&plan(
+                &v,
+                &needs("mistral"),
+                None,
+                HOLD_DOWN,
+                now,
+                Explain::Why
+            )),
             ["aurora", "vengeance"]
         );
     }
@@ -340,6 +395,7 @@ mod tests {
             None,
             HOLD_DOWN,
             now + Duration::from_secs(10),
+            Explain::Why,
         );
         assert_eq!(nodes(&p), ["vengeance", "aurora"]);
         assert!(
@@ -347,12 +403,26 @@ mod tests {
             "{:?}",
             p.order[1]
         );
-        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now + HOLD_DOWN);
+        let p = plan(
+            &v,
+            &Needs::default(),
+            None,
+            HOLD_DOWN,
+            now + HOLD_DOWN,
+            Explain::Why,
+        );
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
         // Held down but alone: still used.
         v[1].health = Health::Offline;
         assert_eq!(
-            nodes(&plan(&v, &Needs::default(), None, HOLD_DOWN, now)),
+            nodes(&plan(
+                &v,
+                &Needs::default(),
+                None,
+                HOLD_DOWN,
+                now,
+                Explain::Why
+            )),
             ["aurora"]
         );
     }
@@ -364,14 +434,21 @@ mod tests {
             view("aurora", Health::Online),
             view("vengeance", Health::Online),
         ];
-        let p = plan(&v, &Needs::default(), Some("vengeance"), HOLD_DOWN, now);
+        let p = plan(
+            &v,
+            &Needs::default(),
+            Some("vengeance"),
+            HOLD_DOWN,
+            now,
+            Explain::Why,
+        );
         assert_eq!(nodes(&p), ["vengeance", "aurora"]);
         assert!(p.order[0].why.starts_with("pinned"));
         let v = [
             view("aurora", Health::Offline),
             view("vengeance", Health::Offline),
         ];
-        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now);
+        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now, Explain::Why);
         assert!(p.panic);
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
     }
@@ -390,7 +467,7 @@ mod tests {
             model: Some("llama3.1:70b".into()),
             vram_bytes: Some(20 << 30),
         };
-        let p = plan(&v, &needs, None, HOLD_DOWN, now);
+        let p = plan(&v, &needs, None, HOLD_DOWN, now, Explain::Why);
         assert_eq!(nodes(&p), ["vengeance", "book"]);
         assert_eq!(
             p.skipped[0].why,
@@ -407,7 +484,7 @@ mod tests {
         ];
         v[0].read_only = Some(true);
         v[1].read_only = Some(false);
-        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now);
+        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now, Explain::Why);
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
         assert!(p.order[1].why.ends_with("replica (read-only)"));
     }
@@ -419,7 +496,14 @@ mod tests {
         v[0].in_flight = 5;
         // Different priorities: priority wins over load.
         assert_eq!(
-            nodes(&plan(&v, &Needs::default(), None, HOLD_DOWN, now)),
+            nodes(&plan(
+                &v,
+                &Needs::default(),
+                None,
+                HOLD_DOWN,
+                now,
+                Explain::Why
+            )),
             ["a", "b"]
         );
     }
@@ -443,5 +527,39 @@ mod tests {
         e.failure(t);
         e.failure(t);
         assert_eq!(e.failure(t), Some(t + EJECT_BASE));
+    }
+
+    #[test]
+    fn model_names_without_a_tag_are_latest() {
+        assert!(same_model("llama3", "llama3:latest"));
+        assert!(same_model("llama3:latest", "llama3"));
+        assert!(same_model("qwen3:8b", "qwen3:8b"));
+        assert!(!same_model("qwen3:8b", "qwen3"));
+        assert!(!same_model("llama3", "llama3.1"));
+        assert!(!same_model("a:b:c", "a:b"));
+    }
+
+    #[test]
+    fn a_request_gets_the_same_order_without_the_words() {
+        let now = Instant::now();
+        let v = vec![
+            view("aurora", Health::Offline),
+            view("vengeance", Health::Degraded),
+            view("book", Health::Online),
+        ];
+        let full = plan(&v, &Needs::default(), None, HOLD_DOWN, now, Explain::Why);
+        let bare = plan(
+            &v,
+            &Needs::default(),
+            None,
+            HOLD_DOWN,
+            now,
+            Explain::OrderOnly,
+        );
+        assert_eq!(nodes(&full), nodes(&bare));
+        assert!(full.order.iter().all(|c| !c.why.is_empty()));
+        assert!(bare.order.iter().all(|c| c.why.is_empty()));
+        assert_eq!(full.skipped.len(), 1);
+        assert!(bare.skipped.is_empty());
     }
 }

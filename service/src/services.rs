@@ -19,7 +19,7 @@ use crate::events::{EventBus, EventKind};
 use crate::health::{HealthState, Observation};
 use crate::nodes::NodeMap;
 use crate::probe::{self, OllamaInfo, OllamaWants, PgRole};
-use crate::route::{self, Ejection, Needs, Plan, View};
+use crate::route::{self, Ejection, Explain, Needs, Plan, View};
 use crate::tunnel::Tunnel;
 
 /// Installed models change rarely; loaded models and VRAM change often.
@@ -177,7 +177,17 @@ impl ServiceHandle {
     }
 
     /// The ordered candidates for a request with these needs.
+    /// The ordered candidates, each with why (for status and events).
     pub fn plan(&self, needs: &Needs) -> Plan {
+        self.plan_explained(needs, Explain::Why)
+    }
+
+    /// The order alone, for a request on its way (no words to throw away).
+    pub fn route(&self, needs: &Needs) -> Plan {
+        self.plan_explained(needs, Explain::OrderOnly)
+    }
+
+    fn plan_explained(&self, needs: &Needs, explain: Explain) -> Plan {
         let nodes = self.nodes.borrow();
         let views: Vec<View> = self
             .candidates
@@ -195,6 +205,7 @@ impl ServiceHandle {
             pin.as_deref(),
             self.config.hold_down,
             Instant::now(),
+            explain,
         )
     }
 
@@ -390,7 +401,7 @@ impl Prober {
                     let info = s.ollama.get_or_insert_with(OllamaInfo::default);
                     info.version = u.version.unwrap_or_else(|| info.version.clone());
                     if let Some(m) = u.models {
-                        info.models = m;
+                        info.models = m.into();
                     }
                     if let Some(l) = u.loaded {
                         info.loaded = l;

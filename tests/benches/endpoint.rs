@@ -352,12 +352,16 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Profiling aid: MESH_BENCH_PROFILE=1 runs only robbie-mesh at concurrency 1 for a
+    // Profiling aid: MESH_BENCH_PROFILE=N runs only robbie-mesh at concurrency N for a
     // while (attach `perf record -p <robbie-mesh pid>` meanwhile).
     if std::env::var("MESH_BENCH_PROFILE").is_ok() {
         eprintln!("robbie-mesh pid {}", mesh.0.id());
+        let conc = std::env::var("MESH_BENCH_PROFILE")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
         let mut l = Load::default();
-        load(&mut l, &mesh_url, 1, 60_000).await;
+        load(&mut l, &mesh_url, conc, 60_000 * conc.min(8)).await;
         eprintln!("p50 {} p99 {}", us(l.p50()), us(l.p99()));
         return;
     }

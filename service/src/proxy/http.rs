@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -42,6 +43,8 @@ pub const TRIED_HEADER: &str = "x-robbie-tried";
 pub struct Endpoint {
     pub service: Arc<ServiceHandle>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Each candidate's address as a URI authority, parsed once.
+    authorities: Arc<[Option<Authority>]>,
 }
 
 impl Endpoint {
@@ -53,7 +56,16 @@ impl Endpoint {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(5))
             .build(connector);
-        Endpoint { service, client }
+        let authorities = service
+            .candidates
+            .iter()
+            .map(|c| Authority::try_from(c.config.address.to_string()).ok())
+            .collect();
+        Endpoint {
+            service,
+            client,
+            authorities,
+        }
     }
 
     /// Serves HTTP/1.1 on `listener` until `cancel`; then gives open connections
@@ -153,22 +165,38 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
     let model = requested_model(&body);
     let vram_bytes = model.as_deref().and_then(|m| ep.service.vram_need(m));
     let needs = Needs { model, vram_bytes };
-    let plan = ep.service.plan(&needs);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let plan = ep.service.route(&needs);
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut forwarded = HeaderMap::with_capacity(parts.headers.len());
+    forward_headers(&parts.headers, &mut forwarded);
     let mut failures = Vec::new();
     let attempts = plan.order.len();
     for (k, choice) in plan.order.iter().enumerate() {
         let cand = &ep.service.candidates[choice.index];
         let last = k + 1 == attempts;
-        let mut up = hyper::Request::builder()
-            .method(parts.method.clone())
-            .uri(format!("http://{}{path}", cand.config.address));
-        if let Some(h) = up.headers_mut() {
-            forward_headers(&parts.headers, h);
-        }
-        let Ok(up) = up.body(Full::new(body.clone())) else {
-            return ollama_error(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
+        let uri = ep.authorities[choice.index].clone().and_then(|a| {
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(a)
+                .path_and_query(path.clone())
+                .build()
+                .ok()
+        });
+        let Some(uri) = uri else {
+            failures.push(format!(
+                "{}: {} is not an HTTP address",
+                choice.node, cand.config.address
+            ));
+            continue;
         };
+        let mut up = hyper::Request::new(Full::new(body.clone()));
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = forwarded.clone();
         let in_flight = cand.begin_request();
         let started = std::time::Instant::now();
         let answer = tokio::time::timeout(FIRST_BYTE_TIMEOUT, ep.client.request(up)).await;
@@ -271,46 +299,95 @@ fn respond(
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/x-ndjson"));
-    let node = node.to_string();
-    let stream = futures_util::stream::unfold(Some((body, in_flight)), move |state| {
-        let node = node.clone();
-        async move {
-            let (mut body, in_flight) = state?;
-            loop {
-                match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
-                    Ok(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => {
-                            return Some((Ok::<_, std::io::Error>(data), Some((body, in_flight))))
-                        }
-                        Err(_) => continue, // trailers
-                    },
-                    Ok(None) => return None,
-                    Ok(Some(Err(e))) => {
-                        in_flight.candidate().request_failed();
-                        return error_line(ndjson, format!("{node} failed mid-answer: {e}"));
-                    }
-                    Err(_) => {
-                        in_flight.candidate().request_failed();
-                        return error_line(
-                            ndjson,
-                            format!("{node} sent nothing for {} s", IDLE_TIMEOUT.as_secs()),
-                        );
-                    }
-                }
-            }
-        }
-    });
-    Response::from_parts(head, Body::from_stream(stream))
+    let body = Relay {
+        inner: body,
+        idle: None,
+        ndjson,
+        node: node.to_string(),
+        in_flight: Some(in_flight),
+    };
+    Response::from_parts(head, Body::new(body))
 }
 
-/// The last item of a failed stream: Ollama's error line, or a cut connection.
-fn error_line<S>(ndjson: bool, msg: String) -> Option<(Result<Bytes, std::io::Error>, Option<S>)> {
-    tracing::warn!("{msg}");
-    if ndjson {
-        let line = format!("{}\n", serde_json::json!({ "error": msg }));
-        Some((Ok(Bytes::from(line)), None))
-    } else {
-        Some((Err(std::io::Error::other(msg)), None))
+/// The upstream answer on its way to the client: frames pass through as they come.
+/// A failure, or `IDLE_TIMEOUT` without a frame, ends it with Ollama's error line
+/// (NDJSON) or a cut connection, and counts against the node. The idle timer is
+/// armed only while the upstream keeps the relay waiting.
+struct Relay {
+    inner: UpstreamBody,
+    idle: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    ndjson: bool,
+    node: String,
+    /// Held until the answer ends (the candidate's requests in flight).
+    in_flight: Option<RequestGuard>,
+}
+
+impl Relay {
+    /// The answer failed after it began: the error line, or an error that cuts it.
+    fn fail(&mut self, msg: String) -> Option<Result<hyper::body::Frame<Bytes>, std::io::Error>> {
+        tracing::warn!("{msg}");
+        if let Some(g) = self.in_flight.take() {
+            g.candidate().request_failed();
+        }
+        if self.ndjson {
+            let line = format!("{}\n", serde_json::json!({ "error": msg }));
+            Some(Ok(hyper::body::Frame::data(Bytes::from(line))))
+        } else {
+            Some(Err(std::io::Error::other(msg)))
+        }
+    }
+}
+
+impl hyper::body::Body for Relay {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.in_flight.is_none() {
+            return Poll::Ready(None); // ended (after an error line)
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.in_flight = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let msg = format!("{} failed mid-answer: {e}", this.node);
+                Poll::Ready(this.fail(msg))
+            }
+            Poll::Pending => {
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(IDLE_TIMEOUT)));
+                if std::future::Future::poll(idle.as_mut(), cx).is_ready() {
+                    let msg = format!(
+                        "{} sent nothing for {} s",
+                        this.node,
+                        IDLE_TIMEOUT.as_secs()
+                    );
+                    return Poll::Ready(this.fail(msg));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.in_flight.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        // An error line may follow only a chunked answer, whose size is unknown.
+        self.inner.size_hint()
     }
 }
 

@@ -43,7 +43,7 @@ async fn connection(
 ) {
     let _ = client.set_nodelay(true);
     let mut failures = Vec::new();
-    let plan = service.plan(&Needs::default());
+    let plan = service.route(&Needs::default());
     // Through a -L tunnel a connect always succeeds, so "try everyone" (panic mode)
     // would hand a PostgreSQL client a dead end: refuse it with a clear error instead.
     let order = if plan.panic && service.config.kind == ServiceKind::Postgres {
