@@ -298,9 +298,123 @@ fn start_nginx(dir: &std::path::Path, port: u16, backend: SocketAddr) -> Proc {
     Proc(child)
 }
 
+/// The release robbie-mesh running `cfg` (written into `dir`).
+fn start_mesh(dir: &std::path::Path, cfg: &str) -> Proc {
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, cfg).expect("config");
+    let exe = std::env::current_exe().expect("exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.parent())
+        .expect("target")
+        .join("release")
+        .join("robbie-mesh");
+    Proc(
+        Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("ROBBIE_MESH_LOG", "error")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (cargo build --release -p robbie-mesh)",
+                    bin.display()
+                )
+            }),
+    )
+}
+
+/// One failover, on a fresh mesh with fresh backends a and b: requests go to a;
+/// a dies (listener and connections at once); the next request must be answered
+/// by b. `load_during`: 4 clients keep sending across the kill.
+struct Failover {
+    /// The first request after the kill, and a normal one (p50) just before.
+    first: Duration,
+    normal: Duration,
+    /// Kill to the route (in /v1/status) on b, by probes or passive ejection.
+    moved: Duration,
+    failed: usize,
+}
+
+async fn failover_round(load_during: bool) -> Failover {
+    let mut a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (api, endpoint) = (free_port(), free_port());
+    let cfg = format!(
+        "node = \"bench\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[[service]]\nname = \"bench\"\nkind = \"http\"\n\
+         listen = \"127.0.0.1:{endpoint}\"\nprobe = {{ path = \"/api/version\" }}\n\
+         candidates = [{{ node = \"a\", address = \"{}\" }}, {{ node = \"b\", address = \"{}\" }}]\n\
+         [store]\npath = \"{}\"\n",
+        a.addr,
+        b.addr,
+        dir.path().join("store.db").display()
+    );
+    let mesh = start_mesh(dir.path(), &cfg);
+    let url = format!("http://127.0.0.1:{endpoint}/api/version");
+    let status = format!("http://127.0.0.1:{api}/v1/status");
+    let route_is = |node: &'static str| {
+        let status = status.clone();
+        async move {
+            reqwest::get(&status)
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()
+                .map(|b| b.contains(&format!("\"route\":\"{node}\"")))
+        }
+    };
+    let t0 = Instant::now();
+    while route_is("a").await != Some(true) {
+        assert!(t0.elapsed() < DEADLINE, "the route never went to a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = client();
+    let mut normal = Load::default();
+    load(&mut normal, &url, 1, 500).await;
+    let running = load_during.then(|| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut l = Load::default();
+            load(&mut l, &url, 4, 4_000).await;
+            l
+        })
+    });
+    if running.is_some() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let killed = Instant::now();
+    a.kill();
+    let first = get_once(&c, &url)
+        .await
+        .expect("the first request after the kill failed");
+    let moved = loop {
+        if route_is("b").await == Some(true) {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < DEADLINE, "the route never moved to b");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let failed = match running {
+        Some(r) => r.await.expect("load").failed,
+        None => 0,
+    };
+    drop(mesh);
+    drop(b);
+    Failover {
+        first,
+        normal: normal.p50(),
+        moved,
+        failed,
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let mut a = Backend::start("a").await;
+    let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (api, endpoint, nginx_port, pipe) = (free_port(), free_port(), free_port(), free_port());
@@ -313,29 +427,7 @@ async fn main() {
          [store]\npath = \"{}\"\n",
         a.addr, b.addr, a.addr, dir.path().join("store.db").display()
     );
-    std::fs::write(dir.path().join("bench.toml"), cfg).expect("config");
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .and_then(|d| d.parent())
-        .expect("target")
-        .join("release")
-        .join("robbie-mesh");
-    let mesh = Proc(
-        Command::new(&bin)
-            .args(["run", "--config"])
-            .arg(dir.path().join("bench.toml"))
-            .env("ROBBIE_MESH_LOG", "error")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{}: {e} (cargo build --release -p robbie-mesh)",
-                    bin.display()
-                )
-            }),
-    );
+    let mesh = start_mesh(dir.path(), &cfg);
     let nginx = start_nginx(dir.path(), nginx_port, a.addr);
     for port in [endpoint, nginx_port, pipe] {
         wait_for(
@@ -481,55 +573,37 @@ async fn main() {
     let rss = rss_kib(mesh.0.id());
     drop(nginx);
 
-    // Failover: kill backend a while requests run; every retryable request must succeed.
-    let mut normal = Load::default();
-    load(&mut normal, &mesh_url, 1, 500).await;
-    let normal = normal.p50();
-    let running = {
-        let url = mesh_url.clone();
-        tokio::spawn(async move {
-            let mut l = Load::default();
-            load(&mut l, &url, 4, 4_000).await;
-            l
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let killed = Instant::now();
-    a.kill();
-    let first = get_once(&c, &mesh_url).await;
-    let probe_found = {
-        let status = format!("http://127.0.0.1:{api}/v1/status");
-        loop {
-            let body = reqwest::get(&status)
-                .await
-                .expect("status")
-                .text()
-                .await
-                .unwrap_or_default();
-            if body.contains("\"route\":\"b\"") {
-                break killed.elapsed();
-            }
-            assert!(killed.elapsed() < DEADLINE, "the route never moved to b");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let during = running.await.expect("load");
-    let first = first.expect("the first request after the kill failed");
+    drop(mesh);
+    drop(a);
+    drop(b);
+
+    // Failover found by a retry, 7 times on a fresh mesh each (a single request's
+    // time on this shared VM is noisy): what the kill adds to the first request.
+    let mut added: Vec<Duration> = Vec::new();
+    let mut moved: Vec<Duration> = Vec::new();
+    for _ in 0..7 {
+        let f = failover_round(false).await;
+        added.push(f.first.saturating_sub(f.normal));
+        moved.push(f.moved);
+    }
+    added.sort();
+    moved.sort();
     println!(
-        "failover: first request after the kill answered in {} ({} over a normal request); route moved by probes/traffic after {} ms",
-        us(first),
-        signed_us(first, normal),
-        probe_found.as_millis()
+        "failover found by a retry (7 kills): the first request after the kill took +{} median, +{} at most, over a normal one; the route moved after {} ms median",
+        us(added[added.len() / 2]),
+        us(added[added.len() - 1]),
+        moved[moved.len() / 2].as_millis()
     );
-    println!(
-        "failover: {} of 4000 requests running across the kill failed",
-        during.failed
-    );
+    // Across kills with 4 clients sending: every request must succeed.
+    let mut failed = 0;
+    for _ in 0..3 {
+        failed += failover_round(true).await.failed;
+    }
+    println!("failover under load (3 kills, 4 clients, 4000 requests each): {failed} failed");
     println!(
         "robbie-mesh RSS after all runs: {:.1} MiB",
         rss as f64 / 1024.0
     );
     println!();
     println!("goals: added p50 <= nginx's and <= 150 us, p99 <= 1 ms; >= 0.9x direct req/s at 32; retry failover <= +5 ms; 0 failed");
-    drop(b);
 }
