@@ -85,6 +85,9 @@ fn main() -> std::process::ExitCode {
         }))
         .plugin(tauri_plugin_dialog::init())
         .setup(|app| {
+            // A menu-bar app: no Dock icon (the dashboard's own process has one).
+            #[cfg(target_os = "macos")]
+            app.set_activation_policy(tauri::ActivationPolicy::Accessory);
             let client = Client::from_env();
             app.manage(Tray {
                 client: client.clone(),
