@@ -291,6 +291,11 @@ mod tests {
         }
     }
 
+    /// The plan with reasons, under the tests' hold-down.
+    fn explained(v: &[View], needs: &Needs, pin: Option<&str>, now: Instant) -> Plan {
+        plan(v, needs, pin, HOLD_DOWN, now, Explain::Why)
+    }
+
     fn nodes(p: &Plan) -> Vec<&str> {
         p.order.iter().map(|c| c.node.as_str()).collect()
     }
@@ -303,14 +308,7 @@ mod tests {
             view("vengeance", Health::Online),
             view("book", Health::Online),
         ];
-        let p = plan(
-            &views,
-            &Needs::default(),
-            None,
-            HOLD_DOWN,
-            now,
-            Explain::Why,
-        );
+        let p = explained(&views, &Needs::default(), None, now);
         assert_eq!(nodes(&p), ["vengeance", "book", "aurora"]);
         assert!(p.order[2].why.starts_with("degraded"));
         assert!(!p.panic);
@@ -325,7 +323,7 @@ mod tests {
             view("book", Health::Online),
         ];
         v[1].ejected_until = Some(now + Duration::from_secs(30));
-        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now, Explain::Why);
+        let p = explained(&v, &Needs::default(), None, now);
         assert_eq!(nodes(&p), ["book"]);
         assert_eq!(p.skipped.len(), 2);
         assert!(p.skipped[0].why.starts_with("offline"));
@@ -346,37 +344,16 @@ mod tests {
             vram_bytes: None,
         };
         assert_eq!(
-            nodes(&plan(
-                &v,
-                &needs("llama3.1:70b"),
-                None,
-                HOLD_DOWN,
-                now,
-                Explain::Why
-            )),
+            nodes(&explained(&v, &needs("llama3.1:70b"), None, now)),
             ["vengeance"]
         );
         assert_eq!(
-            nodes(&plan(
-                &v,
-                &needs("qwen3:latest"),
-                None,
-                HOLD_DOWN,
-                now,
-                Explain::Why
-            )),
+            nodes(&explained(&v, &needs("qwen3:latest"), None, now)),
             ["vengeance"]
         );
         // Nobody has it: let the preferred node answer (Ollama's own 404).
         assert_eq!(
-            nodes(&plan(
-                &v,
-                &needs("mistral"),
-                None,
-                HOLD_DOWN,
-                now,
-                Explain::Why
-            )),
+            nodes(&explained(&v, &needs("mistral"), None, now)),
             ["aurora", "vengeance"]
         );
     }
@@ -389,40 +366,19 @@ mod tests {
             view("vengeance", Health::Online),
         ];
         v[0].recovered_at = Some(now);
-        let p = plan(
-            &v,
-            &Needs::default(),
-            None,
-            HOLD_DOWN,
-            now + Duration::from_secs(10),
-            Explain::Why,
-        );
+        let p = explained(&v, &Needs::default(), None, now + Duration::from_secs(10));
         assert_eq!(nodes(&p), ["vengeance", "aurora"]);
         assert!(
             p.order[1].why.contains("held back for 20 s"),
             "{:?}",
             p.order[1]
         );
-        let p = plan(
-            &v,
-            &Needs::default(),
-            None,
-            HOLD_DOWN,
-            now + HOLD_DOWN,
-            Explain::Why,
-        );
+        let p = explained(&v, &Needs::default(), None, now + HOLD_DOWN);
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
         // Held down but alone: still used.
         v[1].health = Health::Offline;
         assert_eq!(
-            nodes(&plan(
-                &v,
-                &Needs::default(),
-                None,
-                HOLD_DOWN,
-                now,
-                Explain::Why
-            )),
+            nodes(&explained(&v, &Needs::default(), None, now)),
             ["aurora"]
         );
     }
@@ -434,21 +390,14 @@ mod tests {
             view("aurora", Health::Online),
             view("vengeance", Health::Online),
         ];
-        let p = plan(
-            &v,
-            &Needs::default(),
-            Some("vengeance"),
-            HOLD_DOWN,
-            now,
-            Explain::Why,
-        );
+        let p = explained(&v, &Needs::default(), Some("vengeance"), now);
         assert_eq!(nodes(&p), ["vengeance", "aurora"]);
         assert!(p.order[0].why.starts_with("pinned"));
         let v = [
             view("aurora", Health::Offline),
             view("vengeance", Health::Offline),
         ];
-        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now, Explain::Why);
+        let p = explained(&v, &Needs::default(), None, now);
         assert!(p.panic);
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
     }
@@ -467,7 +416,7 @@ mod tests {
             model: Some("llama3.1:70b".into()),
             vram_bytes: Some(20 << 30),
         };
-        let p = plan(&v, &needs, None, HOLD_DOWN, now, Explain::Why);
+        let p = explained(&v, &needs, None, now);
         assert_eq!(nodes(&p), ["vengeance", "book"]);
         assert_eq!(
             p.skipped[0].why,
@@ -484,7 +433,7 @@ mod tests {
         ];
         v[0].read_only = Some(true);
         v[1].read_only = Some(false);
-        let p = plan(&v, &Needs::default(), None, HOLD_DOWN, now, Explain::Why);
+        let p = explained(&v, &Needs::default(), None, now);
         assert_eq!(nodes(&p), ["aurora", "vengeance"]);
         assert!(p.order[1].why.ends_with("replica (read-only)"));
     }
@@ -496,14 +445,7 @@ mod tests {
         v[0].in_flight = 5;
         // Different priorities: priority wins over load.
         assert_eq!(
-            nodes(&plan(
-                &v,
-                &Needs::default(),
-                None,
-                HOLD_DOWN,
-                now,
-                Explain::Why
-            )),
+            nodes(&explained(&v, &Needs::default(), None, now)),
             ["a", "b"]
         );
     }
@@ -547,7 +489,7 @@ mod tests {
             view("vengeance", Health::Degraded),
             view("book", Health::Online),
         ];
-        let full = plan(&v, &Needs::default(), None, HOLD_DOWN, now, Explain::Why);
+        let full = explained(&v, &Needs::default(), None, now);
         let bare = plan(
             &v,
             &Needs::default(),

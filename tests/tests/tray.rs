@@ -215,27 +215,11 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
                 .lines()
                 .any(|l| l.starts_with("Ollama → book: aurora offline"))
     };
-    let end = Instant::now() + Duration::from_secs(15);
-    while !host.notifications.iter().any(tells_failover) {
-        assert!(
-            Instant::now() < end,
-            "no failover notification: {:?}",
-            host.notifications
-        );
-        host.state().await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let n = host
-        .notifications
-        .iter()
-        .find(|n| tells_failover(n))
-        .expect("notification");
+    let n = host.notification("of the failover", tells_failover).await;
     assert_eq!(n["app"], "robbie-mesh");
 
     // A click on "book" in the menu pins Ollama to book.
-    writeln!(host.stdin, "click book (").expect("stdin");
-    let clicked = host.expect("CLICKED").await;
-    assert_ne!(clicked, "CLICKED none");
+    host.click("book (").await;
     let status_url = format!("http://{}/v1/status", mesh.api);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -266,11 +250,7 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
         let pid = tray_pid(&bin).expect("the tray process");
         host.click("Generate a new key").await;
         let made = host
-            .notification("about the new key", |n| {
-                n["summary"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("SSH key "))
-            })
+            .notification("about the new key", summary_starts("SSH key "))
             .await;
         let (name, public) = stored_key(&made);
         host.wait_label("⚡ book", &format!("🔑 {name}"), DEGRADED)
@@ -315,11 +295,10 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
             x11(pid, &["shot", "/tmp/tray-shot.png"]);
         }
         let imported = host
-            .notification("about the imported key", |n| {
-                n["summary"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("SSH key tray_import_test"))
-            })
+            .notification(
+                "about the imported key",
+                summary_starts("SSH key tray_import_test"),
+            )
             .await;
         let (imported, public) = stored_key(&imported);
         assert_eq!(
@@ -527,6 +506,11 @@ fn process_tree(root: u32) -> Vec<u32> {
         i += 1;
     }
     all
+}
+
+/// Accepts a notification whose summary starts with `prefix`.
+fn summary_starts(prefix: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |n| n["summary"].as_str().is_some_and(|s| s.starts_with(prefix))
 }
 
 /// (name, authorized_keys line) of the key a "SSH key NAME is in the keychain"
