@@ -25,6 +25,42 @@ impl Drop for Killed {
     }
 }
 
+/// `xvfb-run` with everything it starts (Xvfb, the tray, the dashboard's process
+/// and WebKit's) in a process group of its own, ended together on drop — killing
+/// xvfb-run alone would leave its Xvfb running.
+struct Display(Child);
+
+impl Display {
+    fn run(bin: &std::path::Path, configure: impl FnOnce(&mut Command)) -> Display {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("xvfb-run");
+        cmd.args(["-a", "-s", "-screen 0 1024x768x24"])
+            .arg(bin)
+            .process_group(0);
+        configure(&mut cmd);
+        Display(cmd.spawn().expect("xvfb-run (package xvfb)"))
+    }
+
+    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        use nix::sys::signal::{killpg, Signal};
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        // xvfb-run stops its Xvfb on SIGTERM; whatever is left then goes for good.
+        let _ = killpg(group, Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end && self.try_wait().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
 /// The host script: commands in, lines out.
 struct Host {
     _proc: Killed,
@@ -157,19 +193,14 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
         "{} is missing: cargo build -p robbie-mesh-tray (tests/run.sh does)",
         bin.display()
     );
-    let tray = Killed(
-        Command::new("xvfb-run")
-            .args(["-a", "-s", "-screen 0 1024x768x24"])
-            .arg(&bin)
-            .env("ROBBIE_MESH_API", mesh.api.to_string())
+    let tray = Display::run(&bin, |c| {
+        c.env("ROBBIE_MESH_API", mesh.api.to_string())
             .env("ROBBIE_MESH_LOG", "warn,robbie_mesh_tray=debug")
-            // A hidden dashboard gives its web page back after 2 s (default 120 s).
+            // A hidden dashboard's process ends after 2 s (default 120 s).
             .env("ROBBIE_MESH_TRAY_KEEP_HIDDEN", "2")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("xvfb-run (package xvfb)"),
-    );
+            .stderr(Stdio::inherit());
+    });
     host.expect("REGISTERED").await;
     // Icon colours: all good, degraded (served, not by the first choice), no node up,
     // not running.
@@ -331,21 +362,17 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
     eprintln!("tray idle, no window: RSS {rss:.1} MiB, PSS {pss:.1} MiB");
     // One instance at a time: a second launch exits and the first opens its
     // dashboard window.
-    let mut second = Command::new("xvfb-run")
-        .args(["-a", "-s", "-screen 0 1024x768x24"])
-        .arg(&bin)
-        .env("ROBBIE_MESH_API", mesh.api.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("xvfb-run");
+    let mut second = Display::run(&bin, |c| {
+        c.env("ROBBIE_MESH_API", mesh.api.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    });
     let end = Instant::now() + Duration::from_secs(15);
     let exited = loop {
-        if let Ok(Some(st)) = second.try_wait() {
+        if let Some(st) = second.try_wait() {
             break Some(st);
         }
         if Instant::now() > end {
-            let _ = second.kill();
             break None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
