@@ -13,17 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::upstream::{Lease, SendError, Upstream};
 use crate::route::Needs;
 use crate::services::{RequestGuard, ServiceHandle};
 
@@ -42,30 +41,18 @@ pub const TRIED_HEADER: &str = "x-robbie-tried";
 #[derive(Clone)]
 pub struct Endpoint {
     pub service: Arc<ServiceHandle>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    /// Each candidate's address as a URI authority, parsed once.
-    authorities: Arc<[Option<Authority>]>,
+    /// Keep-alive connections, one pool per candidate (same order).
+    upstreams: Arc<[Arc<Upstream>]>,
 }
 
 impl Endpoint {
     pub fn new(service: Arc<ServiceHandle>) -> Endpoint {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        // Idle upstream connections go after 5 s (they keep on-demand tunnels open).
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(5))
-            .build(connector);
-        let authorities = service
+        let upstreams = service
             .candidates
             .iter()
-            .map(|c| Authority::try_from(c.config.address.to_string()).ok())
+            .map(|c| Arc::new(Upstream::new(c.config.address.clone(), CONNECT_TIMEOUT)))
             .collect();
-        Endpoint {
-            service,
-            client,
-            authorities,
-        }
+        Endpoint { service, upstreams }
     }
 
     /// Serves HTTP/1.1 on `listener` until `cancel`; then gives open connections
@@ -73,6 +60,17 @@ impl Endpoint {
     pub async fn serve(self, listener: TcpListener, cancel: CancellationToken) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let http = hyper::server::conn::http1::Builder::new();
+        // Idle upstream connections go after a while (they keep on-demand tunnels open).
+        let sweeper = {
+            let upstreams = self.upstreams.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                while cancel.run_until_cancelled(every.tick()).await.is_some() {
+                    upstreams.iter().for_each(|u| u.sweep());
+                }
+            })
+        };
         loop {
             let stream = tokio::select! {
                 () = cancel.cancelled() => break,
@@ -97,6 +95,7 @@ impl Endpoint {
         }
         drop(listener);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+        sweeper.abort();
     }
 }
 
@@ -178,30 +177,16 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
     for (k, choice) in plan.order.iter().enumerate() {
         let cand = &ep.service.candidates[choice.index];
         let last = k + 1 == attempts;
-        let uri = ep.authorities[choice.index].clone().and_then(|a| {
-            Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(a)
-                .path_and_query(path.clone())
-                .build()
-                .ok()
-        });
-        let Some(uri) = uri else {
-            failures.push(format!(
-                "{}: {} is not an HTTP address",
-                choice.node, cand.config.address
-            ));
-            continue;
-        };
         let mut up = hyper::Request::new(Full::new(body.clone()));
         *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
+        *up.uri_mut() = Uri::from(path.clone());
         *up.headers_mut() = forwarded.clone();
         let in_flight = cand.begin_request();
         let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(FIRST_BYTE_TIMEOUT, ep.client.request(up)).await;
-        let resp = match answer {
-            Ok(Ok(resp)) => resp,
+        let upstream = &ep.upstreams[choice.index];
+        let answer = tokio::time::timeout(FIRST_BYTE_TIMEOUT, upstream.send(up)).await;
+        let (resp, lease) = match answer {
+            Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 failures.push(format!("{}: {}", choice.node, transport_error(&e)));
                 cand.request_failed();
@@ -230,11 +215,13 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
         // Ollama's 404 for a model this node lacks: another node may have it.
         if status == StatusCode::NOT_FOUND && !last && needs.model.is_some() {
             let (head, body) = resp.into_parts();
-            let text = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let text = match body.collect().await {
+                Ok(b) => {
+                    lease.release();
+                    b.to_bytes()
+                }
+                Err(_) => Bytes::new(),
+            };
             if String::from_utf8_lossy(&text).contains("not found") {
                 failures.push(format!("{}: model not found", choice.node));
                 continue;
@@ -244,12 +231,19 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
                 &choice.node,
                 &failures,
                 in_flight,
+                None,
             );
         }
         if k > 0 {
             tracing::info!(service = %ep.service.config.name, "served by {} after: {}", choice.node, failures.join("; "));
         }
-        return respond(resp.map(|b| b.boxed()), &choice.node, &failures, in_flight);
+        return respond(
+            resp.map(|b| b.boxed()),
+            &choice.node,
+            &failures,
+            in_flight,
+            Some(lease),
+        );
     }
     let why = if failures.is_empty() {
         "no candidate is configured".to_string()
@@ -262,12 +256,14 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
     )
 }
 
-fn transport_error(e: &hyper_util::client::legacy::Error) -> String {
-    if e.is_connect() {
-        "connection refused".into()
-    } else {
+fn transport_error(e: &SendError) -> String {
+    match e {
+        SendError::Connect(_) => e.to_string(),
         // Through a -L tunnel whose far end is down, the connection closes unanswered.
-        "connection closed without an answer".into()
+        SendError::Exchange(e) if e.is_incomplete_message() || e.is_closed() || e.is_canceled() => {
+            "connection closed without an answer".into()
+        }
+        SendError::Exchange(e) => format!("bad answer: {e}"),
     }
 }
 
@@ -279,6 +275,7 @@ fn respond(
     node: &str,
     tried: &[String],
     in_flight: RequestGuard,
+    lease: Option<Lease>,
 ) -> Response {
     let (mut head, body) = resp.into_parts();
     for h in HOP_BY_HOP {
@@ -305,6 +302,7 @@ fn respond(
         ndjson,
         node: node.to_string(),
         in_flight: Some(in_flight),
+        lease,
     };
     Response::from_parts(head, Body::new(body))
 }
@@ -320,6 +318,20 @@ struct Relay {
     node: String,
     /// Held until the answer ends (the candidate's requests in flight).
     in_flight: Option<RequestGuard>,
+    /// The upstream connection, back to its pool once the answer was read to the end.
+    lease: Option<Lease>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // An answer with nothing left to read (a bodiless one, say) may never be
+        // polled to its end.
+        if self.in_flight.is_some() && hyper::body::Body::is_end_stream(&self.inner) {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
+    }
 }
 
 impl Relay {
@@ -358,6 +370,9 @@ impl hyper::body::Body for Relay {
             }
             Poll::Ready(None) => {
                 this.in_flight = None;
+                if let Some(lease) = this.lease.take() {
+                    lease.release();
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {

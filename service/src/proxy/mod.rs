@@ -5,6 +5,7 @@
 
 pub mod http;
 mod tcp;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,163 @@
+//! Keep-alive HTTP/1.1 connections to one candidate, for the HTTP endpoint.
+//!
+//! A request takes an idle connection (the most recently used: the one least likely
+//! to have been closed by the other side) or opens one. A connection goes back to
+//! the pool only when its answer has been read to the end; one that fails, or whose
+//! answer is dropped half-way, is closed. A pooled connection the backend closed
+//! while idle is noticed before the request is written (hyper gives the request
+//! back), and the request goes out on another connection to the same node instead
+//! of counting as that node's failure. Idle connections close after `IDLE`, so an
+//! on-demand tunnel is not held open by a pool.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderValue, Request, Response};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::config::HostPort;
+
+/// Idle connections close after this.
+pub const IDLE: Duration = Duration::from_secs(5);
+/// At most this many idle connections are kept per node.
+const MAX_IDLE: usize = 256;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+pub struct Upstream {
+    address: HostPort,
+    /// The `Host` header for requests to it.
+    host: Option<HeaderValue>,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+/// Why a request could not be sent or answered.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened (refused, unreachable, timed out).
+    Connect(String),
+    /// The connection failed before an answer came (closed, reset, bad answer).
+    Exchange(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "cannot connect: {e}"),
+            SendError::Exchange(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A connection lent to one request; `release` gives it back once its answer has
+/// been read to the end. Dropped otherwise, it closes.
+pub struct Lease {
+    sender: Sender,
+    upstream: Arc<Upstream>,
+}
+
+impl Lease {
+    pub fn release(self) {
+        self.upstream.put(self.sender);
+    }
+}
+
+impl Upstream {
+    pub fn new(address: HostPort, connect_timeout: Duration) -> Upstream {
+        Upstream {
+            host: HeaderValue::try_from(address.to_string()).ok(),
+            address,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((sender, since)) = idle.pop() {
+            if since.elapsed() < IDLE && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    /// Closes the connections idle for `IDLE` or more.
+    pub fn sweep(&self) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(s, since)| since.elapsed() < IDLE && !s.is_closed());
+    }
+
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let addr = (self.address.host.as_str(), self.address.port);
+        let stream =
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    SendError::Connect(format!("no answer within {:?}", self.connect_timeout))
+                })?
+                .map_err(|e| SendError::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Exchange)?;
+        tokio::spawn(async move {
+            // Ends when the connection closes; its error is the request's to report.
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` (its URI in origin form: path and query) and waits for the
+    /// answer's head.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        if let Some(host) = &self.host {
+            req.headers_mut().insert(header::HOST, host.clone());
+        }
+        // Pooled connections first; a closed one hands the request back unsent.
+        while let Some(mut sender) = self.take() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lease(sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, self.lease(sender))),
+            Err(e) => Err(SendError::Exchange(e)),
+        }
+    }
+
+    fn lease(self: &Arc<Self>, sender: Sender) -> Lease {
+        Lease {
+            sender,
+            upstream: self.clone(),
+        }
+    }
+}
