@@ -161,3 +161,113 @@ impl Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A minimal HTTP/1.1 server: answers "ok" to each request; with `close`, closes
+    /// the connection after each answer. Counts the connections it accepted.
+    async fn server(close: bool) -> (HostPort, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        let Ok(n) = s.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(answer).await.is_err() {
+                                return;
+                            }
+                            if close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let addr = HostPort {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        (addr, accepted)
+    }
+
+    async fn get(up: &Arc<Upstream>) -> Result<String, SendError> {
+        use http_body_util::BodyExt;
+        let req = Request::get("/api/version")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let (resp, lease) = up.send(req).await?;
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        lease.release();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn answers_read_to_the_end_reuse_their_connection() {
+        let (addr, accepted) = server(false).await;
+        let up = Arc::new(Upstream::new(addr, Duration::from_secs(2)));
+        for _ in 0..3 {
+            assert_eq!(get(&up).await.expect("answer"), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_not_a_failure() {
+        let (addr, accepted) = server(true).await;
+        let up = Arc::new(Upstream::new(addr, Duration::from_secs(2)));
+        assert_eq!(get(&up).await.expect("first"), "ok");
+        // Once the client side has seen the close, the pooled connection is skipped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while up
+            .idle
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(s, _)| !s.is_closed())
+        {
+            assert!(Instant::now() < deadline, "the close was never noticed");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(get(&up).await.expect("second"), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        drop(l);
+        let addr = HostPort {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let up = Arc::new(Upstream::new(addr, Duration::from_secs(2)));
+        match get(&up).await {
+            Err(SendError::Connect(why)) => assert!(why.contains("refused"), "{why}"),
+            other => panic!("expected a connect error, got {:?}", other.map(|_| ())),
+        }
+    }
+}
