@@ -32,7 +32,9 @@ fn keep_hidden() -> Duration {
 /// window shown again since.
 static SHOWN: AtomicU64 = AtomicU64::new(0);
 
-pub fn run() -> std::process::ExitCode {
+/// `from_tray`: started by the tray, which it then follows (see the module's doc);
+/// otherwise (`robbie-mesh-tray --dashboard` by hand) it is a plain window.
+pub fn run(from_tray: bool) -> std::process::ExitCode {
     let url = Client::from_env().dashboard_url();
     let app = tauri::Builder::default()
         .setup(move |app| {
@@ -44,11 +46,16 @@ pub fn run() -> std::process::ExitCode {
                 .inner_size(420.0, 680.0)
                 .build()?;
             SHOWN.fetch_add(1, Ordering::SeqCst);
-            follow_tray(app.handle().clone());
+            if from_tray {
+                follow_tray(app.handle().clone());
+            }
             Ok(())
         })
-        .on_window_event(|w, e| {
+        .on_window_event(move |w, e| {
             if let WindowEvent::CloseRequested { api, .. } = e {
+                if !from_tray {
+                    return; // nothing could show it again: it closes
+                }
                 api.prevent_close();
                 let _ = w.hide();
                 exit_later(w.app_handle().clone(), keep_hidden());

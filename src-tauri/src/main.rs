@@ -76,7 +76,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     if std::env::args().any(|a| a == "--dashboard") {
-        return dashboard::run();
+        return dashboard::run(std::env::args().any(|a| a == "--from-tray"));
     }
     let app = tauri::Builder::default()
         // One instance: a second launch opens the first one's dashboard.
@@ -537,7 +537,7 @@ fn open_dashboard(app: &AppHandle) {
         Err(e) => return tracing::warn!("cannot open the dashboard: {e}"),
     };
     let child = std::process::Command::new(exe)
-        .arg("--dashboard")
+        .args(["--dashboard", "--from-tray"])
         .env("ROBBIE_MESH_API", state.client.api_addr())
         .stdin(std::process::Stdio::piped())
         .spawn();
