@@ -22,10 +22,17 @@ const LABEL: &str = "dashboard";
 /// process goes (about 120 MiB with WebKit's). `ROBBIE_MESH_TRAY_KEEP_HIDDEN`
 /// (seconds) changes it.
 fn keep_hidden() -> Duration {
-    std::env::var("ROBBIE_MESH_TRAY_KEEP_HIDDEN")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(Duration::from_secs(120), Duration::from_secs)
+    const DEFAULT: Duration = Duration::from_secs(120);
+    let Ok(v) = std::env::var("ROBBIE_MESH_TRAY_KEEP_HIDDEN") else {
+        return DEFAULT;
+    };
+    v.trim().parse().map(Duration::from_secs).unwrap_or_else(|_| {
+        tracing::warn!(
+            "ROBBIE_MESH_TRAY_KEEP_HIDDEN={v:?} is not a whole number of seconds; keeping the default, {} s",
+            DEFAULT.as_secs()
+        );
+        DEFAULT
+    })
 }
 
 /// Counts the showings, so that an exit planned at one hiding does not close a

@@ -219,23 +219,17 @@ fn signed_us(a: Duration, b: Duration) -> String {
 /// CPU time (ns) used so far by the process `pid`, its threads and its child
 /// processes (nginx's workers), from the scheduler's per-thread accounting.
 fn cpu_ns(pid: u32) -> u64 {
-    let threads = |p: u32| -> u64 {
-        std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .sum()
-    };
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    threads(pid)
-        + children
-            .split_whitespace()
-            .filter_map(|c| c.parse().ok())
-            .map(threads)
-            .sum::<u64>()
+    mesh_tests::process_tree(pid)
+        .into_iter()
+        .flat_map(|p| {
+            std::fs::read_dir(format!("/proc/{p}/task"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Pins every thread of process `pid` to `cpu` (None: any CPU).
@@ -256,15 +250,6 @@ fn pin(pid: u32, cpu: Option<usize>) {
             let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
         }
     }
-}
-
-/// `pid` and its child processes (nginx's master and workers).
-fn process_tree(pid: u32) -> Vec<u32> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    std::iter::once(pid)
-        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
-        .collect()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -537,7 +522,7 @@ async fn main() {
         let me = std::process::id();
         pin(me, Some(0));
         pin(mesh.0.id(), Some(1));
-        for p in process_tree(nginx.0.id()) {
+        for p in mesh_tests::process_tree(nginx.0.id()) {
             pin(p, Some(1));
         }
         let mut loads: Vec<Load> = (0..3).map(|_| Load::default()).collect();
@@ -550,7 +535,7 @@ async fn main() {
         }
         pin(me, None);
         pin(mesh.0.id(), None);
-        for p in process_tree(nginx.0.id()) {
+        for p in mesh_tests::process_tree(nginx.0.id()) {
             pin(p, None);
         }
         let d = loads[0].rps();

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesh_tests::postgres::{bin_dir, psql, Postgres};
+use mesh_tests::postgres::{bin_dir, book_syncing_to, client_args, migrate, psql, Postgres};
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{free_port, peer_toml, trust, wait_for, DEADLINE};
+use mesh_tests::{wait_for, DEADLINE};
 use serde_json::{json, Value};
 
 const APPENDS: usize = 2_000;
@@ -186,34 +186,11 @@ impl Node {
 
 fn main() {
     let primary = Postgres::primary();
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", primary.port);
-    let out = Command::new(release_bin())
-        .args(["db", "migrate", "--url", &url])
-        .output()
-        .expect("migrate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    migrate(&release_bin(), &primary.url());
     let sshd = Sshd::start();
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir on disk");
     let store_path = dir.path().join("book.db");
-    let (api, endpoint, tunnel) = (free_port(), free_port(), free_port());
-    let fwd = format!("[[peer.forward]]\nname = \"aurora-postgres\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"127.0.0.1:{}\"\n", primary.port);
-    let cfg = dir.path().join("book.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "node = \"robbiebook1\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n{}\n\
-             [[service]]\nname = \"postgres\"\nkind = \"postgres\"\nlisten = \"127.0.0.1:{endpoint}\"\n\
-             candidates = [{{ node = \"aurora\", tunnel = \"aurora-postgres\" }}]\n\
-             [store]\npath = \"{}\"\n[store.sync]\nservice = \"postgres\"\ndatabase = \"postgres\"\nuser = \"postgres\"\n",
-            peer_toml("aurora", &sshd, &trust(&sshd), &fwd),
-            store_path.display()
-        ),
-    )
-    .expect("config");
+    let (cfg, api) = book_syncing_to(&primary, &sshd, dir.path(), "book.db", "", "");
 
     println!("robbie-mesh store benchmark (store on ext4 with synchronous=FULL; the harness's primary runs with fsync=off)");
     println!();
@@ -285,32 +262,13 @@ fn main() {
     assert!(psql(primary.port, "DROP DATABASE IF EXISTS seedcopy").0);
     assert!(psql(primary.port, "CREATE DATABASE seedcopy").0);
     let mut dump = Command::new(bin.join("pg_dump"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
+        .args(client_args(primary.port, "postgres"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("pg_dump");
     let restore = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "seedcopy",
-        ])
+        .args(["-X", "-q"])
+        .args(client_args(primary.port, "seedcopy"))
         .stdin(dump.stdout.take().expect("pipe"))
         .stdout(Stdio::null())
         .status()

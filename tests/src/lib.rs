@@ -168,6 +168,19 @@ impl Mesh {
         self.wait_state(name, DEADLINE, TunnelState::is_up).await.1
     }
 
+    /// Who serves the first service now (`null` when nothing is up).
+    pub async fn route(&self) -> serde_json::Value {
+        self.api_get("/v1/status").await["services"][0]["route"].clone()
+    }
+
+    /// Waits until the first service is routed to `node`; how long it took.
+    pub async fn wait_route(&self, node: &str, deadline: Duration) -> Duration {
+        eventually(deadline, &format!("route to {node}"), || async {
+            self.route().await == node
+        })
+        .await
+    }
+
     pub async fn api_get(&self, path: &str) -> serde_json::Value {
         reqwest::get(format!("http://{}{path}", self.api))
             .await
@@ -313,4 +326,61 @@ pub fn lines_of(
         }
     });
     rx
+}
+
+/// The GPU seam: an `nvidia-smi` in `dir` that prints what a desktop with an RTX
+/// 4090 (24 GiB) prints, `used_mib` of it in use.
+pub fn fake_nvidia_smi(dir: &std::path::Path, used_mib: u32) -> std::path::PathBuf {
+    let smi = dir.join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        format!("#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, {used_mib}'\n"),
+    )
+    .expect("write nvidia-smi");
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod nvidia-smi");
+    smi
+}
+
+/// The node an endpoint's answer names (its `x-robbie-node` header).
+pub fn served_by(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(robbie_mesh::proxy::http::NODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `<target>/test-artifacts`, where tests keep screenshots; made if missing.
+pub fn artifacts_dir() -> std::path::PathBuf {
+    let dir = std::env::current_exe()
+        .expect("test exe")
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    dir
+}
+
+/// `root` and its descendants.
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut all = vec![root];
+    let mut i = 0;
+    while i < all.len() {
+        // Each thread's children (a process started from any thread is listed there).
+        let threads = std::fs::read_dir(format!("/proc/{}/task", all[i]))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for t in threads {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            all.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    all
 }

@@ -6,7 +6,8 @@ use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use crate::{free_port, wait_for, DEADLINE};
+use crate::sshd::Sshd;
+use crate::{free_port, peer_toml, trust, wait_for, DEADLINE};
 
 /// The directory of the installed PostgreSQL binaries (Debian layout).
 pub fn bin_dir() -> PathBuf {
@@ -172,6 +173,11 @@ impl Postgres {
         std::fs::write(&path, text).expect("write postgresql.conf");
     }
 
+    /// Its `postgres` database as a URL.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
     pub fn start(&mut self) {
         let log = std::fs::File::create(self.data.parent().expect("dir").join("postgres.log"))
             .expect("log");
@@ -220,24 +226,43 @@ impl Drop for Postgres {
     }
 }
 
+/// The arguments that point a PostgreSQL client (psql, pg_dump) at database `db`
+/// of the server on 127.0.0.1:`port`, as `postgres`.
+pub fn client_args(port: u16, db: &str) -> [String; 8] {
+    [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        db,
+    ]
+    .map(String::from)
+}
+
+/// `robbie-mesh db migrate --url URL` with the binary `bin`, which must succeed; its
+/// output.
+pub fn migrate(bin: &Path, url: &str) -> String {
+    let out = Command::new(bin)
+        .args(["db", "migrate", "--url", url])
+        .output()
+        .expect("db migrate");
+    assert!(
+        out.status.success(),
+        "db migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `psql -Atc SQL` against 127.0.0.1:`port`: (success, stdout, stderr).
 pub fn psql(port: u16, sql: &str) -> (bool, String, String) {
     let out = Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
+        .args(["-X", "-A", "-t"])
+        .args(client_args(port, "postgres"))
+        .args(["-c", sql])
         .env("PGCONNECT_TIMEOUT", "5")
         .output()
         .expect("psql (postgresql-client)");
@@ -246,4 +271,34 @@ pub fn psql(port: u16, sql: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// robbiebook1's config, written to `dir/book.toml`: its store (`dir/<store>`)
+/// syncs with aurora's PostgreSQL (`primary`, behind `sshd`) through a tunnel and
+/// the `postgres` endpoint. `service_extra` and `sync_extra` are more lines for the
+/// service and `[store.sync]`. Returns the file and the API port.
+pub fn book_syncing_to(
+    primary: &Postgres,
+    sshd: &Sshd,
+    dir: &Path,
+    store: &str,
+    service_extra: &str,
+    sync_extra: &str,
+) -> (PathBuf, u16) {
+    let (api, endpoint, tunnel) = (free_port(), free_port(), free_port());
+    let fwd = format!(
+        "[[peer.forward]]\nname = \"aurora-postgres\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"127.0.0.1:{}\"\n",
+        primary.port
+    );
+    let text = format!(
+        "node = \"robbiebook1\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n{}\n\
+         [[service]]\nname = \"postgres\"\nkind = \"postgres\"\nlisten = \"127.0.0.1:{endpoint}\"\n\
+         candidates = [{{ node = \"aurora\", tunnel = \"aurora-postgres\" }}]\n{service_extra}\
+         [store]\npath = \"{}\"\n[store.sync]\nservice = \"postgres\"\ndatabase = \"postgres\"\nuser = \"postgres\"\n{sync_extra}",
+        peer_toml("aurora", sshd, &trust(sshd), &fwd),
+        dir.join(store).display()
+    );
+    let path = dir.join("book.toml");
+    std::fs::write(&path, text).expect("config");
+    (path, api)
 }

@@ -231,15 +231,7 @@ fn status_shows_services_first_and_node_reports_its_gpu() {
         &["llama3.2:3b"],
     ));
     let home = tempfile::tempdir().expect("home");
-    // The GPU seam: an nvidia-smi that prints what a desktop with an RTX 4090 prints.
-    let smi = home.path().join("nvidia-smi");
-    std::fs::write(
-        &smi,
-        "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 1031'\n",
-    )
-    .expect("write");
-    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let smi = mesh_tests::fake_nvidia_smi(home.path(), 1031);
     // A squatter holds the second service's port, as a local Ollama on 11434 would.
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken = squatter.local_addr().expect("addr").port();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mesh_tests::ollama::OllamaStub;
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{eventually, two_node_ollama, Mesh};
+use mesh_tests::{two_node_ollama, Mesh};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_follows_a_failover_live() {
@@ -19,10 +19,7 @@ async fn the_dashboard_follows_a_failover_live() {
     let book = OllamaStub::start("book", &["llama3.2:3b"]).await;
     let (cfg, _) = two_node_ollama(&sshd, aurora.addr, book.addr, "");
     let mesh = Mesh::start(&cfg).await;
-    eventually(Duration::from_secs(10), "route to aurora", || async {
-        mesh.api_get("/v1/status").await["services"][0]["route"] == "aurora"
-    })
-    .await;
+    mesh.wait_route("aurora", Duration::from_secs(10)).await;
 
     // The page is served by the API, with a strict content security policy.
     let index = reqwest::get(format!("http://{}/", mesh.api))
@@ -33,13 +30,7 @@ async fn the_dashboard_follows_a_failover_live() {
         .to_str()
         .is_ok_and(|c| c.contains("script-src 'self'")));
 
-    let artifacts = std::env::current_exe()
-        .expect("exe")
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target")
-        .join("test-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let artifacts = mesh_tests::artifacts_dir();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/dashboard.mjs");
     let mut node = Command::new("node")
         .arg(&script)

@@ -16,6 +16,20 @@ fn forward(local: u16, backend: std::net::SocketAddr) -> String {
     format!("[[peer.forward]]\nname = \"echo\"\nlocal = \"127.0.0.1:{local}\"\nremote = \"{backend}\"\n")
 }
 
+/// A mesh with peer "aurora" at `sshd`, checked against `known_hosts` (plus the
+/// peer settings in `extra`), forwarding a fresh echo server; and the local port.
+async fn echo_mesh(sshd: &Sshd, known_hosts: &std::path::Path, extra: &str) -> (Mesh, u16) {
+    let backend = echo().await;
+    let local = free_port();
+    let cfg = peer_toml(
+        "aurora",
+        sshd,
+        known_hosts,
+        &format!("{extra}{}", forward(local, backend)),
+    );
+    (Mesh::start(&cfg).await, local)
+}
+
 /// Nothing comes back through the forward: the connection is closed without data.
 async fn nothing_forwarded(local: u16) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", local)).await else {
@@ -31,15 +45,7 @@ async fn nothing_forwarded(local: u16) {
 async fn changed_host_key_is_refused_with_an_alarm() {
     let mut sshd = Sshd::start();
     let known_hosts = trust(&sshd);
-    let backend = echo().await;
-    let local = free_port();
-    let mesh = Mesh::start(&peer_toml(
-        "aurora",
-        &sshd,
-        &known_hosts,
-        &forward(local, backend),
-    ))
-    .await;
+    let (mesh, local) = echo_mesh(&sshd, &known_hosts, "").await;
     mesh.wait_up("echo").await;
     let mut events = mesh.service.events.subscribe();
 
@@ -68,16 +74,8 @@ async fn changed_host_key_is_refused_with_an_alarm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_host_is_refused_unless_accept_new() {
     let sshd = Sshd::start();
-    let backend = echo().await;
-    let local = free_port();
     let known_hosts = sshd.dir.path().join("empty_known_hosts");
-    let mesh = Mesh::start(&peer_toml(
-        "aurora",
-        &sshd,
-        &known_hosts,
-        &forward(local, backend),
-    ))
-    .await;
+    let (mesh, local) = echo_mesh(&sshd, &known_hosts, "").await;
     let (state, _) = mesh
         .wait_state("echo", Duration::from_secs(10), |s| {
             s.reason().is_some_and(|r| r.contains("host key for"))
@@ -92,14 +90,7 @@ async fn unknown_host_is_refused_unless_accept_new() {
     nothing_forwarded(local).await;
     drop(mesh);
 
-    let local = free_port();
-    let cfg = peer_toml(
-        "aurora",
-        &sshd,
-        &known_hosts,
-        &format!("accept_new = true\n{}", forward(local, backend)),
-    );
-    let mesh = Mesh::start(&cfg).await;
+    let (mesh, _) = echo_mesh(&sshd, &known_hosts, "accept_new = true\n").await;
     mesh.wait_up("echo").await;
     let recorded = std::fs::read_to_string(&known_hosts).expect("known_hosts written");
     assert!(
@@ -126,14 +117,6 @@ async fn hashed_known_hosts_from_ssh_keyscan() {
     assert!(scanned.starts_with("|1|"), "hashed entry: {scanned}");
     let known_hosts = sshd.dir.path().join("hashed_known_hosts");
     std::fs::write(&known_hosts, &scanned).expect("write");
-    let backend = echo().await;
-    let local = free_port();
-    let mesh = Mesh::start(&peer_toml(
-        "aurora",
-        &sshd,
-        &known_hosts,
-        &forward(local, backend),
-    ))
-    .await;
+    let (mesh, _) = echo_mesh(&sshd, &known_hosts, "").await;
     mesh.wait_up("echo").await;
 }

@@ -15,14 +15,7 @@ use serde_json::json;
 async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
     // vengeance: its own robbie-mesh, whose nvidia-smi reports a 24 GiB RTX 4090.
     let dir = tempfile::tempdir().expect("tempdir");
-    let smi = dir.path().join("nvidia-smi");
-    std::fs::write(
-        &smi,
-        "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 0'\n",
-    )
-    .expect("write");
-    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let smi = mesh_tests::fake_nvidia_smi(dir.path(), 0);
     let v_api = free_port();
     let v_cfg = dir.path().join("vengeance.toml");
     std::fs::write(
@@ -91,10 +84,7 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
                 .send()
                 .await
                 .expect("request");
-            r.headers()["x-robbie-node"]
-                .to_str()
-                .unwrap_or("")
-                .to_string()
+            mesh_tests::served_by(&r)
         }
     };
     assert_eq!(

@@ -26,11 +26,7 @@ async fn connected_only_while_needed() {
         aurora.addr
     );
     let mesh = Mesh::start(&cfg).await;
-    let route = || async { mesh.api_get("/v1/status").await["services"][0]["route"].clone() };
-    eventually(Duration::from_secs(10), "route to aurora", || async {
-        route().await == "aurora"
-    })
-    .await;
+    mesh.wait_route("aurora", Duration::from_secs(10)).await;
     // Not needed: no session at all.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = mesh.tunnel("runpod-ollama").snapshot().state;
@@ -42,24 +38,18 @@ async fn connected_only_while_needed() {
 
     // Aurora fails: RunPod is connected and serves.
     *aurora.fail_with.lock().expect("lock") = Some(500);
-    eventually(Duration::from_secs(15), "route to runpod", || async {
-        route().await == "runpod"
-    })
-    .await;
+    mesh.wait_route("runpod", Duration::from_secs(15)).await;
     let r = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{endpoint}/api/generate"))
         .json(&json!({"model": "llama3.2:3b", "prompt": "hi"}))
         .send()
         .await
         .expect("request");
-    assert_eq!(r.headers()["x-robbie-node"], "runpod");
+    assert_eq!(mesh_tests::served_by(&r), "runpod");
 
     // Aurora is back: traffic returns after the hold-down, RunPod is released after 1 s idle.
     *aurora.fail_with.lock().expect("lock") = None;
-    eventually(Duration::from_secs(15), "route back to aurora", || async {
-        route().await == "aurora"
-    })
-    .await;
+    mesh.wait_route("aurora", Duration::from_secs(15)).await;
     let (state, _) = mesh
         .wait_state("runpod-ollama", Duration::from_secs(10), |s| {
             s.reason().is_some_and(|r| r.contains("on demand"))

@@ -66,10 +66,7 @@ async fn psql_reaches_the_primary_then_the_replica() {
     })
     .await
     .expect("stop");
-    eventually(Duration::from_secs(15), "route to the replica", || async {
-        mesh.api_get("/v1/status").await["services"][0]["route"] == "vengeance"
-    })
-    .await;
+    mesh.wait_route("vengeance", Duration::from_secs(15)).await;
     let (ok, out, err) = q("SELECT pg_is_in_recovery(), count(*) FROM notes")
         .await
         .expect("psql");

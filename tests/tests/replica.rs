@@ -188,10 +188,7 @@ async fn a_replica_bootstrapped_through_the_tunnel_streams_survives_a_cut_and_ca
 
     // The primary stops: psql through the endpoint gets the replica, read-only.
     primary.stop();
-    eventually(Duration::from_secs(15), "route to the replica", || async {
-        mesh.api_get("/v1/status").await["services"][0]["route"] == "vengeance"
-    })
-    .await;
+    mesh.wait_route("vengeance", Duration::from_secs(15)).await;
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
         psql(endpoint, "SELECT pg_is_in_recovery(), count(*) FROM notes")
     })

@@ -32,22 +32,11 @@ async fn setup() -> Setup {
         mesh,
         endpoint: format!("http://127.0.0.1:{endpoint}"),
     };
-    s.wait_route("aurora", Duration::from_secs(10)).await;
+    s.mesh.wait_route("aurora", Duration::from_secs(10)).await;
     s
 }
 
 impl Setup {
-    async fn route(&self) -> Value {
-        self.mesh.api_get("/v1/status").await["services"][0]["route"].clone()
-    }
-
-    async fn wait_route(&self, node: &str, deadline: Duration) -> Duration {
-        eventually(deadline, &format!("route to {node}"), || async {
-            self.route().await == node
-        })
-        .await
-    }
-
     /// A streamed generate; returns the node header and the NDJSON lines.
     async fn generate(&self, model: &str) -> (String, Vec<Value>) {
         let resp = reqwest::Client::new()
@@ -57,12 +46,7 @@ impl Setup {
             .await
             .expect("request");
         assert_eq!(resp.status(), 200, "{:?}", resp.headers());
-        let node = resp
-            .headers()
-            .get("x-robbie-node")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let node = mesh_tests::served_by(&resp);
         if let Some(tried) = resp.headers().get("x-robbie-tried") {
             eprintln!("{node} served after trying: {tried:?}");
         }
@@ -102,7 +86,7 @@ async fn fails_over_and_back_after_the_hold_down() {
         assert_eq!(node, "book");
         assert_eq!(said(&lines), "hello from book");
     }
-    s.wait_route("book", Duration::from_secs(3)).await;
+    s.mesh.wait_route("book", Duration::from_secs(3)).await;
     let mut reason = None;
     while let Ok(e) = events.try_recv() {
         if let EventKind::Route {
@@ -148,7 +132,7 @@ async fn fails_over_and_back_after_the_hold_down() {
     let online_at = Instant::now();
     let (node, _) = s.generate("llama3.2:3b").await;
     assert_eq!(node, "book", "held down right after recovery");
-    s.wait_route("aurora", Duration::from_secs(6)).await;
+    s.mesh.wait_route("aurora", Duration::from_secs(6)).await;
     assert!(
         online_at.elapsed() >= Duration::from_secs(2),
         "came back before the hold-down: {:?}",

@@ -126,7 +126,7 @@ fn pg(port: u16, sql: &str) -> String {
 }
 
 async fn migrate(primary: &Postgres) {
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", primary.port);
+    let url = primary.url();
     let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("connect");
@@ -348,7 +348,7 @@ async fn two_writers_apart_converge() {
 async fn a_row_committed_late_with_a_lower_change_id_is_not_skipped() {
     let primary = Postgres::primary();
     migrate(&primary).await;
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", primary.port);
+    let url = primary.url();
     let connect = || async {
         let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesh_tests::postgres::{psql, Postgres};
+use mesh_tests::postgres::{book_syncing_to, migrate, psql, Postgres};
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{free_port, peer_toml, trust, wait_for, DEADLINE};
+use mesh_tests::{wait_for, DEADLINE};
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 200;
@@ -142,45 +142,22 @@ fn primary_messages(port: u16) -> (BTreeMap<String, String>, usize) {
 #[test]
 fn a_crash_campaign_loses_and_duplicates_nothing() {
     let primary = Postgres::primary();
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", primary.port);
-    let out = Command::new(bin())
-        .args(["db", "migrate", "--url", &url])
-        .output()
-        .expect("db migrate");
+    assert!(migrate(&bin(), &primary.url()).contains("version 0 -> 1"));
     assert!(
-        out.status.success(),
-        "db migrate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("version 0 -> 1"));
-    let again = Command::new(bin())
-        .args(["db", "migrate", "--url", &url])
-        .output()
-        .expect("db migrate");
-    assert!(
-        String::from_utf8_lossy(&again.stdout).contains("up to date"),
+        migrate(&bin(), &primary.url()).contains("up to date"),
         "idempotent"
     );
 
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (api, endpoint, tunnel) = (free_port(), free_port(), free_port());
-    let fwd = format!("[[peer.forward]]\nname = \"aurora-postgres\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"127.0.0.1:{}\"\n", primary.port);
-    let cfg = dir.path().join("book.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "node = \"robbiebook1\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n{}\n\
-             [[service]]\nname = \"postgres\"\nkind = \"postgres\"\nlisten = \"127.0.0.1:{endpoint}\"\n\
-             candidates = [{{ node = \"aurora\", tunnel = \"aurora-postgres\" }}]\n\
-             probe = {{ local_interval = \"100ms\", remote_interval = \"100ms\" }}\n\
-             [store]\npath = \"{}\"\n[store.sync]\nservice = \"postgres\"\ndatabase = \"postgres\"\nuser = \"postgres\"\n\
-             interval = \"200ms\"\nretry = \"100ms\"\nbatch = 5\n",
-            peer_toml("aurora", &sshd, &trust(&sshd), &fwd),
-            dir.path().join("store.db").display()
-        ),
-    )
-    .expect("config");
+    let (cfg, api) = book_syncing_to(
+        &primary,
+        &sshd,
+        dir.path(),
+        "store.db",
+        "probe = { local_interval = \"100ms\", remote_interval = \"100ms\" }\n",
+        "interval = \"200ms\"\nretry = \"100ms\"\nbatch = 5\n",
+    );
 
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))

@@ -102,14 +102,7 @@ struct Mesh3 {
 
 async fn three_nodes() -> Mesh3 {
     let dir = tempfile::tempdir().expect("tempdir");
-    let smi = dir.path().join("nvidia-smi");
-    std::fs::write(
-        &smi,
-        "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 0'\n",
-    )
-    .expect("write");
-    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let smi = mesh_tests::fake_nvidia_smi(dir.path(), 0);
     let aurora = Node::start("aurora", &["llama3.2:3b"], None);
     let vengeance = Node::start(
         "vengeance",
@@ -139,22 +132,11 @@ async fn three_nodes() -> Mesh3 {
         endpoint: format!("http://127.0.0.1:{endpoint}"),
         _dir: dir,
     };
-    m.wait_route("aurora", Duration::from_secs(15)).await;
+    m.mesh.wait_route("aurora", Duration::from_secs(15)).await;
     m
 }
 
 impl Mesh3 {
-    async fn route(&self) -> Value {
-        self.mesh.api_get("/v1/status").await["services"][0]["route"].clone()
-    }
-
-    async fn wait_route(&self, node: &str, deadline: Duration) -> Duration {
-        eventually(deadline, &format!("route to {node}"), || async {
-            self.route().await == node
-        })
-        .await
-    }
-
     async fn health(&self, i: usize) -> Value {
         self.mesh.api_get("/v1/status").await["services"][0]["candidates"][i]["health"].clone()
     }
@@ -209,12 +191,7 @@ async fn generate(
             resp.text().await.unwrap_or_default()
         ));
     }
-    let node = resp
-        .headers()
-        .get("x-robbie-node")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let node = mesh_tests::served_by(&resp);
     let text = resp.text().await.map_err(|e| format!("body: {e}"))?;
     let lines = text
         .lines()
@@ -261,6 +238,15 @@ impl Load {
             (failed, served)
         });
         Load { stop, done, task }
+    }
+
+    /// Waits until `more` requests have completed since now.
+    async fn wait_more(&self, more: usize, what: &str) {
+        let before = self.done.load(Ordering::Relaxed);
+        eventually(Duration::from_secs(10), what, || async {
+            self.done.load(Ordering::Relaxed) >= before + more
+        })
+        .await;
     }
 
     async fn finish(self) -> (usize, Vec<String>, Vec<String>) {
@@ -310,20 +296,14 @@ async fn full_mesh_then_aurora_cut_off_then_back_after_the_hold_down() {
     // Test 2: aurora's link goes down mid-traffic; every request succeeds.
     let mut events = m.mesh.service.events.subscribe();
     let load = Load::start(&m.endpoint);
-    eventually(Duration::from_secs(5), "traffic flowing", || async {
-        load.done.load(Ordering::Relaxed) >= 5
-    })
-    .await;
+    load.wait_more(5, "traffic flowing").await;
     let cut_at = Instant::now();
     m.aurora.ns.cut();
-    let moved = m.wait_route("vengeance", Duration::from_secs(10)).await;
-    let before = load.done.load(Ordering::Relaxed);
-    eventually(
-        Duration::from_secs(10),
-        "requests after the move",
-        || async { load.done.load(Ordering::Relaxed) >= before + 10 },
-    )
-    .await;
+    let moved = m
+        .mesh
+        .wait_route("vengeance", Duration::from_secs(10))
+        .await;
+    load.wait_more(10, "requests after the move").await;
     let (total, failed, served) = load.finish().await;
     eprintln!(
         "route moved {moved:?} after the cut; {total} requests, {} failed",
@@ -363,7 +343,7 @@ async fn full_mesh_then_aurora_cut_off_then_back_after_the_hold_down() {
         "vengeance",
         "held down right after recovery"
     );
-    m.wait_route("aurora", Duration::from_secs(10)).await;
+    m.mesh.wait_route("aurora", Duration::from_secs(10)).await;
     let back = online_at.elapsed();
     assert!(
         back >= HOLD_DOWN - Duration::from_millis(500),
@@ -428,20 +408,13 @@ async fn airplane_mode_serves_the_local_ollama_and_a_node_dying_mid_stream_says_
 
     // Test 3, airplane mode: both links go down; robbiebook1's own Ollama serves.
     let load = Load::start(&m.endpoint);
-    eventually(Duration::from_secs(5), "traffic flowing", || async {
-        load.done.load(Ordering::Relaxed) >= 5
-    })
-    .await;
+    load.wait_more(5, "traffic flowing").await;
     m.aurora.ns.cut();
     m.vengeance.ns.cut();
-    m.wait_route("robbiebook1", Duration::from_secs(10)).await;
-    let before = load.done.load(Ordering::Relaxed);
-    eventually(
-        Duration::from_secs(10),
-        "requests in airplane mode",
-        || async { load.done.load(Ordering::Relaxed) >= before + 10 },
-    )
-    .await;
+    m.mesh
+        .wait_route("robbiebook1", Duration::from_secs(10))
+        .await;
+    load.wait_more(10, "requests in airplane mode").await;
     let (total, failed, served) = load.finish().await;
     assert!(
         failed.is_empty(),
@@ -460,7 +433,7 @@ async fn airplane_mode_serves_the_local_ollama_and_a_node_dying_mid_stream_says_
     // Landed: both come back, and aurora serves again after the hold-down.
     m.aurora.ns.heal();
     m.vengeance.ns.heal();
-    m.wait_route("aurora", Duration::from_secs(25)).await;
+    m.mesh.wait_route("aurora", Duration::from_secs(25)).await;
     assert_eq!(
         generate(&client, &m.endpoint, "llama3.2:3b")
             .await

@@ -10,20 +10,12 @@ use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mesh_tests::netns::Proc;
 use mesh_tests::ollama::OllamaStub;
 use mesh_tests::sshd::Sshd;
 use mesh_tests::{eventually, two_node_ollama, Mesh};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `xvfb-run` with everything it starts (Xvfb, the tray, the dashboard's process
 /// and WebKit's) in a process group of its own, ended together on drop — killing
@@ -63,7 +55,7 @@ impl Drop for Display {
 
 /// The host script: commands in, lines out.
 struct Host {
-    _proc: Killed,
+    _proc: Proc,
     stdin: ChildStdin,
     lines: UnboundedReceiver<String>,
     notifications: Vec<Value>,
@@ -82,7 +74,7 @@ impl Host {
         let stdin = child.stdin.take().expect("stdin");
         let lines = mesh_tests::lines_of(child.stdout.take().expect("stdout"));
         Host {
-            _proc: Killed(child),
+            _proc: Proc(child),
             stdin,
             lines,
             notifications: Vec::new(),
@@ -177,10 +169,7 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
     let book = OllamaStub::start("book", &["llama3.2:3b"]).await;
     let (cfg, _) = two_node_ollama(&sshd, aurora.addr, book.addr, "");
     let mesh = Mesh::start(&cfg).await;
-    eventually(Duration::from_secs(10), "route to aurora", || async {
-        mesh.api_get("/v1/status").await["services"][0]["route"] == "aurora"
-    })
-    .await;
+    mesh.wait_route("aurora", Duration::from_secs(10)).await;
 
     let mut host = Host::start();
     host.expect("READY").await;
@@ -317,14 +306,9 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
         answer_dialog(
             pid,
             "Import an SSH private key",
-            // GTK's location bar completes the path as it loads the folder: Return
-            // once that is done.
-            &["ctrl+l", &path, "pause", "Return"],
+            &["ctrl+l", &path],
+            "Return",
         );
-        if std::env::var_os("MESH_TRAY_DEBUG").is_some() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            x11(pid, &["shot", "/tmp/tray-shot.png"]);
-        }
         let imported = host
             .notification(
                 "about the imported key",
@@ -344,7 +328,7 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
                 .await;
             host.click(&format!("Delete {name} from the keychain"))
                 .await;
-            answer_dialog(pid, &format!("Delete SSH key {name}?"), &["alt+d"]);
+            answer_dialog(pid, &format!("Delete SSH key {name}?"), &[], "alt+d");
             let want = format!("SSH key {name} deleted");
             host.notification("about the deletion", |n| n["summary"] == want.as_str())
                 .await;
@@ -403,7 +387,7 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
     eventually(
         Duration::from_secs(20),
         "the hidden dashboard's processes gone",
-        || async { process_tree(pid).len() == 1 },
+        || async { mesh_tests::process_tree(pid).len() == 1 },
     )
     .await;
     let (rss, pss) = settle_memory(&bin, 1).await;
@@ -466,7 +450,11 @@ async fn settle_memory(bin: &std::path::Path, processes: usize) -> (f64, f64) {
             .unwrap_or(0.0)
             / 1024.0
     };
-    let tree = || tray_pid(bin).map(process_tree).unwrap_or_default();
+    let tree = || {
+        tray_pid(bin)
+            .map(mesh_tests::process_tree)
+            .unwrap_or_default()
+    };
     let end = Instant::now() + Duration::from_secs(20);
     let mut last = (0.0, 0.0);
     let mut steady = 0;
@@ -511,28 +499,6 @@ fn tray_pid(bin: &std::path::Path) -> Option<u32> {
                     .split(|b| *b == 0)
                     .any(|a| a == b"--dashboard")
         })
-}
-
-/// `root` and its descendants.
-fn process_tree(root: u32) -> Vec<u32> {
-    let mut all = vec![root];
-    let mut i = 0;
-    while i < all.len() {
-        // Each thread's children (a process started from any thread is listed there).
-        let threads = std::fs::read_dir(format!("/proc/{}/task", all[i]))
-            .into_iter()
-            .flatten()
-            .flatten();
-        for t in threads {
-            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            all.extend(
-                kids.split_whitespace()
-                    .filter_map(|k| k.parse::<u32>().ok()),
-            );
-        }
-        i += 1;
-    }
-    all
 }
 
 /// Accepts a notification whose summary starts with `prefix`.
@@ -601,41 +567,60 @@ fn x11(pid: u32, args: &[&str]) -> String {
     on_display(pid, "/usr/bin/python3", &all)
 }
 
-/// Types `keys` (xdotool words: `ctrl+l`, `Return`, or `type:TEXT`; `pause` waits
-/// half a second) into the window titled `title`, once it appears.
-fn answer_dialog(pid: u32, title: &str, keys: &[&str]) {
-    let id = on_display(
-        pid,
-        "timeout",
-        &[
-            "15",
-            "xdotool",
-            "search",
-            "--sync",
-            "--onlyvisible",
-            "--name",
-            title,
-        ],
-    );
+/// Types `keys` (xdotool words like `ctrl+l`, or `type:TEXT`) into the window
+/// titled `title` once it appears, then presses `confirm` until the window is gone
+/// (GTK's location bar may take a first Return to complete the path it is still
+/// loading). On failure a screenshot goes to the test artifacts.
+fn answer_dialog(pid: u32, title: &str, keys: &[&str], confirm: &str) {
+    let search = [
+        "15",
+        "xdotool",
+        "search",
+        "--sync",
+        "--onlyvisible",
+        "--name",
+        title,
+    ];
+    let id = on_display(pid, "timeout", &search);
     let id = id.lines().next().expect("a window").to_string();
     on_display(pid, "xdotool", &["windowfocus", "--sync", &id]);
     for k in keys {
-        if *k == "pause" {
-            std::thread::sleep(Duration::from_millis(500));
-            continue;
-        }
         match k.strip_prefix("type:") {
             Some(text) => on_display(pid, "xdotool", &["type", "--delay", "20", text]),
             None => on_display(pid, "xdotool", &["key", k]),
         };
     }
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        on_display(pid, "xdotool", &["key", confirm]);
+        let settle = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < settle {
+            if !window_shown(pid, |n| n.starts_with(title)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if Instant::now() > end {
+            let shot = mesh_tests::artifacts_dir().join("tray-dialog.png");
+            x11(pid, &["shot", &shot.to_string_lossy()]);
+            panic!(
+                "the dialog {title:?} never went (screen: {})",
+                shot.display()
+            );
+        }
+    }
+}
+
+/// Whether a window whose title `matches` is on screen.
+fn window_shown(pid: u32, matches: impl Fn(&str) -> bool) -> bool {
+    let windows: Value = serde_json::from_str(&x11(pid, &["windows"])).expect("json");
+    windows.as_array().is_some_and(|w| {
+        w.iter()
+            .any(|w| w["mapped"] == true && w["name"].as_str().is_some_and(&matches))
+    })
 }
 
 /// Whether the dashboard window is on screen.
 fn dashboard_mapped(pid: u32) -> bool {
-    let windows: Value = serde_json::from_str(&x11(pid, &["windows"])).expect("json");
-    windows.as_array().is_some_and(|w| {
-        w.iter()
-            .any(|w| w["name"] == "robbie-mesh" && w["mapped"] == true)
-    })
+    window_shown(pid, |n| n == "robbie-mesh")
 }

@@ -133,7 +133,10 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-fn forward_headers(from: &HeaderMap, to: &mut HeaderMap) {
+/// The client's headers that go on to the backend (the pool sets `Host`, hyper the
+/// length).
+fn forward_headers(from: &HeaderMap) -> HeaderMap {
+    let mut to = HeaderMap::with_capacity(from.len());
     for (name, value) in from {
         if !HOP_BY_HOP.contains(&name.as_str())
             && name != header::HOST
@@ -142,6 +145,7 @@ fn forward_headers(from: &HeaderMap, to: &mut HeaderMap) {
             to.append(name.clone(), value.clone());
         }
     }
+    to
 }
 
 async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
@@ -170,8 +174,7 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut forwarded = HeaderMap::with_capacity(parts.headers.len());
-    forward_headers(&parts.headers, &mut forwarded);
+    let forwarded = forward_headers(&parts.headers);
     let mut failures = Vec::new();
     let attempts = plan.order.len();
     for (k, choice) in plan.order.iter().enumerate() {

@@ -174,8 +174,14 @@ impl Store {
         self.inner.written.subscribe()
     }
 
-    fn wrote(&self) {
+    /// `with` for a local write: `writes()` changes once it is committed.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let done = self.with(f).await?;
         self.inner.written.send_modify(|n| *n += 1);
+        Ok(done)
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -207,8 +213,7 @@ impl Store {
     pub async fn create_conversation(&self, title: &str) -> Result<Conversation, StoreError> {
         check_title(title)?;
         let title = title.to_string();
-        let c = self
-            .with(move |conn, inner| {
+        self.write_with(move |conn, inner| {
                 let stamp = inner.tick();
                 let c = Conversation {
                     id: uuid::Uuid::now_v7().to_string(),
@@ -227,9 +232,7 @@ impl Store {
                 })?;
                 Ok(c)
             })
-            .await?;
-        self.wrote();
-        Ok(c)
+        .await
     }
 
     /// Renames and/or archives a conversation (a metadata write: newest stamp wins).
@@ -243,8 +246,7 @@ impl Store {
             check_title(t)?;
         }
         let id = id.to_string();
-        let c = self
-            .with(move |conn, inner| {
+        self.write_with(move |conn, inner| {
                 let mut c = get_conversation(conn, &id).map_err(|e| inner.sql(e))?.ok_or(StoreError::NoConversation(id))?;
                 c.title = title.unwrap_or(c.title);
                 c.archived = archived.unwrap_or(c.archived);
@@ -258,9 +260,7 @@ impl Store {
                 })?;
                 Ok(c)
             })
-            .await?;
-        self.wrote();
-        Ok(c)
+        .await
     }
 
     pub async fn conversation(&self, id: &str) -> Result<Conversation, StoreError> {
@@ -313,8 +313,7 @@ impl Store {
             )));
         }
         let (conversation, role) = (conversation.to_string(), role.to_string());
-        let m = self
-            .with(move |conn, inner| {
+        self.write_with(move |conn, inner| {
                 let m = Message {
                     id: uuid::Uuid::now_v7().to_string(),
                     conversation_id: conversation,
@@ -344,10 +343,7 @@ impl Store {
                     Err(StoreError::NoConversation(m.conversation_id))
                 }
             })
-            .await;
-        let m = m?;
-        self.wrote();
-        Ok(m)
+        .await
     }
 
     /// Oldest first; `after` (an id) pages on.
