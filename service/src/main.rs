@@ -74,6 +74,13 @@ enum Command {
         /// Show progress and return once nothing is pending (or fail with why not).
         #[arg(long)]
         wait: bool,
+        /// Compare this device with the primary, both directions: what is missing
+        /// where (exit status 1 when they differ).
+        #[arg(long)]
+        verify: bool,
+        /// With --verify: push what the primary lacks, fetch what this device lacks.
+        #[arg(long, requires = "verify")]
+        repair: bool,
         /// With --wait: give up after this long.
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
@@ -180,7 +187,16 @@ fn main() -> ExitCode {
         Command::Reconnect { tunnel, api } => reconnect(&tunnel, &api),
         Command::Pin { service, node, api } => pin(&service, Some(&node), &api),
         Command::Unpin { service, api } => pin(&service, None, &api),
-        Command::Sync { wait, timeout, api } => sync(wait, timeout, &api),
+        Command::Sync {
+            verify: true,
+            repair,
+            timeout,
+            api,
+            ..
+        } => sync_verify(repair, timeout, &api),
+        Command::Sync {
+            wait, timeout, api, ..
+        } => sync(wait, timeout, &api),
         Command::Db { command } => db(command),
         Command::Keys { command } => keys(command),
     };
@@ -481,6 +497,52 @@ fn db(command: DbCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sync --verify [--repair]`: the service compares (and repairs) on its connection.
+fn sync_verify(
+    repair: bool,
+    timeout: std::time::Duration,
+    api: &ApiArg,
+) -> anyhow::Result<ExitCode> {
+    let addr = api_addr(api);
+    eprintln!(
+        "comparing this device with the primary{}…",
+        if repair { " and repairing" } else { "" }
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (code, text) = rt.block_on(async {
+        let r = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()?
+            .post(format!("http://{addr}/v1/sync/verify"))
+            .json(&serde_json::json!({ "repair": repair }))
+            .send()
+            .await
+            .with_context(|| {
+                format!("cannot reach the service's API at {addr}: is `robbie-mesh run` running?")
+            })?;
+        let code = r.status();
+        anyhow::Ok((code, r.text().await?))
+    })?;
+    if !code.is_success() {
+        let why = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        bail!("cannot verify: {why}");
+    }
+    let report: robbie_mesh::store::verify::VerifyReport =
+        serde_json::from_str(&text).context("the API answered something that is not a report")?;
+    println!("{}", report.text());
+    let clean = report.after.as_ref().map_or(report.is_clean(), |a| a.is_clean());
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `sync --wait`: one round now, with progress, until nothing is pending.

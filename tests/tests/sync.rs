@@ -135,13 +135,13 @@ async fn migrate(primary: &Postgres) {
         robbie_mesh::store::sync::migrate(&mut client)
             .await
             .expect("migrate"),
-        (0, 1)
+        (0, robbie_mesh::store::sync::PG_SCHEMA_VERSION)
     );
     assert_eq!(
         robbie_mesh::store::sync::migrate(&mut client)
             .await
             .expect("again"),
-        (1, 1),
+        (2, 2),
         "idempotent"
     );
 }
@@ -359,8 +359,8 @@ async fn a_row_committed_late_with_a_lower_change_id_is_not_skipped() {
     let (mut early, late) = (connect().await, connect().await);
     let conv = uuid_v7();
     late.execute(
-        "INSERT INTO robbie.conversations (id, title, archived, created_at, origin, updated_hlc, device) \
-         VALUES ($1::text::uuid, 'written on aurora', false, 0, 'aurora', '0000000000000001-00000-x', 'other-device')",
+        "INSERT INTO robbie.conversations (id, title, archived, created_at, origin, updated_hlc, title_hlc, archived_hlc, device) \
+         VALUES ($1::text::uuid, 'written on aurora', false, 0, 'aurora', '0000000000000001-00000-x', '0000000000000001-00000-x', '0000000000000001-00000-x', 'other-device')",
         &[&conv],
     )
     .await

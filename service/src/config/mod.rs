@@ -66,6 +66,10 @@ pub struct SyncConfig {
     pub retry: Duration,
     /// Rows per pushed or pulled batch.
     pub batch: usize,
+    /// The longest a statement, a lock wait or a transaction left idle may last
+    /// on the primary (then the server ends it); a call from here may take twice
+    /// that, transfer included.
+    pub timeout: Duration,
 }
 
 /// `<data dir>/robbie-mesh/store.db` (`~/.local/share` on Linux,

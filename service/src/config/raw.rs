@@ -51,6 +51,9 @@ pub struct RawSync {
     pub interval: Option<Spanned<String>>,
     pub retry: Option<Spanned<String>>,
     pub batch: Option<Spanned<u32>>,
+    /// The longest a statement, a lock wait or an idle transaction may last on the
+    /// primary.
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// One `[[service]]`: a stable local endpoint and the nodes that can serve it.

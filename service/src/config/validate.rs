@@ -267,6 +267,10 @@ fn validate_store(
         };
         let interval = c.duration(&s.interval, "store.sync.interval".into(), Duration::from_secs(30));
         let retry = c.duration(&s.retry, "store.sync.retry".into(), Duration::from_secs(5));
+        let timeout = c.duration(&s.timeout, "store.sync.timeout".into(), Duration::from_secs(30));
+        if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(3600) {
+            c.err(s.timeout.as_ref().map(|t| t.span()), "store.sync.timeout", "must be between 1s and 1h");
+        }
         let batch = match &s.batch {
             Some(b) if (1..=50_000).contains(b.get_ref()) => *b.get_ref() as usize,
             Some(b) => {
@@ -283,6 +287,7 @@ fn validate_store(
             interval,
             retry,
             batch,
+            timeout,
         })
     });
     let replica = raw.and_then(|r| r.replica.as_ref()).and_then(|r| {

@@ -7,6 +7,8 @@
 //! - `GET  /v1/conversations/{id}/messages?after=ID&limit=N` (oldest first)
 //! - `POST /v1/conversations/{id}/messages` `{"role", "content", "model"?}`
 //! - `POST /v1/sync`: a sync round now; answers the sync status.
+//! - `POST /v1/sync/verify` `{"repair"?: bool}`: compares this device with the
+//!   primary (and repairs); answers the report.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -29,6 +31,7 @@ pub fn routes() -> Router<Service> {
             get(messages).post(append),
         )
         .route("/v1/sync", post(sync_now))
+        .route("/v1/sync/verify", post(verify))
 }
 
 #[derive(Deserialize)]
@@ -164,6 +167,24 @@ async fn append(
         st.append_message(&id, &b.role, b.content, b.model).await,
         true,
     ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    #[serde(default)]
+    repair: bool,
+}
+
+async fn verify(
+    State(s): State<Service>,
+    b: Option<Json<VerifyRequest>>,
+) -> Response {
+    let repair = b.is_some_and(|Json(b)| b.repair);
+    match s.sync.verify(repair).await {
+        Ok(report) => Json(report).into_response(),
+        Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, why),
+    }
 }
 
 async fn sync_now(State(s): State<Service>) -> Response {

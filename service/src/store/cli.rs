@@ -13,7 +13,7 @@ use crate::config::SyncConfig;
 pub fn list(store: &Store, archived: bool) -> Result<String, StoreError> {
     store.with_blocking(|conn| {
         let mut st = conn.prepare(
-            "SELECT c.id, c.title, c.archived, c.created_at, c.origin, c.updated_hlc, \
+            "SELECT c.id, c.title, c.archived, c.created_at, c.origin, c.updated_hlc, c.title_hlc, c.archived_hlc, \
              (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) \
              FROM conversations c WHERE (?1 OR c.archived = 0) ORDER BY c.id DESC",
         )?;
@@ -22,7 +22,7 @@ pub fn list(store: &Store, archived: bool) -> Result<String, StoreError> {
             "ID", "MESSAGES", "CREATED (UTC)", "NODE"
         );
         let rows = st.query_map(params![archived], |r| {
-            Ok((conversation_row(r)?, r.get::<_, i64>(6)?))
+            Ok((conversation_row(r)?, r.get::<_, i64>(8)?))
         })?;
         let mut n = 0;
         for row in rows {
@@ -56,7 +56,7 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<(u64, u64), StoreErr
     let mut counts = (0, 0);
     let mut lines: Vec<String> = Vec::new();
     store.with_blocking(|conn| {
-        let mut convs = conn.prepare("SELECT id, title, archived, created_at, origin, updated_hlc FROM conversations ORDER BY id")?;
+        let mut convs = conn.prepare(&format!("SELECT {} FROM conversations ORDER BY id", super::CONVERSATION_COLUMNS))?;
         let mut msgs = conn.prepare(
             "SELECT id, conversation_id, role, content, model, node, created_at FROM messages WHERE conversation_id = ?1 ORDER BY id",
         )?;

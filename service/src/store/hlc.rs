@@ -2,12 +2,17 @@
 //! metadata write of this device sorts after every write it has seen, even when the
 //! wall clock stands still or steps back. Stamps are fixed-width strings that sort
 //! as they compare: `0001764201234567-00000-<device>`; the device id breaks ties.
+//! The counter never passes 99 999 (it would then sort below its predecessor as
+//! text): the stamp moves to the next millisecond instead.
 //!
 //! Clock skew is bounded: a stamp from another device more than [`MAX_SKEW`] ahead
 //! of our wall clock is not absorbed (it still wins its last-writer-wins compare,
 //! but it cannot drag this device's clock into the future).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The largest counter the 5-digit field holds.
+const MAX_COUNTER: u32 = 99_999;
 
 /// How far ahead of our wall clock another device's stamp may be and still move ours.
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
@@ -21,6 +26,22 @@ pub struct Stamp {
 impl Stamp {
     pub fn encode(self, device: &str) -> String {
         format!("{:016}-{:05}-{device}", self.ms, self.counter)
+    }
+
+    /// The first stamp after this one, whatever the device: a write stamped with it
+    /// wins against one stamped with `self`.
+    pub fn next(self) -> Stamp {
+        if self.counter >= MAX_COUNTER {
+            Stamp {
+                ms: self.ms + 1,
+                counter: 0,
+            }
+        } else {
+            Stamp {
+                ms: self.ms,
+                counter: self.counter + 1,
+            }
+        }
     }
 
     /// The time part of an encoded stamp; `None` if it is not one of ours.
@@ -55,12 +76,21 @@ impl Hlc {
                 counter: 0,
             }
         } else {
-            Stamp {
-                ms: self.last.ms,
-                counter: self.last.counter + 1,
-            }
+            self.last.next()
         };
         self.last
+    }
+
+    /// A stamp for a local write to a row whose current stamp is `row`: above it
+    /// whatever the wall clock says (a device whose clock is slow still wins with
+    /// its newer edit). The clock itself is not dragged to `row` (that may come
+    /// from a device whose clock is far ahead); only this row's stamps climb.
+    pub fn tick_above(&mut self, now_ms: u64, row: Option<Stamp>) -> Stamp {
+        let s = self.tick(now_ms);
+        match row {
+            Some(r) if r >= s => r.next(),
+            _ => s,
+        }
     }
 
     /// Takes in another device's stamp. Returns how far ahead of `now_ms` it was when
@@ -99,6 +129,36 @@ mod tests {
         // A later wall clock beats any counter; strings agree.
         let e = c.tick(1_001);
         assert!(d.encode("zzz") < e.encode("aaa"));
+    }
+
+    #[test]
+    fn the_counter_never_outgrows_its_field() {
+        let mut c = Hlc::new(Stamp {
+            ms: 7,
+            counter: MAX_COUNTER - 1,
+        });
+        let a = c.tick(7);
+        let b = c.tick(7);
+        let d = c.tick(7);
+        assert_eq!(a, Stamp { ms: 7, counter: MAX_COUNTER });
+        assert_eq!(b, Stamp { ms: 8, counter: 0 });
+        assert!(a.encode("z") < b.encode("a") && b.encode("z") < d.encode("a"));
+    }
+
+    #[test]
+    fn a_local_edit_is_stamped_above_the_row_whatever_the_clock() {
+        let mut c = Hlc::new(Stamp { ms: 0, counter: 0 });
+        // The row was stamped by a device two minutes ahead of this one.
+        let row = Stamp {
+            ms: 120_000 + 1_000,
+            counter: 4,
+        };
+        let s = c.tick_above(1_000, Some(row));
+        assert!(s > row && s.encode("aaaa") > row.encode("zzzz"), "{s:?}");
+        assert!(c.last().ms <= 1_000, "the clock itself is not dragged ahead");
+        // A row stamped in our past changes nothing.
+        let t = c.tick_above(2_000, Some(Stamp { ms: 10, counter: 0 }));
+        assert_eq!(t, Stamp { ms: 2_000, counter: 0 });
     }
 
     #[test]

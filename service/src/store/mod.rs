@@ -11,9 +11,14 @@
 pub mod api;
 pub mod cli;
 pub mod hlc;
+mod outbox;
+pub mod primary;
 pub mod replica;
 mod schema;
 pub mod sync;
+pub mod verify;
+
+pub use outbox::{Batch, Rejected};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,8 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use hlc::{Hlc, Stamp};
 
-/// The longest title and message accepted (a message may hold a long answer).
+/// The longest title, model name and message accepted (a message may hold a long answer).
 pub const MAX_TITLE: usize = 1_000;
+pub const MAX_MODEL: usize = 1_000;
 pub const MAX_CONTENT: usize = 8 * 1024 * 1024;
 pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
@@ -37,8 +43,16 @@ pub struct Conversation {
     pub created_at: i64,
     /// The node that created it.
     pub origin: String,
-    /// The clock stamp of the last metadata write (rename, archive).
+    /// The clock stamp of the last metadata write (rename, archive): the larger of
+    /// the two below.
     pub updated_hlc: String,
+    /// The stamp of the last rename, and of the last archive / unarchive: each field
+    /// is last-writer-wins on its own, so a rename on one device and an archive on
+    /// another both survive.
+    #[serde(default)]
+    pub title_hlc: String,
+    #[serde(default)]
+    pub archived_hlc: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,15 +102,6 @@ impl StoreError {
     }
 }
 
-/// What `sync` pushes next: outbox rows up to `max_seq`, with the rows they name.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub max_seq: i64,
-    pub rows: usize,
-    pub conversations: Vec<Conversation>,
-    pub messages: Vec<Message>,
-}
-
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -106,7 +111,9 @@ struct Inner {
     path: PathBuf,
     conn: Mutex<Connection>,
     node: String,
-    device: String,
+    /// One per SQLite file; replaced when the file turns out to be a restored or
+    /// copied one (see `outbox::become_new_device`).
+    device: Mutex<String>,
     hlc: Mutex<Hlc>,
     /// Counts local writes; a subscriber sees every change, even one made while it
     /// was busy (the sync task pushes soon after a write).
@@ -149,7 +156,7 @@ impl Store {
                 path: path.to_path_buf(),
                 conn: Mutex::new(conn),
                 node: node.to_string(),
-                device,
+                device: Mutex::new(device),
                 hlc: Mutex::new(Hlc::new(last)),
                 written: tokio::sync::watch::Sender::new(0),
             }),
@@ -161,8 +168,8 @@ impl Store {
     }
 
     /// This store's device id (one per SQLite file).
-    pub fn device(&self) -> &str {
-        &self.inner.device
+    pub fn device(&self) -> String {
+        self.inner.device()
     }
 
     pub fn node(&self) -> &str {
@@ -211,21 +218,24 @@ impl Store {
     }
 
     pub async fn create_conversation(&self, title: &str) -> Result<Conversation, StoreError> {
-        check_title(title)?;
+        check_text("title", title, MAX_TITLE)?;
         let title = title.to_string();
         self.write_with(move |conn, inner| {
-                let stamp = inner.tick();
+                let stamp = inner.tick(None);
                 let c = Conversation {
                     id: uuid::Uuid::now_v7().to_string(),
                     title,
                     archived: false,
                     created_at: hlc::now_ms() as i64,
                     origin: inner.node.clone(),
-                    updated_hlc: stamp,
+                    updated_hlc: stamp.clone(),
+                    title_hlc: stamp.clone(),
+                    archived_hlc: stamp,
                 };
                 inner.write(conn, |tx| {
                     tx.execute(
-                        "INSERT INTO conversations (id, title, archived, created_at, origin, updated_hlc) VALUES (?1, ?2, 0, ?3, ?4, ?5)",
+                        "INSERT INTO conversations (id, title, archived, created_at, origin, updated_hlc, title_hlc, archived_hlc) \
+                         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?5, ?5)",
                         params![c.id, c.title, c.created_at, c.origin, c.updated_hlc],
                     )?;
                     outbox(tx, 'c', &c.id)
@@ -235,7 +245,8 @@ impl Store {
         .await
     }
 
-    /// Renames and/or archives a conversation (a metadata write: newest stamp wins).
+    /// Renames and/or archives a conversation (a metadata write: newest stamp wins,
+    /// per field; this write's stamp is above the row's whatever the local clock says).
     pub async fn update_conversation(
         &self,
         id: &str,
@@ -243,18 +254,29 @@ impl Store {
         archived: Option<bool>,
     ) -> Result<Conversation, StoreError> {
         if let Some(t) = &title {
-            check_title(t)?;
+            check_text("title", t, MAX_TITLE)?;
         }
         let id = id.to_string();
         self.write_with(move |conn, inner| {
                 let mut c = get_conversation(conn, &id).map_err(|e| inner.sql(e))?.ok_or(StoreError::NoConversation(id))?;
-                c.title = title.unwrap_or(c.title);
-                c.archived = archived.unwrap_or(c.archived);
-                c.updated_hlc = inner.tick();
+                let row = [&c.updated_hlc, &c.title_hlc, &c.archived_hlc]
+                    .into_iter()
+                    .filter_map(|s| Stamp::decode(s))
+                    .max();
+                let stamp = inner.tick(row);
+                if let Some(t) = title {
+                    c.title = t;
+                    c.title_hlc = stamp.clone();
+                }
+                if let Some(a) = archived {
+                    c.archived = a;
+                    c.archived_hlc = stamp.clone();
+                }
+                c.updated_hlc = stamp;
                 inner.write(conn, |tx| {
                     tx.execute(
-                        "UPDATE conversations SET title = ?2, archived = ?3, updated_hlc = ?4 WHERE id = ?1",
-                        params![c.id, c.title, c.archived, c.updated_hlc],
+                        "UPDATE conversations SET title = ?2, archived = ?3, updated_hlc = ?4, title_hlc = ?5, archived_hlc = ?6 WHERE id = ?1",
+                        params![c.id, c.title, c.archived, c.updated_hlc, c.title_hlc, c.archived_hlc],
                     )?;
                     outbox(tx, 'c', &c.id)
                 })?;
@@ -283,7 +305,7 @@ impl Store {
         self.with(move |conn, inner| {
             let mut st = conn
                 .prepare_cached(
-                    "SELECT id, title, archived, created_at, origin, updated_hlc FROM conversations \
+                    "SELECT id, title, archived, created_at, origin, updated_hlc, title_hlc, archived_hlc FROM conversations \
                      WHERE (?1 OR archived = 0) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
                 )
                 .map_err(|e| inner.sql(e))?;
@@ -306,11 +328,9 @@ impl Store {
                 ROLES.join(", ")
             )));
         }
-        if content.len() > MAX_CONTENT {
-            return Err(StoreError::Invalid(format!(
-                "content is over {} MiB",
-                MAX_CONTENT >> 20
-            )));
+        check_text("content", &content, MAX_CONTENT)?;
+        if let Some(m) = &model {
+            check_text("model", m, MAX_MODEL)?;
         }
         let (conversation, role) = (conversation.to_string(), role.to_string());
         self.write_with(move |conn, inner| {
@@ -389,10 +409,15 @@ impl Inner {
         }
     }
 
-    /// A new clock stamp, persisted with the write that uses it.
-    fn tick(&self) -> String {
+    fn device(&self) -> String {
+        self.device.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A new clock stamp (above `row`, the current stamp of the row it is for),
+    /// persisted with the write that uses it.
+    fn tick(&self, row: Option<Stamp>) -> String {
         let mut h = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
-        h.tick(hlc::now_ms()).encode(&self.device)
+        h.tick_above(hlc::now_ms(), row).encode(&self.device())
     }
 
     /// One immediate transaction around `f`, with the clock saved in it.
@@ -406,7 +431,7 @@ impl Inner {
             let out = f(&tx)?;
             let last = self.hlc.lock().unwrap_or_else(|p| p.into_inner()).last();
             tx.prepare_cached("INSERT INTO meta (key, value) VALUES ('hlc', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?
-                .execute([last.encode(&self.device)])?;
+                .execute([last.encode(&self.device())])?;
             tx.commit()?;
             Ok(out)
         };
@@ -414,17 +439,34 @@ impl Inner {
     }
 }
 
-fn check_title(t: &str) -> Result<(), StoreError> {
-    if t.len() > MAX_TITLE {
+/// Text every store accepts: PostgreSQL cannot store a NUL character, so a row
+/// holding one would be refused by the primary for good; it is refused here,
+/// before it is written, naming the field.
+fn check_text(field: &str, t: &str, max: usize) -> Result<(), StoreError> {
+    if t.len() > max {
+        let limit = if max >= 1 << 20 {
+            format!("{} MiB", max >> 20)
+        } else {
+            format!("{max} bytes")
+        };
         return Err(StoreError::Invalid(format!(
-            "title is over {MAX_TITLE} bytes"
+            "{field} is over {limit} ({} bytes)",
+            t.len()
+        )));
+    }
+    if let Some(at) = t.find('\0') {
+        return Err(StoreError::Invalid(format!(
+            "{field} contains a NUL character (\\u0000) at byte {at}, which PostgreSQL cannot store: remove it or send the data base64-encoded"
         )));
     }
     Ok(())
 }
 
+/// Queues a write for the primary. The random tag names this very write: the
+/// primary keeps the tag of the last row it acknowledged, so a store file that
+/// was restored or copied cannot mistake its own later writes for acknowledged ones.
 fn outbox(tx: &rusqlite::Transaction<'_>, kind: char, id: &str) -> rusqlite::Result<()> {
-    tx.prepare_cached("INSERT INTO outbox (kind, row_id) VALUES (?1, ?2)")?
+    tx.prepare_cached("INSERT INTO outbox (kind, row_id, tag) VALUES (?1, ?2, random())")?
         .execute(params![kind.to_string(), id])?;
     Ok(())
 }
@@ -439,8 +481,12 @@ fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The columns `conversation_row` reads, in its order.
+const CONVERSATION_COLUMNS: &str =
+    "id, title, archived, created_at, origin, updated_hlc, title_hlc, archived_hlc";
+
 fn get_conversation(conn: &Connection, id: &str) -> rusqlite::Result<Option<Conversation>> {
-    conn.prepare_cached("SELECT id, title, archived, created_at, origin, updated_hlc FROM conversations WHERE id = ?1")?
+    conn.prepare_cached("SELECT id, title, archived, created_at, origin, updated_hlc, title_hlc, archived_hlc FROM conversations WHERE id = ?1")?
         .query_row([id], conversation_row)
         .optional()
 }
@@ -453,6 +499,8 @@ fn conversation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
         created_at: r.get(3)?,
         origin: r.get(4)?,
         updated_hlc: r.get(5)?,
+        title_hlc: r.get(6)?,
+        archived_hlc: r.get(7)?,
     })
 }
 

@@ -39,6 +39,29 @@ pub const MIGRATIONS: &[&str] = &[
          xid TEXT NOT NULL,             -- PostgreSQL xid8 of the last row applied
          change_id INTEGER NOT NULL
      );",
+    // 2: a stamp per metadata field (a rename and an archive made on two devices both
+    // win); a random tag per outbox row (the primary's acknowledgement names the
+    // exact write, so a restored or copied file is told apart from a crash); rows
+    // the primary refused, set aside; cursors as numbers, reset once: the pulls of
+    // builds before this one ordered transaction ids as text and could skip rows
+    // (pulling again is idempotent).
+    "ALTER TABLE conversations ADD COLUMN title_hlc TEXT NOT NULL DEFAULT '';
+     ALTER TABLE conversations ADD COLUMN archived_hlc TEXT NOT NULL DEFAULT '';
+     UPDATE conversations SET title_hlc = updated_hlc, archived_hlc = updated_hlc;
+     ALTER TABLE outbox ADD COLUMN tag INTEGER NOT NULL DEFAULT 0;
+     DROP TABLE sync_cursor;
+     CREATE TABLE sync_cursor (
+         tbl TEXT PRIMARY KEY,          -- 'conversations' | 'messages'
+         xid INTEGER NOT NULL,          -- PostgreSQL xid8 of the last row applied
+         change_id INTEGER NOT NULL
+     );
+     CREATE TABLE sync_rejected (
+         seq INTEGER PRIMARY KEY,       -- the outbox row it was
+         kind TEXT NOT NULL,
+         row_id TEXT NOT NULL,
+         reason TEXT NOT NULL,
+         at INTEGER NOT NULL            -- unix ms
+     );",
 ];
 
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

@@ -1,160 +1,54 @@
 //! Sync between this node's SQLite store and the PostgreSQL primary, reached through
 //! the mesh's PostgreSQL endpoint (so it follows the route like any client).
 //!
-//! - Push: the outbox in batches; each batch's rows (`INSERT … SELECT FROM unnest`,
-//!   `ON CONFLICT DO NOTHING` for messages, newest-stamp-wins for conversations) and
-//!   the device's `acked_seq` commit in one PostgreSQL transaction; the outbox rows
-//!   are deleted only after that commit. After every (re)connect the device first
-//!   reads its `acked_seq` back, so a crash between the commit and the local delete
-//!   neither loses nor repeats anything.
-//! - Pull: per table, a cursor on `(xid, change_id)` fenced below the oldest
-//!   transaction still running (`pg_snapshot_xmin(pg_current_snapshot())`), so a
-//!   row committed late by a transaction that started early is never skipped. Rows
-//!   and the cursor are applied in one SQLite transaction.
-//! - Every batch carries the schema version it was written for; a primary on
-//!   another version refuses it with what to do.
+//! - Push: the outbox in batches (capped by rows and by bytes); each batch's rows
+//!   and the device's `acked_seq` (with the tag of its last row) commit in one
+//!   PostgreSQL transaction, only if the primary's `acked_seq` is still the one
+//!   this file knows; the outbox rows are deleted only after that commit. A row the
+//!   primary refuses is found by halving the batch and set aside with the reason;
+//!   the rest keeps syncing, and a failed push never keeps the pull from running.
+//! - Pull: per table, a cursor on `(xid, change_id)`, compared as `xid8` values,
+//!   fenced below the oldest transaction still running, pages capped by rows and
+//!   bytes (see `primary::pull_page`).
+//! - After every connect, the device reconciles with the primary (`reconcile`): a
+//!   crash between the commit and the local delete is recognised by the tag; a
+//!   replaced or restored primary (another database, another timeline, an
+//!   acknowledgement that went backwards, transaction ids behind the cursor) makes
+//!   the device pull everything and push every local row again; a store file that
+//!   is behind what the primary acknowledged for its device id (restored from a
+//!   backup, or copied) becomes a new device.
+//! - The session cannot hang: statement, lock and idle-in-transaction timeouts on
+//!   the server, TCP keepalive, and a deadline on every call here.
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use rusqlite::params;
-use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::{Batch, Conversation, Message, Store, StoreError};
+pub use super::outbox::Rejected;
+use super::primary::{self, ServerInfo, Table};
+pub use super::primary::{migrate, SyncError, PG_SCHEMA_VERSION};
+use super::verify::{self, VerifyReport};
+use super::Store;
 use crate::config::SyncConfig;
 use crate::events::{EventBus, EventKind};
 
-/// The PostgreSQL schema this build writes; `robbie-mesh db migrate` brings a
-/// primary to it.
-pub const PG_SCHEMA_VERSION: i32 = 1;
+/// The most bytes of row data in one pushed batch or one pulled page (a batch
+/// always holds at least one row). PostgreSQL refuses a message over 1 GiB; a
+/// slow link must carry a batch well within the call deadline.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
-/// Append-only, like the local migrations; entry `i` brings the schema to `i + 1`.
-const PG_MIGRATIONS: &[&str] = &["
-    CREATE SEQUENCE robbie.change_id;
-    CREATE TABLE robbie.devices (
-        device_id text PRIMARY KEY,
-        node text NOT NULL,
-        acked_seq bigint NOT NULL DEFAULT 0,
-        last_push timestamptz
-    );
-    CREATE TABLE robbie.conversations (
-        id uuid PRIMARY KEY,
-        title text NOT NULL,
-        archived boolean NOT NULL,
-        created_at bigint NOT NULL,
-        origin text NOT NULL,
-        updated_hlc text NOT NULL,
-        device text NOT NULL,
-        xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-        change_id bigint NOT NULL DEFAULT nextval('robbie.change_id')
-    );
-    CREATE INDEX conversations_by_change ON robbie.conversations (xid, change_id);
-    CREATE TABLE robbie.messages (
-        id uuid PRIMARY KEY,
-        conversation_id uuid NOT NULL,
-        role text NOT NULL,
-        content text NOT NULL,
-        model text,
-        node text NOT NULL,
-        created_at bigint NOT NULL,
-        device text NOT NULL,
-        xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-        change_id bigint NOT NULL DEFAULT nextval('robbie.change_id')
-    );
-    CREATE INDEX messages_by_change ON robbie.messages (xid, change_id);
-    CREATE INDEX messages_by_conversation ON robbie.messages (conversation_id, id);
-"];
+/// A pull held back by one old transaction longer than this is reported.
+const HELD_BACK_AFTER: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("PostgreSQL: {0}")]
-    Pg(String),
-    #[error("the primary's robbie schema is version {found}, this robbie-mesh writes version {ours}: run `robbie-mesh db migrate` {hint}")]
-    Schema {
-        found: i32,
-        ours: i32,
-        hint: &'static str,
-    },
-    #[error(
-        "the primary has no robbie schema yet: run `robbie-mesh db migrate` once (on any node)"
-    )]
-    NoSchema,
-}
-
-impl From<tokio_postgres::Error> for SyncError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        SyncError::Pg(crate::util::pg_error(&e))
-    }
-}
-
-/// Creates or upgrades the robbie schema on the primary; returns (from, to) versions.
-pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(i32, i32), SyncError> {
-    let tx = client.transaction().await?;
-    // One migrator at a time, whichever node runs it.
-    tx.execute("SELECT pg_advisory_xact_lock(73612025)", &[])
-        .await?;
-    tx.batch_execute("CREATE SCHEMA IF NOT EXISTS robbie; CREATE TABLE IF NOT EXISTS robbie.schema_version (version int NOT NULL)")
-        .await?;
-    let found: Option<i32> = tx
-        .query_opt("SELECT version FROM robbie.schema_version", &[])
-        .await?
-        .map(|r| r.get(0));
-    let from = found.unwrap_or(0);
-    if from > PG_SCHEMA_VERSION {
-        return Err(SyncError::Schema {
-            found: from,
-            ours: PG_SCHEMA_VERSION,
-            hint: "with a newer robbie-mesh",
-        });
-    }
-    for m in &PG_MIGRATIONS[from as usize..] {
-        tx.batch_execute(m).await?;
-    }
-    tx.execute("DELETE FROM robbie.schema_version", &[]).await?;
-    tx.execute(
-        "INSERT INTO robbie.schema_version VALUES ($1)",
-        &[&PG_SCHEMA_VERSION],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((from, PG_SCHEMA_VERSION))
-}
-
-/// The primary's robbie schema is the one this build writes, or an error that says
-/// what to run. Checked after every connect and in every pushed batch.
-async fn check_schema(c: &impl tokio_postgres::GenericClient) -> Result<(), SyncError> {
-    let version: Option<i32> = match c
-        .query_opt("SELECT version FROM robbie.schema_version", &[])
-        .await
-    {
-        Ok(r) => r.map(|r| r.get(0)),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            return Err(SyncError::NoSchema)
-        }
-        Err(e) => return Err(e.into()),
-    };
-    match version {
-        Some(PG_SCHEMA_VERSION) => Ok(()),
-        Some(v) => Err(SyncError::Schema {
-            found: v,
-            ours: PG_SCHEMA_VERSION,
-            hint: if v > PG_SCHEMA_VERSION {
-                "with a newer robbie-mesh here"
-            } else {
-                ""
-            },
-        }),
-        None => Err(SyncError::NoSchema),
-    }
-}
+/// The same warning is not logged again within this.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What the sync task is doing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncState {
     /// No `[store.sync]` configured (or no store).
@@ -178,13 +72,24 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
     pub pushed: u64,
     pub pulled: u64,
+    /// Rows the primary refused, kept here with the reason (the newest ten).
+    pub rejected: u64,
+    pub rejected_rows: Vec<Rejected>,
+    /// The last time sync had to start over, and why (a replaced primary, a
+    /// restored store file).
+    pub notice: Option<String>,
+    /// Why pulled rows wait (an old transaction on the primary holds them back).
+    pub held_back: Option<String>,
 }
+
+type VerifyRequest = (bool, oneshot::Sender<Result<VerifyReport, String>>);
 
 /// The sync task's handle: its status, and a way to ask for a round now.
 #[derive(Clone)]
 pub struct SyncHandle {
     pub status: watch::Receiver<SyncStatus>,
     kick: Arc<Notify>,
+    verify: Option<mpsc::Sender<VerifyRequest>>,
 }
 
 impl SyncHandle {
@@ -197,11 +102,27 @@ impl SyncHandle {
         SyncHandle {
             status: rx,
             kick: Arc::new(Notify::new()),
+            verify: None,
         }
     }
 
     pub fn kick(&self) {
         self.kick.notify_one();
+    }
+
+    /// Compares this device with the primary (and repairs what differs when
+    /// `repair`): runs in the sync task, on its connection.
+    pub async fn verify(&self, repair: bool) -> Result<VerifyReport, String> {
+        let Some(tx) = &self.verify else {
+            return Err("sync is not configured: add a [store.sync] section naming your postgres service (see the README)".into());
+        };
+        let (reply, answer) = oneshot::channel();
+        tx.send((repair, reply))
+            .await
+            .map_err(|_| "the sync task has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the sync task has stopped".to_string())?
     }
 }
 
@@ -215,23 +136,33 @@ pub fn start(
 ) -> SyncHandle {
     let (tx, rx) = watch::channel(SyncStatus {
         state: SyncState::Off,
-        device: store.device().to_string(),
+        device: store.device(),
         ..Default::default()
     });
     let kick = Arc::new(Notify::new());
+    let (verify_tx, verify_rx) = mpsc::channel(4);
     let handle = SyncHandle {
         status: rx,
         kick: kick.clone(),
+        verify: cfg.is_some().then_some(verify_tx),
     };
     let pending_store = store.clone();
     let status = tx.clone();
-    // Pending rows are shown whether or not sync is configured.
+    // Pending and set-aside rows are shown whether or not sync is configured.
     let stop = cancel.clone();
     tracker.spawn(async move {
         let mut writes = pending_store.writes();
         loop {
             if let Ok(n) = pending_store.pending().await {
                 status.send_if_modified(|s| std::mem::replace(&mut s.pending, n) != n);
+            }
+            if let Ok((n, rows)) = pending_store.rejected(10).await {
+                status.send_if_modified(|s| {
+                    let changed = s.rejected != n;
+                    s.rejected = n;
+                    s.rejected_rows = rows;
+                    changed
+                });
             }
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -247,9 +178,11 @@ pub fn start(
                 cfg,
                 status: tx,
                 client: None,
+                server: None,
                 password: None,
+                warned: None,
             }
-            .run(kick, events, cancel),
+            .run(kick, verify_rx, events, cancel),
         );
     }
     handle
@@ -260,167 +193,352 @@ struct Syncer {
     cfg: SyncConfig,
     status: watch::Sender<SyncStatus>,
     client: Option<tokio_postgres::Client>,
+    /// Who the connected server is (read after connecting, and every round).
+    server: Option<ServerInfo>,
     /// The keychain's password for the primary: `None` until read.
     password: Option<Option<String>>,
+    /// The last warning logged, and when.
+    warned: Option<(String, Instant)>,
+}
+
+/// Why the sync task woke up.
+enum Wake {
+    Round,
+    Verify(VerifyRequest),
 }
 
 impl Syncer {
-    async fn run(mut self, kick: Arc<Notify>, events: EventBus, cancel: CancellationToken) {
+    async fn run(
+        mut self,
+        kick: Arc<Notify>,
+        mut verify_rx: mpsc::Receiver<VerifyRequest>,
+        events: EventBus,
+        cancel: CancellationToken,
+    ) {
         let mut routes = events.subscribe();
         let mut writes = self.store.writes();
         let service = self.cfg.service.clone();
         self.status.send_modify(|s| s.state = SyncState::Idle);
+        let mut wake = Wake::Round;
         loop {
-            match self.round().await {
-                Ok(()) => {}
-                Err(e) => {
-                    self.client = None;
-                    let msg = e.to_string();
-                    // Said once per new reason, not on every retry.
-                    if self.status.borrow().last_error.as_deref() != Some(msg.as_str()) {
-                        tracing::warn!("sync: {msg}");
-                    }
-                    self.status.send_modify(|s| {
-                        s.state = SyncState::Waiting;
-                        s.last_error = Some(msg);
+            let result = match wake {
+                Wake::Round => self.round().await,
+                Wake::Verify((repair, reply)) => {
+                    let r = self.verify(repair).await;
+                    let failed = r.as_ref().err().map(|e| SyncError::Pg {
+                        message: e.to_string(),
+                        code: None,
+                        closed: true,
                     });
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    failed.map_or(Ok(()), Err)
                 }
+            };
+            if let Err(e) = result {
+                self.failed(e);
             }
-            let retry = if self.status.borrow().state == SyncState::Waiting {
+            let waiting = self.status.borrow().state == SyncState::Waiting;
+            let retry = if waiting {
                 self.cfg.retry
             } else {
                 self.cfg.interval
             };
-            // The next round: asked for, a local write, the primary reachable again, or time.
-            let wait = async {
+            // The next round: asked for, a local write (not while the primary is
+            // unreachable: then the retry delay holds, whatever the write rate), the
+            // primary reachable again, or time.
+            let next = async {
                 loop {
                     tokio::select! {
-                        () = kick.notified() => return,
-                        _ = writes.changed() => {
+                        () = kick.notified() => return Wake::Round,
+                        r = verify_rx.recv() => match r {
+                            Some(req) => return Wake::Verify(req),
+                            None => std::future::pending::<()>().await,
+                        },
+                        _ = writes.changed(), if !waiting => {
                             // Let a burst of writes gather into one batch.
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            return;
+                            return Wake::Round;
                         }
                         e = routes.recv() => match e {
                             Ok(ev) => if let EventKind::Route { service: s, to: Some(_), .. } = ev.kind {
-                                if s == service { return; }
+                                if s == service { return Wake::Round; }
                             },
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return Wake::Round,
                             Err(_) => std::future::pending::<()>().await,
                         },
                     }
                 }
             };
-            tokio::select! {
+            wake = tokio::select! {
                 () = cancel.cancelled() => return,
-                () = wait => {}
-                () = tokio::time::sleep(retry) => {}
-            }
+                w = next => w,
+                () = tokio::time::sleep(retry) => Wake::Round,
+            };
         }
     }
 
-    async fn connect(&mut self) -> Result<&mut tokio_postgres::Client, SyncError> {
+    /// A round failed: drop the connection (the next one reconciles), say why —
+    /// once per reason, and not more than once a minute.
+    fn failed(&mut self, e: SyncError) {
+        self.client = None;
+        self.server = None;
+        let msg = e.to_string();
+        let now = Instant::now();
+        let say = match &self.warned {
+            Some((last, at)) => {
+                (last != &msg && now.duration_since(*at) >= Duration::from_secs(5))
+                    || now.duration_since(*at) >= WARN_EVERY
+            }
+            None => true,
+        };
+        if say {
+            tracing::warn!("sync: {msg}");
+            self.warned = Some((msg.clone(), now));
+        } else {
+            tracing::debug!("sync: {msg}");
+        }
+        self.status.send_modify(|s| {
+            s.state = SyncState::Waiting;
+            s.last_error = Some(msg);
+        });
+    }
+
+    /// How long one call to the primary may take, transfer included.
+    fn deadline(&self) -> Duration {
+        (self.cfg.timeout * 2).max(Duration::from_secs(10))
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &'static str,
+        f: impl Future<Output = Result<T, SyncError>>,
+    ) -> Result<T, SyncError> {
+        let d = self.deadline();
+        tokio::time::timeout(d, f)
+            .await
+            .unwrap_or(Err(SyncError::Timeout(d, what)))
+    }
+
+    fn client(&mut self) -> Result<&mut tokio_postgres::Client, SyncError> {
+        self.client.as_mut().ok_or(SyncError::Pg {
+            message: "not connected".into(),
+            code: None,
+            closed: true,
+        })
+    }
+
+    async fn connect(&mut self) -> Result<(), SyncError> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.client = None;
         }
-        if self.client.is_none() {
-            let mut pg = tokio_postgres::Config::new();
-            pg.host(self.cfg.address.ip().to_string())
-                .port(self.cfg.address.port())
-                .user(&self.cfg.user)
-                .dbname(&self.cfg.database)
-                .application_name("robbie-mesh sync")
-                .connect_timeout(Duration::from_secs(5));
-            // The keychain is asked once, and again only after a refused login (not
-            // on every retry while the primary is unreachable).
-            if self.password.is_none() {
-                let account = crate::keys::postgres_account(&self.cfg.service);
-                let read =
-                    tokio::task::spawn_blocking(move || crate::keys::get(&account).ok().flatten())
-                        .await;
-                self.password = Some(read.ok().flatten());
-            }
-            if let Some(Some(p)) = &self.password {
-                pg.password(p);
-            }
-            let (client, conn) = match pg.connect(tokio_postgres::NoTls).await {
-                Ok(c) => c,
-                Err(e) => {
-                    if e.code().is_some_and(|c| c.code().starts_with("28")) {
+        if self.client.is_some() {
+            return Ok(());
+        }
+        let t = self.cfg.timeout.as_millis();
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(self.cfg.address.ip().to_string())
+            .port(self.cfg.address.port())
+            .user(&self.cfg.user)
+            .dbname(&self.cfg.database)
+            .application_name("robbie-mesh sync")
+            .connect_timeout(Duration::from_secs(5))
+            // A device that vanishes mid-transaction (a lid closed) is cut off by
+            // the server, so it holds neither the pull fence nor a row lock for long.
+            .options(format!(
+                "-c statement_timeout={t} -c lock_timeout={t} -c idle_in_transaction_session_timeout={t}"
+            ))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+        // The keychain is asked once, and again only after a refused login (not
+        // on every retry while the primary is unreachable).
+        if self.password.is_none() {
+            let account = crate::keys::postgres_account(&self.cfg.service);
+            let read =
+                tokio::task::spawn_blocking(move || crate::keys::get(&account).ok().flatten())
+                    .await;
+            self.password = Some(read.ok().flatten());
+        }
+        if let Some(Some(p)) = &self.password {
+            pg.password(p);
+        }
+        let (client, conn) = match self
+            .timed("connecting", async {
+                pg.connect(tokio_postgres::NoTls).await.map_err(Into::into)
+            })
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                if let SyncError::Pg { code: Some(c), .. } = &e {
+                    if c.starts_with("28") {
                         self.password = None;
                     }
-                    return Err(e.into());
                 }
-            };
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            // Rows are read and written in this build's shape only.
-            check_schema(&client).await?;
-            self.client = Some(client);
-            // First thing after every connect: what the primary already has from us.
-            let acked = self.acked_seq().await?;
-            self.store.ack(acked).await?;
+                return Err(e);
+            }
+        };
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        // Rows are read and written in this build's shape only.
+        let info = self
+            .timed("checking the schema", async {
+                primary::check_schema(&client).await?;
+                primary::server_info(&client).await
+            })
+            .await?;
+        self.client = Some(client);
+        self.server = Some(info.clone());
+        if !info.read_only {
+            self.timed_reconcile(&info).await?;
         }
-        Ok(self.client.as_mut().expect("connected above"))
+        Ok(())
     }
 
-    async fn acked_seq(&mut self) -> Result<i64, SyncError> {
-        let device = self.store.device().to_string();
-        let client = self
-            .client
-            .as_ref()
-            .ok_or(SyncError::Pg("not connected".into()))?;
-        let row = client
-            .query_opt(
-                "SELECT acked_seq FROM robbie.devices WHERE device_id = $1",
-                &[&device],
-            )
-            .await;
-        Ok(row?.map_or(0, |r| r.get(0)))
+    async fn timed_reconcile(&mut self, info: &ServerInfo) -> Result<(), SyncError> {
+        let d = self.deadline();
+        tokio::time::timeout(d, self.reconcile(info))
+            .await
+            .unwrap_or(Err(SyncError::Timeout(d, "reconciling with the primary")))
     }
 
-    /// Push everything pending, then pull everything new.
+    /// First thing after connecting to a writable primary: agree with it on what
+    /// it has from this device, and whether it is still the same primary.
+    async fn reconcile(&mut self, info: &ServerInfo) -> Result<(), SyncError> {
+        let identity = info.identity();
+        let device = self.store.device();
+        let known = self.store.known_primary().await?;
+        let local = self.store.acked().await?;
+        let (p_seq, p_tag) = primary::acked(self.client()?, &device).await?;
+        let cursor = self
+            .store
+            .cursor(Table::Conversations.name())
+            .await?
+            .0
+            .max(self.store.cursor(Table::Messages.name()).await?.0);
+        let replaced = if let Some(k) = known.as_ref().filter(|k| **k != identity) {
+            Some(format!(
+                "it is another database or timeline than the one this device last synced with ({k} before, {identity} now)"
+            ))
+        } else if let Some((l, _)) = local.filter(|(l, _)| p_seq < *l) {
+            Some(format!(
+                "it holds this device's rows up to {p_seq} only, but had acknowledged up to {l}"
+            ))
+        } else if cursor >= info.next_xid {
+            Some(format!(
+                "its transaction ids (next {}) are behind what this device already pulled ({cursor})",
+                info.next_xid
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = replaced {
+            let n = self
+                .store
+                .reset_for_new_primary(identity, (p_seq, p_tag))
+                .await?;
+            self.notice(format!(
+                "the primary was replaced or restored: {why}; pulling everything again and pushing all {n} local rows again"
+            ));
+            return Ok(());
+        }
+        if known.is_none() {
+            self.store.set_known_primary(identity.clone()).await?;
+        }
+        let l_seq = local.map_or(0, |l| l.0);
+        if p_seq > l_seq {
+            // The primary has more from this device id than this file knows: a
+            // crash between its commit and the local delete — then the outbox
+            // row p_seq is still here, with the same tag — or a file that was
+            // restored or copied, whose row p_seq (if any) is another write.
+            let ours = self.store.outbox_tag(p_seq).await?;
+            let same = match (p_tag, ours) {
+                (Some(t), Some(o)) => t == o,
+                // Pushed by a build that kept no tags: trusted, as it was.
+                (None, Some(_)) => true,
+                (None, None) => local.is_none(),
+                (Some(_), None) => false,
+            };
+            if same {
+                self.store.ack(p_seq, p_tag).await?;
+            } else {
+                let (id, n) = self.store.become_new_device(identity).await?;
+                self.status.send_modify(|s| s.device = id.clone());
+                self.notice(format!(
+                    "this store file is behind what the primary acknowledged for device {device} \
+                     (its rows up to {p_seq}; this file knew {l_seq}): it was restored from a backup or copied from \
+                     another device. It continues as a new device {id}, pulls everything and pushes its {n} rows again"
+                ));
+            }
+        } else if local.is_none() {
+            // The first time this file records an acknowledgement.
+            self.store.ack(p_seq, p_tag).await?;
+        }
+        Ok(())
+    }
+
+    fn notice(&self, what: String) {
+        tracing::warn!("sync: {what}");
+        let at = crate::util::rfc3339(SystemTime::now());
+        self.status
+            .send_modify(|s| s.notice = Some(format!("{at}: {what}")));
+    }
+
+    /// Push everything pending, then pull everything new (the pull runs even if
+    /// the push failed, unless the connection is gone).
     async fn round(&mut self) -> Result<(), SyncError> {
-        let batch_size = self.cfg.batch;
         self.connect().await?;
         self.status.send_modify(|s| s.state = SyncState::Syncing);
-        let read_only = {
-            let c = self.client.as_ref().expect("connected");
-            c.query_one("SELECT pg_is_in_recovery()", &[])
-                .await?
-                .get::<_, bool>(0)
+        // A standby may have been promoted since the connect.
+        let info = {
+            let d = self.deadline();
+            let c = self.client()?;
+            let f = primary::server_info(&*c);
+            tokio::time::timeout(d, f)
+                .await
+                .unwrap_or(Err(SyncError::Timeout(d, "asking the server who it is")))?
         };
-        if !read_only {
-            loop {
-                let batch = self.store.outbox_batch(batch_size).await?;
-                if batch.rows == 0 {
-                    break;
-                }
-                let n = (batch.conversations.len() + batch.messages.len()) as u64;
-                self.push(&batch).await?;
-                crate::failpoint::hit("sync-after-commit");
-                self.store.ack(batch.max_seq).await?;
-                let pending = self.store.pending().await?;
-                self.status.send_modify(|s| {
-                    s.pushed += n;
-                    s.pending = pending;
-                });
+        if self.server.as_ref() != Some(&info) {
+            let was_read_only = self.server.as_ref().is_some_and(|s| s.read_only);
+            self.server = Some(info.clone());
+            if was_read_only && !info.read_only {
+                self.timed_reconcile(&info).await?;
             }
         }
-        for table in [Table::Conversations, Table::Messages] {
-            // Page on while pages come back full.
-            loop {
-                let n = self.pull(table, batch_size).await?;
-                self.status.send_modify(|s| s.pulled += n as u64);
-                if n < batch_size {
-                    break;
+        let mut push_error = None;
+        if !info.read_only {
+            if let Err(e) = self.push_all().await {
+                if matches!(
+                    e,
+                    SyncError::Pg { closed: true, .. } | SyncError::Timeout(..)
+                ) {
+                    return Err(e);
                 }
+                push_error = Some(e);
             }
         }
+        // A read-only standby is pulled from only if it is a copy of the primary
+        // this device knows (its transaction ids are that primary's).
+        let pull = !info.read_only
+            || self
+                .store
+                .known_primary()
+                .await?
+                .is_some_and(|k| k.starts_with(&format!("{}/", info.database)));
+        if pull {
+            self.pull_all().await?;
+        }
+        let held = self.held_back().await.unwrap_or(None);
         let pending = self.store.pending().await?;
+        let (rejected, rejected_rows) = self.store.rejected(10).await?;
+        let read_only = info.read_only;
         self.status.send_modify(|s| {
             s.pending = pending;
+            s.rejected = rejected;
+            s.rejected_rows = rejected_rows;
+            s.held_back = held;
             s.state = if read_only {
                 SyncState::Waiting
             } else {
@@ -429,309 +547,191 @@ impl Syncer {
             s.last_error = read_only.then(|| {
                 "the primary is down; pulled from a read-only replica, local writes wait".into()
             });
-            if !read_only {
+            if !read_only && push_error.is_none() {
                 s.last_sync = Some(SystemTime::now());
             }
         });
-        Ok(())
+        push_error.map_or(Ok(()), Err)
     }
 
-    async fn push(&mut self, b: &Batch) -> Result<(), SyncError> {
-        let device = self.store.device().to_string();
+    async fn push_all(&mut self) -> Result<(), SyncError> {
+        let full = self.cfg.batch;
+        let mut limit = full;
         let node = self.store.node().to_string();
-        let client = self.client.as_mut().expect("connected");
-        let tx = client.transaction().await?;
-        check_schema(&tx).await?;
-        tx.execute("INSERT INTO robbie.devices (device_id, node) VALUES ($1, $2) ON CONFLICT (device_id) DO NOTHING", &[&device, &node])
-            .await?;
-        let acked: i64 = tx
-            .query_one(
-                "SELECT acked_seq FROM robbie.devices WHERE device_id = $1 FOR UPDATE",
-                &[&device],
-            )
-            .await?
-            .get(0);
-        if acked >= b.max_seq {
-            // Already there (a crash after the commit, before the local ack).
-            tx.rollback().await?;
-            return Ok(());
-        }
-        if !b.conversations.is_empty() {
-            let c = &b.conversations;
-            let ids: Vec<&str> = c.iter().map(|c| c.id.as_str()).collect();
-            let titles: Vec<&str> = c.iter().map(|c| c.title.as_str()).collect();
-            let archived: Vec<bool> = c.iter().map(|c| c.archived).collect();
-            let created: Vec<i64> = c.iter().map(|c| c.created_at).collect();
-            let origins: Vec<&str> = c.iter().map(|c| c.origin.as_str()).collect();
-            let stamps: Vec<&str> = c.iter().map(|c| c.updated_hlc.as_str()).collect();
-            tx.execute(
-                "INSERT INTO robbie.conversations AS c (id, title, archived, created_at, origin, updated_hlc, device) \
-                 SELECT id::uuid, title, archived, created_at, origin, hlc, $7 \
-                 FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[]) AS t(id, title, archived, created_at, origin, hlc) \
-                 ON CONFLICT (id) DO UPDATE SET title = excluded.title, archived = excluded.archived, \
-                   updated_hlc = excluded.updated_hlc, device = excluded.device, \
-                   xid = pg_current_xact_id(), change_id = nextval('robbie.change_id') \
-                 WHERE excluded.updated_hlc > c.updated_hlc",
-                &[&ids, &titles, &archived, &created, &origins, &stamps, &device],
-            )
-            .await?;
-        }
-        if !b.messages.is_empty() {
-            let m = &b.messages;
-            let ids: Vec<&str> = m.iter().map(|m| m.id.as_str()).collect();
-            let convs: Vec<&str> = m.iter().map(|m| m.conversation_id.as_str()).collect();
-            let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
-            let contents: Vec<&str> = m.iter().map(|m| m.content.as_str()).collect();
-            let models: Vec<Option<&str>> = m.iter().map(|m| m.model.as_deref()).collect();
-            let nodes: Vec<&str> = m.iter().map(|m| m.node.as_str()).collect();
-            let created: Vec<i64> = m.iter().map(|m| m.created_at).collect();
-            tx.execute(
-                "INSERT INTO robbie.messages (id, conversation_id, role, content, model, node, created_at, device) \
-                 SELECT id::uuid, conv::uuid, role, content, model, node, created_at, $8 \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[]) \
-                   AS t(id, conv, role, content, model, node, created_at) \
-                 ON CONFLICT (id) DO NOTHING",
-                &[&ids, &convs, &roles, &contents, &models, &nodes, &created, &device],
-            )
-            .await?;
-        }
-        tx.execute(
-            "UPDATE robbie.devices SET acked_seq = $2, last_push = now() WHERE device_id = $1",
-            &[&device, &b.max_seq],
-        )
-        .await?;
-        crate::failpoint::hit("sync-before-commit");
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// One page of rows other devices wrote after the cursor, applied with the new
-    /// cursor; returns how many. Read in one snapshot: when the page is not full,
-    /// every other device's row below the fence has been read, so the cursor jumps
-    /// to the last row below the fence, past this device's own rows, which no pull
-    /// then reads again.
-    async fn pull(&mut self, table: Table, limit: usize) -> Result<usize, SyncError> {
-        let (xid, change) = self.store.cursor(table.name()).await?;
-        let device = self.store.device().to_string();
-        let client = self.client.as_mut().expect("connected");
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let fence: String = tx
-            .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
-            .await?
-            .get(0);
-        let name = table.name();
-        let after = "xid < $5::text::xid8 AND (xid, change_id) > ($1::text::xid8, $2)";
-        let sql = match table {
-            Table::Conversations => format!(
-                "SELECT xid::text, change_id, id::text, title, archived, created_at, origin, updated_hlc \
-                 FROM robbie.conversations WHERE {after} AND device <> $3 ORDER BY xid, change_id LIMIT $4"
-            ),
-            Table::Messages => format!(
-                "SELECT xid::text, change_id, id::text, conversation_id::text, role, content, model, node, created_at \
-                 FROM robbie.messages WHERE {after} AND device <> $3 ORDER BY xid, change_id LIMIT $4"
-            ),
-        };
-        let rows = tx
-            .query(&sql, &[&xid, &change, &device, &(limit as i64), &fence])
-            .await?;
-        let cursor: Option<(String, i64)> = if rows.len() == limit {
-            rows.last().map(|r| (r.get(0), r.get(1)))
-        } else {
-            tx.query_opt(
-                &format!(
-                    "SELECT xid::text, change_id FROM robbie.{name} WHERE xid < $3::text::xid8 AND (xid, change_id) > ($1::text::xid8, $2) \
-                     ORDER BY xid DESC, change_id DESC LIMIT 1"
-                ),
-                &[&xid, &change, &fence],
-            )
-            .await?
-            .map(|r| (r.get(0), r.get(1)))
-        };
-        tx.commit().await?;
-        let Some(cursor) = cursor else { return Ok(0) };
-        let n = rows.len();
-        match table {
-            Table::Conversations => {
-                let cs = rows
-                    .iter()
-                    .map(|r| Conversation {
-                        id: r.get(2),
-                        title: r.get(3),
-                        archived: r.get(4),
-                        created_at: r.get(5),
-                        origin: r.get(6),
-                        updated_hlc: r.get(7),
-                    })
-                    .collect();
-                self.store.apply_conversations(cs, cursor).await?;
+        let mut reconciled = 0;
+        loop {
+            let device = self.store.device();
+            let batch = self.store.outbox_batch(limit, MAX_BATCH_BYTES).await?;
+            if batch.rows == 0 {
+                return Ok(());
             }
-            Table::Messages => {
-                let ms = rows
-                    .iter()
-                    .map(|r| Message {
-                        id: r.get(2),
-                        conversation_id: r.get(3),
-                        role: r.get(4),
-                        content: r.get(5),
-                        model: r.get(6),
-                        node: r.get(7),
-                        created_at: r.get(8),
-                    })
-                    .collect();
-                self.store.apply_messages(ms, cursor).await?;
+            let known = self.store.acked().await?.map_or(0, |a| a.0);
+            let n = (batch.conversations.len() + batch.messages.len()) as u64;
+            let d = self.deadline();
+            let client = self.client()?;
+            let pushed = tokio::time::timeout(
+                d,
+                primary::push_batch(client, &device, &node, known, &batch),
+            )
+            .await
+            .unwrap_or(Err(SyncError::Timeout(d, "pushing a batch")));
+            match pushed {
+                Ok(()) => {
+                    crate::failpoint::hit("sync-after-commit");
+                    self.store.ack(batch.max_seq, Some(batch.max_tag)).await?;
+                    let pending = self.store.pending().await?;
+                    self.status.send_modify(|s| {
+                        s.pushed += n;
+                        s.pending = pending;
+                    });
+                    limit = (limit * 2).min(full);
+                }
+                // One row the primary cannot take: halve the batch until it is
+                // alone, then set it aside.
+                Err(e) if e.is_refused_row() && batch.rows > 1 => {
+                    limit = (batch.rows / 2).max(1);
+                }
+                Err(e) if e.is_refused_row() => {
+                    let (seq, kind, id) = batch.first.clone().unwrap_or_default();
+                    let what = if kind == "c" { "conversation" } else { "message" };
+                    tracing::warn!(
+                        "sync: the primary refuses {what} {id}: {e}; it is kept here and set aside \
+                         (see `robbie-mesh status`), the other rows keep syncing"
+                    );
+                    self.store.set_aside(seq, kind, id, e.to_string()).await?;
+                }
+                // The primary's acknowledgement moved without us (a commit whose
+                // answer was lost, or another copy of this file): agree again.
+                Err(SyncError::AckMismatch { .. }) if reconciled < 2 => {
+                    reconciled += 1;
+                    let info = self.server.clone().ok_or(SyncError::Pg {
+                        message: "not connected".into(),
+                        code: None,
+                        closed: true,
+                    })?;
+                    self.timed_reconcile(&info).await?;
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(n)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Table {
-    Conversations,
-    Messages,
-}
-
-impl Table {
-    fn name(self) -> &'static str {
-        match self {
-            Table::Conversations => "conversations",
-            Table::Messages => "messages",
-        }
-    }
-}
-
-/// The store's side of sync.
-impl Store {
-    /// The oldest `limit` outbox rows and the rows they name (a conversation once,
-    /// in its current state, however often it changed).
-    pub async fn outbox_batch(&self, limit: usize) -> Result<Batch, StoreError> {
-        self.with(move |conn, inner| {
-            let mut q = || -> rusqlite::Result<Batch> {
-                let tx = conn.transaction()?;
-                let (max_seq, rows): (Option<i64>, i64) = tx.query_row(
-                    "SELECT max(seq), count(*) FROM (SELECT seq FROM outbox ORDER BY seq LIMIT ?1)",
-                    [limit as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                let Some(max_seq) = max_seq else { return Ok(Batch::default()) };
-                let conversations = tx
-                    .prepare_cached(
-                        "SELECT id, title, archived, created_at, origin, updated_hlc FROM conversations \
-                         WHERE id IN (SELECT row_id FROM outbox WHERE kind = 'c' AND seq <= ?1)",
-                    )?
-                    .query_map([max_seq], super::conversation_row)?
-                    .collect::<Result<Vec<_>, _>>()?;
-                let messages = tx
-                    .prepare_cached(
-                        "SELECT m.id, m.conversation_id, m.role, m.content, m.model, m.node, m.created_at \
-                         FROM outbox o JOIN messages m ON m.id = o.row_id WHERE o.kind = 'm' AND o.seq <= ?1 ORDER BY o.seq",
-                    )?
-                    .query_map([max_seq], super::message_row)?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Batch { max_seq, rows: rows as usize, conversations, messages })
-            };
-            q().map_err(|e| inner.sql(e))
-        })
-        .await
     }
 
-    /// The primary has everything up to `seq`: those outbox rows go.
-    pub async fn ack(&self, seq: i64) -> Result<(), StoreError> {
-        self.with(move |conn, inner| {
-            conn.execute("DELETE FROM outbox WHERE seq <= ?1", [seq])
-                .map(drop)
-                .map_err(|e| inner.sql(e))
-        })
-        .await
-    }
-
-    pub async fn cursor(&self, table: &'static str) -> Result<(String, i64), StoreError> {
-        self.with(move |conn, inner| {
-            use rusqlite::OptionalExtension;
-            conn.query_row(
-                "SELECT xid, change_id FROM sync_cursor WHERE tbl = ?1",
-                [table],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map(|c| c.unwrap_or_else(|| ("0".to_string(), 0)))
-            .map_err(|e| inner.sql(e))
-        })
-        .await
-    }
-
-    /// Conversations from the primary, newest stamp winning, with the cursor.
-    pub async fn apply_conversations(
-        &self,
-        rows: Vec<Conversation>,
-        cursor: (String, i64),
-    ) -> Result<(), StoreError> {
-        self.with(move |conn, inner| {
-            let now = super::hlc::now_ms();
-            let mut skewed: HashMap<String, Duration> = HashMap::new();
-            {
-                let mut clock = inner.hlc.lock().unwrap_or_else(|p| p.into_inner());
-                for c in &rows {
-                    if let Some(stamp) = super::hlc::Stamp::decode(&c.updated_hlc) {
-                        if let Some(ahead) = clock.observe(stamp, now) {
-                            skewed.insert(c.updated_hlc.splitn(3, '-').nth(2).unwrap_or("?").to_string(), ahead);
-                        }
+    async fn pull_all(&mut self) -> Result<(), SyncError> {
+        let device = self.store.device();
+        let limit = self.cfg.batch;
+        for table in [Table::Conversations, Table::Messages] {
+            loop {
+                let cursor = self.store.cursor(table.name()).await?;
+                let d = self.deadline();
+                let client = self.client()?;
+                let page = tokio::time::timeout(d, async {
+                    let tx = client
+                        .build_transaction()
+                        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                        .read_only(true)
+                        .start()
+                        .await?;
+                    let fence: i64 = tx
+                        .query_one(
+                            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
+                            &[],
+                        )
+                        .await?
+                        .get(0);
+                    let page = primary::pull_page(
+                        &tx,
+                        table,
+                        cursor,
+                        &device,
+                        limit,
+                        MAX_BATCH_BYTES,
+                        fence,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok::<_, SyncError>(page)
+                })
+                .await
+                .unwrap_or(Err(SyncError::Timeout(d, "pulling a page")))?;
+                let n = page.rows.len();
+                let Some(next) = page.cursor else { break };
+                match page.rows {
+                    primary::Rows::Conversations(rows) => {
+                        self.store.apply_conversations(rows, Some(next)).await?
+                    }
+                    primary::Rows::Messages(rows) => {
+                        self.store.apply_messages(rows, Some(next), false).await?
                     }
                 }
-            }
-            for (device, ahead) in skewed {
-                tracing::warn!("device {device}'s clock is {}s ahead of ours; its stamps are not followed", ahead.as_secs());
-            }
-            inner.write(conn, |tx| {
-                let mut st = tx.prepare_cached(
-                    "INSERT INTO conversations (id, title, archived, created_at, origin, updated_hlc) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                     ON CONFLICT (id) DO UPDATE SET title = excluded.title, archived = excluded.archived, updated_hlc = excluded.updated_hlc \
-                     WHERE excluded.updated_hlc > conversations.updated_hlc",
-                )?;
-                for c in &rows {
-                    st.execute(params![c.id, c.title, c.archived, c.created_at, c.origin, c.updated_hlc])?;
+                self.status.send_modify(|s| s.pulled += n as u64);
+                if !page.more {
+                    break;
                 }
-                save_cursor(tx, "conversations", &cursor)
-            })
-        })
-        .await
+            }
+        }
+        Ok(())
     }
 
-    /// Messages from the primary (already here: ignored), with the cursor.
-    pub async fn apply_messages(
-        &self,
-        rows: Vec<Message>,
-        cursor: (String, i64),
-    ) -> Result<(), StoreError> {
-        self.with(move |conn, inner| {
-            inner.write(conn, |tx| {
-                let mut st = tx.prepare_cached(
-                    "INSERT INTO messages (id, conversation_id, role, content, model, node, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                     ON CONFLICT (id) DO NOTHING",
-                )?;
-                for m in &rows {
-                    st.execute(params![m.id, m.conversation_id, m.role, m.content, m.model, m.node, m.created_at])?;
-                }
-                save_cursor(tx, "messages", &cursor)
-            })
+    /// Rows wait behind a transaction open for more than a minute: which one.
+    async fn held_back(&mut self) -> Result<Option<String>, SyncError> {
+        let cursor = self.store.cursor(Table::Messages.name()).await?.0;
+        let d = self.deadline();
+        let client = self.client()?;
+        let r = tokio::time::timeout(d, async {
+            let fence: i64 = client
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
+                    &[],
+                )
+                .await?
+                .get(0);
+            primary::held_back_by(&*client, cursor, fence).await
         })
         .await
+        .unwrap_or(Ok(None))?;
+        Ok(r.filter(|(age, ..)| *age >= HELD_BACK_AFTER).map(|(age, pid, app)| {
+            format!(
+                "rows written on the primary wait behind a transaction open for {} s (pid {pid}{}); \
+                 they come down once it ends (`SELECT pg_terminate_backend({pid})` on the primary ends it)",
+                age.as_secs(),
+                if app.is_empty() { String::new() } else { format!(", {app}") }
+            )
+        }))
     }
-}
 
-fn save_cursor(
-    tx: &rusqlite::Transaction<'_>,
-    table: &str,
-    (xid, change): &(String, i64),
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO sync_cursor (tbl, xid, change_id) VALUES (?1, ?2, ?3) ON CONFLICT (tbl) DO UPDATE SET xid = excluded.xid, change_id = excluded.change_id",
-    )?
-    .execute(params![table, xid, change])?;
-    Ok(())
+    /// `sync --verify [--repair]`: a round first (so what is merely on its way is
+    /// not counted), then the comparison, then the repair and a second comparison.
+    async fn verify(&mut self, repair: bool) -> Result<VerifyReport, SyncError> {
+        self.round().await?;
+        if self.server.as_ref().is_some_and(|s| s.read_only) {
+            return Err(SyncError::Pg {
+                message: "only a read-only replica is reachable: verify needs the primary".into(),
+                code: None,
+                closed: false,
+            });
+        }
+        let started = Instant::now();
+        let store = self.store.clone();
+        let d = self.deadline() * 10;
+        let client = self.client()?;
+        let mut report = tokio::time::timeout(d, verify::compare(client, &store))
+            .await
+            .unwrap_or(Err(SyncError::Timeout(d, "verifying")))?;
+        if repair && !report.is_clean() {
+            let client = self.client()?;
+            let repaired = tokio::time::timeout(d, verify::repair(client, &store, &report))
+                .await
+                .unwrap_or(Err(SyncError::Timeout(d, "repairing")))?;
+            self.round().await?;
+            let client = self.client()?;
+            let mut after = tokio::time::timeout(d, verify::compare(client, &store))
+                .await
+                .unwrap_or(Err(SyncError::Timeout(d, "verifying")))?;
+            after.elapsed_ms = started.elapsed().as_millis() as u64;
+            report.repaired = Some(repaired);
+            report.after = Some(Box::new(after));
+        }
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
 }

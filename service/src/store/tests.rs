@@ -23,17 +23,17 @@ async fn a_batch_carries_a_conversation_once_in_its_latest_state_and_an_ack_empt
         .await
         .expect("rename");
     assert_eq!(s.pending().await.expect("pending"), 4);
-    let b = s.outbox_batch(100).await.expect("batch");
+    let b = s.outbox_batch(100, 1 << 20).await.expect("batch");
     assert_eq!((b.rows, b.conversations.len(), b.messages.len()), (4, 1, 1));
     assert_eq!(b.conversations[0].title, "three");
     // A batch of 2 stops at the second outbox row.
-    let b2 = s.outbox_batch(2).await.expect("batch");
+    let b2 = s.outbox_batch(2, 1 << 20).await.expect("batch");
     assert_eq!((b2.rows, b2.messages.len()), (2, 1));
-    s.ack(b2.max_seq).await.expect("ack");
+    s.ack(b2.max_seq, Some(b2.max_tag)).await.expect("ack");
     assert_eq!(s.pending().await.expect("pending"), 2);
-    s.ack(b.max_seq).await.expect("ack");
+    s.ack(b.max_seq, Some(b.max_tag)).await.expect("ack");
     assert_eq!(s.pending().await.expect("pending"), 0);
-    assert_eq!(s.outbox_batch(100).await.expect("batch").rows, 0);
+    assert_eq!(s.outbox_batch(100, 1 << 20).await.expect("batch").rows, 0);
 }
 
 #[tokio::test]
@@ -43,18 +43,21 @@ async fn pulled_metadata_wins_only_with_a_later_stamp_and_messages_are_never_dou
     let older = Conversation {
         title: "theirs, older".into(),
         updated_hlc: "0000000000000001-00000-x".into(),
+        title_hlc: "0000000000000001-00000-x".into(),
+        archived_hlc: "0000000000000001-00000-x".into(),
         ..c.clone()
     };
-    s.apply_conversations(vec![older], ("10".into(), 1))
+    s.apply_conversations(vec![older], Some((10, 1)))
         .await
         .expect("apply");
     assert_eq!(s.conversation(&c.id).await.expect("get").title, "mine");
     let newer = Conversation {
         title: "theirs, newer".into(),
         updated_hlc: "9999999999999999-00000-x".into(),
+        title_hlc: "9999999999999999-00000-x".into(),
         ..c.clone()
     };
-    s.apply_conversations(vec![newer], ("11".into(), 2))
+    s.apply_conversations(vec![newer], Some((11, 2)))
         .await
         .expect("apply");
     assert_eq!(
@@ -63,14 +66,14 @@ async fn pulled_metadata_wins_only_with_a_later_stamp_and_messages_are_never_dou
     );
     assert_eq!(
         s.cursor("conversations").await.expect("cursor"),
-        ("11".to_string(), 2)
+        (11, 2)
     );
 
     let m = s
         .append_message(&c.id, "user", "once".into(), None)
         .await
         .expect("append");
-    s.apply_messages(vec![m.clone(), m.clone()], ("12".into(), 3))
+    s.apply_messages(vec![m.clone(), m.clone()], Some((12, 3)), false)
         .await
         .expect("apply");
     assert_eq!(s.messages(&c.id, None, 100).await.expect("list").len(), 1);
@@ -91,9 +94,74 @@ async fn bad_input_is_refused_and_nothing_is_written() {
         s.create_conversation(&"t".repeat(MAX_TITLE + 1)).await,
         Err(StoreError::Invalid(_))
     ));
+    // A NUL PostgreSQL could never store is refused, naming the field.
+    for (title, content, model, field) in [
+        ("a\0b", "x", None, "title"),
+        ("ok", "a\u{0}b", None, "content"),
+        ("ok", "x", Some("llama\0"), "model"),
+    ] {
+        let r = if field == "title" {
+            s.create_conversation(title).await.map(drop)
+        } else {
+            s.append_message(&c.id, "user", content.into(), model.map(String::from))
+                .await
+                .map(drop)
+        };
+        match r {
+            Err(StoreError::Invalid(why)) => assert!(why.starts_with(field) && why.contains("NUL"), "{why}"),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
     assert_eq!(
         s.pending().await.expect("pending"),
         1,
         "only the conversation"
     );
+}
+
+#[tokio::test]
+async fn a_batch_is_capped_by_bytes_but_always_carries_a_row() {
+    let (_d, s) = store();
+    let c = s.create_conversation("big").await.expect("create");
+    for _ in 0..3 {
+        s.append_message(&c.id, "assistant", "x".repeat(1 << 20), None)
+            .await
+            .expect("append");
+    }
+    // 1 MiB each: a 2.5 MiB cap takes the conversation and two messages.
+    let b = s.outbox_batch(100, 5 << 19).await.expect("batch");
+    assert_eq!((b.rows, b.messages.len()), (3, 2));
+    // A cap below one row still takes one.
+    s.ack(1, None).await.expect("ack the conversation");
+    let b = s.outbox_batch(100, 10).await.expect("batch");
+    assert_eq!((b.rows, b.messages.len()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_rename_and_an_archive_from_two_devices_both_survive() {
+    let (_d, s) = store();
+    let c = s.create_conversation("first").await.expect("create");
+    // Another device archived it later than our rename; we renamed after that.
+    let archived_elsewhere = Conversation {
+        archived: true,
+        archived_hlc: "9999999999999990-00000-other".into(),
+        updated_hlc: "9999999999999990-00000-other".into(),
+        ..c.clone()
+    };
+    let renamed = s
+        .update_conversation(&c.id, Some("renamed here".into()), None)
+        .await
+        .expect("rename");
+    s.apply_conversations(vec![archived_elsewhere], Some((1, 1)))
+        .await
+        .expect("apply");
+    let now = s.conversation(&c.id).await.expect("get");
+    assert_eq!((now.title.as_str(), now.archived), ("renamed here", true));
+    assert_eq!(now.title_hlc, renamed.title_hlc);
+    // A local edit after that is stamped above the row, whatever our clock says.
+    let again = s
+        .update_conversation(&c.id, None, Some(false))
+        .await
+        .expect("unarchive");
+    assert!(again.archived_hlc > now.archived_hlc, "{} > {}", again.archived_hlc, now.archived_hlc);
 }
