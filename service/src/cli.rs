@@ -159,6 +159,28 @@ pub fn store_text(status: &serde_json::Value) -> String {
             if let Some(e) = sync["last_error"].as_str() {
                 let _ = write!(out, "\n    {e}");
             }
+            if let Some(h) = sync["held_back"].as_str() {
+                let _ = write!(out, "\n    {h}");
+            }
+            if let Some(n) = sync["notice"].as_str() {
+                let _ = write!(out, "\n    {n}");
+            }
+            let rejected = sync["rejected"].as_u64().unwrap_or(0);
+            if rejected > 0 {
+                let _ = write!(
+                    out,
+                    "\n    {rejected} rows refused by the primary, kept here and set aside:"
+                );
+                for r in sync["rejected_rows"].as_array().into_iter().flatten() {
+                    let _ = write!(
+                        out,
+                        "\n      {} {}: {}",
+                        r["kind"].as_str().unwrap_or("?"),
+                        r["id"].as_str().unwrap_or("?"),
+                        r["reason"].as_str().unwrap_or("?")
+                    );
+                }
+            }
         }
         None => {}
     }

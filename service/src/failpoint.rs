@@ -1,17 +1,23 @@
 //! Crash points for the sync's crash tests: `ROBBIE_MESH_FAILPOINT=NAME@N` makes the
 //! N-th time the code passes the point named NAME abort the process on the spot (as
-//! a power cut would: no destructors, no flushing). Unset, a point costs one load.
+//! a power cut would: no destructors, no flushing); `NAME@N:stop` makes the process
+//! stop itself there instead (SIGSTOP: a laptop whose lid closed mid-transaction),
+//! until a SIGCONT. Unset, a point costs one load.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-fn armed() -> Option<&'static (String, u64)> {
-    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+fn armed() -> Option<&'static (String, u64, bool)> {
+    static ARMED: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
     ARMED
         .get_or_init(|| {
             let v = std::env::var("ROBBIE_MESH_FAILPOINT").ok()?;
+            let (v, stop) = match v.strip_suffix(":stop") {
+                Some(v) => (v.to_string(), true),
+                None => (v, false),
+            };
             let (name, n) = v.split_once('@').unwrap_or((v.as_str(), "1"));
-            Some((name.to_string(), n.parse().ok()?))
+            Some((name.to_string(), n.parse().ok()?, stop))
         })
         .as_ref()
 }
@@ -19,8 +25,13 @@ fn armed() -> Option<&'static (String, u64)> {
 /// Passes the point `name`; aborts if it is the armed one's N-th pass.
 pub fn hit(name: &str) {
     static PASSES: AtomicU64 = AtomicU64::new(0);
-    if let Some((armed, n)) = armed() {
+    if let Some((armed, n, stop)) = armed() {
         if armed == name && PASSES.fetch_add(1, Ordering::Relaxed) + 1 == *n {
+            if *stop {
+                eprintln!("failpoint {name}@{n}: stopping");
+                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+                return;
+            }
             eprintln!("failpoint {name}@{n}: aborting");
             std::process::abort();
         }

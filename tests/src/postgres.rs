@@ -94,6 +94,11 @@ impl Postgres {
 
     /// A fresh primary (trust authentication on loopback, replication allowed).
     pub fn primary() -> Postgres {
+        Postgres::primary_on(free_port())
+    }
+
+    /// The same on a given port (a new cluster in place of a stopped one).
+    pub fn primary_on(port: u16) -> Postgres {
         let (dir, data) = Postgres::new_dir();
         let bin = bin_dir();
         check(
@@ -104,7 +109,7 @@ impl Postgres {
             "initdb",
         );
         let mut pg = Postgres {
-            port: free_port(),
+            port,
             _dir: dir,
             data,
             child: None,
@@ -257,6 +262,26 @@ pub fn migrate(bin: &Path, url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Uses up transaction ids until the primary's next one is at least `next` (each
+/// a committed transaction of its own), as a busy primary would have.
+pub fn burn_xids_to(port: u16, next: u64) {
+    let (ok, out, err) = psql(
+        port,
+        &format!(
+            "DO $$ BEGIN WHILE pg_snapshot_xmax(pg_current_snapshot())::text::int8 < {next} LOOP \
+             PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$"
+        ),
+    );
+    assert!(ok, "burning transaction ids: {err}{out}");
+}
+
+/// The primary's next transaction id.
+pub fn next_xid(port: u16) -> u64 {
+    let (ok, out, err) = psql(port, "SELECT pg_snapshot_xmax(pg_current_snapshot())");
+    assert!(ok, "{err}");
+    out.trim().parse().expect("a number")
+}
+
 /// `psql -Atc SQL` against 127.0.0.1:`port`: (success, stdout, stderr).
 pub fn psql(port: u16, sql: &str) -> (bool, String, String) {
     let out = Command::new("psql")
@@ -285,20 +310,37 @@ pub fn book_syncing_to(
     service_extra: &str,
     sync_extra: &str,
 ) -> (PathBuf, u16) {
+    node_syncing_to("robbiebook1", primary, sshd, dir, store, service_extra, sync_extra)
+}
+
+/// The same for any node: `dir/<node>.toml`.
+pub fn node_syncing_to(
+    node: &str,
+    primary: &Postgres,
+    sshd: &Sshd,
+    dir: &Path,
+    store: &str,
+    service_extra: &str,
+    sync_extra: &str,
+) -> (PathBuf, u16) {
     let (api, endpoint, tunnel) = (free_port(), free_port(), free_port());
     let fwd = format!(
         "[[peer.forward]]\nname = \"aurora-postgres\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"127.0.0.1:{}\"\n",
         primary.port
     );
     let text = format!(
-        "node = \"robbiebook1\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n{}\n\
+        "node = \"{node}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n{}\n\
          [[service]]\nname = \"postgres\"\nkind = \"postgres\"\nlisten = \"127.0.0.1:{endpoint}\"\n\
          candidates = [{{ node = \"aurora\", tunnel = \"aurora-postgres\" }}]\n{service_extra}\
          [store]\npath = \"{}\"\n[store.sync]\nservice = \"postgres\"\ndatabase = \"postgres\"\nuser = \"postgres\"\n{sync_extra}",
         peer_toml("aurora", sshd, &trust(sshd), &fwd),
         dir.join(store).display()
     );
-    let path = dir.join("book.toml");
+    let path = dir.join(if node == "robbiebook1" {
+        "book.toml".to_string()
+    } else {
+        format!("{node}.toml")
+    });
     std::fs::write(&path, text).expect("config");
     (path, api)
 }

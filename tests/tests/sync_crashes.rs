@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesh_tests::postgres::{book_syncing_to, migrate, psql, Postgres};
+use mesh_tests::postgres::{
+    book_syncing_to, burn_xids_to, migrate, next_xid, node_syncing_to, psql, Postgres,
+};
 use mesh_tests::sshd::Sshd;
 use mesh_tests::{wait_for, DEADLINE};
 use serde_json::{json, Value};
@@ -100,6 +102,12 @@ fn say(client: &reqwest::blocking::Client, api: &str, conv: &str, content: &str)
 
 /// (id, content) of every message in the local store, through `robbie-mesh db export`.
 fn local_messages(cfg: &Path) -> BTreeMap<String, String> {
+    local_rows(cfg).1
+}
+
+/// Every conversation (id → (title, archived)) and message (id → content) in the
+/// local store, through `robbie-mesh db export`.
+fn local_rows(cfg: &Path) -> (BTreeMap<String, (String, bool)>, BTreeMap<String, String>) {
     let out = Command::new(bin())
         .args(["db", "export", "--config"])
         .arg(cfg)
@@ -111,8 +119,18 @@ fn local_messages(cfg: &Path) -> BTreeMap<String, String> {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut m = BTreeMap::new();
+    let mut convs = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let v: Value = serde_json::from_str(line).expect("a JSON line");
+        if v["type"] == "conversation" {
+            convs.insert(
+                v["id"].as_str().expect("id").to_string(),
+                (
+                    v["title"].as_str().expect("title").to_string(),
+                    v["archived"].as_bool().expect("archived"),
+                ),
+            );
+        }
         if v["type"] == "message" {
             let dup = m.insert(
                 v["id"].as_str().expect("id").to_string(),
@@ -121,7 +139,7 @@ fn local_messages(cfg: &Path) -> BTreeMap<String, String> {
             assert!(dup.is_none(), "an id twice in the local store");
         }
     }
-    m
+    (convs, m)
 }
 
 fn primary_messages(port: u16) -> (BTreeMap<String, String>, usize) {
@@ -290,4 +308,238 @@ fn a_crash_campaign_loses_and_duplicates_nothing() {
         "the campaign wrote too little to mean anything: {}",
         acked.len()
     );
+}
+
+fn sync_wait(api: u16) {
+    let out = Command::new(bin())
+        .args(["sync", "--wait", "--timeout", "60s", "--api"])
+        .arg(format!("127.0.0.1:{api}"))
+        .output()
+        .expect("sync --wait");
+    assert!(
+        out.status.success(),
+        "sync --wait: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn primary_conversations(port: u16) -> BTreeMap<String, (String, bool)> {
+    let (ok, out, err) = psql(
+        port,
+        "SELECT id::text || '|' || archived::text || '|' || title FROM robbie.conversations",
+    );
+    assert!(ok, "{err}");
+    out.lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, '|');
+            let id = p.next()?.to_string();
+            let archived = p.next()? == "true";
+            Some((id, (p.next()?.to_string(), archived)))
+        })
+        .collect()
+}
+
+/// One device of the two-device campaign.
+struct Device {
+    node: &'static str,
+    sshd: Sshd,
+    conv: String,
+}
+
+/// Two devices (a laptop and a desktop) write through their APIs while both sync
+/// with one primary through their own tunnels; both are killed at random moments
+/// (SIGKILL, aborts right before and after the primary's commit), their tunnels
+/// are cut, the primary restarts fast, the batch size varies from 1 to 2000 — and
+/// the primary's transaction ids cross 1000 and 10 000 during the campaign. At the
+/// end every acknowledged message is on the primary and on both devices, with the
+/// same contents, no id twice, and the same titles and archive flags everywhere.
+#[test]
+fn two_devices_crash_campaign_each_ends_with_every_row() {
+    const ROUNDS: usize = 60;
+    let mut primary = Postgres::primary();
+    migrate(&bin(), &primary.url());
+    // A fresh primary starts near id 730: start the campaign just below 1000.
+    burn_xids_to(primary.port, 960);
+    let xid_start = next_xid(primary.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let seed = std::env::var("MESH_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    eprintln!("two-device campaign seed {seed} (MESH_CRASH_SEED={seed} repeats it)");
+    let mut rng = Rng(seed);
+    let config = |d: &Device, batch: u64, primary: &Postgres| {
+        node_syncing_to(
+            d.node,
+            primary,
+            &d.sshd,
+            dir.path(),
+            &format!("{}.db", d.node),
+            "probe = { local_interval = \"100ms\", remote_interval = \"100ms\" }\n",
+            &format!("interval = \"200ms\"\nretry = \"100ms\"\nbatch = {batch}\ntimeout = \"3s\"\n"),
+        )
+    };
+    let mut devices = [
+        Device {
+            node: "robbiebook1",
+            sshd: Sshd::start(),
+            conv: String::new(),
+        },
+        Device {
+            node: "vengeance",
+            sshd: Sshd::start(),
+            conv: String::new(),
+        },
+    ];
+    // Each device starts a conversation of its own; both end up knowing both.
+    for d in devices.iter_mut() {
+        let (cfg, api) = config(d, 50, &primary);
+        let s = Service::start(&cfg, api, None);
+        let c: Value = client
+            .post(format!("{}/v1/conversations", s.api))
+            .json(&json!({"title": format!("started on {}", d.node)}))
+            .send()
+            .expect("create")
+            .json()
+            .expect("json");
+        d.conv = c["id"].as_str().expect("id").to_string();
+        sync_wait(api);
+    }
+    let convs = [devices[0].conv.clone(), devices[1].conv.clone()];
+
+    let mut acked: Vec<String> = Vec::new();
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut restarts = 0;
+    let (mut xid_half, mut xid_mid) = (0, 0);
+    for round in 0..ROUNDS {
+        if round == ROUNDS / 2 {
+            // Halfway: just below 10 000.
+            xid_half = next_xid(primary.port);
+            burn_xids_to(primary.port, 9_960);
+            xid_mid = next_xid(primary.port);
+        }
+        let mut running = Vec::new();
+        for d in &devices {
+            let batch = [1, 2, 3, 7, 50, 2000][rng.below(6) as usize];
+            let kind = ["sigkill", "after-commit", "before-commit", "tunnel-cut", "calm"]
+                [rng.below(5) as usize];
+            *kinds.entry(kind).or_default() += 1;
+            let failpoint = match kind {
+                "after-commit" => Some(format!("sync-after-commit@{}", 1 + rng.below(3))),
+                "before-commit" => Some(format!("sync-before-commit@{}", 1 + rng.below(3))),
+                _ => None,
+            };
+            let (cfg, api) = config(d, batch, &primary);
+            running.push((Service::start(&cfg, api, failpoint), kind, d));
+        }
+        let restart_at = (rng.below(4) == 0).then(|| rng.below(10));
+        let writes = 1 + rng.below(12);
+        let kill_after = [rng.below(writes + 1), rng.below(writes + 1)];
+        for i in 0..writes {
+            if restart_at == Some(i) {
+                primary.stop();
+                primary.start();
+                restarts += 1;
+            }
+            for (k, (s, kind, d)) in running.iter_mut().enumerate() {
+                if i == kill_after[k] {
+                    match *kind {
+                        "sigkill" => s.kill(),
+                        "tunnel-cut" => {
+                            d.sshd.signal_sessions(nix::sys::signal::Signal::SIGKILL);
+                        }
+                        _ => {}
+                    }
+                }
+                // Mostly its own conversation; sometimes the other's.
+                let conv = &convs[if rng.below(4) == 0 { 1 - k } else { k }];
+                if let Some(id) = say(&client, &s.api, conv, &format!("round {round} {} {i}", d.node)) {
+                    acked.push(id);
+                }
+                if rng.below(8) == 0 {
+                    let patch = if rng.below(2) == 0 {
+                        json!({"title": format!("renamed on {} in round {round}", d.node)})
+                    } else {
+                        json!({"archived": rng.below(2) == 0})
+                    };
+                    let _ = client
+                        .patch(format!("{}/v1/conversations/{conv}", s.api))
+                        .json(&patch)
+                        .send();
+                }
+            }
+        }
+        for (mut s, kind, _) in running {
+            match kind {
+                "after-commit" | "before-commit" => {
+                    if !s.exited_within(Duration::from_millis(500)) {
+                        s.kill();
+                    }
+                }
+                _ => {
+                    std::thread::sleep(Duration::from_millis(rng.below(200)));
+                    s.kill();
+                }
+            }
+        }
+    }
+    let xid_end = next_xid(primary.port);
+
+    // Calm weather: both run until nothing is pending; twice, so that each has
+    // pulled what the other pushed last.
+    let services: Vec<(Service, u16, PathBuf)> = devices
+        .iter()
+        .map(|d| {
+            let (cfg, api) = config(d, 2000, &primary);
+            (Service::start(&cfg, api, None), api, cfg)
+        })
+        .collect();
+    for _ in 0..2 {
+        for (_, api, _) in &services {
+            sync_wait(*api);
+        }
+    }
+    let cfgs: Vec<PathBuf> = services.iter().map(|s| s.2.clone()).collect();
+    drop(services);
+
+    let (remote, remote_rows) = primary_messages(primary.port);
+    let remote_convs = primary_conversations(primary.port);
+    let locals: Vec<_> = cfgs.iter().map(|c| local_rows(c)).collect();
+    eprintln!(
+        "{ROUNDS} rounds × 2 devices {kinds:?}, {restarts} primary restarts; transaction ids {xid_start} → {xid_half}, {xid_mid} → {xid_end}; \
+         {} acknowledged; on the primary {remote_rows}; robbiebook1 {}, vengeance {}",
+        acked.len(),
+        locals[0].1.len(),
+        locals[1].1.len()
+    );
+    assert!(
+        xid_start < 1000 && xid_half > 1000 && xid_mid < 10_000 && xid_end > 10_000,
+        "the campaign must cross 1000 and 10 000: {xid_start} → {xid_half}, {xid_mid} → {xid_end}"
+    );
+    assert_eq!(remote_rows, remote.len(), "an id twice on the primary");
+    for (i, (convs_here, msgs)) in locals.iter().enumerate() {
+        let node = devices[i].node;
+        let missing: Vec<&String> = acked.iter().filter(|id| !msgs.contains_key(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "{node} lacks {} acknowledged messages, e.g. {:?}",
+            missing.len(),
+            missing.first()
+        );
+        assert_eq!(msgs, &remote, "{node} and the primary hold the same messages");
+        assert_eq!(convs_here, &remote_convs, "{node}'s titles and archive flags are the primary's");
+    }
+    let missing: Vec<&String> = acked.iter().filter(|id| !remote.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "{} acknowledged messages never reached the primary", missing.len());
+    assert!(acked.len() >= ROUNDS * 4, "the campaign wrote too little: {}", acked.len());
 }

@@ -296,7 +296,10 @@ pub async fn push_batch(
                  archived = CASE WHEN excluded.archived_hlc > c.archived_hlc THEN excluded.archived ELSE c.archived END,
                  archived_hlc = GREATEST(c.archived_hlc, excluded.archived_hlc),
                  updated_hlc = GREATEST(c.updated_hlc, excluded.updated_hlc),
-                 device = excluded.device,
+                 -- The pusher's own row only if it won both fields; a merge is
+                 -- everyone's to pull (the pusher's included).
+                 device = CASE WHEN excluded.title_hlc >= c.title_hlc AND excluded.archived_hlc >= c.archived_hlc
+                               THEN excluded.device ELSE '' END,
                  xid = pg_current_xact_id(), change_id = nextval('robbie.change_id')
                WHERE excluded.title_hlc > c.title_hlc OR excluded.archived_hlc > c.archived_hlc"#,
             &[
