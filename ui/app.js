@@ -109,8 +109,16 @@ function store(st) {
     el("div", { "data-sync": sync.state },
       el("strong", {}, `${sync.pending ?? 0} pending`), " ",
       el("span", { class: "muted" }, sync.state === "off" ? "kept on this node only" : `${sync.state} · last sync ${sync.last_sync ? ago(sync.last_sync) : "never"}`),
-      sync.last_error ? el("div", { class: "why" }, sync.last_error) : null),
+      sync.last_error ? el("div", { class: "why" }, sync.last_error) : null,
+      sync.held_back ? el("div", { class: "why" }, sync.held_back) : null,
+      sync.notice ? el("div", { class: "why", "data-notice": "" }, sync.notice) : null),
   ];
+  if (sync.rejected) {
+    rows.push(el("div", { "data-rejected": sync.rejected },
+      el("strong", {}, `${sync.rejected} set aside`), " ",
+      el("span", { class: "muted" }, "refused by the primary, kept here"),
+      ...(sync.rejected_rows || []).map((r) => el("div", { class: "why" }, `${r.kind} ${r.id}: ${r.reason}`))));
+  }
   if (s.replica) rows.push(el("div", { "data-replica": s.replica.state }, el("strong", {}, "replica "), s.replica.summary));
   if (s.error) rows.push(el("div", { class: "why" }, s.error));
   $("#store .rows").replaceChildren(...rows);

@@ -291,4 +291,26 @@ fn main() {
         seed.as_secs_f64() / push_new.as_secs_f64(),
         ms(seed)
     );
+
+    // 4. `sync --verify` over the whole store, both directions.
+    let t = Instant::now();
+    let report: Value = node
+        .client
+        .post(format!("{}/v1/sync/verify", node.api))
+        .timeout(Duration::from_secs(300))
+        .json(&json!({}))
+        .send()
+        .expect("verify")
+        .json()
+        .expect("json");
+    let took = t.elapsed();
+    assert_eq!(report["missing_on_primary"]["count"], 0, "{report}");
+    assert_eq!(report["missing_here"]["count"], 0, "{report}");
+    println!(
+        "sync --verify of {} messages here against {} on the primary: {:.2} s (of which the comparison {} ms)   (goal: seconds)",
+        report["messages"]["here"],
+        report["messages"]["primary"],
+        took.as_secs_f64(),
+        report["elapsed_ms"]
+    );
 }

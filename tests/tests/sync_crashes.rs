@@ -68,6 +68,10 @@ impl Service {
         let _ = self.child.wait();
     }
 
+    fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Waits for the process to end by itself (a failpoint), up to `deadline`.
     fn exited_within(&mut self, deadline: Duration) -> bool {
         let end = Instant::now() + deadline;
@@ -356,7 +360,7 @@ struct Device {
 /// same contents, no id twice, and the same titles and archive flags everywhere.
 #[test]
 fn two_devices_crash_campaign_each_ends_with_every_row() {
-    const ROUNDS: usize = 60;
+    const ROUNDS: usize = 100;
     let mut primary = Postgres::primary();
     migrate(&bin(), &primary.url());
     // A fresh primary starts near id 730: start the campaign just below 1000.
@@ -421,6 +425,7 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let mut restarts = 0;
     let (mut xid_half, mut xid_mid) = (0, 0);
+    let mut running: [Option<(Service, &str)>; 2] = [None, None];
     for round in 0..ROUNDS {
         if round == ROUNDS / 2 {
             // Halfway: just below 10 000.
@@ -428,8 +433,17 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
             burn_xids_to(primary.port, 9_960);
             xid_mid = next_xid(primary.port);
         }
-        let mut running = Vec::new();
-        for d in &devices {
+        // Each device is restarted now and then (with another batch size and fault),
+        // and stays down once it died: the other writes on, so the one that comes
+        // back has a backlog to pull, across whatever ids the primary reached.
+        for (k, d) in devices.iter().enumerate() {
+            let dead = running[k].as_mut().is_none_or(|(s, _)| s.has_exited());
+            if !(dead && rng.below(2) == 0 || rng.below(4) == 0) {
+                continue;
+            }
+            if let Some((mut s, _)) = running[k].take() {
+                s.kill();
+            }
             let batch = [1, 2, 3, 7, 50, 2000][rng.below(6) as usize];
             let kind = ["sigkill", "after-commit", "before-commit", "tunnel-cut", "calm"]
                 [rng.below(5) as usize];
@@ -440,19 +454,20 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
                 _ => None,
             };
             let (cfg, api) = config(d, batch, &primary);
-            running.push((Service::start(&cfg, api, failpoint), kind, d));
+            running[k] = Some((Service::start(&cfg, api, failpoint), kind));
         }
         let restart_at = (rng.below(4) == 0).then(|| rng.below(10));
         let writes = 1 + rng.below(12);
-        let kill_after = [rng.below(writes + 1), rng.below(writes + 1)];
+        let kill_at = [rng.below(3 * writes + 1), rng.below(3 * writes + 1)];
         for i in 0..writes {
             if restart_at == Some(i) {
                 primary.stop();
                 primary.start();
                 restarts += 1;
             }
-            for (k, (s, kind, d)) in running.iter_mut().enumerate() {
-                if i == kill_after[k] {
+            for (k, d) in devices.iter().enumerate() {
+                let Some((s, kind)) = running[k].as_mut() else { continue };
+                if i == kill_at[k] {
                     match *kind {
                         "sigkill" => s.kill(),
                         "tunnel-cut" => {
@@ -479,19 +494,10 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
                 }
             }
         }
-        for (mut s, kind, _) in running {
-            match kind {
-                "after-commit" | "before-commit" => {
-                    if !s.exited_within(Duration::from_millis(500)) {
-                        s.kill();
-                    }
-                }
-                _ => {
-                    std::thread::sleep(Duration::from_millis(rng.below(200)));
-                    s.kill();
-                }
-            }
-        }
+        std::thread::sleep(Duration::from_millis(rng.below(200)));
+    }
+    for (mut s, _) in running.into_iter().flatten() {
+        s.kill();
     }
     let xid_end = next_xid(primary.port);
 
