@@ -236,36 +236,67 @@ pub fn plan(
     }
 }
 
-/// Passive ejection: `EJECT_AFTER` transport errors or 5xx in a row eject a node for
-/// 30 s × n (n-th ejection, at most 300 s); a success resets the error count.
+/// A node that fails again within this of coming back is flapping.
+pub const FLAP_WINDOW: Duration = Duration::from_secs(120);
+
+/// Passive ejection, once per outage: `EJECT_AFTER` transport errors or 5xx in a
+/// row eject a node for `EJECT_BASE`; failures of requests that were already on
+/// their way while it is ejected are the same outage and change nothing. A node
+/// that comes back (its health passed its rise checks) is eligible again, after the
+/// route's hold-down. Only a node ejected again within `FLAP_WINDOW` of coming back
+/// — flapping — gets longer ejections: `EJECT_BASE` × n for its n-th in a row, at
+/// most `EJECT_MAX`.
 #[derive(Debug, Clone, Default)]
 pub struct Ejection {
     errors: u32,
+    /// Ejections in a row without a stable stretch between them.
     ejections: u32,
     pub until: Option<Instant>,
+    /// When it last came back.
+    back_at: Option<Instant>,
+}
+
+/// An ejection that just began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejected {
+    pub until: Instant,
+    /// Its n-th ejection in a row (more than 1: it is flapping).
+    pub nth: u32,
 }
 
 impl Ejection {
-    /// Records a failed request; returns the ejection's end when this one ejects.
-    pub fn failure(&mut self, now: Instant) -> Option<Instant> {
+    /// Records a failed request; returns the ejection when this one ejects.
+    pub fn failure(&mut self, now: Instant) -> Option<Ejected> {
+        if self.until.is_some_and(|u| u > now) {
+            return None;
+        }
         self.errors += 1;
         if self.errors < EJECT_AFTER {
             return None;
         }
         self.errors = 0;
-        self.ejections += 1;
-        let length = EJECT_BASE.saturating_mul(self.ejections).min(EJECT_MAX);
-        self.until = Some(now + length);
-        self.until
+        let flapping = self
+            .back_at
+            .is_some_and(|b| now.saturating_duration_since(b) < FLAP_WINDOW);
+        self.ejections = if flapping { self.ejections + 1 } else { 1 };
+        let until = now + EJECT_BASE.saturating_mul(self.ejections).min(EJECT_MAX);
+        self.until = Some(until);
+        Some(Ejected {
+            until,
+            nth: self.ejections,
+        })
     }
 
     pub fn success(&mut self) {
         self.errors = 0;
     }
 
-    /// A node that stayed healthy for a while starts its ejection count over.
-    pub fn forgive(&mut self) {
-        self.ejections = 0;
+    /// The node came back (passed its rise checks): eligible again (after the
+    /// hold-down); failures from now on are a new outage.
+    pub fn recovered(&mut self, now: Instant) {
+        self.until = None;
+        self.errors = 0;
+        self.back_at = Some(now);
     }
 }
 
@@ -451,24 +482,37 @@ mod tests {
     }
 
     #[test]
-    fn ejection_grows_and_caps() {
+    fn one_outage_is_one_ejection_and_only_flapping_grows_it() {
         let t = Instant::now();
+        let s = Duration::from_secs;
         let mut e = Ejection::default();
         assert_eq!(e.failure(t), None);
         assert_eq!(e.failure(t), None);
-        assert_eq!(e.failure(t), Some(t + Duration::from_secs(30)));
-        e.success();
-        assert_eq!(e.failure(t), None, "count restarted");
-        e.failure(t);
-        assert_eq!(e.failure(t), Some(t + Duration::from_secs(60)));
-        for _ in 0..30 {
-            e.failure(t);
+        assert_eq!(e.failure(t).map(|x| x.until), Some(t + EJECT_BASE));
+        // Requests that were on their way fail too: the same outage.
+        for _ in 0..20 {
+            assert_eq!(e.failure(t + s(1)), None);
         }
-        assert_eq!(e.until, Some(t + EJECT_MAX));
-        e.forgive();
-        e.failure(t);
-        e.failure(t);
-        assert_eq!(e.failure(t), Some(t + EJECT_BASE));
+        assert_eq!(e.until, Some(t + EJECT_BASE));
+        e.success();
+        // Back after its rise checks: eligible, and a later outage starts over.
+        e.recovered(t + s(5));
+        assert_eq!(e.until, None);
+        let later = t + s(5) + FLAP_WINDOW + s(1);
+        e.failure(later);
+        e.failure(later);
+        assert_eq!(e.failure(later), Some(Ejected { until: later + EJECT_BASE, nth: 1 }));
+        // Flapping: failing again soon after each return grows the ejection, capped.
+        let mut now = later;
+        for n in 2..20u32 {
+            now += s(1);
+            e.recovered(now);
+            e.failure(now);
+            e.failure(now);
+            let x = e.failure(now).expect("ejected");
+            assert_eq!(x.nth, n);
+            assert_eq!(x.until, now + EJECT_BASE.saturating_mul(n).min(EJECT_MAX));
+        }
     }
 
     #[test]

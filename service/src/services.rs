@@ -113,8 +113,13 @@ impl CandidateHandle {
     /// toward ejection and have the prober look at once.
     pub fn request_failed(&self) {
         self.metrics.requests_failed.fetch_add(1, Ordering::Relaxed);
-        if let Some(until) = self.lock_ejection().failure(Instant::now()) {
-            tracing::warn!(service = %self.service, node = %self.config.node, "ejected for {:?} after repeated errors", until - Instant::now());
+        if let Some(e) = self.lock_ejection().failure(Instant::now()) {
+            let length = e.until - Instant::now();
+            if e.nth > 1 {
+                tracing::warn!(service = %self.service, node = %self.config.node, "ejected for {length:?} after repeated errors: flapping (ejection {} in a row, each soon after it came back)", e.nth);
+            } else {
+                tracing::warn!(service = %self.service, node = %self.config.node, "ejected for {length:?} after repeated errors");
+            }
         }
         self.recheck.notify_one();
     }
@@ -437,6 +442,7 @@ impl Prober {
         if let Some(h) = flipped {
             let (service, node) = (&self.handle.service, &self.handle.config.node);
             if h.is_up() {
+                self.handle.lock_ejection().recovered(Instant::now());
                 tracing::info!("{service} on {node}: {:?} {}", h.health, h.reason);
             } else {
                 tracing::warn!("{service} on {node}: offline: {}", h.reason);

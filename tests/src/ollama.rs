@@ -33,6 +33,8 @@ pub struct OllamaStub {
     pub fail_with: Arc<Mutex<Option<u16>>>,
     /// Streams break after two lines (the process "dies" mid-answer).
     pub die_mid_stream: Arc<std::sync::atomic::AtomicBool>,
+    /// Generation waits this long (ms) before its first line, as a model load does.
+    pub first_byte_delay_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Stops the server (see `stop`).
     running: Arc<Mutex<Option<tokio_util::sync::CancellationToken>>>,
 }
@@ -63,6 +65,7 @@ impl OllamaStub {
             )),
             fail_with: Arc::new(Mutex::new(None)),
             die_mid_stream: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            first_byte_delay_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             running: Arc::new(Mutex::new(None)),
         };
         stub.run(l);
@@ -80,6 +83,7 @@ impl OllamaStub {
             .route("/api/chat", post(chat))
             // Not Ollama's: lets a test reach into a stub running in another process.
             .route("/_stub/die_mid_stream", post(set_die_mid_stream))
+            .route("/_stub/first_byte_delay_ms", post(set_first_byte_delay))
             .with_state(self.clone());
         let stop = tokio_util::sync::CancellationToken::new();
         *self.running.lock().expect("lock") = Some(stop.clone());
@@ -130,6 +134,12 @@ impl OllamaStub {
                 .into_response(),
         )
     }
+}
+
+async fn set_first_byte_delay(State(s): State<OllamaStub>, Json(ms): Json<u64>) -> StatusCode {
+    s.first_byte_delay_ms
+        .store(ms, std::sync::atomic::Ordering::Relaxed);
+    StatusCode::NO_CONTENT
 }
 
 async fn set_die_mid_stream(State(s): State<OllamaStub>, Json(on): Json<bool>) -> StatusCode {
@@ -234,6 +244,10 @@ fn stream(s: &OllamaStub, lines: Vec<Value>) -> Response {
 }
 
 async fn generate(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response {
+    let delay = s.first_byte_delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     answer(&s, &body, |text| json!({ "response": text }))
 }
 

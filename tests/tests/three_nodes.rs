@@ -11,6 +11,10 @@
 //!   after the cut succeeds; the route event says why; back to aurora only after
 //!   the hold-down once it is reachable again.
 //! - Test 3, airplane mode: served by robbiebook1's own Ollama, and back.
+//! - A bad network day, timed: a request every 50 ms while the serving node
+//!   vanishes (with slow requests in flight on reused connections): how long any
+//!   request waits beyond its normal time, when the route moves, and how traffic
+//!   comes back after the hold-down; the same in airplane mode.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -441,4 +445,204 @@ async fn airplane_mode_serves_the_local_ollama_and_a_node_dying_mid_stream_says_
             .0,
         "aurora"
     );
+}
+
+/// One request of a paced load: when it started, how long it took, who served it
+/// (or why it failed).
+#[derive(Debug, Clone)]
+struct Timed {
+    start: Instant,
+    took: Duration,
+    outcome: Result<String, String>,
+}
+
+/// A request every `every`, each on its own task (so a slow one does not hold up
+/// the next), through one client (its connections to the endpoint are reused).
+struct Paced {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Timed>>,
+}
+
+impl Paced {
+    fn start(endpoint: &str, every: Duration) -> Paced {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (endpoint, stop2) = (endpoint.to_string(), stop.clone());
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut running = Vec::new();
+            let mut tick = tokio::time::interval(every);
+            while !stop2.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (client, endpoint) = (client.clone(), endpoint.clone());
+                running.push(tokio::spawn(async move {
+                    let start = Instant::now();
+                    let outcome = match generate(&client, &endpoint, "llama3.2:3b").await {
+                        Ok((node, lines)) if said(&lines) == format!("hello from {node}") => Ok(node),
+                        Ok((node, lines)) => Err(format!("{node}: {lines:?}")),
+                        Err(e) => Err(e),
+                    };
+                    Timed { start, took: start.elapsed(), outcome }
+                }));
+            }
+            let mut done = Vec::new();
+            for r in running {
+                done.push(r.await.expect("request task"));
+            }
+            done
+        });
+        Paced { stop, task }
+    }
+
+    async fn finish(self) -> Vec<Timed> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("load")
+    }
+}
+
+fn p50(ts: &[Timed]) -> Duration {
+    let mut v: Vec<Duration> = ts.iter().map(|t| t.took).collect();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// How long past `cut` (or its own start, if later) each request took beyond the
+/// `normal` time: the worst of them.
+fn worst_extra(ts: &[Timed], cut: Instant, normal: Duration) -> Duration {
+    ts.iter()
+        .filter(|t| t.start + t.took > cut)
+        .map(|t| {
+            let from = t.start.max(cut);
+            (t.start + t.took).saturating_duration_since(from).saturating_sub(normal)
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+async fn stub_delay(client: &reqwest::Client, port: u16, ms: u64) {
+    let r = client
+        .post(format!("http://127.0.0.1:{port}/_stub/first_byte_delay_ms"))
+        .json(&ms)
+        .send()
+        .await
+        .expect("stub control");
+    assert_eq!(r.status(), 204);
+}
+
+/// Route events to `to` seen on `events` within `window`.
+async fn route_changes(
+    events: &mut tokio::sync::broadcast::Receiver<robbie_mesh::events::Event>,
+    window: Duration,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(window, async {
+        while let Ok(e) = events.recv().await {
+            if let EventKind::Route { to, .. } = e.kind {
+                seen.push(to.unwrap_or_default());
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_cut_under_load_costs_at_most_two_and_a_half_seconds_and_traffic_comes_back() {
+    let m = three_nodes().await;
+    let client = reqwest::Client::new();
+    let every = Duration::from_millis(50);
+
+    // Normal time, on aurora.
+    let load = Paced::start(&m.endpoint, every);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = load.finish().await;
+    assert!(before.iter().all(|t| t.outcome.as_deref() == Ok("aurora")), "{before:?}");
+    let normal = p50(&before);
+
+    // Slow answers on aurora (10 s to the first byte, a model loading): requests
+    // wait on reused connections through the tunnel when its link goes.
+    let mut events = m.mesh.service.events.subscribe();
+    let load = Paced::start(&m.endpoint, every);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stub_delay(&client, m.aurora.tunnel_port, 10_000).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cut = Instant::now();
+    m.aurora.ns.cut();
+    let moved = m.mesh.wait_route("vengeance", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = load.finish().await;
+    let failed: Vec<_> = during.iter().filter(|t| t.outcome.is_err()).collect();
+    let in_flight_at_cut = during.iter().filter(|t| t.start < cut && t.start + t.took > cut).count();
+    let extra = worst_extra(&during, cut, normal);
+    eprintln!(
+        "silent cut: normal {normal:?}; {} requests, {in_flight_at_cut} in flight at the cut (slow, on reused connections), {} failed; \
+         worst extra wait {extra:?}; route moved {moved:?} after the cut",
+        during.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(in_flight_at_cut >= 10, "the slow requests were in flight at the cut: {in_flight_at_cut}");
+    assert!(extra <= Duration::from_millis(2500), "a request waited {extra:?} beyond its normal time");
+    assert!(moved <= Duration::from_secs(3), "route moved {moved:?} after the cut");
+    assert!(route_changes(&mut events, Duration::from_millis(100)).await.contains(&"vengeance".to_string()));
+
+    // Back: aurora is reachable again and passes its probes; traffic is back on it
+    // after the hold-down and two probe intervals at most, in one route change —
+    // no ejection left over from the outage.
+    m.aurora.ns.heal();
+    eventually(Duration::from_secs(20), "aurora online", || async {
+        m.health(0).await == "online"
+    })
+    .await;
+    let online = Instant::now();
+    stub_delay(&client, m.aurora.tunnel_port, 0).await;
+    let load = Paced::start(&m.endpoint, every);
+    m.mesh.wait_route("aurora", Duration::from_secs(10)).await;
+    let back = online.elapsed();
+    let changes = route_changes(&mut events, Duration::from_secs(2)).await;
+    let after = load.finish().await;
+    let failed: Vec<_> = after.iter().filter(|t| t.outcome.is_err()).collect();
+    eprintln!(
+        "failback: back on aurora {back:?} after it was online again (hold-down {HOLD_DOWN:?}); route changes {changes:?}; {} requests, {} failed",
+        after.len(),
+        failed.len()
+    );
+    assert!(back <= HOLD_DOWN + Duration::from_millis(400) + Duration::from_millis(500), "{back:?}");
+    assert_eq!(changes, vec!["aurora".to_string()], "one route change back");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(after.last().and_then(|t| t.outcome.clone().ok()).as_deref(), Some("aurora"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn airplane_mode_under_load_the_laptop_serves_within_three_seconds() {
+    let m = three_nodes().await;
+    let every = Duration::from_millis(50);
+    let load = Paced::start(&m.endpoint, every);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cut = Instant::now();
+    m.aurora.ns.cut();
+    m.vengeance.ns.cut();
+    let moved = m.mesh.wait_route("robbiebook1", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ts = load.finish().await;
+    let normal = p50(&ts.iter().filter(|t| t.start + t.took < cut).cloned().collect::<Vec<_>>());
+    let first_local = ts
+        .iter()
+        .filter(|t| t.outcome.as_deref() == Ok("robbiebook1"))
+        .map(|t| (t.start + t.took).saturating_duration_since(cut))
+        .min()
+        .unwrap_or(Duration::MAX);
+    let failed: Vec<_> = ts.iter().filter(|t| t.outcome.is_err()).collect();
+    let extra = worst_extra(&ts, cut, normal);
+    eprintln!(
+        "airplane mode: first local answer {first_local:?} after the cut, route moved {moved:?}; {} requests, {} failed; worst extra wait {extra:?}",
+        ts.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(first_local <= Duration::from_secs(3), "{first_local:?}");
+    assert!(extra <= Duration::from_secs(3), "{extra:?}");
+    // Landed: a remote node serves again after its hold-down.
+    m.aurora.ns.heal();
+    m.vengeance.ns.heal();
+    m.mesh.wait_route("aurora", Duration::from_secs(25)).await;
 }

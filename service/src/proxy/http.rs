@@ -31,6 +31,9 @@ pub const MAX_BODY: usize = 64 * 1024 * 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Until the answer starts: a model load can take minutes.
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
+/// An answer's head taking longer than this through a tunnel makes the tunnel's
+/// session prove it is alive.
+pub const PROOF_AFTER: Duration = Duration::from_secs(1);
 /// Between two chunks of a streaming answer.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The response header that names the node that served the request.
@@ -187,15 +190,15 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
         let in_flight = cand.begin_request();
         let started = std::time::Instant::now();
         let upstream = &ep.upstreams[choice.index];
-        let answer = tokio::time::timeout(FIRST_BYTE_TIMEOUT, upstream.send(up)).await;
+        let answer = first_byte(cand, upstream.send(up)).await;
         let (resp, lease) = match answer {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
+            Some(Ok(answer)) => answer,
+            Some(Err(e)) => {
                 failures.push(format!("{}: {}", choice.node, transport_error(&e)));
                 cand.request_failed();
                 continue;
             }
-            Err(_) => {
+            None => {
                 failures.push(format!(
                     "{}: no answer within {FIRST_BYTE_TIMEOUT:?}",
                     choice.node
@@ -257,6 +260,34 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
         StatusCode::BAD_GATEWAY,
         format!("no node could serve {}: {why}", ep.service.config.name),
     )
+}
+
+/// Waits for the answer's head (up to `FIRST_BYTE_TIMEOUT`: a model load can take
+/// minutes; `None` past it). Through a tunnel, every `PROOF_AFTER` of waiting asks
+/// the SSH session to prove it is alive (one ping at a time per session, however
+/// many requests wait): a node that vanished is found within about a second more,
+/// its connections fail, and the request goes to the next node; a slow but living
+/// node keeps its request.
+async fn first_byte<F: std::future::Future>(
+    cand: &crate::services::CandidateHandle,
+    send: F,
+) -> Option<F::Output> {
+    let Some(tunnel) = &cand.tunnel else {
+        return tokio::time::timeout(FIRST_BYTE_TIMEOUT, send).await.ok();
+    };
+    let deadline = tokio::time::Instant::now() + FIRST_BYTE_TIMEOUT;
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            r = &mut send => return Some(r),
+            () = tokio::time::sleep(PROOF_AFTER) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                tunnel.demand_proof();
+            }
+        }
+    }
 }
 
 fn transport_error(e: &SendError) -> String {

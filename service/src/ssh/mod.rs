@@ -220,8 +220,12 @@ pub fn fingerprint(key: &PublicKey) -> String {
 /// An authenticated session.
 pub struct Session {
     pub handle: client::Handle<MeshHandler>,
-    /// Cancelled once the session is over, whoever ended it.
+    /// Cancelled once the session is over, whoever ended it (the server, the
+    /// network, or the supervisor declaring it dead): every channel on it ends.
     pub closed: CancellationToken,
+    /// Bytes received from the server so far: while they grow, the peer is alive
+    /// (a keepalive answer may be waiting behind bulk data).
+    pub received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Connects, checks the host key and authenticates, all within the peer's connect timeout.
@@ -254,6 +258,7 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
     ));
     let refusal = Arc::new(Mutex::new(None));
     let closed = CancellationToken::new();
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let handler = MeshHandler {
         known_hosts_name,
         known_hosts,
@@ -263,7 +268,7 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
         closed: closed.clone(),
     };
     let handshake = async {
-        let mut handle = client::connect_stream(config, socket::QuickAck::new(tcp), handler)
+        let mut handle = client::connect_stream(config, socket::QuickAck::new(tcp, received.clone()), handler)
             .await
             .map_err(|e| {
                 refusal
@@ -273,7 +278,11 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
                     .unwrap_or_else(|| protocol_error(&addr, e))
             })?;
         auth::authenticate(&mut handle, peer).await?;
-        Ok(Session { handle, closed })
+        Ok(Session {
+            handle,
+            closed,
+            received,
+        })
     };
     tokio::time::timeout(timeout, handshake)
         .await

@@ -1,4 +1,5 @@
-//! The TCP stream under an SSH session: reads are buffered, and `TCP_QUICKACK` is
+//! The TCP stream under an SSH session: reads are buffered, counted (bytes arriving
+//! prove the peer alive: see `tunnel::supervisor::liveness`), and `TCP_QUICKACK` is
 //! re-armed after small reads on Linux.
 //!
 //! russh reads each packet with two `read` calls (its length, then its body); a
@@ -12,6 +13,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,15 +29,18 @@ pub struct QuickAck {
     buf: Box<[u8]>,
     pos: usize,
     len: usize,
+    /// Bytes read from the server so far.
+    received: Arc<AtomicU64>,
 }
 
 impl QuickAck {
-    pub fn new(inner: TcpStream) -> Self {
+    pub fn new(inner: TcpStream, received: Arc<AtomicU64>) -> Self {
         QuickAck {
             inner,
             buf: vec![0; READ_BUF].into_boxed_slice(),
             pos: 0,
             len: 0,
+            received,
         }
     }
 
@@ -59,7 +65,9 @@ impl AsyncRead for QuickAck {
             if out.remaining() >= this.buf.len() {
                 let before = out.filled().len();
                 std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
-                if out.filled().len() - before < SMALL_READ {
+                let n = out.filled().len() - before;
+                this.received.fetch_add(n as u64, Ordering::Relaxed);
+                if n < SMALL_READ {
                     this.rearm();
                 }
                 return Poll::Ready(Ok(()));
@@ -68,6 +76,7 @@ impl AsyncRead for QuickAck {
             std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
             this.len = rb.filled().len();
             this.pos = 0;
+            this.received.fetch_add(this.len as u64, Ordering::Relaxed);
             if this.len < SMALL_READ {
                 this.rearm();
             }

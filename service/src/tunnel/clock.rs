@@ -27,11 +27,26 @@ pub fn jump(
     (wall_elapsed > THRESHOLD).then_some(wall_elapsed)
 }
 
-/// A jump seen by the watcher: a counter that only grows, and the size of the last jump.
+/// A jump seen by the watcher: a counter that only grows, and the size of the last
+/// jump; and a second counter of the times a session's link went silent (every
+/// other session then proves itself too: this machine's own link may be the one
+/// that went, as in airplane mode or a closed lid).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WallClockJump {
     pub count: u64,
     pub last: Duration,
+    pub silent_links: u64,
+}
+
+impl WallClockJump {
+    /// Why every session should prove itself now, comparing with `before`.
+    pub fn why_since(&self, before: &WallClockJump) -> &'static str {
+        if self.count != before.count {
+            "after the wall clock jumped (wake from sleep?)"
+        } else {
+            "after another peer's link went silent"
+        }
+    }
 }
 
 /// Publishes every wall-clock jump on a `watch` channel.
@@ -78,6 +93,11 @@ impl ClockWatch {
             w.count += 1;
             w.last = jump;
         });
+    }
+
+    /// A session died of silence: every other session checks itself now.
+    pub fn link_went_silent(&self) {
+        self.tx.send_modify(|w| w.silent_links += 1);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<WallClockJump> {

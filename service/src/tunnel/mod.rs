@@ -162,6 +162,8 @@ pub struct Tunnel {
     events: EventBus,
     /// The peer's demand (meaningful for on-demand peers).
     pub demand: Arc<Demand>,
+    /// Asks the peer's session to prove it is alive now (shared by the peer's tunnels).
+    liveness: Arc<tokio::sync::Notify>,
 }
 
 impl Tunnel {
@@ -170,6 +172,7 @@ impl Tunnel {
         config: ForwardConfig,
         events: EventBus,
         demand: Arc<Demand>,
+        liveness: Arc<tokio::sync::Notify>,
     ) -> Arc<Tunnel> {
         let snapshot = Snapshot {
             state: TunnelState::Connecting,
@@ -187,7 +190,16 @@ impl Tunnel {
             state: watch::Sender::new(snapshot),
             events,
             demand,
+            liveness,
         })
+    }
+
+    /// Traffic through this tunnel waits longer than it should (no answer to a
+    /// request, no answer to a channel open): the session must prove it is alive
+    /// now — an answer or any bytes within a second — or it is declared dead and
+    /// every connection on it fails, so requests move to another node.
+    pub fn demand_proof(&self) {
+        self.liveness.notify_one();
     }
 
     pub fn name(&self) -> &str {
@@ -322,7 +334,7 @@ mod tests {
             local: hp(1),
             remote: hp(2),
         };
-        Tunnel::new("p", cfg, EventBus::new(), Demand::new(false))
+        Tunnel::new("p", cfg, EventBus::new(), Demand::new(false), Default::default())
     }
 
     #[test]

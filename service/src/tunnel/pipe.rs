@@ -21,9 +21,12 @@ use super::{Backoff, Counters, Tunnel};
 use crate::config::Backoff as BackoffConfig;
 use crate::ssh::{ReverseRoute, Session};
 
-/// Opening a channel through the tunnel gives up after this long: through a `-L`
-/// forward the local connect always succeeds, so without it a frozen peer hangs clients.
-pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// A channel open unanswered after this long asks the session to prove it is
+/// alive (a frozen or vanished peer is then found within a second more; a slow,
+/// busy but healthy one keeps the open going).
+pub const CHANNEL_OPEN_SUSPECT: Duration = Duration::from_secs(1);
+/// Opening a channel through a live session gives up after this long.
+pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Copy buffer per direction: one SSH packet (32 KiB), so a read from the local
 /// socket fills a whole packet instead of the 8 KiB default's quarter packet.
 const COPY_BUF: usize = 32 * 1024;
@@ -35,7 +38,7 @@ pub struct LocalForward {
     pub tunnel: Arc<Tunnel>,
     /// The peer's current session, if any.
     pub session: watch::Receiver<Option<Arc<Session>>>,
-    /// Told when a channel open times out, so the supervisor checks the session now.
+    /// Told when a channel open waits, so the supervisor checks the session now.
     pub suspect: Arc<Notify>,
 }
 
@@ -71,11 +74,7 @@ impl LocalForward {
             };
             let (tunnel, suspect, cancel) = (tunnel.clone(), self.suspect.clone(), cancel.clone());
             tokio::spawn(async move {
-                if let Err(ForwardError::OpenTimeout) =
-                    forward_local(&tunnel, current, tcp, from, &cancel).await
-                {
-                    suspect.notify_one();
-                }
+                forward_local(&tunnel, current, tcp, from, &suspect, &cancel).await;
             });
         }
     }
@@ -110,20 +109,19 @@ async fn bind_with_retry(
     }
 }
 
-enum ForwardError {
-    /// The server did not answer the channel open in time: the session may be dead.
-    OpenTimeout,
-    /// The server answered, refusing (its target is down): the session is fine.
-    Refused,
-}
-
+/// One `-L` connection: a channel through `session`, then the bytes both ways until
+/// either side is done, the session ends, or the service stops. When the channel
+/// open waits, the session is asked to prove it is alive; if it is declared dead,
+/// the open fails at once (the local client sees its connection closed and can
+/// go elsewhere).
 async fn forward_local(
     tunnel: &Tunnel,
     session: Arc<Session>,
     tcp: TcpStream,
     from: SocketAddr,
+    suspect: &Notify,
     cancel: &CancellationToken,
-) -> Result<(), ForwardError> {
+) {
     let _ = tcp.set_nodelay(true);
     let remote = &tunnel.config.remote;
     let open = session.handle.channel_open_direct_tcpip(
@@ -132,20 +130,36 @@ async fn forward_local(
         from.ip().to_string(),
         u32::from(from.port()),
     );
-    let channel = match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, open).await {
-        Ok(Ok(ch)) => ch,
-        Ok(Err(e)) => {
-            tracing::debug!(tunnel = %tunnel.name(), "server could not connect to {remote}: {e}");
-            return Err(ForwardError::Refused);
-        }
-        Err(_) => {
-            tracing::warn!(tunnel = %tunnel.name(), "no answer to channel open within {CHANNEL_OPEN_TIMEOUT:?}; checking the session");
-            return Err(ForwardError::OpenTimeout);
+    let mut open = Box::pin(open);
+    let ended = session.closed.clone();
+    let opened = tokio::select! {
+        r = &mut open => Some(r),
+        () = ended.cancelled() => None,
+        () = tokio::time::sleep(CHANNEL_OPEN_SUSPECT) => {
+            tracing::debug!(tunnel = %tunnel.name(), "no answer to a channel open within {CHANNEL_OPEN_SUSPECT:?}; asking the session to prove it is alive");
+            suspect.notify_one();
+            tokio::select! {
+                r = &mut open => Some(r),
+                () = ended.cancelled() => None,
+                () = tokio::time::sleep(CHANNEL_OPEN_TIMEOUT - CHANNEL_OPEN_SUSPECT) => {
+                    tracing::warn!(tunnel = %tunnel.name(), "no answer to a channel open within {CHANNEL_OPEN_TIMEOUT:?} on a live session");
+                    None
+                }
+            }
         }
     };
+    let channel = match opened {
+        Some(Ok(ch)) => ch,
+        Some(Err(e)) => {
+            tracing::debug!(tunnel = %tunnel.name(), "server could not connect to {remote}: {e}");
+            return;
+        }
+        None => return,
+    };
+    // The connection's end follows the session's (`ended`), not its handle.
+    drop(open);
     drop(session);
-    pipe(tcp, channel, &tunnel.counters, cancel).await;
-    Ok(())
+    pipe(tcp, channel, &tunnel.counters, cancel, &ended).await;
 }
 
 /// The local half of a `-R` connection: connect to the target first, then accept the
@@ -160,7 +174,7 @@ pub async fn serve_reverse(
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
             reply.accept().await;
-            pipe(tcp, channel, &route.counters, &route.cancel).await;
+            pipe(tcp, channel, &route.counters, &route.cancel, &route.cancel).await;
         }
         Ok(Err(e)) => {
             tracing::debug!("-R target {} refused: {e}", route.local);
@@ -176,7 +190,8 @@ pub async fn serve_reverse(
     }
 }
 
-/// Copies both ways until both sides are done (or shutdown), counting bytes.
+/// Copies both ways until both sides are done (or the service stops, or the
+/// session ends), counting bytes.
 ///
 /// Server-to-client data is written to the socket straight from the channel's
 /// messages (no intermediate copy); an EOF either way becomes a write shutdown on
@@ -186,6 +201,7 @@ pub async fn pipe(
     channel: Channel<Msg>,
     counters: &Arc<Counters>,
     cancel: &CancellationToken,
+    session_ended: &CancellationToken,
 ) {
     counters.connections_open.fetch_add(1, Ordering::Relaxed);
     counters.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -240,6 +256,7 @@ pub async fn pipe(
     while !(up_done && down_done) {
         tokio::select! {
             () = cancel.cancelled() => break,
+            () = session_ended.cancelled() => break,
             () = &mut up, if !up_done => up_done = true,
             closed = &mut down, if !down_done => {
                 down_done = true;

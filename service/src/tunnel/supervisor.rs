@@ -15,6 +15,10 @@ use crate::config::{ForwardKind, Keepalive, PeerConfig};
 use crate::events::{EventBus, EventKind};
 use crate::ssh::{self, ReverseRoute, ReverseRoutes, Session};
 
+/// The reason a session ends when `reconnect` asked for it: the next attempt is
+/// made at once, without a backoff wait.
+const RECONNECT_REQUESTED: &str = "reconnect requested";
+
 /// What the rest of the service holds of a peer: its tunnels and a reconnect button.
 #[derive(Clone)]
 pub struct PeerHandle {
@@ -40,8 +44,12 @@ pub struct PeerSupervisor {
     reverse: Arc<ReverseRoutes>,
     events: EventBus,
     clock: watch::Receiver<WallClockJump>,
+    /// To tell the other supervisors when this session's link went silent.
+    clock_watch: ClockWatch,
     /// On-demand peers: whether a service needs this peer now.
     demand: watch::Receiver<bool>,
+    /// A session was up before (a refused `-R` is then likely our own stale one).
+    ever_up: bool,
     cancel: CancellationToken,
 }
 
@@ -55,13 +63,21 @@ impl PeerSupervisor {
         cancel: CancellationToken,
     ) -> PeerHandle {
         let demand = Demand::new(peer.on_demand.is_some());
+        let suspect = Arc::new(Notify::new());
         let tunnels: Vec<_> = peer
             .forwards
             .iter()
-            .map(|f| Tunnel::new(&peer.name, f.clone(), events.clone(), demand.clone()))
+            .map(|f| {
+                Tunnel::new(
+                    &peer.name,
+                    f.clone(),
+                    events.clone(),
+                    demand.clone(),
+                    suspect.clone(),
+                )
+            })
             .collect();
         let reconnect = Arc::new(Notify::new());
-        let suspect = Arc::new(Notify::new());
         let handle = PeerHandle {
             name: peer.name.clone(),
             tunnels: tunnels.clone(),
@@ -88,7 +104,9 @@ impl PeerSupervisor {
             reverse: Arc::new(ReverseRoutes::default()),
             events,
             clock: clock.subscribe(),
+            clock_watch: clock.clone(),
             demand: demand.subscribe(),
+            ever_up: false,
             cancel,
         };
         let span = tracing::info_span!("peer", name = %sup.peer.name);
@@ -104,7 +122,6 @@ impl PeerSupervisor {
 
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.peer.backoff);
-        let mut ever_up = false;
         self.clock.mark_unchanged();
         while !self.cancel.is_cancelled() {
             if self.peer.on_demand.is_some() && !*self.demand.borrow_and_update() {
@@ -137,13 +154,13 @@ impl PeerSupervisor {
                 Ok(session) => {
                     // A reconnect asked for while connecting is served by this session.
                     let _ = futures_util::FutureExt::now_or_never(self.reconnect.notified());
-                    if ever_up {
+                    if self.ever_up {
                         self.tunnels.iter().for_each(|t| t.count_reconnect());
                     }
-                    ever_up = true;
                     let up_at = Instant::now();
                     let reason = self.connected(Arc::new(session)).await;
-                    if up_at.elapsed() >= STABLE_AFTER {
+                    self.ever_up = true;
+                    if up_at.elapsed() >= STABLE_AFTER || reason == RECONNECT_REQUESTED {
                         backoff.reset();
                     }
                     reason
@@ -152,7 +169,12 @@ impl PeerSupervisor {
             if self.cancel.is_cancelled() {
                 break;
             }
-            let delay = backoff.next_delay();
+            // Asked to reconnect: now, not after a backoff wait.
+            let delay = if reason == RECONNECT_REQUESTED {
+                Duration::ZERO
+            } else {
+                backoff.next_delay()
+            };
             self.set_session(TunnelState::Waiting {
                 reason,
                 until: SystemTime::now() + delay,
@@ -167,7 +189,10 @@ impl PeerSupervisor {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
-                () = self.reconnect.notified() => tracing::info!("reconnect requested"),
+                () = self.reconnect.notified() => {
+                    tracing::info!("reconnect requested");
+                    backoff.reset();
+                }
                 Ok(()) = self.clock.changed() => {}
                 () = no_longer_needed => {}
             }
@@ -183,13 +208,16 @@ impl PeerSupervisor {
         let target = self.peer.target.to_string();
         tracing::info!("ssh session to {target} up");
 
-        // -R forwards are requested before the tunnels are announced up.
+        // -R forwards are requested before the tunnels are announced up; each
+        // request has a deadline (a link that dies now must not hang us here).
         let remotes: Vec<_> = self
             .tunnels
             .iter()
             .filter(|t| t.config.kind == ForwardKind::Remote)
             .cloned()
             .collect();
+        let deadline = self.peer.connect_timeout;
+        let mut registered = Ok(());
         for t in &remotes {
             let route = ReverseRoute {
                 local: t.config.local.clone(),
@@ -197,34 +225,59 @@ impl PeerSupervisor {
                 cancel: session_cancel.clone(),
             };
             self.reverse.insert(&t.config.remote, Arc::new(route));
-            if let Err(why) = request_remote(&session, t).await {
-                t.set_problem(Some(why));
-                tokio::spawn(retry_remote(
-                    session.clone(),
-                    t.clone(),
-                    self.peer.backoff,
-                    session_cancel.clone(),
-                ));
+            match tokio::time::timeout(deadline, request_remote(&session, t, self.ever_up)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    t.set_problem(Some(why));
+                    tokio::spawn(retry_remote(
+                        session.clone(),
+                        t.clone(),
+                        self.peer.backoff,
+                        deadline,
+                        session_cancel.clone(),
+                    ));
+                }
+                Err(_) => {
+                    registered = Err(format!(
+                        "no answer to the -R request for {} within {deadline:?}: the link or the server is gone",
+                        t.config.remote
+                    ));
+                    break;
+                }
             }
         }
-        self.session.send_replace(Some(session.clone()));
-        self.set_session(TunnelState::Up);
-
-        let released = async {
-            match self.peer.on_demand {
-                Some(idle) => released(&mut self.demand, idle, &self.tunnels).await,
-                None => std::future::pending().await,
+        let reason = match registered {
+            Err(why) => why,
+            Ok(()) => {
+                self.session.send_replace(Some(session.clone()));
+                self.set_session(TunnelState::Up);
+                let released = async {
+                    match self.peer.on_demand {
+                        Some(idle) => released(&mut self.demand, idle, &self.tunnels).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = self.cancel.cancelled() => "service stopped".to_string(),
+                    () = self.reconnect.notified() => RECONNECT_REQUESTED.to_string(),
+                    () = session.closed.cancelled() => "connection closed by the server".to_string(),
+                    (r, silent) = keepalive(&session, self.peer.keepalive, &mut self.clock, &self.suspect) => {
+                        if silent {
+                            self.clock_watch.link_went_silent();
+                            // Ours: not a reason to skip our own backoff.
+                            self.clock.mark_unchanged();
+                        }
+                        r
+                    }
+                    r = released => r,
+                }
             }
-        };
-        let reason = tokio::select! {
-            () = self.cancel.cancelled() => "service stopped".to_string(),
-            () = self.reconnect.notified() => "reconnect requested".to_string(),
-            () = session.closed.cancelled() => "connection closed by the server".to_string(),
-            r = keepalive(&session, self.peer.keepalive, &mut self.clock, &self.suspect) => r,
-            r = released => r,
         };
         tracing::warn!("ssh session to {target} ended: {reason}");
         self.session.send_replace(None);
+        // Every connection on it ends now (-L and -R alike), so that what waits on
+        // them fails over instead of waiting for TCP to give up.
+        session.closed.cancel();
         session_cancel.cancel();
         for t in &remotes {
             self.reverse.remove(&t.config.remote);
@@ -272,10 +325,18 @@ async fn released(
     }
 }
 
-async fn request_remote(session: &Session, t: &Tunnel) -> Result<(), String> {
+async fn request_remote(session: &Session, t: &Tunnel, reconnected: bool) -> Result<(), String> {
     let bind = &t.config.remote;
     match session.handle.tcpip_forward(bind.host.clone(), u32::from(bind.port)).await {
         Ok(_) => Ok(()),
+        // Right after a reconnect the likeliest holder of the port is our own
+        // previous session, which sshd keeps until its ClientAlive checks end it.
+        Err(russh::Error::RequestDenied) if reconnected => Err(format!(
+            "server refused to listen on {bind}: probably our previous session still holds the port there \
+             (sshd ends a dead session only after ClientAliveInterval × ClientAliveCountMax; \
+             set ClientAliveInterval 15 and ClientAliveCountMax 3 in the hub's sshd_config); \
+             otherwise another program uses the port, or AllowTcpForwarding/PermitListen forbids it"
+        )),
         Err(russh::Error::RequestDenied) => Err(format!(
             "server refused to listen on {bind} (port in use there, or AllowTcpForwarding/PermitListen forbids it)"
         )),
@@ -288,6 +349,7 @@ async fn retry_remote(
     session: Arc<Session>,
     t: Arc<Tunnel>,
     cfg: crate::config::Backoff,
+    deadline: Duration,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::new(cfg);
@@ -296,54 +358,110 @@ async fn retry_remote(
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        match request_remote(&session, &t).await {
-            Ok(()) => {
+        match tokio::time::timeout(deadline, request_remote(&session, &t, true)).await {
+            Ok(Ok(())) => {
                 t.set_problem(None);
                 return;
             }
-            Err(why) => t.set_problem(Some(why)),
+            Ok(Err(why)) => t.set_problem(Some(why)),
+            // The keepalive decides whether the session is gone.
+            Err(_) => t.set_problem(Some(format!("no answer to the -R request within {deadline:?}"))),
         }
     }
 }
 
-/// Pings every `interval`; a session is dead after `count` unanswered pings in a row,
-/// or after one unanswered ping right after a wall-clock jump or a failure seen by
-/// traffic (then it pings at once). Returns why it died.
+/// How long a session has to prove it is alive when asked to now (a request or a
+/// channel open waits, the wall clock jumped): an answer to a keepalive, or any
+/// bytes from the server.
+pub const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The session's liveness: pings every `interval`, one at a time. A session is
+/// alive while pings are answered **or bytes keep arriving** (a keepalive answer
+/// may wait behind bulk data on a slow link: that is not a dead peer). It is dead
+/// after `count` intervals in a row with neither, or — when traffic asks it to
+/// prove itself now (`Tunnel::demand_proof`, a wall-clock jump) — after
+/// [`PROOF_TIMEOUT`] with neither; such a demand shortens the ping already in
+/// flight rather than queueing another. Returns why it died, and whether it died
+/// of silence (rather than a closed connection).
 async fn keepalive(
     session: &Session,
     ka: Keepalive,
     clock: &mut watch::Receiver<WallClockJump>,
     suspect: &Notify,
-) -> String {
+) -> (String, bool) {
+    use std::sync::atomic::Ordering;
+    enum Outcome {
+        Answered,
+        Closed,
+        Silent,
+    }
+    let proof = PROOF_TIMEOUT.min(ka.interval);
+    let mut seen_clock = *clock.borrow_and_update();
     let mut misses = 0;
     let mut next = tokio::time::Instant::now() + ka.interval;
     loop {
-        let mut why_now = None;
+        let mut urgent: Option<&'static str> = None;
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
-            Ok(()) = clock.changed() => why_now = Some("after the wall clock jumped (wake from sleep?)"),
-            () = suspect.notified() => why_now = Some("after a connection through it timed out"),
+            Ok(()) = clock.changed() => {
+                let now = *clock.borrow_and_update();
+                urgent = Some(now.why_since(&seen_clock));
+                seen_clock = now;
+            }
+            () = suspect.notified() => urgent = Some("when traffic through it waited"),
         }
-        let start = tokio::time::Instant::now();
-        match tokio::time::timeout(ka.interval, session.handle.send_ping()).await {
-            Ok(Ok(())) => {
+        let sent = tokio::time::Instant::now();
+        let ping = session.handle.send_ping();
+        tokio::pin!(ping);
+        let mut seen = session.received.load(Ordering::Relaxed);
+        let mut deadline = sent + if urgent.is_some() { proof } else { ka.interval };
+        let outcome = loop {
+            tokio::select! {
+                r = &mut ping => break if r.is_ok() { Outcome::Answered } else { Outcome::Closed },
+                () = tokio::time::sleep_until(deadline) => {
+                    let now = session.received.load(Ordering::Relaxed);
+                    if now == seen {
+                        break Outcome::Silent;
+                    }
+                    // Bytes arrived: alive; the answer is on its way behind them.
+                    seen = now;
+                    misses = 0;
+                    deadline = tokio::time::Instant::now() + if urgent.is_some() { proof } else { ka.interval };
+                }
+                Ok(()) = clock.changed(), if urgent.is_none() => {
+                    let now = *clock.borrow_and_update();
+                    urgent = Some(now.why_since(&seen_clock));
+                    seen_clock = now;
+                    deadline = deadline.min(tokio::time::Instant::now() + proof);
+                }
+                () = suspect.notified(), if urgent.is_none() => {
+                    urgent = Some("when traffic through it waited");
+                    seen = session.received.load(Ordering::Relaxed);
+                    deadline = deadline.min(tokio::time::Instant::now() + proof);
+                }
+            }
+        };
+        match outcome {
+            Outcome::Answered => {
                 misses = 0;
-                next = start + ka.interval;
+                next = sent + ka.interval;
             }
-            Ok(Err(_)) => return "connection closed".to_string(),
-            Err(_) if why_now.is_some() => {
-                return format!(
-                    "no keepalive answer within {:?} {}",
-                    ka.interval,
-                    why_now.unwrap_or_default()
-                )
-            }
-            Err(_) => {
+            Outcome::Closed => return ("connection closed".to_string(), false),
+            Outcome::Silent => {
+                if let Some(why) = urgent {
+                    return (
+                        format!("no keepalive answer and no data within {proof:?} {why}: the peer or the link is gone"),
+                        true,
+                    );
+                }
                 misses += 1;
                 if misses >= ka.count {
-                    return format!(
-                        "keepalive timeout: {misses} keepalives unanswered ({:?} each)",
-                        ka.interval
+                    return (
+                        format!(
+                            "keepalive timeout: {misses} keepalives unanswered and no data ({:?} each)",
+                            ka.interval
+                        ),
+                        true,
                     );
                 }
                 next = tokio::time::Instant::now();
