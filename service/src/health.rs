@@ -11,6 +11,10 @@ use serde::Serialize;
 pub const RISE: u32 = 2;
 /// Consecutive failures that take an up candidate offline.
 pub const FALL: u32 = 3;
+/// Consecutive slow or busy probes that make an online candidate degraded (and
+/// consecutive good ones, `RISE`, that make it online again): a link whose latency
+/// hovers at the threshold does not flip the route back and forth.
+pub const DEGRADE_AFTER: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,6 +52,14 @@ pub struct HealthState {
     successes: u32,
     #[serde(skip)]
     failures: u32,
+    /// A probe of its own has failed since start (a lower layer being down does
+    /// not count: the first good probe after start-up is enough then).
+    #[serde(skip)]
+    failed_once: bool,
+    #[serde(skip)]
+    degraded_streak: u32,
+    #[serde(skip)]
+    ok_streak: u32,
 }
 
 impl HealthState {
@@ -62,6 +74,9 @@ impl HealthState {
             recovered_at: None,
             successes: 0,
             failures: 0,
+            failed_once: false,
+            degraded_streak: 0,
+            ok_streak: 0,
         }
     }
 
@@ -76,17 +91,22 @@ impl HealthState {
 
     /// Takes one observation; returns true when the health changed (log and emit then).
     ///
-    /// - at start-up one success is enough;
+    /// - at start-up one success is enough (also after a tunnel that was not up yet);
     /// - offline → up after [`RISE`] successes in a row;
     /// - up → offline after [`FALL`] failures in a row;
-    /// - online ↔ degraded at once (both are up; it only reorders candidates).
+    /// - online → degraded after [`DEGRADE_AFTER`] slow or busy probes in a row,
+    ///   degraded → online after [`RISE`] good ones (both are up; it only
+    ///   reorders candidates).
     pub fn observe(&mut self, obs: Observation, now: SystemTime) -> bool {
         let first = !self.probed;
         self.probed = true;
         let (next, reason) = match obs {
             Observation::Failed(reason) => {
+                self.failed_once = true;
                 self.failures += 1;
                 self.successes = 0;
+                self.ok_streak = 0;
+                self.degraded_streak = 0;
                 let down = !self.is_up() || self.failures >= FALL || first;
                 if !down {
                     return false; // a failure or two while up: wait for more
@@ -96,12 +116,28 @@ impl HealthState {
             ok => {
                 self.successes += 1;
                 self.failures = 0;
-                if !self.is_up() && !first && self.successes < RISE {
+                let coming_back = !self.is_up();
+                let needs_rise = self.ever_up || self.failed_once;
+                if coming_back && needs_rise && self.successes < RISE {
                     return false; // coming back: wait for the rise count
                 }
                 match ok {
-                    Observation::Degraded(reason) => (Health::Degraded, reason),
-                    _ => (Health::Online, String::new()),
+                    Observation::Degraded(reason) => {
+                        self.degraded_streak += 1;
+                        self.ok_streak = 0;
+                        if self.health == Health::Online && self.degraded_streak < DEGRADE_AFTER {
+                            return false;
+                        }
+                        (Health::Degraded, reason)
+                    }
+                    _ => {
+                        self.ok_streak += 1;
+                        self.degraded_streak = 0;
+                        if self.health == Health::Degraded && self.ok_streak < RISE {
+                            return false;
+                        }
+                        (Health::Online, String::new())
+                    }
                 }
             }
         };
@@ -168,14 +204,35 @@ mod tests {
     }
 
     #[test]
-    fn degraded_is_up_and_switches_at_once() {
+    fn degraded_is_up_and_has_its_own_hysteresis() {
         let t = SystemTime::UNIX_EPOCH;
         let mut h = HealthState::new(t);
         h.observe(Observation::Ok, t);
-        assert!(h.observe(Observation::Degraded("429 busy".into()), t));
+        let slow = || Observation::Degraded("slow: answered in 600 ms".into());
+        assert!(!h.observe(slow(), t), "one slow probe is not enough");
+        assert!(!h.observe(Observation::Ok, t));
+        assert!(!h.observe(slow(), t), "alternating never flips it");
+        assert_eq!(h.health, Health::Online);
+        assert!(h.observe(slow(), t));
         assert!(h.is_up());
-        assert_eq!(h.reason, "429 busy");
+        assert_eq!(h.health, Health::Degraded);
+        assert!(!h.observe(Observation::Ok, t), "one good probe is not enough back");
+        assert!(!h.observe(slow(), t));
+        assert!(!h.observe(Observation::Ok, t));
         assert!(h.observe(Observation::Ok, t));
+        assert_eq!(h.health, Health::Online);
+        // Degraded straight from start-up: one probe says it.
+        let mut h = HealthState::new(t);
+        assert!(h.observe(Observation::Degraded("429 busy".into()), t));
+        assert_eq!((h.health, h.reason.as_str()), (Health::Degraded, "429 busy"));
+    }
+
+    #[test]
+    fn one_good_probe_at_start_up_even_after_the_tunnel_was_not_up_yet() {
+        let t = SystemTime::UNIX_EPOCH;
+        let mut h = HealthState::new(t);
+        h.force_offline("tunnel connecting".into(), t);
+        assert!(h.observe(Observation::Ok, t), "up on the first good probe");
         assert_eq!(h.health, Health::Online);
     }
 

@@ -64,6 +64,9 @@ pub enum PgRole {
 
 #[derive(Debug, Default)]
 pub struct OllamaUpdate {
+    /// How long `/api/version` alone took: the latency of one light request (the
+    /// whole probe also lists models, each on a connection of its own).
+    pub light_latency: Option<std::time::Duration>,
     pub version: Option<String>,
     pub models: Option<Vec<String>>,
     pub loaded: Option<Vec<LoadedModel>>,
@@ -91,7 +94,10 @@ pub async fn probe(
             None,
         ),
     };
-    let latency = start.elapsed();
+    let latency = ollama
+        .as_ref()
+        .and_then(|u| u.light_latency)
+        .unwrap_or_else(|| start.elapsed());
     // Up but slow: more than half the timeout.
     let observation = match observation {
         Observation::Ok if latency > cfg.timeout / 2 => {
@@ -192,7 +198,10 @@ async fn ollama(
 
     let base = format!("http://{addr}");
     let mut update = OllamaUpdate::default();
-    match http_get(http, &format!("{base}/api/version")).await {
+    let light = Instant::now();
+    let version = http_get(http, &format!("{base}/api/version")).await;
+    update.light_latency = Some(light.elapsed());
+    match version {
         Ok((Observation::Ok, Some(body))) => match serde_json::from_slice::<Version>(&body) {
             Ok(v) => update.version = Some(v.version),
             Err(_) => {
@@ -213,19 +222,23 @@ async fn ollama(
             }
         }
     }
-    let mut observation = Observation::Ok;
     if wants.ps {
         if let Ok((Observation::Ok, Some(body))) = http_get(http, &format!("{base}/api/ps")).await {
             if let Ok(ps) = serde_json::from_slice::<Ps>(&body) {
-                if let Some(m) = ps.models.iter().find(|m| m.size_vram < m.size) {
-                    let pct = m.size_vram.saturating_mul(100) / m.size.max(1);
-                    observation = Observation::Degraded(format!("{} only {pct}% in VRAM", m.name));
-                }
                 update.loaded = Some(ps.models);
             }
         }
     }
-    (observation, Some(update))
+    (Observation::Ok, Some(update))
+}
+
+/// A loaded model only partly in VRAM (the rest runs on the CPU, slowly): why the
+/// node is degraded. Judged on every probe from the last `/api/ps` seen (it is
+/// fetched less often than the node is probed).
+pub fn vram_shortfall(loaded: &[LoadedModel]) -> Option<String> {
+    let m = loaded.iter().find(|m| m.size_vram < m.size)?;
+    let pct = m.size_vram.saturating_mul(100) / m.size.max(1);
+    Some(format!("{} only {pct}% in VRAM", m.name))
 }
 
 /// A real login and `SELECT pg_is_in_recovery()`. A server that is up but refuses

@@ -36,6 +36,8 @@ pub struct View {
     pub vram_bytes: Option<u64>,
     /// PostgreSQL: `Some(true)` for a read-only replica (used after every primary).
     pub read_only: Option<bool>,
+    /// Its rank (1 = first choice); `None`: its position. Equal ranks go by load.
+    pub priority: Option<u32>,
 }
 
 /// What a request needs.
@@ -182,14 +184,16 @@ pub fn plan(
             skipped: Vec::new(),
         };
     }
+    let rank = |i: usize, v: &View| v.priority.unwrap_or(i as u32 + 1);
     eligible.sort_by_key(|(i, v, held)| {
         (
             !pinned(*i),
             v.read_only == Some(true),
             v.health == Health::Degraded,
             *held,
-            *i,
+            rank(*i, v),
             v.in_flight,
+            *i,
         )
     });
     let order = eligible
@@ -204,10 +208,17 @@ pub fn plan(
             }
             let mut why = match v.health {
                 Health::Degraded => {
-                    format!("degraded ({}), priority {}", v.health_reason, index + 1)
+                    format!("degraded ({}), priority {}", v.health_reason, rank(index, v))
                 }
-                _ => format!("online, priority {}", index + 1),
+                _ => format!("online, priority {}", rank(index, v)),
             };
+            if views
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != index && rank(j, o) == rank(index, v))
+            {
+                why.push_str(&format!(", then by load ({} in flight)", v.in_flight));
+            }
             match v.read_only {
                 Some(true) => why.push_str(", replica (read-only)"),
                 Some(false) => why.push_str(", primary"),
@@ -319,6 +330,7 @@ mod tests {
             ejected_until: None,
             vram_bytes: None,
             read_only: None,
+            priority: None,
         }
     }
 
@@ -479,6 +491,22 @@ mod tests {
             nodes(&explained(&v, &Needs::default(), None, now)),
             ["a", "b"]
         );
+    }
+
+    #[test]
+    fn equal_priorities_go_by_load() {
+        let now = Instant::now();
+        let mut v = vec![view("a", Health::Online), view("b", Health::Online), view("c", Health::Online)];
+        v[0].priority = Some(1);
+        v[1].priority = Some(1);
+        v[2].priority = Some(2);
+        v[0].in_flight = 3;
+        v[1].in_flight = 1;
+        let p = explained(&v, &Needs::default(), None, now);
+        assert_eq!(nodes(&p), ["b", "a", "c"]);
+        assert!(p.order[0].why.contains("then by load (1 in flight)"), "{}", p.order[0].why);
+        v[1].in_flight = 5;
+        assert_eq!(nodes(&explained(&v, &Needs::default(), None, now)), ["a", "b", "c"]);
     }
 
     #[test]

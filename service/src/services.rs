@@ -95,6 +95,7 @@ impl CandidateHandle {
             ejected_until: self.lock_ejection().until,
             vram_bytes: None,
             read_only: s.postgres_role.map(|r| r == PgRole::Replica),
+            priority: Some(self.config.priority),
         }
     }
 
@@ -412,7 +413,14 @@ impl Prober {
                         info.loaded = l;
                     }
                 }
-                s.health.observe(outcome.observation, now)
+                let observation = match (outcome.observation, &s.ollama) {
+                    (Observation::Ok, Some(info)) => match probe::vram_shortfall(&info.loaded) {
+                        Some(why) => Observation::Degraded(why),
+                        None => Observation::Ok,
+                    },
+                    (o, _) => o,
+                };
+                s.health.observe(observation, now)
             });
             let wait = if quick > 0 {
                 quick -= 1;

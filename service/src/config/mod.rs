@@ -118,6 +118,9 @@ pub struct ServiceConfig {
     pub hold_down: Duration,
     /// VRAM each listed model needs on one GPU, in bytes.
     pub vram: Vec<(String, u64)>,
+    /// `http` services: retry a request whose method is not idempotent (POST,
+    /// PATCH) on the next node even when it may have reached the first one.
+    pub retry_non_idempotent: bool,
 }
 
 /// One node's instance of a service, as reached from this node.
@@ -130,6 +133,8 @@ pub struct Candidate {
     pub tunnel: Option<String>,
     /// The instance runs on this node (probed at the local interval).
     pub is_local: bool,
+    /// Its rank, 1 = first choice (default: its position); equal ranks share by load.
+    pub priority: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -71,6 +71,8 @@ pub struct RawService {
     pub hold_down: Option<Spanned<String>>,
     /// VRAM a model needs: `{ "llama3.1:70b" = "40GiB" }`.
     pub vram: Option<std::collections::BTreeMap<String, Spanned<String>>>,
+    /// `http` services: retry POST/PATCH elsewhere even if it may have run.
+    pub retry_non_idempotent: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +83,9 @@ pub struct RawCandidate {
     pub tunnel: Option<Spanned<String>>,
     /// Or an address reached directly (this node's own instance, a `-R` landing port).
     pub address: Option<Spanned<String>>,
+    /// Its rank (1 = first choice; default: its position in the list). Candidates
+    /// of equal rank share the traffic by load.
+    pub priority: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

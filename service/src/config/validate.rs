@@ -381,6 +381,7 @@ fn validate_service(
         probe,
         hold_down,
         vram,
+        retry_non_idempotent: rs.retry_non_idempotent.unwrap_or(false),
     })
 }
 
@@ -425,12 +426,21 @@ fn node_endpoints(
                 None
             }
         };
+        let priority = match &rc.priority {
+            Some(p) if *p.get_ref() >= 1 => *p.get_ref(),
+            Some(p) => {
+                c.err(Some(p.span()), format!("{cfield}.priority"), "must be 1 or more (1 = first choice)");
+                1
+            }
+            None => j as u32 + 1,
+        };
         if let Some((address, tunnel)) = target {
             out.push(Candidate {
                 node: node.clone(),
                 address,
                 tunnel,
                 is_local: node == this_node,
+                priority,
             });
         }
     }

@@ -194,29 +194,40 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
         let (resp, lease) = match answer {
             Some(Ok(answer)) => answer,
             Some(Err(e)) => {
-                failures.push(format!("{}: {}", choice.node, transport_error(&e)));
                 cand.request_failed();
-                continue;
+                let what = Failure::from(&e);
+                let (retry, rule) = retry_rule(&ep.service.config, &parts.method, what);
+                failures.push(format!("{}: {} ({rule})", choice.node, transport_error(&e)));
+                if retry && !last {
+                    continue;
+                }
+                return not_retried(&ep, &failures);
             }
             None => {
-                failures.push(format!(
-                    "{}: no answer within {FIRST_BYTE_TIMEOUT:?}",
-                    choice.node
-                ));
+                // Alive (its session proved itself every second) but not done:
+                // running it elsewhere too could run it twice.
                 cand.request_failed();
-                continue;
+                failures.push(format!(
+                    "{}: no answer within {FIRST_BYTE_TIMEOUT:?} ({})",
+                    choice.node,
+                    retry_rule(&ep.service.config, &parts.method, Failure::Timeout).1
+                ));
+                return not_retried(&ep, &failures);
             }
         };
         let status = resp.status();
-        let retry = !last && matches!(status.as_u16(), 429 | 502 | 503 | 504);
         if status.is_server_error() {
             cand.request_failed();
         } else {
             cand.request_succeeded(started.elapsed());
         }
-        if retry {
-            failures.push(format!("{}: HTTP {status}", choice.node));
-            continue;
+        if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+            let (retry, rule) =
+                retry_rule(&ep.service.config, &parts.method, Failure::Status(status.as_u16()));
+            failures.push(format!("{}: HTTP {status} ({rule})", choice.node));
+            if retry && !last {
+                continue;
+            }
         }
         // Ollama's 404 for a model this node lacks: another node may have it.
         if status == StatusCode::NOT_FOUND && !last && needs.model.is_some() {
@@ -288,6 +299,84 @@ async fn first_byte<F: std::future::Future>(
             }
         }
     }
+}
+
+/// What went wrong with one attempt, for the retry rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection could not be made: the request never left.
+    Connect,
+    /// The connection closed, or the answer was unreadable, before any of it
+    /// reached the client: the request may have reached the node.
+    Unanswered,
+    /// No answer's head within `FIRST_BYTE_TIMEOUT` from a node that is alive.
+    Timeout,
+    Status(u16),
+}
+
+impl From<&SendError> for Failure {
+    fn from(e: &SendError) -> Failure {
+        match e {
+            SendError::Connect(_) => Failure::Connect,
+            SendError::Exchange(_) => Failure::Unanswered,
+        }
+    }
+}
+
+/// Whether a failed attempt may run again on the next node, and the rule that
+/// says so (shown in `x-robbie-tried`). Running a request twice must be harmless:
+/// - never after the first-byte timeout (the node is alive, just slow);
+/// - always when the request never reached the node (connect refused), or the
+///   node refused to process it (429, 503);
+/// - otherwise (closed unanswered, 502, 504): for Ollama (generation has no side
+///   effects) and idempotent methods; for a POST or PATCH to an `http` service only
+///   when the service sets `retry_non_idempotent`.
+pub fn retry_rule(
+    svc: &crate::config::ServiceConfig,
+    method: &axum::http::Method,
+    f: Failure,
+) -> (bool, String) {
+    use crate::config::ServiceKind;
+    match f {
+        Failure::Timeout => (
+            false,
+            "not retried: the node is alive, and running it elsewhere could run it twice".into(),
+        ),
+        Failure::Connect => (true, "retried: the request never reached it".into()),
+        Failure::Status(429 | 503) => (true, "retried: it refused to take the request".into()),
+        Failure::Status(_) | Failure::Unanswered => {
+            if svc.kind == ServiceKind::Ollama {
+                (true, "retried: Ollama requests have no side effects".into())
+            } else if method.is_idempotent() {
+                (true, format!("retried: {method} is idempotent"))
+            } else if svc.retry_non_idempotent {
+                (true, "retried: the service sets retry_non_idempotent".into())
+            } else {
+                (
+                    false,
+                    format!("not retried: a {method} may already have run there (set retry_non_idempotent to allow)"),
+                )
+            }
+        }
+    }
+}
+
+/// The answer when a failed attempt may not run elsewhere: 502 (504 after the
+/// first-byte timeout) with every attempt and its rule.
+fn not_retried(ep: &Endpoint, failures: &[String]) -> Response {
+    let timed_out = failures.last().is_some_and(|f| f.contains("no answer within"));
+    let mut r = ollama_error(
+        if timed_out {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        },
+        format!("{} failed: {}", ep.service.config.name, failures.join("; ")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&failures.join("; ")) {
+        r.headers_mut().insert(TRIED_HEADER, v);
+    }
+    r
 }
 
 fn transport_error(e: &SendError) -> String {
@@ -442,7 +531,43 @@ impl hyper::body::Body for Relay {
 
 #[cfg(test)]
 mod tests {
-    use super::requested_model;
+    use super::{requested_model, retry_rule, Failure};
+    use axum::http::Method;
+
+    fn service(kind: &str, opt_in: bool) -> crate::config::ServiceConfig {
+        let text = format!(
+            "node = \"book\"\n[[service]]\nname = \"s\"\nkind = \"{kind}\"\nlisten = \"127.0.0.1:18001\"\n\
+             retry_non_idempotent = {opt_in}\ncandidates = [{{ node = \"book\", address = \"127.0.0.1:18002\" }}]\n"
+        );
+        let cfg = crate::config::parse(&text, "t.toml").expect("config");
+        cfg.services.into_iter().next().expect("service")
+    }
+
+    #[test]
+    fn a_request_runs_again_only_where_running_twice_is_harmless() {
+        let (ollama, http, opted) = (service("ollama", false), service("http", false), service("http", true));
+        let retried = |svc, m: Method, f| retry_rule(svc, &m, f).0;
+        // Never after the first-byte timeout: the node is alive.
+        assert!(!retried(&ollama, Method::POST, Failure::Timeout));
+        assert!(!retried(&http, Method::GET, Failure::Timeout));
+        // Never reached, or refused: always.
+        for svc in [&ollama, &http] {
+            assert!(retried(svc, Method::POST, Failure::Connect));
+            assert!(retried(svc, Method::POST, Failure::Status(503)));
+            assert!(retried(svc, Method::POST, Failure::Status(429)));
+        }
+        // May have run: Ollama yes, idempotent yes, a POST to an http service only if opted in.
+        for f in [Failure::Unanswered, Failure::Status(502), Failure::Status(504)] {
+            assert!(retried(&ollama, Method::POST, f));
+            assert!(retried(&http, Method::GET, f));
+            assert!(retried(&http, Method::PUT, f));
+            assert!(!retried(&http, Method::POST, f));
+            assert!(!retried(&http, Method::PATCH, f));
+            assert!(retried(&opted, Method::POST, f));
+        }
+        let (_, rule) = retry_rule(&http, &Method::POST, Failure::Unanswered);
+        assert!(rule.starts_with("not retried: a POST may already have run"), "{rule}");
+    }
 
     #[test]
     fn model_from_ollama_requests() {

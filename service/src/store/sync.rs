@@ -531,6 +531,13 @@ impl Syncer {
             self.pull_all().await?;
         }
         let held = self.held_back().await.unwrap_or(None);
+        if info.read_only {
+            // A connection that found itself on a read-only standby is dropped
+            // after the round: the next one goes where the endpoint routes now
+            // (the primary, once it is back).
+            self.client = None;
+            self.server = None;
+        }
         let pending = self.store.pending().await?;
         let (rejected, rejected_rows) = self.store.rejected(10).await?;
         let read_only = info.read_only;
