@@ -32,6 +32,8 @@ pub struct View {
     pub models: Option<std::sync::Arc<[String]>>,
     pub in_flight: usize,
     pub ejected_until: Option<Instant>,
+    /// Its ejections in a row, each soon after it came back (more than 1: flapping).
+    pub ejections: u32,
     /// The node's largest GPU memory, when its inventory is known.
     pub vram_bytes: Option<u64>,
     /// PostgreSQL: `Some(true)` for a read-only replica (used after every primary).
@@ -130,10 +132,15 @@ pub fn plan(
         }
         if let Some(until) = v.ejected_until.filter(|u| *u > now) {
             skip(&|| {
-                format!(
-                    "ejected for {} s after repeated errors",
-                    (until - now).as_secs().max(1)
-                )
+                let left = (until - now).as_secs().max(1);
+                if v.ejections > 1 {
+                    format!(
+                        "ejected for {left} s more: flapping (ejection {} in a row, each soon after it came back)",
+                        v.ejections
+                    )
+                } else {
+                    format!("ejected for {left} s after repeated errors")
+                }
             });
             continue;
         }
@@ -302,12 +309,20 @@ impl Ejection {
         self.errors = 0;
     }
 
-    /// The node came back (passed its rise checks): eligible again (after the
-    /// hold-down); failures from now on are a new outage.
+    /// The node came back (passed its rise checks): after one outage it is
+    /// eligible again (after the hold-down); a flapping node serves out its
+    /// ejection. Failures from now on are a new outage.
     pub fn recovered(&mut self, now: Instant) {
-        self.until = None;
+        if self.ejections <= 1 {
+            self.until = None;
+        }
         self.errors = 0;
         self.back_at = Some(now);
+    }
+
+    /// Ejections in a row (more than 1: flapping).
+    pub fn ejections(&self) -> u32 {
+        self.ejections
     }
 }
 
@@ -328,6 +343,7 @@ mod tests {
             models: None,
             in_flight: 0,
             ejected_until: None,
+            ejections: 0,
             vram_bytes: None,
             read_only: None,
             priority: None,
@@ -530,16 +546,21 @@ mod tests {
         e.failure(later);
         e.failure(later);
         assert_eq!(e.failure(later), Some(Ejected { until: later + EJECT_BASE, nth: 1 }));
-        // Flapping: failing again soon after each return grows the ejection, capped.
+        // Flapping: failing again soon after each return grows the ejection,
+        // capped, and coming back no longer ends it early.
         let mut now = later;
         for n in 2..20u32 {
             now += s(1);
+            e.recovered(now);
+            now = e.until.unwrap_or(now).max(now) + s(1);
             e.recovered(now);
             e.failure(now);
             e.failure(now);
             let x = e.failure(now).expect("ejected");
             assert_eq!(x.nth, n);
             assert_eq!(x.until, now + EJECT_BASE.saturating_mul(n).min(EJECT_MAX));
+            e.recovered(now + s(1));
+            assert_eq!(e.until, Some(x.until), "a flapping node serves out its ejection");
         }
     }
 

@@ -80,6 +80,10 @@ impl CandidateHandle {
 
     /// What the router needs to know of it now.
     pub fn view(&self) -> View {
+        let (ejected_until, ejections) = {
+            let e = self.lock_ejection();
+            (e.until, e.ejections())
+        };
         let s = self.state.borrow();
         View {
             node: self.config.node.clone(),
@@ -92,7 +96,8 @@ impl CandidateHandle {
                 .filter(|o| !o.models.is_empty())
                 .map(|o| o.models.clone()),
             in_flight: self.in_flight.load(Ordering::Relaxed),
-            ejected_until: self.lock_ejection().until,
+            ejected_until,
+            ejections,
             vram_bytes: None,
             read_only: s.postgres_role.map(|r| r == PgRole::Replica),
             priority: Some(self.config.priority),

@@ -646,3 +646,51 @@ async fn airplane_mode_under_load_the_laptop_serves_within_three_seconds() {
     m.vengeance.ns.heal();
     m.mesh.wait_route("aurora", Duration::from_secs(25)).await;
 }
+
+/// Aurora's link goes down and comes back again and again under load: one outage
+/// is one ejection, forgiven once it is back (traffic returns after the hold-down);
+/// failing again soon after coming back is flapping — a longer ejection that
+/// outlasts its return, and says so. No request fails throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flapping_node_is_ejected_longer_and_says_why() {
+    let m = three_nodes().await;
+    let load = Paced::start(&m.endpoint, Duration::from_millis(50));
+    let aurora_skipped = || async {
+        let st = m.mesh.api_get("/v1/status").await;
+        st["services"][0]["plan"]["skipped"]
+            .as_array()
+            .and_then(|s| s.iter().find(|c| c["node"] == "aurora"))
+            .and_then(|c| c["why"].as_str().map(str::to_string))
+    };
+    let mut flapping = None;
+    for round in 1..=4 {
+        m.aurora.ns.cut();
+        eventually(Duration::from_secs(10), "aurora offline", || async {
+            m.health(0).await == "offline"
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        m.aurora.ns.heal();
+        eventually(Duration::from_secs(20), "aurora online again", || async {
+            m.health(0).await == "online"
+        })
+        .await;
+        let why = aurora_skipped().await;
+        eprintln!("round {round}: aurora back online; skipped: {why:?}");
+        if let Some(w) = why.filter(|w| w.contains("flapping")) {
+            flapping = Some((round, w));
+            break;
+        }
+        // One outage: it serves again after the hold-down, not minutes later.
+        let back = std::time::Instant::now();
+        m.mesh.wait_route("aurora", HOLD_DOWN + Duration::from_secs(3)).await;
+        eprintln!("round {round}: traffic back on aurora {:?} after it was online", back.elapsed());
+    }
+    let ts = load.finish().await;
+    let failed: Vec<_> = ts.iter().filter(|t| t.outcome.is_err()).collect();
+    eprintln!("{} requests across the flapping, {} failed", ts.len(), failed.len());
+    let (round, why) = flapping.expect("a node failing again right after coming back is flapping");
+    assert!(round >= 2, "the first outage alone is not flapping");
+    assert!(why.contains("ejection 2 in a row") || why.contains("in a row"), "{why}");
+    assert!(failed.is_empty(), "{failed:?}");
+}
