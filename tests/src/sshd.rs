@@ -54,20 +54,28 @@ pub struct Sshd {
     pub client_key: KeyPair,
     child: Option<Child>,
     log: PathBuf,
+    /// Debian's defaults for dead clients (no ClientAliveInterval): a session whose
+    /// client vanished lives on until TCP gives up.
+    stock: bool,
 }
 
 impl Sshd {
     /// On a free port of this machine's loopback.
     pub fn start() -> Sshd {
-        Sshd::start_at(Ipv4Addr::LOCALHOST.into(), free_port(), None)
+        Sshd::start_at(Ipv4Addr::LOCALHOST.into(), free_port(), None, false)
     }
 
     /// As a node's own SSH server: port 22 of the node's address, in its namespace.
     pub fn start_in(ns: &Netns) -> Sshd {
-        Sshd::start_at(ns.ip.into(), 22, Some(ns.name.clone()))
+        Sshd::start_at(ns.ip.into(), 22, Some(ns.name.clone()), false)
     }
 
-    fn start_at(ip: IpAddr, port: u16, netns: Option<String>) -> Sshd {
+    /// The same, with a stock sshd's handling of vanished clients (none).
+    pub fn start_in_stock(ns: &Netns) -> Sshd {
+        Sshd::start_at(ns.ip.into(), 22, Some(ns.name.clone()), true)
+    }
+
+    fn start_at(ip: IpAddr, port: u16, netns: Option<String>, stock: bool) -> Sshd {
         let dir = tempfile::tempdir().expect("tempdir");
         // sshd's privilege separation needs this directory.
         let _ = std::fs::create_dir_all("/run/sshd");
@@ -87,6 +95,7 @@ impl Sshd {
             host_key,
             client_key,
             child: None,
+            stock,
         };
         s.write_config();
         s.spawn();
@@ -100,10 +109,15 @@ impl Sshd {
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nGatewayPorts no\n\
-             ClientAliveInterval 1\nClientAliveCountMax 3\nMaxStartups 200:30:400\nMaxSessions 200\n\
+             {alive}MaxStartups 200:30:400\nMaxSessions 200\n\
              LogLevel VERBOSE\n",
             port = self.port,
             ip = self.ip,
+            alive = if self.stock {
+                ""
+            } else {
+                "ClientAliveInterval 1\nClientAliveCountMax 3\n"
+            },
         );
         std::fs::write(self.dir.path().join("sshd_config"), cfg).expect("write sshd_config");
     }
