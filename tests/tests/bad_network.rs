@@ -1,5 +1,6 @@
 //! A bad network day beyond a clean cut: the hub's stock `sshd` that keeps a dead
-//! session (and its `-R` port) after the laptop's link went away.
+//! session (and its `-R` port) after the laptop's link went away; a slow link
+//! (200 kB/s) carrying a large download; a far one (200 ms round trips).
 
 use std::time::Duration;
 
@@ -227,4 +228,79 @@ async fn a_slow_link_carries_a_large_download_in_one_session_and_other_connectio
     assert_eq!(n, total, "the whole download through robbie-mesh");
     assert_eq!(reconnects, 0, "in one session");
     assert!(tried > 0 && ok == tried, "every echo on the second connection worked: {ok}/{tried}");
+}
+
+/// A 200 ms round trip to the serving node (a tethered or far link, through a
+/// delaying proxy in front of its sshd), probed with the default timeout every
+/// second under steady load: the node stays online (its probe latency is one
+/// light request, and degraded needs several slow probes in a row) and the route
+/// never moves. `MESH_DELAY_LINK_SECS` sets how long (45 s by default in CI; the
+/// issue's 5 minutes with 300).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_200_ms_link_keeps_its_route_under_steady_load() {
+    let secs: u64 = std::env::var("MESH_DELAY_LINK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(45);
+    let sshd = Sshd::start();
+    let link = mesh_tests::delay::DelayProxy::start(sshd.addr(), Duration::from_millis(100)).await;
+    let aurora = mesh_tests::ollama::OllamaStub::start("aurora", &["llama3.2:3b"]).await;
+    let book = mesh_tests::ollama::OllamaStub::start("book", &["llama3.2:3b"]).await;
+    let known = sshd.dir.path().join("known_hosts_far");
+    // The server's key, under the address robbie-mesh dials (the proxy's).
+    let line = sshd.known_hosts_line();
+    let key = line.split_once(' ').map_or("", |(_, k)| k);
+    std::fs::write(&known, format!("[127.0.0.1]:{} {key}\n", link.addr.port())).expect("known_hosts");
+    let (tunnel, endpoint) = (mesh_tests::free_port(), mesh_tests::free_port());
+    let cfg = format!(
+        "node = \"book\"\n[[peer]]\nname = \"aurora\"\nssh = \"{user}@127.0.0.1:{port}\"\nidentity = [\"{key}\"]\nknown_hosts = \"{kh}\"\n\
+         [[peer.forward]]\nname = \"aurora-ollama\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"{remote}\"\n\
+         [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\n\
+         candidates = [{{ node = \"aurora\", tunnel = \"aurora-ollama\" }}, {{ node = \"book\", address = \"{local}\" }}]\n\
+         probe = {{ remote_interval = \"1s\" }}\n",
+        user = mesh_tests::whoami(),
+        port = link.addr.port(),
+        key = sshd.client_key.private.display(),
+        kh = known.display(),
+        remote = aurora.addr,
+        local = book.addr,
+    );
+    let mesh = Mesh::start(&cfg).await;
+    mesh.wait_route("aurora", Duration::from_secs(20)).await;
+    let mut events = mesh.service.events.subscribe();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{endpoint}/api/generate");
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    let (mut served, mut failed, mut slowest) = (0usize, Vec::new(), Duration::ZERO);
+    while std::time::Instant::now() < end {
+        let t = std::time::Instant::now();
+        match client.post(&url).json(&serde_json::json!({"model": "llama3.2:3b", "prompt": "hi"})).send().await {
+            Ok(r) if r.status() == 200 && mesh_tests::served_by(&r) == "aurora" => {
+                let _ = r.bytes().await;
+                served += 1;
+            }
+            Ok(r) => failed.push(format!("{} from {}", r.status(), mesh_tests::served_by(&r))),
+            Err(e) => failed.push(e.to_string()),
+        }
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut changes = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        match e.kind {
+            robbie_mesh::events::EventKind::Route { to, reason, .. } => changes.push(format!("{to:?}: {reason}")),
+            robbie_mesh::events::EventKind::Health { node, health, reason, .. } => changes.push(format!("{node} {health:?}: {reason}")),
+            _ => {}
+        }
+    }
+    let st = mesh.api_get("/v1/status").await;
+    let latency = st["services"][0]["candidates"][0]["latency_ms"].clone();
+    eprintln!(
+        "200 ms link, {secs} s of steady load: {served} requests served by aurora, {} elsewhere or failed, slowest {slowest:?}; \
+         probe latency now {latency} ms; route and health changes: {changes:?}",
+        failed.len()
+    );
+    assert!(changes.is_empty(), "the route and aurora's health never moved: {changes:?}");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(served > 0);
 }
