@@ -53,6 +53,9 @@ pub struct CandidateHandle {
     /// Requests being served by this candidate now.
     pub in_flight: AtomicUsize,
     ejection: Mutex<Ejection>,
+    /// An on-demand candidate a request needed (a model, VRAM no reachable node
+    /// has): connected until then, whatever the nodes above it do.
+    summoned_until: Mutex<Option<Instant>>,
     /// Traffic saw a failure: probe now, then quickly, instead of waiting.
     recheck: Notify,
     /// Told of every change, so the service's route is recomputed at once.
@@ -177,7 +180,84 @@ pub struct ServiceHandle {
     nodes: watch::Receiver<NodeMap>,
 }
 
+/// How long a request's need keeps an on-demand peer connected (then its own
+/// `idle` applies), and how long the request waits for it to come up.
+pub const SUMMON_FOR: Duration = Duration::from_secs(60);
+pub const SUMMON_WAIT: Duration = Duration::from_secs(30);
+
 impl ServiceHandle {
+    /// Whether candidate `c` can serve `needs` as far as is known now (up, has the
+    /// model when its models are known, enough VRAM when its GPUs are known).
+    fn fits(&self, c: &CandidateHandle, needs: &Needs) -> bool {
+        let v = c.view();
+        let model_ok = match (&needs.model, &v.models) {
+            (Some(m), Some(have)) => have.iter().any(|x| route::same_model(x, m)),
+            _ => true,
+        };
+        let vram_ok = match (needs.vram_bytes, self.vram_of(c)) {
+            (Some(need), Some(have)) => have >= need,
+            _ => true,
+        };
+        v.health != crate::health::Health::Offline && model_ok && vram_ok
+    }
+
+    fn vram_of(&self, c: &CandidateHandle) -> Option<u64> {
+        self.nodes.borrow().get(&c.config.node).and_then(|n| n.max_vram())
+    }
+
+    /// A request needs a model or VRAM that no reachable candidate offers: the
+    /// on-demand candidates that may offer it (GPU unknown or big enough) are
+    /// connected now. Returns whether any was.
+    pub fn summon_for(&self, needs: &Needs) -> bool {
+        if needs.model.is_none() && needs.vram_bytes.is_none() {
+            return false;
+        }
+        if self.candidates.iter().any(|c| self.fits(c, needs)) {
+            return false;
+        }
+        let mut summoned = false;
+        for c in &self.candidates {
+            let on_demand = c.tunnel.as_ref().is_some_and(|t| t.demand.on_demand);
+            let too_small = matches!((needs.vram_bytes, self.vram_of(c)), (Some(n), Some(h)) if h < n);
+            if on_demand && !too_small {
+                *c.summoned_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Instant::now() + SUMMON_FOR);
+                summoned = true;
+            }
+        }
+        if summoned {
+            tracing::info!(service = %self.config.name, "a request needs {}: connecting on-demand nodes", needs.model.as_deref().unwrap_or("more VRAM"));
+            self.changed.notify_one();
+        }
+        summoned
+    }
+
+    /// Waits (up to `SUMMON_WAIT`) until some candidate can serve `needs`, or every
+    /// summoned one is up and still cannot (a model nobody has).
+    pub async fn wait_for_fit(&self, needs: &Needs) {
+        let end = Instant::now() + SUMMON_WAIT;
+        let now = Instant::now();
+        let summoned: Vec<&Arc<CandidateHandle>> = self
+            .candidates
+            .iter()
+            .filter(|c| {
+                c.summoned_until
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some_and(|u| u > now)
+            })
+            .collect();
+        while Instant::now() < end {
+            if self.candidates.iter().any(|c| self.fits(c, needs)) {
+                return;
+            }
+            if summoned.iter().all(|c| c.status().health.is_up()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The VRAM the service's config declares for `model`.
     pub fn vram_need(&self, model: &str) -> Option<u64> {
         self.config
@@ -257,6 +337,8 @@ impl ServiceHandle {
             }
         }
         *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = node.map(str::to_string);
+        // The route (and an on-demand peer's need) follow at once.
+        self.changed.notify_one();
         Ok(())
     }
 }
@@ -300,6 +382,7 @@ pub fn spawn(
                         state: watch::Sender::new(status),
                         in_flight: AtomicUsize::new(0),
                         ejection: Mutex::new(Ejection::default()),
+                        summoned_until: Mutex::new(None),
                         recheck: Notify::new(),
                         service_changed: changed.clone(),
                         metrics: CandidateMetrics::default(),
@@ -481,11 +564,21 @@ async fn watch_route(
 ) {
     let mut current: Option<String> = None;
     loop {
-        // An on-demand peer is needed while every candidate above it is down.
+        // An on-demand peer is needed while every candidate above it is down,
+        // while the service is pinned to it, and for a while after a request
+        // needed what only it may have (a model, VRAM).
         let mut all_above_down = true;
+        let pin = svc.pin();
+        let now = Instant::now();
         for c in &svc.candidates {
             if let Some(t) = c.tunnel.as_ref().filter(|t| t.demand.on_demand) {
-                t.demand.set(&svc.config.name, all_above_down);
+                let summoned = c
+                    .summoned_until
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some_and(|u| u > now);
+                let pinned = pin.as_deref() == Some(c.config.node.as_str());
+                t.demand.set(&svc.config.name, all_above_down || pinned || summoned);
             }
             all_above_down &= c.status().health.is_known_down();
         }

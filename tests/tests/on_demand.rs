@@ -61,3 +61,59 @@ async fn connected_only_while_needed() {
     })
     .await;
 }
+
+/// Pinning the service to the on-demand node connects it; a model only it has
+/// connects it too, and the request waits for it instead of failing elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pin_or_a_model_only_it_has_connects_it() {
+    let sshd = Sshd::start();
+    let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
+    let runpod = OllamaStub::start("runpod", &["llama3.2:3b", "llama3.1:405b"]).await;
+    let (tunnel, endpoint) = (free_port(), free_port());
+    let cfg = format!(
+        "node = \"aurora\"\n{}connect = \"on-demand\"\nidle = \"1s\"\n\
+         [[peer.forward]]\nname = \"runpod-ollama\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"{}\"\n\
+         [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\nhold_down = \"1s\"\n\
+         candidates = [{{ node = \"aurora\", address = \"{}\" }}, {{ node = \"runpod\", tunnel = \"runpod-ollama\" }}]\n\
+         probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\" }}\n",
+        peer_toml("runpod", &sshd, &trust(&sshd), ""),
+        runpod.addr,
+        aurora.addr
+    );
+    let mesh = Mesh::start(&cfg).await;
+    mesh.wait_route("aurora", Duration::from_secs(10)).await;
+    let client = reqwest::Client::new();
+    let api = format!("http://{}", mesh.api);
+
+    // A pin connects it, and the route follows.
+    let r = client
+        .post(format!("{api}/v1/services/ollama/pin"))
+        .json(&json!({"node": "runpod"}))
+        .send()
+        .await
+        .expect("pin");
+    assert!(r.status().is_success());
+    mesh.wait_route("runpod", Duration::from_secs(15)).await;
+    client
+        .delete(format!("{api}/v1/services/ollama/pin"))
+        .send()
+        .await
+        .expect("unpin");
+    mesh.wait_route("aurora", Duration::from_secs(15)).await;
+    eventually(Duration::from_secs(10), "released again", || async {
+        sshd.session_pids().is_empty()
+    })
+    .await;
+
+    // A model only RunPod has: the request connects it and is served there.
+    let t = std::time::Instant::now();
+    let r = client
+        .post(format!("http://127.0.0.1:{endpoint}/api/generate"))
+        .json(&json!({"model": "llama3.1:405b", "prompt": "hi"}))
+        .send()
+        .await
+        .expect("request");
+    eprintln!("a model only the on-demand node has: served by {} after {:?}", mesh_tests::served_by(&r), t.elapsed());
+    assert_eq!(r.status(), 200);
+    assert_eq!(mesh_tests::served_by(&r), "runpod");
+}

@@ -171,6 +171,11 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
     let model = requested_model(&body);
     let vram_bytes = model.as_deref().and_then(|m| ep.service.vram_need(m));
     let needs = Needs { model, vram_bytes };
+    // Only an on-demand node (RunPod's big GPU, say) may have what this asks for:
+    // connect it and wait for it, rather than trying nodes that cannot serve it.
+    if ep.service.summon_for(&needs) {
+        ep.service.wait_for_fit(&needs).await;
+    }
     let plan = ep.service.route(&needs);
     let path = parts
         .uri
