@@ -1,0 +1,100 @@
+//! An investigation, not part of the suite (`--ignored`): the round trips of a
+//! pull (a repeatable-read transaction of a few small queries) through the
+//! PostgreSQL endpoint and a tunnel, timed one by one, to find where a ~40 ms
+//! stall comes from. `MESH_PULL_ROUNDS` rounds (default 200).
+
+use std::time::{Duration, Instant};
+
+use mesh_tests::postgres::Postgres;
+use mesh_tests::sshd::Sshd;
+use mesh_tests::{free_port, peer_toml, trust, Mesh};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "an investigation: run with --ignored --nocapture"]
+async fn pull_round_trips_through_the_tunnel() {
+    let primary = Postgres::primary();
+    let sshd = Sshd::start();
+    let (tunnel, endpoint) = (free_port(), free_port());
+    let cfg = format!(
+        "node = \"book\"\n{}\n[[service]]\nname = \"postgres\"\nkind = \"postgres\"\nlisten = \"127.0.0.1:{endpoint}\"\n\
+         candidates = [{{ node = \"aurora\", tunnel = \"pg\" }}]\n",
+        peer_toml(
+            "aurora",
+            &sshd,
+            &trust(&sshd),
+            &format!("[[peer.forward]]\nname = \"pg\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"127.0.0.1:{}\"\n", primary.port)
+        )
+    );
+    let mesh = Mesh::start(&cfg).await;
+    mesh.wait_route("aurora", Duration::from_secs(15)).await;
+    let rounds: usize = std::env::var("MESH_PULL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    // OpenSSH's ssh -L to the same sshd, for comparison.
+    let olocal = free_port();
+    let mut ssh = std::process::Command::new("ssh")
+        .args(["-N", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", trust(&sshd).display()))
+        .arg("-i")
+        .arg(&sshd.client_key.private)
+        .args(["-p", &sshd.addr().port().to_string()])
+        .args(["-L", &format!("{olocal}:127.0.0.1:{}", primary.port)])
+        .arg(format!("{}@127.0.0.1", mesh_tests::whoami()))
+        .spawn()
+        .expect("ssh");
+    mesh_tests::wait_for(
+        mesh_tests::DEADLINE,
+        || std::net::TcpStream::connect(("127.0.0.1", olocal)).is_ok(),
+        || "ssh -L".into(),
+    );
+    for (label, port) in [
+        ("direct", primary.port),
+        ("endpoint+tunnel", endpoint),
+        ("tunnel alone", tunnel),
+        ("openssh -L", olocal),
+    ] {
+        let url = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+        let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(conn);
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .expect("begin");
+            let _: i64 = tx
+                .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8", &[])
+                .await
+                .expect("fence")
+                .get(0);
+            // The pull's shape: 1000 keys, then the rows by a 1000-id parameter.
+            let keys: Vec<String> = tx
+                .query("SELECT md5(g::text) FROM generate_series(1, 1000) g", &[])
+                .await
+                .expect("keys")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let _ = tx
+                .query("SELECT k, repeat('x', 60) FROM unnest($1::text[]) AS k", &[&keys])
+                .await
+                .expect("rows");
+            tx.commit().await.expect("commit");
+            times.push(t.elapsed());
+        }
+        times.sort();
+        let slow = times.iter().filter(|t| **t > Duration::from_millis(30)).count();
+        eprintln!(
+            "{label}: {rounds} pull-shaped rounds: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}; {slow} over 30 ms",
+            times[rounds / 2],
+            times[rounds * 9 / 10],
+            times[rounds * 99 / 100],
+            times[rounds - 1]
+        );
+    }
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+}
