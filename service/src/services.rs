@@ -467,6 +467,18 @@ impl Prober {
                     continue;
                 }
             }
+            // Requests in flight prove the node's health themselves; a probe on the
+            // same SSH connection would only queue in front of their answers. (A
+            // failing request asks for a quick recheck, which is never skipped.)
+            if quick == 0 && self.handle.in_flight.load(Ordering::Relaxed) > 0 {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                    () = crate::tunnel::state_changed(tunnel_rx.as_mut()) => {}
+                    () = self.handle.recheck.notified() => quick = crate::health::FALL,
+                }
+                continue;
+            }
             let wants = OllamaWants {
                 tags: tags_at.is_none_or(|t| t.elapsed() >= TAGS_EVERY),
                 ps: ps_at.is_none_or(|t| t.elapsed() >= PS_EVERY),

@@ -53,7 +53,11 @@ impl Endpoint {
         let upstreams = service
             .candidates
             .iter()
-            .map(|c| Arc::new(Upstream::new(c.config.address.clone(), CONNECT_TIMEOUT)))
+            .map(|c| {
+                // An on-demand peer must be free to go: nothing of it is kept warm.
+                let warm = c.tunnel.as_ref().is_none_or(|t| !t.demand.on_demand);
+                Arc::new(Upstream::new(c.config.address.clone(), CONNECT_TIMEOUT, warm))
+            })
             .collect();
         Endpoint { service, upstreams }
     }

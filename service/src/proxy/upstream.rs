@@ -7,7 +7,10 @@
 //! while idle is noticed before the request is written (hyper gives the request
 //! back), and the request goes out on another connection to the same node instead
 //! of counting as that node's failure. Idle connections close after `IDLE`, so an
-//! on-demand tunnel is not held open by a pool.
+//! on-demand tunnel is not held open by a pool — except, for a node reached
+//! directly or through an always-connected tunnel, the most recently used one,
+//! kept warm for `WARM` so that a request at a person's pace (one every few
+//! seconds) does not pay a new channel and connection each time.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +26,8 @@ use crate::config::HostPort;
 
 /// Idle connections close after this.
 pub const IDLE: Duration = Duration::from_secs(5);
+/// The most recently used idle connection of an always-connected node stays this long.
+pub const WARM: Duration = Duration::from_secs(120);
 /// At most this many idle connections are kept per node.
 const MAX_IDLE: usize = 256;
 
@@ -33,6 +38,8 @@ pub struct Upstream {
     /// The `Host` header for requests to it.
     host: Option<HeaderValue>,
     connect_timeout: Duration,
+    /// Keep the newest idle connection for `WARM` (not on-demand).
+    warm: bool,
     idle: Mutex<Vec<(Sender, Instant)>>,
 }
 
@@ -68,19 +75,31 @@ impl Lease {
 }
 
 impl Upstream {
-    pub fn new(address: HostPort, connect_timeout: Duration) -> Upstream {
+    pub fn new(address: HostPort, connect_timeout: Duration, warm: bool) -> Upstream {
         Upstream {
             host: HeaderValue::try_from(address.to_string()).ok(),
             address,
             connect_timeout,
+            warm,
             idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How long the idle connection at `position` (0 = the newest) may stay.
+    fn keep(&self, position: usize) -> Duration {
+        if self.warm && position == 0 {
+            WARM
+        } else {
+            IDLE
         }
     }
 
     fn take(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((sender, since)) = idle.pop() {
-            if since.elapsed() < IDLE && !sender.is_closed() {
+            // The newest is popped first: only it may have been kept warm; an
+            // older one past `IDLE` is swept anyway.
+            if !sender.is_closed() && since.elapsed() < self.keep(0) {
                 return Some(sender);
             }
         }
@@ -97,12 +116,17 @@ impl Upstream {
         }
     }
 
-    /// Closes the connections idle for `IDLE` or more.
+    /// Closes the connections idle for `IDLE` or more (the newest of a warm pool:
+    /// `WARM`).
     pub fn sweep(&self) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(s, since)| since.elapsed() < IDLE && !s.is_closed());
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = idle.len().saturating_sub(1);
+        let mut i = 0;
+        idle.retain(|(s, since)| {
+            let keep = if i == newest { self.keep(0) } else { self.keep(1) };
+            i += 1;
+            since.elapsed() < keep && !s.is_closed()
+        });
     }
 
     async fn connect(&self) -> Result<Sender, SendError> {
@@ -226,7 +250,7 @@ mod tests {
     #[tokio::test]
     async fn answers_read_to_the_end_reuse_their_connection() {
         let (addr, accepted) = server(false).await;
-        let up = Arc::new(Upstream::new(addr, Duration::from_secs(2)));
+        let up = Arc::new(Upstream::new(addr, Duration::from_secs(2), false));
         for _ in 0..3 {
             assert_eq!(get(&up).await.expect("answer"), "ok");
         }
@@ -236,7 +260,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_closed_while_idle_is_not_a_failure() {
         let (addr, accepted) = server(true).await;
-        let up = Arc::new(Upstream::new(addr, Duration::from_secs(2)));
+        let up = Arc::new(Upstream::new(addr, Duration::from_secs(2), false));
         assert_eq!(get(&up).await.expect("first"), "ok");
         // Once the client side has seen the close, the pooled connection is skipped.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -264,7 +288,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
         };
-        let up = Arc::new(Upstream::new(addr, Duration::from_secs(2)));
+        let up = Arc::new(Upstream::new(addr, Duration::from_secs(2), false));
         match get(&up).await {
             Err(SendError::Connect(why)) => assert!(why.contains("refused"), "{why}"),
             other => panic!("expected a connect error, got {:?}", other.map(|_| ())),

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 
 use super::outbox::Batch;
@@ -166,7 +167,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(i32, i32), 
 /// what to run. Checked after every connect and in every pushed batch.
 pub async fn check_schema(c: &impl GenericClient) -> Result<(), SyncError> {
     let version: Option<i32> = match c
-        .query_opt("SELECT version FROM robbie.schema_version", &[])
+        .query_typed_opt("SELECT version FROM robbie.schema_version", &[])
         .await
     {
         Ok(r) => r.map(|r| r.get(0)),
@@ -215,7 +216,7 @@ impl ServerInfo {
 
 pub async fn server_info(c: &impl GenericClient) -> Result<ServerInfo, SyncError> {
     let r = c
-        .query_one(
+        .query_typed_one(
             "SELECT (SELECT system_identifier::text FROM pg_control_system()) || '/' || \
                     coalesce((SELECT id::text FROM robbie.instance LIMIT 1), '-'), \
                     pg_is_in_recovery(), \
@@ -235,9 +236,9 @@ pub async fn server_info(c: &impl GenericClient) -> Result<ServerInfo, SyncError
 
 /// What the primary has acknowledged from a device: (seq, tag of that row).
 pub async fn acked(c: &impl GenericClient, device: &str) -> Result<(i64, Option<i64>), SyncError> {
-    Ok(c.query_opt(
+    Ok(c.query_typed_opt(
         "SELECT acked_seq, acked_tag FROM robbie.devices WHERE device_id = $1",
-        &[&device],
+        &[(&device, Type::TEXT)],
     )
     .await?
     .map_or((0, None), |r| (r.get(0), r.get(1))))
@@ -255,15 +256,15 @@ pub async fn push_batch(
 ) -> Result<(), SyncError> {
     let tx = client.transaction().await?;
     check_schema(&tx).await?;
-    tx.execute(
+    tx.query_typed(
         "INSERT INTO robbie.devices (device_id, node) VALUES ($1, $2) ON CONFLICT (device_id) DO NOTHING",
-        &[&device, &node],
+        &[(&device, Type::TEXT), (&node, Type::TEXT)],
     )
     .await?;
     let acked: i64 = tx
-        .query_one(
+        .query_typed_one(
             "SELECT acked_seq FROM robbie.devices WHERE device_id = $1 FOR UPDATE",
-            &[&device],
+            &[(&device, Type::TEXT)],
         )
         .await?
         .get(0);
@@ -285,7 +286,7 @@ pub async fn push_batch(
         let title_stamps: Vec<&str> = c.iter().map(|c| c.title_hlc.as_str()).collect();
         let archived_stamps: Vec<&str> = c.iter().map(|c| c.archived_hlc.as_str()).collect();
         // Each field is last-writer-wins by its own stamp.
-        tx.execute(
+        tx.query_typed(
             r#"INSERT INTO robbie.conversations AS c (id, title, archived, created_at, origin, updated_hlc, title_hlc, archived_hlc, device)
                SELECT id::uuid, title, archived, created_at, origin, hlc, title_hlc, archived_hlc, $9
                FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[])
@@ -303,15 +304,15 @@ pub async fn push_batch(
                  xid = pg_current_xact_id(), change_id = nextval('robbie.change_id')
                WHERE excluded.title_hlc > c.title_hlc OR excluded.archived_hlc > c.archived_hlc"#,
             &[
-                &ids,
-                &titles,
-                &archived,
-                &created,
-                &origins,
-                &stamps,
-                &title_stamps,
-                &archived_stamps,
-                &device,
+                (&ids, Type::TEXT_ARRAY),
+                (&titles, Type::TEXT_ARRAY),
+                (&archived, Type::BOOL_ARRAY),
+                (&created, Type::INT8_ARRAY),
+                (&origins, Type::TEXT_ARRAY),
+                (&stamps, Type::TEXT_ARRAY),
+                (&title_stamps, Type::TEXT_ARRAY),
+                (&archived_stamps, Type::TEXT_ARRAY),
+                (&device, Type::TEXT),
             ],
         )
         .await?;
@@ -325,19 +326,28 @@ pub async fn push_batch(
         let models: Vec<Option<&str>> = m.iter().map(|m| m.model.as_deref()).collect();
         let nodes: Vec<&str> = m.iter().map(|m| m.node.as_str()).collect();
         let created: Vec<i64> = m.iter().map(|m| m.created_at).collect();
-        tx.execute(
+        tx.query_typed(
             "INSERT INTO robbie.messages (id, conversation_id, role, content, model, node, created_at, device) \
              SELECT id::uuid, conv::uuid, role, content, model, node, created_at, $8 \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[]) \
                AS t(id, conv, role, content, model, node, created_at) \
              ON CONFLICT (id) DO NOTHING",
-            &[&ids, &convs, &roles, &contents, &models, &nodes, &created, &device],
+            &[
+                (&ids, Type::TEXT_ARRAY),
+                (&convs, Type::TEXT_ARRAY),
+                (&roles, Type::TEXT_ARRAY),
+                (&contents, Type::TEXT_ARRAY),
+                (&models, Type::TEXT_ARRAY),
+                (&nodes, Type::TEXT_ARRAY),
+                (&created, Type::INT8_ARRAY),
+                (&device, Type::TEXT),
+            ],
         )
         .await?;
     }
-    tx.execute(
+    tx.query_typed(
         "UPDATE robbie.devices SET acked_seq = $2, acked_tag = $3, last_push = now() WHERE device_id = $1",
-        &[&device, &b.max_seq, &b.max_tag],
+        &[(&device, Type::TEXT), (&b.max_seq, Type::INT8), (&b.max_tag, Type::INT8)],
     )
     .await?;
     crate::failpoint::hit("sync-before-commit");
@@ -416,14 +426,20 @@ pub async fn pull_page(
     };
     // Keys and sizes first (octet_length of a stored value does not read it)...
     let keys = tx
-        .query(
+        .query_typed(
             &format!(
                 "SELECT t.xid::text::int8 AS x, t.change_id, t.id::text, ({size})::int8 AS size \
                  FROM robbie.{name} t \
                  WHERE t.xid < $5::int8::text::xid8 AND (t.xid, t.change_id) > ($1::int8::text::xid8, $2) AND t.device <> $3 \
                  ORDER BY t.xid, t.change_id LIMIT $4"
             ),
-            &[&cursor.0, &cursor.1, &device, &(limit as i64), &fence],
+            &[
+                (&cursor.0, Type::INT8),
+                (&cursor.1, Type::INT8),
+                (&device, Type::TEXT),
+                (&(limit as i64), Type::INT8),
+                (&fence, Type::INT8),
+            ],
         )
         .await?;
     let mut take = 0;
@@ -441,13 +457,13 @@ pub async fn pull_page(
     let next = if cut {
         keys.get(take.wrapping_sub(1)).map(|k| (k.get(0), k.get(1)))
     } else {
-        tx.query_opt(
+        tx.query_typed_opt(
             &format!(
                 "SELECT t.xid::text::int8 AS x, t.change_id FROM robbie.{name} t \
                  WHERE t.xid < $3::int8::text::xid8 AND (t.xid, t.change_id) > ($1::int8::text::xid8, $2) \
                  ORDER BY t.xid DESC, t.change_id DESC LIMIT 1"
             ),
-            &[&cursor.0, &cursor.1, &fence],
+            &[(&cursor.0, Type::INT8), (&cursor.1, Type::INT8), (&fence, Type::INT8)],
         )
         .await?
         .map(|r| (r.get(0), r.get(1)))
@@ -461,10 +477,10 @@ pub async fn pull_page(
     } else {
         match table {
             Table::Conversations => Rows::Conversations(
-                tx.query(
+                tx.query_typed(
                     "SELECT t.id::text, t.title, t.archived, t.created_at, t.origin, t.updated_hlc, t.title_hlc, t.archived_hlc \
                      FROM unnest($1::text[]) WITH ORDINALITY AS k(id, n) JOIN robbie.conversations t ON t.id = k.id::uuid ORDER BY k.n",
-                    &[&ids],
+                    &[(&ids, Type::TEXT_ARRAY)],
                 )
                 .await?
                 .iter()
@@ -472,10 +488,10 @@ pub async fn pull_page(
                 .collect(),
             ),
             Table::Messages => Rows::Messages(
-                tx.query(
+                tx.query_typed(
                     "SELECT t.id::text, t.conversation_id::text, t.role, t.content, t.model, t.node, t.created_at \
                      FROM unnest($1::text[]) WITH ORDINALITY AS k(id, n) JOIN robbie.messages t ON t.id = k.id::uuid ORDER BY k.n",
-                    &[&ids],
+                    &[(&ids, Type::TEXT_ARRAY)],
                 )
                 .await?
                 .iter()
@@ -499,14 +515,14 @@ pub async fn held_back_by(
     fence: i64,
 ) -> Result<Option<(Duration, i32, String)>, SyncError> {
     let r = tx
-        .query_opt(
+        .query_typed_opt(
             "SELECT extract(epoch FROM now() - a.xact_start)::float8, a.pid, coalesce(a.application_name, '') \
              FROM pg_stat_activity a \
              WHERE a.backend_xid IS NOT NULL AND a.xact_start IS NOT NULL \
                AND (EXISTS (SELECT 1 FROM robbie.messages m WHERE m.xid >= $2::int8::text::xid8 AND m.xid > $1::int8::text::xid8) \
                  OR EXISTS (SELECT 1 FROM robbie.conversations c WHERE c.xid >= $2::int8::text::xid8 AND c.xid > $1::int8::text::xid8)) \
              ORDER BY a.xact_start LIMIT 1",
-            &[&cursor_xid, &fence],
+            &[(&cursor_xid, Type::INT8), (&fence, Type::INT8)],
         )
         .await?;
     Ok(r.map(|r| {

@@ -181,6 +181,7 @@ pub fn start(
                 server: None,
                 password: None,
                 warned: None,
+                held_checked: None,
             }
             .run(kick, verify_rx, events, cancel),
         );
@@ -199,6 +200,8 @@ struct Syncer {
     password: Option<Option<String>>,
     /// The last warning logged, and when.
     warned: Option<(String, Instant)>,
+    /// When held-back rows were last looked for.
+    held_checked: Option<Instant>,
 }
 
 /// Why the sync task woke up.
@@ -491,8 +494,15 @@ impl Syncer {
     async fn round(&mut self) -> Result<(), SyncError> {
         self.connect().await?;
         self.status.send_modify(|s| s.state = SyncState::Syncing);
-        // A standby may have been promoted since the connect.
-        let info = {
+        // A standby may have been promoted since the connect (a writable primary
+        // cannot turn read-only without ending this connection).
+        let info = if self.server.as_ref().is_some_and(|s| !s.read_only) {
+            self.server.clone().ok_or(SyncError::Pg {
+                message: "not connected".into(),
+                code: None,
+                closed: true,
+            })?
+        } else {
             let d = self.deadline();
             let c = self.client()?;
             let f = primary::server_info(&*c);
@@ -530,7 +540,14 @@ impl Syncer {
         if pull {
             self.pull_all().await?;
         }
-        let held = self.held_back().await.unwrap_or(None);
+        // Looked at now and then, not every round (a minute is its threshold).
+        let held = match self.held_checked {
+            Some(at) if at.elapsed() < Duration::from_secs(20) => self.status.borrow().held_back.clone(),
+            _ => {
+                self.held_checked = Some(Instant::now());
+                self.held_back().await.unwrap_or(None)
+            }
+        };
         if info.read_only {
             // A connection that found itself on a read-only standby is dropped
             // after the round: the next one goes where the endpoint routes now
@@ -639,7 +656,7 @@ impl Syncer {
                         .start()
                         .await?;
                     let fence: i64 = tx
-                        .query_one(
+                        .query_typed_one(
                             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
                             &[],
                         )
@@ -686,7 +703,7 @@ impl Syncer {
         let client = self.client()?;
         let r = tokio::time::timeout(d, async {
             let fence: i64 = client
-                .query_one(
+                .query_typed_one(
                     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
                     &[],
                 )
