@@ -640,60 +640,72 @@ impl Syncer {
         }
     }
 
+    /// Every table's new rows, page by page, in one repeatable-read transaction
+    /// (one snapshot and one fence for the round; each page applied with its
+    /// cursor as it comes, so a round cut short keeps what it applied).
     async fn pull_all(&mut self) -> Result<(), SyncError> {
         let device = self.store.device();
         let limit = self.cfg.batch;
-        for table in [Table::Conversations, Table::Messages] {
-            loop {
-                let cursor = self.store.cursor(table.name()).await?;
-                let d = self.deadline();
-                let client = self.client()?;
-                let page = tokio::time::timeout(d, async {
-                    let tx = client
-                        .build_transaction()
-                        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                        .read_only(true)
-                        .start()
-                        .await?;
-                    let fence: i64 = tx
-                        .query_typed_one(
-                            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
-                            &[],
-                        )
-                        .await?
-                        .get(0);
-                    let page = primary::pull_page(
-                        &tx,
-                        table,
-                        cursor,
-                        &device,
-                        limit,
-                        MAX_BATCH_BYTES,
-                        fence,
+        let store = self.store.clone();
+        let d = self.deadline();
+        let timed = |what| move || SyncError::Timeout(d, what);
+        let client = self.client.as_mut().ok_or(SyncError::Pg {
+            message: "not connected".into(),
+            code: None,
+            closed: true,
+        })?;
+        let mut pulled = 0u64;
+        let result = async {
+            let tx = tokio::time::timeout(
+                d,
+                client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start(),
+            )
+            .await
+            .map_err(|_| timed("starting a pull")())??;
+            let fence: i64 = tokio::time::timeout(
+                d,
+                tx.query_typed_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8", &[]),
+            )
+            .await
+            .map_err(|_| timed("starting a pull")())??
+            .get(0);
+            for table in [Table::Conversations, Table::Messages] {
+                loop {
+                    let cursor = store.cursor(table.name()).await?;
+                    let page = tokio::time::timeout(
+                        d,
+                        primary::pull_page(&tx, table, cursor, &device, limit, MAX_BATCH_BYTES, fence),
                     )
-                    .await?;
-                    tx.commit().await?;
-                    Ok::<_, SyncError>(page)
-                })
-                .await
-                .unwrap_or(Err(SyncError::Timeout(d, "pulling a page")))?;
-                let n = page.rows.len();
-                let Some(next) = page.cursor else { break };
-                match page.rows {
-                    primary::Rows::Conversations(rows) => {
-                        self.store.apply_conversations(rows, Some(next)).await?
+                    .await
+                    .map_err(|_| timed("pulling a page")())??;
+                    let n = page.rows.len();
+                    let Some(next) = page.cursor else { break };
+                    match page.rows {
+                        primary::Rows::Conversations(rows) => {
+                            store.apply_conversations(rows, Some(next)).await?
+                        }
+                        primary::Rows::Messages(rows) => {
+                            store.apply_messages(rows, Some(next), false).await?
+                        }
                     }
-                    primary::Rows::Messages(rows) => {
-                        self.store.apply_messages(rows, Some(next), false).await?
+                    pulled += n as u64;
+                    if !page.more {
+                        break;
                     }
-                }
-                self.status.send_modify(|s| s.pulled += n as u64);
-                if !page.more {
-                    break;
                 }
             }
+            tokio::time::timeout(d, tx.commit())
+                .await
+                .map_err(|_| timed("ending a pull")())??;
+            Ok::<_, SyncError>(())
         }
-        Ok(())
+        .await;
+        self.status.send_modify(|s| s.pulled += pulled);
+        result
     }
 
     /// Rows wait behind a transaction open for more than a minute: which one.

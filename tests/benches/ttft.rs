@@ -1,0 +1,191 @@
+//! Time to first token of a streaming chat through robbie-mesh's Ollama endpoint
+//! and tunnel, against OpenSSH's `ssh -L` to the same stub through the same sshd,
+//! and against calling the stub directly — on loopback and on a link with 20 ms
+//! round trips (a delaying proxy in front of sshd), warm (requests back to back on
+//! one client connection) and at a person's pace (one request every 6 s, each on
+//! a new client connection, as a client whose keep-alive expired after 5 s).
+//!
+//! `cargo bench -p mesh-tests --bench ttft` (after `cargo build --release -p
+//! robbie-mesh`; tests/bench.sh does both). `MESH_TTFT_PACED` sets the number of
+//! paced samples per row (default 8).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mesh_tests::delay::DelayProxy;
+use mesh_tests::ollama::OllamaStub;
+use mesh_tests::sshd::Sshd;
+use mesh_tests::{free_port, wait_for, whoami, DEADLINE};
+use serde_json::json;
+
+const WARM: usize = 200;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn release_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.parent())
+        .expect("target")
+        .join("release")
+        .join("robbie-mesh");
+    assert!(bin.exists(), "{}: run `cargo build --release -p robbie-mesh`", bin.display());
+    bin
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// One streamed chat: the time to its first line.
+async fn ttft(client: &reqwest::Client, url: &str) -> Duration {
+    let t = Instant::now();
+    let mut r = client
+        .post(format!("{url}/api/chat"))
+        .json(&json!({"model": "llama3.2:3b", "messages": [{"role": "user", "content": "hi"}], "stream": true}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.expect("first chunk");
+    let took = t.elapsed();
+    assert!(first.is_some());
+    while r.chunk().await.expect("rest").is_some() {}
+    took
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+/// Where to send chats on one link: (name, URL).
+struct Targets {
+    rows: Vec<(&'static str, String)>,
+    _mesh: Proc,
+    _ssh: Proc,
+    _dir: tempfile::TempDir,
+}
+
+async fn targets(sshd: &Sshd, ssh_port: u16, stub: &OllamaStub) -> Targets {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let known = dir.path().join("known_hosts");
+    let line = sshd.known_hosts_line();
+    let key = line.split_once(' ').map_or("", |(_, k)| k);
+    std::fs::write(&known, format!("[127.0.0.1]:{ssh_port} {key}\n")).expect("known_hosts");
+    let (tunnel, endpoint, api, olocal) = (free_port(), free_port(), free_port(), free_port());
+    let cfg = dir.path().join("book.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node = \"book\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[store]\npath = \"{store}\"\n\
+             [[peer]]\nname = \"aurora\"\nssh = \"{user}@127.0.0.1:{ssh_port}\"\nidentity = [\"{id}\"]\nknown_hosts = \"{kh}\"\n\
+             [[peer.forward]]\nname = \"aurora-ollama\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"{stub}\"\n\
+             [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\n\
+             candidates = [{{ node = \"aurora\", tunnel = \"aurora-ollama\" }}]\n",
+            store = dir.path().join("store.db").display(),
+            user = whoami(),
+            id = sshd.client_key.private.display(),
+            kh = known.display(),
+            stub = stub.addr,
+        ),
+    )
+    .expect("config");
+    let mesh = Proc(
+        Command::new(release_bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("ROBBIE_MESH_LOG", "error")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("robbie-mesh"),
+    );
+    let ssh = Proc(
+        Command::new("ssh")
+            .args(["-N", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "Ciphers=aes128-gcm@openssh.com"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .arg("-i")
+            .arg(&sshd.client_key.private)
+            .args(["-p", &ssh_port.to_string()])
+            .args(["-L", &format!("{olocal}:{}", stub.addr)])
+            .arg(format!("{}@127.0.0.1", whoami()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh"),
+    );
+    wait_for(DEADLINE, || listening(olocal) && listening(endpoint), || "ssh -L / endpoint".into());
+    // The endpoint serves once its candidate is up.
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{endpoint}");
+    let end = Instant::now() + DEADLINE;
+    while client.get(format!("{url}/api/version")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(Instant::now() < end, "the endpoint never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Targets {
+        rows: vec![
+            ("direct", format!("http://{}", stub.addr)),
+            ("robbie-mesh", url),
+            ("OpenSSH ssh -L", format!("http://127.0.0.1:{olocal}")),
+        ],
+        _mesh: mesh,
+        _ssh: ssh,
+        _dir: dir,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let paced: usize = std::env::var("MESH_TTFT_PACED").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let sshd = Sshd::start();
+    let stub = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
+    let far = DelayProxy::start(sshd.addr(), Duration::from_millis(10)).await;
+    println!("time to first token of a streamed chat (ms): warm = {WARM} back to back on one connection; paced = {paced}, one every 6 s, each on a new connection");
+    println!("{:<16} {:<22} {:>9} {:>9} {:>11} {:>11}", "link", "target", "warm p50", "warm p90", "paced p50", "paced max");
+    for (link, port) in [("loopback", sshd.addr().port()), ("20 ms round trip", far.addr.port())] {
+        let t = targets(&sshd, port, &stub).await;
+        let mut warm = Vec::new();
+        for (_, url) in &t.rows {
+            let client = reqwest::Client::new();
+            ttft(&client, url).await;
+            let mut v: Vec<Duration> = Vec::with_capacity(WARM);
+            for _ in 0..WARM {
+                v.push(ttft(&client, url).await);
+            }
+            warm.push(v);
+        }
+        // Paced: the three targets take turns in each 6 s slot.
+        let mut slow: Vec<Vec<Duration>> = vec![Vec::new(); t.rows.len()];
+        for _ in 0..paced {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            for (i, (_, url)) in t.rows.iter().enumerate() {
+                let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+                slow[i].push(ttft(&fresh, url).await);
+            }
+        }
+        for (i, (name, _)) in t.rows.iter().enumerate() {
+            let (w, s) = (&mut warm[i], &mut slow[i]);
+            println!(
+                "{link:<16} {name:<22} {:>9} {:>9} {:>11} {:>11}",
+                ms(pct(w, 0.5)),
+                ms(pct(w, 0.9)),
+                ms(pct(s, 0.5)),
+                ms(pct(s, 1.0))
+            );
+        }
+    }
+}
