@@ -1,6 +1,9 @@
 //! A link with a long round trip, for tests (this kernel has no `netem`): a TCP
 //! proxy on a free loopback port that holds every chunk for `one_way` before
 //! passing it on, in both directions, keeping order and never slowing the rate.
+//! Its sockets ACK at once (`TCP_QUICKACK` after every read): a proxy whose kernel
+//! delayed its ACKs would add 40 ms stalls of its own to a sender that runs Nagle's
+//! algorithm (sshd does), which a real path would not.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -53,7 +56,9 @@ async fn relay(
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            match from.read(&mut buf).await {
+            let r = from.read(&mut buf).await;
+            let _ = socket2::SockRef::from(from.as_ref()).set_tcp_quickack(true);
+            match r {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {

@@ -98,3 +98,42 @@ async fn pull_round_trips_through_the_tunnel() {
     let _ = ssh.kill();
     let _ = ssh.wait();
 }
+
+/// An investigation too: whether a request at a person's pace reuses the warm
+/// upstream connection (no new channel through the tunnel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "an investigation: run with --ignored --nocapture"]
+async fn a_paced_request_reuses_the_warm_connection() {
+    let sshd = Sshd::start();
+    let stub = mesh_tests::ollama::OllamaStub::start("aurora", &["llama3.2:3b"]).await;
+    let link = mesh_tests::delay::DelayProxy::start(sshd.addr(), Duration::from_millis(10)).await;
+    let known = sshd.dir.path().join("kh_far");
+    let line = sshd.known_hosts_line();
+    let key = line.split_once(' ').map_or("", |(_, k)| k);
+    std::fs::write(&known, format!("[127.0.0.1]:{} {key}\n", link.addr.port())).expect("kh");
+    let (tunnel, endpoint) = (free_port(), free_port());
+    let cfg = format!(
+        "node = \"book\"\n[[peer]]\nname = \"aurora\"\nssh = \"{}@127.0.0.1:{}\"\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\n\
+         [[peer.forward]]\nname = \"t\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"{}\"\n\
+         [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\n\
+         candidates = [{{ node = \"aurora\", tunnel = \"t\" }}]\n",
+        mesh_tests::whoami(), link.addr.port(), sshd.client_key.private.display(), known.display(), stub.addr
+    );
+    let mesh = Mesh::start(&cfg).await;
+    mesh.wait_route("aurora", Duration::from_secs(15)).await;
+    let total = || async { mesh.api_get("/v1/tunnels").await["tunnels"][0]["connections_total"].as_u64().unwrap_or(0) };
+    for i in 0..4 {
+        let before = total().await;
+        let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+        let t = Instant::now();
+        let r = fresh
+            .post(format!("http://127.0.0.1:{endpoint}/api/chat"))
+            .json(&serde_json::json!({"model": "llama3.2:3b", "messages": [], "stream": true}))
+            .send()
+            .await
+            .expect("chat");
+        let _ = r.bytes().await;
+        eprintln!("request {i}: {:?}, new channels {}", t.elapsed(), total().await - before);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+}
