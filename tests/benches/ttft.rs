@@ -83,9 +83,7 @@ struct Targets {
 async fn targets(sshd: &Sshd, ssh_port: u16, stub: &OllamaStub) -> Targets {
     let dir = tempfile::tempdir().expect("tempdir");
     let known = dir.path().join("known_hosts");
-    let line = sshd.known_hosts_line();
-    let key = line.split_once(' ').map_or("", |(_, k)| k);
-    std::fs::write(&known, format!("[127.0.0.1]:{ssh_port} {key}\n")).expect("known_hosts");
+    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(ssh_port))).expect("known_hosts");
     let (tunnel, endpoint, api, olocal) = (free_port(), free_port(), free_port(), free_port());
     let cfg = dir.path().join("book.toml");
     std::fs::write(
@@ -114,15 +112,12 @@ async fn targets(sshd: &Sshd, ssh_port: u16, stub: &OllamaStub) -> Targets {
             .expect("robbie-mesh"),
     );
     let ssh = Proc(
-        Command::new("ssh")
-            .args(["-N", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "Ciphers=aes128-gcm@openssh.com"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", known.display()))
-            .arg("-i")
-            .arg(&sshd.client_key.private)
-            .args(["-p", &ssh_port.to_string()])
-            .args(["-L", &format!("{olocal}:{}", stub.addr)])
-            .arg(format!("{}@127.0.0.1", whoami()))
+        sshd.openssh(
+            "127.0.0.1",
+            ssh_port,
+            &known,
+            &["-o", "Ciphers=aes128-gcm@openssh.com", "-L", &format!("{olocal}:{}", stub.addr)].map(String::from),
+        )
             .stderr(Stdio::null())
             .spawn()
             .expect("ssh"),

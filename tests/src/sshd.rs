@@ -174,6 +174,30 @@ impl Sshd {
 
     /// The known_hosts line for this server as `ssh` writes it: `HOST ssh-ed25519 AAAA…`
     /// on port 22, `[HOST]:PORT …` on any other.
+    /// This server's known_hosts line under another loopback port (a proxy in
+    /// front of it: the address robbie-mesh or ssh dials).
+    pub fn known_hosts_line_via(&self, port: u16) -> String {
+        let line = self.known_hosts_line();
+        let key = line.split_once(' ').map_or("", |(_, k)| k);
+        format!("[127.0.0.1]:{port} {key}")
+    }
+
+    /// OpenSSH's own client to this server, the peer robbie-mesh is compared
+    /// with: `ssh -N` in batch mode, strict host keys from `known_hosts`, this
+    /// harness's client key, to `host:port`; `args` adds forwards and options.
+    pub fn openssh(&self, host: &str, port: u16, known_hosts: &Path, args: &[String]) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(["-N", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .arg("-i")
+            .arg(&self.client_key.private)
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .arg(format!("{}@{host}", crate::whoami()));
+        c
+    }
+
     pub fn known_hosts_line(&self) -> String {
         let key: Vec<&str> = self
             .host_key

@@ -30,15 +30,13 @@ async fn pull_round_trips_through_the_tunnel() {
     let rounds: usize = std::env::var("MESH_PULL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     // OpenSSH's ssh -L to the same sshd, for comparison.
     let olocal = free_port();
-    let mut ssh = std::process::Command::new("ssh")
-        .args(["-N", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", trust(&sshd).display()))
-        .arg("-i")
-        .arg(&sshd.client_key.private)
-        .args(["-p", &sshd.addr().port().to_string()])
-        .args(["-L", &format!("{olocal}:127.0.0.1:{}", primary.port)])
-        .arg(format!("{}@127.0.0.1", mesh_tests::whoami()))
+    let mut ssh = sshd
+        .openssh(
+            "127.0.0.1",
+            sshd.addr().port(),
+            &trust(&sshd),
+            &["-L".to_string(), format!("{olocal}:127.0.0.1:{}", primary.port)],
+        )
         .spawn()
         .expect("ssh");
     mesh_tests::wait_for(
@@ -108,9 +106,7 @@ async fn a_paced_request_reuses_the_warm_connection() {
     let stub = mesh_tests::ollama::OllamaStub::start("aurora", &["llama3.2:3b"]).await;
     let link = mesh_tests::delay::DelayProxy::start(sshd.addr(), Duration::from_millis(10)).await;
     let known = sshd.dir.path().join("kh_far");
-    let line = sshd.known_hosts_line();
-    let key = line.split_once(' ').map_or("", |(_, k)| k);
-    std::fs::write(&known, format!("[127.0.0.1]:{} {key}\n", link.addr.port())).expect("kh");
+    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(link.addr.port()))).expect("kh");
     let (tunnel, endpoint) = (free_port(), free_port());
     let cfg = format!(
         "node = \"book\"\n[[peer]]\nname = \"aurora\"\nssh = \"{}@127.0.0.1:{}\"\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\n\

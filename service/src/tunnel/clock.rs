@@ -30,21 +30,29 @@ pub fn jump(
 /// A jump seen by the watcher: a counter that only grows, and the size of the last
 /// jump; and a second counter of the times a session's link went silent (every
 /// other session then proves itself too: this machine's own link may be the one
-/// that went, as in airplane mode or a closed lid).
+/// that went, as in airplane mode or a closed lid). `cause` says which came last.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WallClockJump {
     pub count: u64,
     pub last: Duration,
     pub silent_links: u64,
+    pub cause: Cause,
+}
+
+/// Why every session was asked to prove itself last.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Cause {
+    #[default]
+    ClockJump,
+    SilentLink,
 }
 
 impl WallClockJump {
-    /// Why every session should prove itself now, comparing with `before`.
-    pub fn why_since(&self, before: &WallClockJump) -> &'static str {
-        if self.count != before.count {
-            "after the wall clock jumped (wake from sleep?)"
-        } else {
-            "after another peer's link went silent"
+    /// Why every session should prove itself now, in words.
+    pub fn why(&self) -> &'static str {
+        match self.cause {
+            Cause::ClockJump => "after the wall clock jumped (wake from sleep?)",
+            Cause::SilentLink => "after another peer's link went silent",
         }
     }
 }
@@ -92,12 +100,16 @@ impl ClockWatch {
         self.tx.send_modify(|w| {
             w.count += 1;
             w.last = jump;
+            w.cause = Cause::ClockJump;
         });
     }
 
     /// A session died of silence: every other session checks itself now.
     pub fn link_went_silent(&self) {
-        self.tx.send_modify(|w| w.silent_links += 1);
+        self.tx.send_modify(|w| {
+            w.silent_links += 1;
+            w.cause = Cause::SilentLink;
+        });
     }
 
     pub fn subscribe(&self) -> watch::Receiver<WallClockJump> {

@@ -396,18 +396,13 @@ async fn keepalive(
         Silent,
     }
     let proof = PROOF_TIMEOUT.min(ka.interval);
-    let mut seen_clock = *clock.borrow_and_update();
     let mut misses = 0;
     let mut next = tokio::time::Instant::now() + ka.interval;
     loop {
         let mut urgent: Option<&'static str> = None;
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
-            Ok(()) = clock.changed() => {
-                let now = *clock.borrow_and_update();
-                urgent = Some(now.why_since(&seen_clock));
-                seen_clock = now;
-            }
+            Ok(()) = clock.changed() => urgent = Some(clock.borrow_and_update().why()),
             () = suspect.notified() => urgent = Some("when traffic through it waited"),
         }
         let sent = tokio::time::Instant::now();
@@ -429,9 +424,8 @@ async fn keepalive(
                     deadline = tokio::time::Instant::now() + if urgent.is_some() { proof } else { ka.interval };
                 }
                 Ok(()) = clock.changed(), if urgent.is_none() => {
-                    let now = *clock.borrow_and_update();
-                    urgent = Some(now.why_since(&seen_clock));
-                    seen_clock = now;
+                    urgent = Some(clock.borrow_and_update().why());
+                    seen = session.received.load(Ordering::Relaxed);
                     deadline = deadline.min(tokio::time::Instant::now() + proof);
                 }
                 () = suspect.notified(), if urgent.is_none() => {
