@@ -6,6 +6,8 @@
 //! algorithm (sshd does), which a real path would not.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +17,9 @@ use tokio::time::Instant;
 
 pub struct DelayProxy {
     pub addr: SocketAddr,
+    /// While set, nothing from the client reaches the server (held, not lost:
+    /// the link went quiet one way, as when a route drops mid-conversation).
+    frozen: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -23,19 +28,30 @@ impl DelayProxy {
     pub async fn start(target: SocketAddr, one_way: Duration) -> DelayProxy {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
+        let frozen = Arc::new(AtomicBool::new(false));
+        let up_frozen = frozen.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = l.accept().await {
+                let up_frozen = up_frozen.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else { return };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::join!(relay(cr, sw, one_way), relay(sr, cw, one_way));
+                    tokio::join!(
+                        relay(cr, sw, one_way, Some(up_frozen)),
+                        relay(sr, cw, one_way, None)
+                    );
                 });
             }
         });
-        DelayProxy { addr, task }
+        DelayProxy { addr, frozen, task }
+    }
+
+    /// Holds (or lets go of) everything the client sends.
+    pub fn freeze_upstream(&self, on: bool) {
+        self.frozen.store(on, Ordering::SeqCst);
     }
 }
 
@@ -51,6 +67,7 @@ async fn relay(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     delay: Duration,
+    frozen: Option<Arc<AtomicBool>>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let reader = async move {
@@ -71,6 +88,9 @@ async fn relay(
     let writer = async move {
         while let Some((at, chunk)) = rx.recv().await {
             tokio::time::sleep_until(at).await;
+            while frozen.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             if to.write_all(&chunk).await.is_err() {
                 return;
             }

@@ -310,3 +310,60 @@ async fn a_200_ms_link_keeps_its_route_under_steady_load() {
     assert!(failed.is_empty(), "{failed:?}");
     assert!(served > 0);
 }
+
+/// The link goes quiet just as the `-R` forwards are being registered (the
+/// server's "authenticated" got through, our request does not): registration has
+/// a deadline, the session is given up, and the tunnel comes back by itself once
+/// the link does — no restart, no tunnel stuck in "connecting".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_that_dies_during_reverse_forward_registration_recovers_by_itself() {
+    let sshd = Sshd::start();
+    let link = mesh_tests::delay::DelayProxy::start(sshd.addr(), Duration::from_millis(10)).await;
+    let known = sshd.dir.path().join("known_hosts_via");
+    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(link.addr.port()))).expect("known_hosts");
+    let here = servers::echo().await;
+    let remote = mesh_tests::free_port();
+    let cfg = format!(
+        "node = \"robbiebook1\"\n[[peer]]\nname = \"aurora\"\nssh = \"{}@127.0.0.1:{}\"\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\n\
+         keepalive = {{ interval = \"1s\", count = 3 }}\nbackoff = {{ initial = \"200ms\", max = \"1s\" }}\nconnect_timeout = \"3s\"\n\
+         [[peer.reverse]]\nname = \"api\"\nremote = \"127.0.0.1:{remote}\"\nlocal = \"{here}\"\n",
+        mesh_tests::whoami(),
+        link.addr.port(),
+        sshd.client_key.private.display(),
+        known.display(),
+    );
+    // Freeze our side of the link the moment sshd has accepted the key: the
+    // server's success reaches us, our tcpip-forward request does not.
+    let log = sshd.dir.path().join("sshd.log");
+    let accepted_before = std::fs::read_to_string(&log).unwrap_or_default().matches("Accepted publickey").count();
+    let mesh = Mesh::start(&cfg).await;
+    let t = std::time::Instant::now();
+    loop {
+        let n = std::fs::read_to_string(&log).unwrap_or_default().matches("Accepted publickey").count();
+        if n > accepted_before {
+            link.freeze_upstream(true);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "sshd never accepted the key");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (state, took) = mesh
+        .wait_state("api", Duration::from_secs(10), |s| {
+            s.reason().is_some_and(|r| r.contains("no answer to the -R request"))
+        })
+        .await;
+    eprintln!("registration given up after {took:?}: {state:?}");
+    link.freeze_upstream(false);
+    let (_, back) = mesh.wait_state("api", Duration::from_secs(15), TunnelState::is_up).await;
+    eprintln!("the -R forward is up {back:?} after the link came back");
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", remote)).await?;
+        s.write_all(b"through").await?;
+        let mut got = [0u8; 7];
+        s.read_exact(&mut got).await?;
+        std::io::Result::Ok(got)
+    })
+    .await;
+    assert!(matches!(answer, Ok(Ok(g)) if &g == b"through"), "{answer:?}");
+}
