@@ -117,3 +117,69 @@ async fn a_pin_or_a_model_only_it_has_connects_it() {
     assert_eq!(r.status(), 200);
     assert_eq!(mesh_tests::served_by(&r), "runpod");
 }
+
+/// Released while a slow request still runs on it: the tunnel says it is being
+/// released (so no new request starts there), the request finishes, then the
+/// session goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_lets_the_request_in_flight_finish_and_takes_no_new_one() {
+    let sshd = Sshd::start();
+    let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
+    let runpod = OllamaStub::start("runpod", &["llama3.2:3b"]).await;
+    let (tunnel, endpoint) = (free_port(), free_port());
+    let cfg = format!(
+        "node = \"aurora\"\n{}connect = \"on-demand\"\nidle = \"1s\"\n\
+         [[peer.forward]]\nname = \"runpod-ollama\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"{}\"\n\
+         [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\nhold_down = \"1s\"\n\
+         candidates = [{{ node = \"aurora\", address = \"{}\" }}, {{ node = \"runpod\", tunnel = \"runpod-ollama\" }}]\n\
+         probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\" }}\n",
+        peer_toml("runpod", &sshd, &trust(&sshd), ""),
+        runpod.addr,
+        aurora.addr
+    );
+    let mesh = Mesh::start(&cfg).await;
+    mesh.wait_route("aurora", Duration::from_secs(10)).await;
+    *aurora.fail_with.lock().expect("lock") = Some(500);
+    mesh.wait_route("runpod", Duration::from_secs(15)).await;
+    // A slow answer on RunPod (4 s to the first token) is under way when aurora returns.
+    runpod
+        .first_byte_delay_ms
+        .store(4_000, std::sync::atomic::Ordering::Relaxed);
+    let url = format!("http://127.0.0.1:{endpoint}/api/generate");
+    let slow = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"model": "llama3.2:3b", "prompt": "slow"}))
+                .send()
+                .await
+                .expect("request");
+            (r.status().as_u16(), mesh_tests::served_by(&r), r.text().await.unwrap_or_default())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *aurora.fail_with.lock().expect("lock") = None;
+    mesh.wait_route("aurora", Duration::from_secs(15)).await;
+    let (state, _) = mesh
+        .wait_state("runpod-ollama", Duration::from_secs(10), |s| {
+            s.reason().is_some_and(|r| r.contains("letting the requests on it finish"))
+        })
+        .await;
+    eprintln!("while releasing: {state:?}");
+    // New requests go elsewhere meanwhile.
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({"model": "llama3.2:3b", "prompt": "hi"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(mesh_tests::served_by(&r), "aurora");
+    let (status, node, body) = slow.await.expect("slow request");
+    assert_eq!((status, node.as_str()), (200, "runpod"), "{body}");
+    assert!(body.contains("\"done\":true"), "the slow answer finished: {body}");
+    eventually(Duration::from_secs(10), "the session closed after it", || async {
+        sshd.session_pids().is_empty()
+    })
+    .await;
+}

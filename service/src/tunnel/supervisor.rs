@@ -294,12 +294,24 @@ impl PeerSupervisor {
 }
 
 /// An on-demand session ends once no service has needed it for `idle` and no
-/// request through it is in flight.
+/// request through it is in flight. Its tunnels say "releasing" (down) first, so
+/// that no new request starts on a session about to go; the requests already on
+/// it finish. If it is needed again meanwhile, it stays.
 async fn released(
     demand: &mut watch::Receiver<bool>,
     idle: Duration,
     tunnels: &[Arc<Tunnel>],
 ) -> String {
+    let in_flight = || {
+        tunnels
+            .iter()
+            .map(|t| {
+                t.counters
+                    .requests_in_flight
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum::<u64>()
+    };
     loop {
         if demand.wait_for(|d| !*d).await.is_err() {
             std::future::pending::<()>().await;
@@ -308,19 +320,23 @@ async fn released(
             _ = demand.wait_for(|d| *d) => continue,
             () = tokio::time::sleep(idle) => {}
         }
-        while tunnels.iter().any(|t| {
-            t.counters
-                .requests_in_flight
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0
-        }) {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let why = format!(
+            "released: on demand, not needed for {}",
+            humantime::format_duration(idle)
+        );
+        for t in tunnels {
+            t.set_session(TunnelState::Down {
+                reason: format!("{why}; letting the requests on it finish"),
+            });
+        }
+        while in_flight() > 0 && !*demand.borrow() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if !*demand.borrow() {
-            return format!(
-                "released: not needed for {}",
-                humantime::format_duration(idle)
-            );
+            return why;
+        }
+        for t in tunnels {
+            t.set_session(TunnelState::Up);
         }
     }
 }
