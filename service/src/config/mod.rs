@@ -209,11 +209,14 @@ pub struct SshTarget {
 
 impl SshTarget {
     /// The name known_hosts lists this server under: `host`, or `[host]:port`.
+    /// The name this host has in known_hosts: lowercased, as OpenSSH looks it up
+    /// (a hashed entry hashes the lowercased name).
     pub fn known_hosts_name(&self) -> String {
+        let host = self.host.to_ascii_lowercase();
         if self.port == 22 {
-            self.host.clone()
+            host
         } else {
-            format!("[{}]:{}", self.host, self.port)
+            format!("[{host}]:{}", self.port)
         }
     }
 }

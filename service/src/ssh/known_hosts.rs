@@ -26,6 +26,9 @@ pub enum HostKeyVerdict {
     Changed { file: PathBuf, line: usize },
     /// The host is not listed (or only with keys of other types).
     Unknown { other_types: Vec<String> },
+    /// A known_hosts file exists but cannot be read: nothing can be trusted or
+    /// added until it can (never treated as empty).
+    Unreadable { file: PathBuf, why: String },
 }
 
 struct Entry {
@@ -39,19 +42,34 @@ struct Entry {
 /// All usable entries of a set of known_hosts files.
 pub struct KnownHosts {
     entries: Vec<Entry>,
+    /// A file that exists but could not be read, and why.
+    unreadable: Option<(PathBuf, String)>,
 }
 
 impl KnownHosts {
-    /// Reads every file; missing files are empty, malformed lines are skipped
-    /// (as `ssh` does) and returned as warnings.
+    /// Reads every file, as bytes, line by line (a byte that is not UTF-8, in a
+    /// comment say, costs nothing but that line's comment); missing files are
+    /// empty, malformed lines are skipped (as `ssh` does) and returned as warnings.
+    /// A file that exists but cannot be read (permissions, a directory) makes
+    /// every check fail with its reason.
     pub fn load(files: &[PathBuf]) -> (KnownHosts, Vec<String>) {
         let mut kh = KnownHosts {
             entries: Vec::new(),
+            unreadable: None,
         };
         let mut warnings = Vec::new();
         for f in files {
-            if let Ok(text) = std::fs::read_to_string(f) {
-                kh.add_text(f, &text, &mut warnings);
+            match std::fs::read(f) {
+                Ok(bytes) => kh.add_text(f, &bytes, &mut warnings),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let why = if f.is_dir() {
+                        "it is a directory, not a file".to_string()
+                    } else {
+                        e.to_string()
+                    };
+                    kh.unreadable.get_or_insert((f.clone(), why));
+                }
             }
         }
         (kh, warnings)
@@ -60,14 +78,16 @@ impl KnownHosts {
     pub fn parse(file: &Path, text: &str) -> KnownHosts {
         let mut kh = KnownHosts {
             entries: Vec::new(),
+            unreadable: None,
         };
-        kh.add_text(file, text, &mut Vec::new());
+        kh.add_text(file, text.as_bytes(), &mut Vec::new());
         kh
     }
 
-    fn add_text(&mut self, file: &Path, text: &str, warnings: &mut Vec<String>) {
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
+    fn add_text(&mut self, file: &Path, bytes: &[u8], warnings: &mut Vec<String>) {
+        for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+            let text = String::from_utf8_lossy(raw);
+            let line = text.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -117,6 +137,12 @@ impl KnownHosts {
 
     /// Checks `key` offered by the server known as `name` (`host` or `[host]:port`).
     pub fn check(&self, name: &str, key: &PublicKey) -> HostKeyVerdict {
+        if let Some((file, why)) = &self.unreadable {
+            return HostKeyVerdict::Unreadable {
+                file: file.clone(),
+                why: why.clone(),
+            };
+        }
         let algo = key.algorithm();
         // A revoked key is refused for every host.
         if let Some(e) = self
@@ -189,12 +215,14 @@ pub fn append(file: &Path, name: &str, key: &PublicKey) -> std::io::Result<()> {
     writeln!(f, "{name} {line}")
 }
 
-/// Does a known_hosts host field (comma-separated patterns or one hashed entry) match?
+/// Does a known_hosts host field (comma-separated patterns or one hashed entry)
+/// match? Host names compare lowercased, hashed ones too (OpenSSH lowercases the
+/// name before it hashes it).
 fn hosts_match(field: &str, name: &str) -> bool {
-    if let Some(hashed) = field.strip_prefix("|1|") {
-        return hashed_match(hashed, name);
-    }
     let name = name.to_ascii_lowercase();
+    if let Some(hashed) = field.strip_prefix("|1|") {
+        return hashed_match(hashed, &name);
+    }
     let mut matched = false;
     for p in field.split(',') {
         let p = p.to_ascii_lowercase();
@@ -228,6 +256,40 @@ fn hashed_match(salt_and_hash: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_that_is_not_utf8_costs_nothing_but_its_line_comment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("known_hosts");
+        let mut bytes = b"# caf\xe9 (Latin-1)\n".to_vec();
+        bytes.extend_from_slice(format!("[localhost]:2222 {ED1} r").as_bytes());
+        bytes.extend_from_slice(b"\xe9sum\xe9\n");
+        std::fs::write(&f, bytes).expect("write");
+        let (kh, _) = KnownHosts::load(std::slice::from_ref(&f));
+        let other = PublicKey::from_openssh(ED2).expect("key");
+        assert!(matches!(kh.check("[localhost]:2222", &other), HostKeyVerdict::Changed { line: 2, .. }));
+    }
+
+    #[test]
+    fn an_unreadable_file_trusts_nothing_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (kh, _) = KnownHosts::load(&[dir.path().to_path_buf()]);
+        let key = PublicKey::from_openssh(ED1).expect("key");
+        match kh.check("localhost", &key) {
+            HostKeyVerdict::Unreadable { why, .. } => assert!(why.contains("directory"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let (kh, _) = KnownHosts::load(&[dir.path().join("missing")]);
+        assert!(matches!(kh.check("localhost", &key), HostKeyVerdict::Unknown { .. }), "a missing file is empty");
+    }
+
+    #[test]
+    fn hashed_names_match_lowercased() {
+        let salt = [7u8; 20];
+        let kh = KnownHosts::parse(Path::new("kh"), &format!("{} {ED1}", hashed("[localhost]:2222", &salt)));
+        let key = PublicKey::from_openssh(ED1).expect("key");
+        assert_eq!(kh.check("[LOCALHOST]:2222", &key), HostKeyVerdict::Trusted);
+    }
 
     const ED1: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAA76dJieginodV+Ryl5SwxKSCYFUNVUSrZJnIi1kXs+";

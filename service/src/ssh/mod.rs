@@ -44,6 +44,8 @@ pub enum SshError {
     },
     #[error("host key for {name} is unknown ({fingerprint}); add it to known_hosts (ssh-keyscan -p PORT HOST) or set accept_new = true for this peer")]
     HostKeyUnknown { name: String, fingerprint: String },
+    #[error("cannot read known_hosts file {file}: {why}; no host key is trusted until it can be read (fix its permissions, or point known_hosts at a file)")]
+    KnownHostsUnreadable { file: String, why: String },
     #[error("authentication as {user} failed; tried {tried}")]
     AuthFailed { user: String, tried: String },
     #[error("ssh protocol error: {0}")]
@@ -59,6 +61,7 @@ impl SshError {
             SshError::HostKeyChanged { .. } => "host key changed",
             SshError::HostKeyRevoked { .. } => "host key revoked",
             SshError::HostKeyUnknown { .. } => "host key unknown",
+            SshError::KnownHostsUnreadable { .. } => "known_hosts unreadable",
             SshError::AuthFailed { .. } => "auth failed",
             SshError::Protocol(_) => "protocol error",
         }
@@ -71,6 +74,7 @@ impl SshError {
             SshError::HostKeyChanged { .. }
                 | SshError::HostKeyRevoked { .. }
                 | SshError::HostKeyUnknown { .. }
+                | SshError::KnownHostsUnreadable { .. }
         )
     }
 }
@@ -187,6 +191,10 @@ impl client::Handler for MeshHandler {
             HostKeyVerdict::Unknown { .. } => SshError::HostKeyUnknown {
                 name: name.clone(),
                 fingerprint: fingerprint(server_public_key),
+            },
+            HostKeyVerdict::Unreadable { file, why } => SshError::KnownHostsUnreadable {
+                file: file.display().to_string(),
+                why,
             },
         };
         *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(refusal);
