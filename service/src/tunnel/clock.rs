@@ -45,6 +45,7 @@ pub enum Cause {
     #[default]
     ClockJump,
     SilentLink,
+    TrafficWaited,
 }
 
 impl WallClockJump {
@@ -53,6 +54,7 @@ impl WallClockJump {
         match self.cause {
             Cause::ClockJump => "after the wall clock jumped (wake from sleep?)",
             Cause::SilentLink => "after another peer's link went silent",
+            Cause::TrafficWaited => "when traffic through another peer waited",
         }
     }
 }
@@ -110,6 +112,12 @@ impl ClockWatch {
             w.silent_links += 1;
             w.cause = Cause::SilentLink;
         });
+    }
+
+    /// Traffic through one session waits: every session proves itself now (this
+    /// machine's own link may be what went; in airplane mode all go at once).
+    pub fn traffic_waited(&self) {
+        self.tx.send_modify(|w| w.cause = Cause::TrafficWaited);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<WallClockJump> {

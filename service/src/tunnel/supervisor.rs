@@ -261,7 +261,7 @@ impl PeerSupervisor {
                     () = self.cancel.cancelled() => "service stopped".to_string(),
                     () = self.reconnect.notified() => RECONNECT_REQUESTED.to_string(),
                     () = session.closed.cancelled() => "connection closed by the server".to_string(),
-                    (r, silent) = keepalive(&session, self.peer.keepalive, &mut self.clock, &self.suspect) => {
+                    (r, silent) = keepalive(&session, self.peer.keepalive, &mut self.clock, &self.suspect, &self.clock_watch) => {
                         if silent {
                             self.clock_watch.link_went_silent();
                             // Ours: not a reason to skip our own backoff.
@@ -395,7 +395,8 @@ pub const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
 /// alive while pings are answered **or bytes keep arriving** (a keepalive answer
 /// may wait behind bulk data on a slow link: that is not a dead peer). It is dead
 /// after `count` intervals in a row with neither, or — when traffic asks it to
-/// prove itself now (`Tunnel::demand_proof`, a wall-clock jump) — after
+/// prove itself now (`Tunnel::demand_proof`, a wall-clock jump; traffic waiting
+/// on one session makes every session prove itself) — after
 /// [`PROOF_TIMEOUT`] with neither; such a demand shortens the ping already in
 /// flight rather than queueing another. Returns why it died, and whether it died
 /// of silence (rather than a closed connection).
@@ -404,6 +405,7 @@ async fn keepalive(
     ka: Keepalive,
     clock: &mut watch::Receiver<WallClockJump>,
     suspect: &Notify,
+    everyone: &ClockWatch,
 ) -> (String, bool) {
     use std::sync::atomic::Ordering;
     enum Outcome {
@@ -419,7 +421,11 @@ async fn keepalive(
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
             Ok(()) = clock.changed() => urgent = Some(clock.borrow_and_update().why()),
-            () = suspect.notified() => urgent = Some("when traffic through it waited"),
+            () = suspect.notified() => {
+                urgent = Some("when traffic through it waited");
+                everyone.traffic_waited();
+                clock.mark_unchanged();
+            }
         }
         let sent = tokio::time::Instant::now();
         let ping = session.handle.send_ping();
@@ -446,6 +452,8 @@ async fn keepalive(
                 }
                 () = suspect.notified(), if urgent.is_none() => {
                     urgent = Some("when traffic through it waited");
+                    everyone.traffic_waited();
+                    clock.mark_unchanged();
                     seen = session.received.load(Ordering::Relaxed);
                     deadline = deadline.min(tokio::time::Instant::now() + proof);
                 }
