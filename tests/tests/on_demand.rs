@@ -9,11 +9,9 @@ use mesh_tests::sshd::Sshd;
 use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn connected_only_while_needed() {
-    let sshd = Sshd::start();
-    let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
-    let runpod = OllamaStub::start("runpod", &["llama3.2:3b"]).await;
+/// Aurora's own Ollama first, then RunPod's through an on-demand peer (released
+/// after 1 s without need); the mesh and its Ollama endpoint's port.
+async fn aurora_with_runpod_on_demand(sshd: &Sshd, aurora: &OllamaStub, runpod: &OllamaStub) -> (Mesh, u16) {
     let (tunnel, endpoint) = (free_port(), free_port());
     let cfg = format!(
         "node = \"aurora\"\n{}connect = \"on-demand\"\nidle = \"1s\"\n\
@@ -21,11 +19,19 @@ async fn connected_only_while_needed() {
          [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\nhold_down = \"1s\"\n\
          candidates = [{{ node = \"aurora\", address = \"{}\" }}, {{ node = \"runpod\", tunnel = \"runpod-ollama\" }}]\n\
          probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\" }}\n",
-        peer_toml("runpod", &sshd, &trust(&sshd), ""),
+        peer_toml("runpod", sshd, &trust(sshd), ""),
         runpod.addr,
         aurora.addr
     );
-    let mesh = Mesh::start(&cfg).await;
+    (Mesh::start(&cfg).await, endpoint)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connected_only_while_needed() {
+    let sshd = Sshd::start();
+    let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
+    let runpod = OllamaStub::start("runpod", &["llama3.2:3b"]).await;
+    let (mesh, endpoint) = aurora_with_runpod_on_demand(&sshd, &aurora, &runpod).await;
     mesh.wait_route("aurora", Duration::from_secs(10)).await;
     // Not needed: no session at all.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -69,18 +75,7 @@ async fn a_pin_or_a_model_only_it_has_connects_it() {
     let sshd = Sshd::start();
     let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
     let runpod = OllamaStub::start("runpod", &["llama3.2:3b", "llama3.1:405b"]).await;
-    let (tunnel, endpoint) = (free_port(), free_port());
-    let cfg = format!(
-        "node = \"aurora\"\n{}connect = \"on-demand\"\nidle = \"1s\"\n\
-         [[peer.forward]]\nname = \"runpod-ollama\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"{}\"\n\
-         [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\nhold_down = \"1s\"\n\
-         candidates = [{{ node = \"aurora\", address = \"{}\" }}, {{ node = \"runpod\", tunnel = \"runpod-ollama\" }}]\n\
-         probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\" }}\n",
-        peer_toml("runpod", &sshd, &trust(&sshd), ""),
-        runpod.addr,
-        aurora.addr
-    );
-    let mesh = Mesh::start(&cfg).await;
+    let (mesh, endpoint) = aurora_with_runpod_on_demand(&sshd, &aurora, &runpod).await;
     mesh.wait_route("aurora", Duration::from_secs(10)).await;
     let client = reqwest::Client::new();
     let api = format!("http://{}", mesh.api);
@@ -126,18 +121,7 @@ async fn a_release_lets_the_request_in_flight_finish_and_takes_no_new_one() {
     let sshd = Sshd::start();
     let aurora = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
     let runpod = OllamaStub::start("runpod", &["llama3.2:3b"]).await;
-    let (tunnel, endpoint) = (free_port(), free_port());
-    let cfg = format!(
-        "node = \"aurora\"\n{}connect = \"on-demand\"\nidle = \"1s\"\n\
-         [[peer.forward]]\nname = \"runpod-ollama\"\nlocal = \"127.0.0.1:{tunnel}\"\nremote = \"{}\"\n\
-         [[service]]\nname = \"ollama\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:{endpoint}\"\nhold_down = \"1s\"\n\
-         candidates = [{{ node = \"aurora\", address = \"{}\" }}, {{ node = \"runpod\", tunnel = \"runpod-ollama\" }}]\n\
-         probe = {{ local_interval = \"200ms\", remote_interval = \"200ms\" }}\n",
-        peer_toml("runpod", &sshd, &trust(&sshd), ""),
-        runpod.addr,
-        aurora.addr
-    );
-    let mesh = Mesh::start(&cfg).await;
+    let (mesh, endpoint) = aurora_with_runpod_on_demand(&sshd, &aurora, &runpod).await;
     mesh.wait_route("aurora", Duration::from_secs(10)).await;
     *aurora.fail_with.lock().expect("lock") = Some(500);
     mesh.wait_route("runpod", Duration::from_secs(15)).await;
