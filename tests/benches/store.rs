@@ -9,13 +9,12 @@
 //!
 //!     bash tests/bench.sh        (or: cargo build --release -p robbie-mesh && cargo bench -p mesh-tests --bench store)
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mesh_tests::postgres::{bin_dir, book_syncing_to, client_args, migrate, psql, Postgres};
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{wait_for, DEADLINE};
+use mesh_tests::{release_bin, wait_for, DEADLINE};
 use serde_json::{json, Value};
 
 const APPENDS: usize = 2_000;
@@ -31,21 +30,6 @@ impl Drop for Proc {
     }
 }
 
-fn release_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let target = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .and_then(|d| d.parent())
-        .expect("target");
-    let bin = target.join("release").join("robbie-mesh");
-    assert!(
-        bin.exists(),
-        "{}: run `cargo build --release -p robbie-mesh` (tests/bench.sh does)",
-        bin.display()
-    );
-    bin
-}
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted

@@ -9,38 +9,17 @@
 //! robbie-mesh`; tests/bench.sh does both). `MESH_TTFT_PACED` × 3 paced slots
 //! (default 3 × 3), each target first in one slot out of three.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mesh_tests::delay::DelayProxy;
 use mesh_tests::ollama::OllamaStub;
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{free_port, wait_for, whoami, DEADLINE};
+use mesh_tests::netns::Proc;
+use mesh_tests::{free_port, release_bin, wait_for, whoami, DEADLINE};
 use serde_json::json;
 
 const WARM: usize = 200;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn release_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .and_then(|d| d.parent())
-        .expect("target")
-        .join("release")
-        .join("robbie-mesh");
-    assert!(bin.exists(), "{}: run `cargo build --release -p robbie-mesh`", bin.display());
-    bin
-}
 
 fn listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()

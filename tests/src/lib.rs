@@ -295,6 +295,25 @@ pub fn two_node_ollama(
     (cfg, endpoint)
 }
 
+/// The release build of robbie-mesh, for the benchmarks (a bench binary runs from
+/// `target/release/deps`; tests/bench.sh builds it first).
+pub fn release_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("release")
+        .join("robbie-mesh");
+    assert!(
+        bin.exists(),
+        "{}: run `cargo build --release -p robbie-mesh` (tests/bench.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A binary of the workspace built next to the running test (`robbie-mesh`,
 /// `robbie-mesh-tray`; tests/run.sh builds them first).
 pub fn workspace_bin(name: &str) -> std::path::PathBuf {

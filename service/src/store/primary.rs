@@ -106,6 +106,15 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// A call needed the connection, and there is none (the next round connects).
+    pub fn not_connected() -> SyncError {
+        SyncError::Pg {
+            message: "not connected".into(),
+            code: None,
+            closed: true,
+        }
+    }
+
     /// The server refused this data (the row, not the connection): a data
     /// exception, a constraint, or a size limit. Such a row is set aside.
     pub fn is_refused_row(&self) -> bool {

@@ -323,11 +323,7 @@ impl Syncer {
     }
 
     fn client(&mut self) -> Result<&mut tokio_postgres::Client, SyncError> {
-        self.client.as_mut().ok_or(SyncError::Pg {
-            message: "not connected".into(),
-            code: None,
-            closed: true,
-        })
+        self.client.as_mut().ok_or_else(SyncError::not_connected)
     }
 
     async fn connect(&mut self) -> Result<(), SyncError> {
@@ -497,11 +493,7 @@ impl Syncer {
         // A standby may have been promoted since the connect (a writable primary
         // cannot turn read-only without ending this connection).
         let info = if self.server.as_ref().is_some_and(|s| !s.read_only) {
-            self.server.clone().ok_or(SyncError::Pg {
-                message: "not connected".into(),
-                code: None,
-                closed: true,
-            })?
+            self.server.clone().ok_or_else(SyncError::not_connected)?
         } else {
             let d = self.deadline();
             let c = self.client()?;
@@ -628,11 +620,7 @@ impl Syncer {
                 // answer was lost, or another copy of this file): agree again.
                 Err(SyncError::AckMismatch { .. }) if reconciled < 2 => {
                     reconciled += 1;
-                    let info = self.server.clone().ok_or(SyncError::Pg {
-                        message: "not connected".into(),
-                        code: None,
-                        closed: true,
-                    })?;
+                    let info = self.server.clone().ok_or_else(SyncError::not_connected)?;
                     self.timed_reconcile(&info).await?;
                 }
                 Err(e) => return Err(e),
@@ -649,11 +637,7 @@ impl Syncer {
         let store = self.store.clone();
         let d = self.deadline();
         let timed = |what| move || SyncError::Timeout(d, what);
-        let client = self.client.as_mut().ok_or(SyncError::Pg {
-            message: "not connected".into(),
-            code: None,
-            closed: true,
-        })?;
+        let client = self.client.as_mut().ok_or_else(SyncError::not_connected)?;
         let mut pulled = 0u64;
         let result = async {
             let tx = tokio::time::timeout(

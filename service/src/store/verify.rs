@@ -182,8 +182,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// (count, digest) per conversation id, and the digest's input per message when
-/// `detail` names the conversation.
+/// (messages, digest) per conversation id.
 type Summary = BTreeMap<String, (usize, String)>;
 
 fn local_summary(store: &Store) -> Result<(Summary, BTreeMap<String, Conversation>), StoreError> {
