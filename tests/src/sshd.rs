@@ -65,6 +65,11 @@ impl Sshd {
         Sshd::start_at(Ipv4Addr::LOCALHOST.into(), free_port(), None, false)
     }
 
+    /// The same, with a stock sshd's handling of vanished clients (none).
+    pub fn start_stock() -> Sshd {
+        Sshd::start_at(Ipv4Addr::LOCALHOST.into(), free_port(), None, true)
+    }
+
     /// As a node's own SSH server: port 22 of the node's address, in its namespace.
     pub fn start_in(ns: &Netns) -> Sshd {
         Sshd::start_at(ns.ip.into(), 22, Some(ns.name.clone()), false)
