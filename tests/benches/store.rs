@@ -176,7 +176,7 @@ fn main() {
     let store_path = dir.path().join("book.db");
     let (cfg, api) = book_syncing_to(&primary, &sshd, dir.path(), "book.db", "", "");
 
-    println!("robbie-mesh store benchmark (store on ext4 with synchronous=FULL; the harness's primary runs with fsync=off)");
+    println!("robbie-mesh store benchmark (store on ext4: local writes synchronous=FULL, pulled pages NORMAL; the harness's primary runs with fsync=off)");
     println!();
     // 1. Appends through the API, each durable before it is answered.
     let node = Node::start(&cfg, api);

@@ -302,7 +302,8 @@ impl Store {
             for (device, ahead) in skewed {
                 tracing::warn!("device {device}'s clock is {}s ahead of ours; its stamps are not followed", ahead.as_secs());
             }
-            inner.write(conn, |tx| {
+            let pulled = cursor.is_some();
+            inner.write_maybe_pulled(pulled, conn, |tx| {
                 let mut st = tx.prepare_cached(
                     "INSERT INTO conversations (id, title, archived, created_at, origin, updated_hlc, title_hlc, archived_hlc) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
@@ -335,7 +336,7 @@ impl Store {
         replace: bool,
     ) -> Result<(), StoreError> {
         self.with(move |conn, inner| {
-            inner.write(conn, |tx| {
+            inner.write_maybe_pulled(cursor.is_some(), conn, |tx| {
                 let mut st = tx.prepare_cached(if replace {
                     "INSERT OR REPLACE INTO messages (id, conversation_id, role, content, model, node, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
                 } else {

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 
 use super::outbox::Batch;
@@ -433,24 +433,34 @@ pub async fn pull_page(
         Table::Conversations => "octet_length(t.title) + 200",
         Table::Messages => "octet_length(t.content) + coalesce(octet_length(t.model), 0) + 200",
     };
-    // Keys and sizes first (octet_length of a stored value does not read it)...
-    let keys = tx
-        .query_typed(
-            &format!(
-                "SELECT t.xid::text::int8 AS x, t.change_id, t.id::text, ({size})::int8 AS size \
-                 FROM robbie.{name} t \
-                 WHERE t.xid < $5::int8::text::xid8 AND (t.xid, t.change_id) > ($1::int8::text::xid8, $2) AND t.device <> $3 \
-                 ORDER BY t.xid, t.change_id LIMIT $4"
-            ),
-            &[
-                (&cursor.0, Type::INT8),
-                (&cursor.1, Type::INT8),
-                (&device, Type::TEXT),
-                (&(limit as i64), Type::INT8),
-                (&fence, Type::INT8),
-            ],
-        )
-        .await?;
+    // Keys and sizes first (octet_length of a stored value does not read it), and
+    // the last key below the fence whoever wrote it (where the cursor goes if
+    // the page is not cut), both sent at once: one round trip, not two.
+    let keys_sql = format!(
+        "SELECT t.xid::text::int8 AS x, t.change_id, t.id::text, ({size})::int8 AS size \
+         FROM robbie.{name} t \
+         WHERE t.xid < $5::int8::text::xid8 AND (t.xid, t.change_id) > ($1::int8::text::xid8, $2) AND t.device <> $3 \
+         ORDER BY t.xid, t.change_id LIMIT $4"
+    );
+    let last_sql = format!(
+        "SELECT t.xid::text::int8 AS x, t.change_id FROM robbie.{name} t \
+         WHERE t.xid < $3::int8::text::xid8 AND (t.xid, t.change_id) > ($1::int8::text::xid8, $2) \
+         ORDER BY t.xid DESC, t.change_id DESC LIMIT 1"
+    );
+    let limit_param = limit as i64;
+    let keys_params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&cursor.0, Type::INT8),
+        (&cursor.1, Type::INT8),
+        (&device, Type::TEXT),
+        (&limit_param, Type::INT8),
+        (&fence, Type::INT8),
+    ];
+    let last_params: [(&(dyn ToSql + Sync), Type); 3] =
+        [(&cursor.0, Type::INT8), (&cursor.1, Type::INT8), (&fence, Type::INT8)];
+    let (keys, last) = tokio::try_join!(
+        tx.query_typed(&keys_sql, &keys_params),
+        tx.query_typed_opt(&last_sql, &last_params)
+    )?;
     let mut take = 0;
     let mut bytes = 0usize;
     for k in &keys {
@@ -466,16 +476,7 @@ pub async fn pull_page(
     let next = if cut {
         keys.get(take.wrapping_sub(1)).map(|k| (k.get(0), k.get(1)))
     } else {
-        tx.query_typed_opt(
-            &format!(
-                "SELECT t.xid::text::int8 AS x, t.change_id FROM robbie.{name} t \
-                 WHERE t.xid < $3::int8::text::xid8 AND (t.xid, t.change_id) > ($1::int8::text::xid8, $2) \
-                 ORDER BY t.xid DESC, t.change_id DESC LIMIT 1"
-            ),
-            &[(&cursor.0, Type::INT8), (&cursor.1, Type::INT8), (&fence, Type::INT8)],
-        )
-        .await?
-        .map(|r| (r.get(0), r.get(1)))
+        last.map(|r| (r.get(0), r.get(1)))
     };
     // ...then the rows themselves, in the same snapshot and order.
     let rows = if ids.is_empty() {

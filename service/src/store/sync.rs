@@ -629,8 +629,10 @@ impl Syncer {
     }
 
     /// Every table's new rows, page by page, in one repeatable-read transaction
-    /// (one snapshot and one fence for the round; each page applied with its
-    /// cursor as it comes, so a round cut short keeps what it applied).
+    /// (one snapshot and one fence for the round). Each page is applied with its
+    /// cursor, so a round cut short keeps what it applied, and while it is being
+    /// written here the next page (or the end of the transaction) is already on
+    /// its way: one page at a time in each place, in order.
     async fn pull_all(&mut self) -> Result<(), SyncError> {
         let device = self.store.device();
         let limit = self.cfg.batch;
@@ -639,6 +641,13 @@ impl Syncer {
         let timed = |what| move || SyncError::Timeout(d, what);
         let client = self.client.as_mut().ok_or_else(SyncError::not_connected)?;
         let mut pulled = 0u64;
+        // The page being written here: its row count, once written.
+        let mut applying: Option<tokio::task::JoinHandle<Result<u64, super::StoreError>>> = None;
+        let mut applied = |done: Result<Result<u64, super::StoreError>, tokio::task::JoinError>| {
+            let n = done.unwrap_or_else(|e| Err(super::StoreError::Worker(e.to_string())))?;
+            pulled += n;
+            Ok::<_, SyncError>(())
+        };
         let result = async {
             let tx = tokio::time::timeout(
                 d,
@@ -658,36 +667,54 @@ impl Syncer {
             .map_err(|_| timed("starting a pull")())??
             .get(0);
             for table in [Table::Conversations, Table::Messages] {
+                let mut cursor = store.cursor(table.name()).await?;
                 loop {
-                    let cursor = store.cursor(table.name()).await?;
                     let page = tokio::time::timeout(
                         d,
                         primary::pull_page(&tx, table, cursor, &device, limit, MAX_BATCH_BYTES, fence),
                     )
                     .await
                     .map_err(|_| timed("pulling a page")())??;
-                    let n = page.rows.len();
                     let Some(next) = page.cursor else { break };
-                    match page.rows {
-                        primary::Rows::Conversations(rows) => {
-                            store.apply_conversations(rows, Some(next)).await?
-                        }
-                        primary::Rows::Messages(rows) => {
-                            store.apply_messages(rows, Some(next), false).await?
-                        }
+                    cursor = next;
+                    if let Some(previous) = applying.take() {
+                        applied(previous.await)?;
                     }
-                    pulled += n as u64;
+                    let store = store.clone();
+                    applying = Some(tokio::spawn(async move {
+                        match page.rows {
+                            primary::Rows::Conversations(rows) => {
+                                let n = rows.len() as u64;
+                                store.apply_conversations(rows, Some(next)).await.map(|()| n)
+                            }
+                            primary::Rows::Messages(rows) => {
+                                let n = rows.len() as u64;
+                                store.apply_messages(rows, Some(next), false).await.map(|()| n)
+                            }
+                        }
+                    }));
                     if !page.more {
                         break;
                     }
                 }
             }
-            tokio::time::timeout(d, tx.commit())
-                .await
-                .map_err(|_| timed("ending a pull")())??;
+            let (ended, last) = tokio::join!(tokio::time::timeout(d, tx.commit()), async {
+                match applying.take() {
+                    Some(page) => Some(page.await),
+                    None => None,
+                }
+            });
+            if let Some(last) = last {
+                applied(last)?;
+            }
+            ended.map_err(|_| timed("ending a pull")())??;
             Ok::<_, SyncError>(())
         }
         .await;
+        if let Some(page) = applying.take() {
+            // Cut short: the page being written still counts once it is.
+            let _ = applied(page.await);
+        }
         self.status.send_modify(|s| s.pulled += pulled);
         result
     }

@@ -165,3 +165,39 @@ async fn a_rename_and_an_archive_from_two_devices_both_survive() {
         .expect("unarchive");
     assert!(again.archived_hlc > now.archived_hlc, "{} > {}", again.archived_hlc, now.archived_hlc);
 }
+
+#[tokio::test]
+async fn a_pulled_page_leaves_the_connection_durable_and_the_log_is_checkpointed_aside() {
+    let (d, s) = store();
+    let c = s.create_conversation("big").await.expect("create");
+    let db = d.path().join("s.db");
+    let before = std::fs::metadata(&db).expect("db").len();
+    // About 6 MiB in one pulled page: more than the 1 000-page threshold.
+    let rows: Vec<Message> = (0..750)
+        .map(|i| Message {
+            id: uuid::Uuid::now_v7().to_string(),
+            conversation_id: c.id.clone(),
+            role: "assistant".into(),
+            content: format!("{i}:{}", "x".repeat(8 * 1024)),
+            model: None,
+            node: "aurora".into(),
+            created_at: i,
+        })
+        .collect();
+    s.apply_messages(rows, Some((5, 1)), false).await.expect("apply");
+    let sync: i64 = s
+        .with_blocking(|c| c.query_row("PRAGMA synchronous", [], |r| r.get(0)))
+        .expect("pragma");
+    assert_eq!(sync, 2, "the connection is back to synchronous=FULL for local writes");
+    // Only a checkpoint writes the database file itself: the thread does it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = std::fs::metadata(&db).expect("db").len();
+        if now > before + 4 * 1024 * 1024 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint: database file {before} -> {now} bytes");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.messages(&c.id, None, 1000).await.expect("messages").len(), 750);
+}
