@@ -57,6 +57,8 @@ pub struct Sshd {
     /// Debian's defaults for dead clients (no ClientAliveInterval): a session whose
     /// client vanished lives on until TCP gives up.
     stock: bool,
+    /// More sshd_config lines (see [`Sshd::configure`]).
+    extra: String,
 }
 
 impl Sshd {
@@ -101,6 +103,7 @@ impl Sshd {
             client_key,
             child: None,
             stock,
+            extra: String::new(),
         };
         s.write_config();
         s.spawn();
@@ -115,7 +118,7 @@ impl Sshd {
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nGatewayPorts no\n\
              {alive}MaxStartups 200:30:400\nMaxSessions 200\n\
-             LogLevel VERBOSE\n",
+             LogLevel VERBOSE\n{extra}",
             port = self.port,
             ip = self.ip,
             alive = if self.stock {
@@ -123,6 +126,7 @@ impl Sshd {
             } else {
                 "ClientAliveInterval 1\nClientAliveCountMax 3\n"
             },
+            extra = self.extra,
         );
         std::fs::write(self.dir.path().join("sshd_config"), cfg).expect("write sshd_config");
     }
@@ -244,6 +248,23 @@ impl Sshd {
     pub fn change_host_key(&mut self) {
         self.kill();
         self.host_key = keygen(self.dir.path(), "host_ed25519");
+        self.spawn();
+    }
+
+    /// Adds sshd_config lines (e.g. `HostKeyAlgorithms ssh-rsa`) and restarts.
+    pub fn configure(&mut self, lines: &str) {
+        self.kill();
+        self.extra.push_str(lines);
+        self.extra.push('\n');
+        self.write_config();
+        self.spawn();
+    }
+
+    /// Replaces the host key with a new one of type `kind` (`rsa`, `ecdsa`,
+    /// `ed25519`; the server then offers only that type) and restarts.
+    pub fn use_host_key(&mut self, kind: &str) {
+        self.kill();
+        self.host_key = keygen_with(self.dir.path(), "host_ed25519", kind, "");
         self.spawn();
     }
 

@@ -189,6 +189,10 @@ pub struct PeerConfig {
     pub identities: Vec<IdentitySource>,
     /// known_hosts files; the first one is where `accept_new` records a new key.
     pub known_hosts: Vec<PathBuf>,
+    /// The system's known_hosts files (`GlobalKnownHostsFile`, by default
+    /// `/etc/ssh/ssh_known_hosts` and `/etc/ssh/ssh_known_hosts2`): read, never
+    /// written.
+    pub global_known_hosts: Vec<PathBuf>,
     pub accept_new: bool,
     pub keepalive: Keepalive,
     pub backoff: Backoff,
@@ -205,13 +209,18 @@ pub struct SshTarget {
     pub user: String,
     pub host: String,
     pub port: u16,
+    /// `HostKeyAlias` from `~/.ssh/config`: known_hosts lists the host under it.
+    pub host_key_alias: Option<String>,
 }
 
 impl SshTarget {
-    /// The name known_hosts lists this server under: `host`, or `[host]:port`.
-    /// The name this host has in known_hosts: lowercased, as OpenSSH looks it up
-    /// (a hashed entry hashes the lowercased name).
+    /// The name known_hosts lists this server under: `host`, or `[host]:port`, or
+    /// the `HostKeyAlias` as it is (no port, as in OpenSSH); lowercased, as
+    /// OpenSSH looks it up (a hashed entry hashes the lowercased name).
     pub fn known_hosts_name(&self) -> String {
+        if let Some(alias) = &self.host_key_alias {
+            return alias.to_ascii_lowercase();
+        }
         let host = self.host.to_ascii_lowercase();
         if self.port == 22 {
             host
@@ -234,8 +243,12 @@ impl fmt::Display for SshTarget {
 /// One place a private key may come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentitySource {
-    /// An ssh-agent: the socket given, or `$SSH_AUTH_SOCK`.
-    Agent { socket: Option<PathBuf> },
+    /// An ssh-agent: the socket given, or `$SSH_AUTH_SOCK`. `only`: offer just
+    /// the agent's keys that are these files' keys (`IdentitiesOnly yes`).
+    Agent {
+        socket: Option<PathBuf>,
+        only: Option<Vec<PathBuf>>,
+    },
     /// A private key stored in the OS keychain under this entry name
     /// (see [`crate::keys::keychain_entry`]).
     Keychain { entry: String },
@@ -246,8 +259,19 @@ pub enum IdentitySource {
 impl fmt::Display for IdentitySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            IdentitySource::Agent { socket: None } => write!(f, "agent"),
-            IdentitySource::Agent { socket: Some(p) } => write!(f, "agent:{}", p.display()),
+            IdentitySource::Agent { socket, only } => {
+                match socket {
+                    None => write!(f, "agent")?,
+                    Some(p) => write!(f, "agent:{}", p.display())?,
+                }
+                match only {
+                    Some(files) => {
+                        let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+                        write!(f, " (only the keys of {}: IdentitiesOnly)", names.join(", "))
+                    }
+                    None => Ok(()),
+                }
+            }
             IdentitySource::Keychain { entry } => write!(f, "keychain:{entry}"),
             IdentitySource::File { path } => write!(f, "{}", path.display()),
         }

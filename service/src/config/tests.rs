@@ -65,7 +65,8 @@ fn full_peer_is_validated_with_defaults() {
         SshTarget {
             user: "root".into(),
             host: "aurora.example".into(),
-            port: 2222
+            port: 2222,
+            host_key_alias: None,
         }
     );
     assert_eq!(p.target.known_hosts_name(), "[aurora.example]:2222");
@@ -80,7 +81,7 @@ fn full_peer_is_validated_with_defaults() {
         p.known_hosts,
         vec![PathBuf::from("/home/u/.ssh/known_hosts")]
     );
-    assert_eq!(p.identities[0], IdentitySource::Agent { socket: None });
+    assert_eq!(p.identities[0], IdentitySource::Agent { socket: None, only: None });
     assert_eq!(
         p.identities[1],
         IdentitySource::Keychain {
@@ -201,7 +202,8 @@ fn ssh_config_alias_is_resolved() {
         SshTarget {
             user: "root".into(),
             host: "aurora-town.example".into(),
-            port: 2200
+            port: 2200,
+            host_key_alias: None,
         }
     );
     assert!(cfg.peers[0].identities.contains(&IdentitySource::File {
@@ -213,7 +215,8 @@ fn ssh_config_alias_is_resolved() {
         SshTarget {
             user: "admin".into(),
             host: "aurora-town.example".into(),
-            port: 22
+            port: 22,
+            host_key_alias: None,
         }
     );
 }
@@ -332,4 +335,22 @@ fn store_sync_names_a_postgres_service() {
         (5432, "robbie", 2000)
     );
     assert_eq!(sync.interval, Duration::from_secs(30));
+}
+
+#[test]
+fn a_proxy_jump_in_ssh_config_is_refused_naming_where_it_is_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ssh_config = dir.path().join("config");
+    std::fs::write(&ssh_config, "Host direct\n  ProxyJump none\nHost *\n  ProxyJump hub.example\n").expect("write");
+    let text = format!(
+        "ssh_config = \"{}\"\n[[peer]]\nname = \"aurora\"\nssh = \"aurora\"\n[[peer]]\nname = \"b\"\nssh = \"direct\"\n",
+        ssh_config.display()
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let e = &errs[0];
+    assert_eq!(e.field, "peer[0].ssh", "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("{}:4 sets ProxyJump hub.example", ssh_config.display())), "{msg}");
+    assert!(msg.contains("ProxyJump none"), "says what to do: {msg}");
 }

@@ -590,12 +590,25 @@ fn validate_peer(
     let target = match parse_ssh_target(rp.ssh.get_ref()) {
         Ok((user, host, port)) => {
             let resolved = ssh_config.resolve(&host);
+            if let Some(proxy) = &resolved.proxy {
+                c.err(
+                    Some(rp.ssh.span()),
+                    format!("{field}.ssh"),
+                    format!(
+                        "{} sets {} {} for `{host}`, and robbie-mesh does not connect through a jump host or a command yet \
+                         (it would not silently connect directly instead): set `{} none` for this host in a `Host` block above that line, \
+                         or give the peer an address it can reach directly",
+                        proxy.origin, proxy.keyword, proxy.value, proxy.keyword
+                    ),
+                );
+            }
             Some(SshTarget {
                 user: user
                     .or(resolved.user.clone())
                     .unwrap_or_else(|| env.user.clone()),
                 host: resolved.hostname.clone().unwrap_or(host),
                 port: port.or(resolved.port).unwrap_or(22),
+                host_key_alias: resolved.host_key_alias.clone(),
             })
             .map(|t| (t, resolved))
         }
@@ -628,25 +641,28 @@ fn validate_peer(
         None => {
             // OpenSSH's order: agent first, then our keychain entry, then the files
             // ~/.ssh/config names (or the default key files).
+            // With `IdentitiesOnly yes`, the agent offers only the files' keys.
+            let files = target
+                .as_ref()
+                .map(|(_, r)| r.identity_files.clone())
+                .filter(|f| !f.is_empty())
+                .unwrap_or_else(|| {
+                    ["id_ed25519", "id_ecdsa", "id_rsa"]
+                        .iter()
+                        .map(|f| env.home.join(".ssh").join(f))
+                        .collect()
+                });
+            let only = target
+                .as_ref()
+                .is_some_and(|(_, r)| r.identities_only)
+                .then(|| files.clone());
             let mut ids = vec![
-                IdentitySource::Agent { socket: None },
+                IdentitySource::Agent { socket: None, only },
                 IdentitySource::Keychain {
                     entry: name.clone(),
                 },
             ];
-            let files = target
-                .as_ref()
-                .map(|(_, r)| r.identity_files.clone())
-                .unwrap_or_default();
-            if files.is_empty() {
-                for f in ["id_ed25519", "id_ecdsa", "id_rsa"] {
-                    ids.push(IdentitySource::File {
-                        path: env.home.join(".ssh").join(f),
-                    });
-                }
-            } else {
-                ids.extend(files.into_iter().map(|path| IdentitySource::File { path }));
-            }
+            ids.extend(files.into_iter().map(|path| IdentitySource::File { path }));
             ids
         }
     };
@@ -668,6 +684,15 @@ fn validate_peer(
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| vec![env.home.join(".ssh").join("known_hosts")]),
     };
+    let global_known_hosts = target
+        .as_ref()
+        .and_then(|(_, r)| r.global_known_hosts_files.clone())
+        .unwrap_or_else(|| {
+            vec![
+                PathBuf::from("/etc/ssh/ssh_known_hosts"),
+                PathBuf::from("/etc/ssh/ssh_known_hosts2"),
+            ]
+        });
 
     let keepalive = validate_keepalive(c, rp.keepalive.as_ref(), field);
     let backoff = validate_backoff(c, rp.backoff.as_ref(), field);
@@ -731,6 +756,7 @@ fn validate_peer(
         target,
         identities,
         known_hosts,
+        global_known_hosts,
         accept_new: rp.accept_new,
         keepalive,
         backoff,
@@ -933,10 +959,11 @@ fn parse_ssh_target(s: &str) -> Result<(Option<String>, String, Option<u16>), St
 fn parse_identity(s: &str, env: &Env) -> Result<IdentitySource, String> {
     let s = s.trim();
     if s == "agent" {
-        Ok(IdentitySource::Agent { socket: None })
+        Ok(IdentitySource::Agent { socket: None, only: None })
     } else if let Some(p) = s.strip_prefix("agent:") {
         Ok(IdentitySource::Agent {
             socket: Some(env.expand(p)),
+            only: None,
         })
     } else if let Some(e) = s.strip_prefix("keychain:") {
         if e.is_empty() {

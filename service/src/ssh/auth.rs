@@ -19,9 +19,20 @@ type Handle = client::Handle<MeshHandler>;
 pub async fn authenticate(handle: &mut Handle, peer: &PeerConfig) -> Result<(), SshError> {
     let user = peer.target.user.clone();
     let mut tried = Vec::new();
+    // The agent offers the keys of these files first, as ssh does.
+    let files: Vec<std::path::PathBuf> = peer
+        .identities
+        .iter()
+        .filter_map(|s| match s {
+            IdentitySource::File { path } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
     for source in &peer.identities {
         let outcome = match source {
-            IdentitySource::Agent { socket } => try_agent(handle, &user, socket.as_deref()).await,
+            IdentitySource::Agent { socket, only } => {
+                try_agent(handle, &user, socket.as_deref(), only.as_deref(), &files).await
+            }
             IdentitySource::Keychain { entry } => match blocking(keychain_key(entry.clone())).await
             {
                 Ok(key) => try_key(handle, &user, key).await,
@@ -76,7 +87,13 @@ enum Outcome {
     Broken(SshError),
 }
 
-async fn try_agent(handle: &mut Handle, user: &str, socket: Option<&std::path::Path>) -> Outcome {
+async fn try_agent(
+    handle: &mut Handle,
+    user: &str,
+    socket: Option<&std::path::Path>,
+    only: Option<&[std::path::PathBuf]>,
+    files: &[std::path::PathBuf],
+) -> Outcome {
     let agent = match socket {
         Some(path) => AgentClient::connect_uds(path).await,
         None => match std::env::var_os("SSH_AUTH_SOCK") {
@@ -88,15 +105,37 @@ async fn try_agent(handle: &mut Handle, user: &str, socket: Option<&std::path::P
         Ok(a) => a,
         Err(e) => return Outcome::Unusable(format!("cannot connect: {e}")),
     };
-    let identities = match agent.request_identities().await {
+    let mut identities = match agent.request_identities().await {
         Ok(ids) => ids,
         Err(e) => return Outcome::Unusable(format!("cannot list keys: {e}")),
     };
+    // The keys of the identity files first, in their order; then the others, in
+    // the agent's (what ssh does: the server sees the intended key first).
+    let wanted: Vec<_> = files.iter().filter_map(|f| public_half(f)).collect();
+    identities.sort_by_key(|id| match id {
+        AgentIdentity::PublicKey { key, .. } => {
+            wanted.iter().position(|w| w == key.key_data()).unwrap_or(usize::MAX)
+        }
+        _ => usize::MAX,
+    });
+    // IdentitiesOnly: the public halves of the files (`FILE.pub`, or the public
+    // part an OpenSSH private key file carries even when it is encrypted).
+    let allowed: Option<Vec<russh::keys::ssh_key::public::KeyData>> = only.map(|files| {
+        files
+            .iter()
+            .filter_map(|f| public_half(f))
+            .collect()
+    });
     let mut refused = 0;
+    let mut offered = 0;
     for id in identities {
         let AgentIdentity::PublicKey { key, .. } = id else {
             continue;
         };
+        if allowed.as_ref().is_some_and(|a| !a.contains(key.key_data())) {
+            continue;
+        }
+        offered += 1;
         let hash = match rsa_hash(handle, key.algorithm().is_rsa()).await {
             Ok(h) => h,
             Err(e) => return Outcome::Broken(e),
@@ -110,7 +149,9 @@ async fn try_agent(handle: &mut Handle, user: &str, socket: Option<&std::path::P
             Err(e) => return Outcome::Unusable(format!("agent failed to sign: {e}")),
         }
     }
-    if refused == 0 {
+    if offered == 0 && only.is_some() {
+        Outcome::Unusable("holds none of the identity files' keys (IdentitiesOnly)".into())
+    } else if refused == 0 {
         Outcome::Unusable("holds no keys".into())
     } else {
         Outcome::Refused(refused)
@@ -179,4 +220,20 @@ fn load_file(path: &std::path::Path) -> Result<PrivateKey, String> {
         }
         Err(e) => Err(format!("unreadable key: {e}")),
     }
+}
+
+/// The public key of a key file, without its passphrase: `FILE.pub`, else the
+/// public part of the private key file.
+fn public_half(file: &std::path::Path) -> Option<russh::keys::ssh_key::public::KeyData> {
+    let mut pub_file = file.as_os_str().to_owned();
+    pub_file.push(".pub");
+    if let Ok(text) = std::fs::read_to_string(&pub_file) {
+        if let Ok(k) = russh::keys::PublicKey::from_openssh(text.trim()) {
+            return Some(k.key_data().clone());
+        }
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    russh::keys::PrivateKey::from_openssh(text.trim())
+        .ok()
+        .map(|k| k.public_key().key_data().clone())
 }

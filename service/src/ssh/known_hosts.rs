@@ -3,8 +3,8 @@
 //! Covers what `ssh` reads: comma-separated host patterns with `*`/`?` wildcards and
 //! `!` negation, `[host]:port` for non-standard ports, hashed `|1|salt|hash` entries
 //! (HMAC-SHA1), `@revoked` keys, comments and tabs. `@cert-authority` lines are skipped
-//! (host certificates are not accepted). Writing appends a plain `[host]:port` line, as
-//! `ssh -o StrictHostKeyChecking=accept-new` does.
+//! (host certificates are not accepted). Writing appends a `[host]:port` line, as
+//! `ssh -o StrictHostKeyChecking=accept-new` does (hashed if the file is).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,10 +22,13 @@ pub enum HostKeyVerdict {
     Trusted,
     /// The key is marked `@revoked`.
     Revoked { file: PathBuf, line: usize },
-    /// The host is known with a different key of the same type.
-    Changed { file: PathBuf, line: usize },
-    /// The host is not listed (or only with keys of other types).
-    Unknown { other_types: Vec<String> },
+    /// The host is known with a different key: of the same type, or only with
+    /// keys of other types (a server does not lose its key of one type; as
+    /// OpenSSH, this is a changed key, not a new one). `known` is that entry's
+    /// key type.
+    Changed { file: PathBuf, line: usize, known: String },
+    /// The host is not listed.
+    Unknown,
     /// A known_hosts file exists but cannot be read: nothing can be trusted or
     /// added until it can (never treated as empty).
     Unreadable { file: PathBuf, why: String },
@@ -155,8 +158,8 @@ impl KnownHosts {
                 line: e.line,
             };
         }
-        let mut changed = None;
-        let mut other_types = Vec::new();
+        // The first entry of the same type, else the first of any type.
+        let mut changed: Option<&Entry> = None;
         for e in self
             .entries
             .iter()
@@ -165,15 +168,18 @@ impl KnownHosts {
             if e.key.key_data() == key.key_data() {
                 return HostKeyVerdict::Trusted;
             }
-            if e.key.algorithm() == algo {
-                changed.get_or_insert((e.file.clone(), e.line));
-            } else {
-                other_types.push(e.key.algorithm().to_string());
+            let same_type = e.key.algorithm() == algo;
+            if changed.is_none_or(|c| same_type && c.key.algorithm() != algo) {
+                changed = Some(e);
             }
         }
         match changed {
-            Some((file, line)) => HostKeyVerdict::Changed { file, line },
-            None => HostKeyVerdict::Unknown { other_types },
+            Some(e) => HostKeyVerdict::Changed {
+                file: e.file.clone(),
+                line: e.line,
+                known: e.key.algorithm().to_string(),
+            },
+            None => HostKeyVerdict::Unknown,
         }
     }
 
@@ -195,24 +201,104 @@ impl KnownHosts {
     }
 }
 
-/// Appends `name key` to `file`, creating it (and its directory) if needed.
-pub fn append(file: &Path, name: &str, key: &PublicKey) -> std::io::Result<()> {
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Why a new host key could not be recorded: nothing is trusted then.
+#[derive(Debug)]
+pub enum AppendError {
+    /// The file exists but cannot keep a key (`/dev/null`, a directory, a FIFO):
+    /// accepting keys into it would accept any key on every connection.
+    NotAFile(PathBuf),
+    /// Between the check and the write, the file came to list this host with
+    /// another key (another process wrote it): that is a changed key now.
+    Changed { line: usize },
+    Io(PathBuf, std::io::Error),
+}
+
+impl std::fmt::Display for AppendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppendError::NotAFile(p) => write!(
+                f,
+                "{} is not a regular file, so it cannot remember the key and every connection would accept any key; point known_hosts at a file",
+                p.display()
+            ),
+            AppendError::Changed { line } => write!(f, "another key for this host was written at line {line} meanwhile"),
+            AppendError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+        }
     }
-    let line = key
+}
+
+/// Can `accept_new` record keys in `file`? It must be a regular file, or not
+/// exist yet.
+pub fn can_record(file: &Path) -> Result<(), AppendError> {
+    match std::fs::metadata(file) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(AppendError::NotAFile(file.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(AppendError::Io(file.to_path_buf(), e)),
+    }
+}
+
+/// Appends `name key` to `file` as `ssh -o StrictHostKeyChecking=accept-new`
+/// does, but safely when several peers (or processes) do it at once: under an
+/// exclusive lock on the file, after reading it again (the key is written once;
+/// a key that appeared meanwhile for this host decides instead), as one write of
+/// a whole line, after a newline if the file does not end with one, with the
+/// name hashed if the file's entries are. Creates the file, and its directory
+/// with mode 0700, if needed.
+pub fn append(file: &Path, name: &str, key: &PublicKey) -> Result<(), AppendError> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |e| AppendError::Io(file.to_path_buf(), e);
+    can_record(file)?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| AppendError::Io(dir.to_path_buf(), e))?;
+    }
+    let key_text = key
         .to_openssh()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-    let line = line
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())))?;
+    let key_text = key_text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     let mut f = std::fs::OpenOptions::new()
-        .create(true)
+        .read(true)
         .append(true)
-        .open(file)?;
-    writeln!(f, "{name} {line}")
+        .create(true)
+        .open(file)
+        .map_err(io)?;
+    f.lock().map_err(io)?;
+    let mut now = Vec::new();
+    f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+    f.read_to_end(&mut now).map_err(io)?;
+    let mut current = KnownHosts { entries: Vec::new(), unreadable: None };
+    current.add_text(file, &now, &mut Vec::new());
+    match current.check(name, key) {
+        HostKeyVerdict::Trusted => return Ok(()),
+        HostKeyVerdict::Changed { line, .. } | HostKeyVerdict::Revoked { line, .. } => {
+            return Err(AppendError::Changed { line })
+        }
+        HostKeyVerdict::Unknown | HostKeyVerdict::Unreadable { .. } => {}
+    }
+    let hashed_file = current.entries.iter().any(|e| e.hosts.starts_with("|1|"));
+    let host_field = if hashed_file { hash_name(name) } else { name.to_string() };
+    let mut line = Vec::with_capacity(host_field.len() + key_text.len() + 3);
+    if now.last().is_some_and(|b| *b != b'\n') {
+        line.push(b'\n');
+    }
+    line.extend_from_slice(format!("{host_field} {key_text}\n").as_bytes());
+    // One write(2) of the whole line to a file opened for appending.
+    f.write_all(&line).map_err(io)?;
+    f.sync_data().map_err(io)
+}
+
+/// `|1|salt|hash` for `name`, as `ssh-keygen -H` writes it.
+fn hash_name(name: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let salt: [u8; 20] = rand::random();
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt).expect("HMAC takes any key length");
+    mac.update(name.as_bytes());
+    format!("|1|{}|{}", b64.encode(salt), b64.encode(mac.finalize().into_bytes()))
 }
 
 /// Does a known_hosts host field (comma-separated patterns or one hashed entry)
@@ -280,7 +366,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let (kh, _) = KnownHosts::load(&[dir.path().join("missing")]);
-        assert!(matches!(kh.check("localhost", &key), HostKeyVerdict::Unknown { .. }), "a missing file is empty");
+        assert!(matches!(kh.check("localhost", &key), HostKeyVerdict::Unknown), "a missing file is empty");
     }
 
     #[test]
@@ -328,18 +414,8 @@ mod tests {
             HostKeyVerdict::Changed { line: 3, .. }
         ));
         assert_eq!(kh.check("box.lan", &key(ED1)), HostKeyVerdict::Trusted);
-        assert_eq!(
-            kh.check("bad.lan", &key(ED1)),
-            HostKeyVerdict::Unknown {
-                other_types: vec![]
-            }
-        );
-        assert_eq!(
-            kh.check("other", &key(ED1)),
-            HostKeyVerdict::Unknown {
-                other_types: vec![]
-            }
-        );
+        assert_eq!(kh.check("bad.lan", &key(ED1)), HostKeyVerdict::Unknown);
+        assert_eq!(kh.check("other", &key(ED1)), HostKeyVerdict::Unknown);
     }
 
     #[test]
@@ -357,10 +433,7 @@ mod tests {
             kh.check("[127.0.0.1]:2200", &key(ED2)),
             HostKeyVerdict::Changed { .. }
         ));
-        assert!(matches!(
-            kh.check("127.0.0.1", &key(ED1)),
-            HostKeyVerdict::Unknown { .. }
-        ));
+        assert_eq!(kh.check("127.0.0.1", &key(ED1)), HostKeyVerdict::Unknown);
     }
 
     #[test]
@@ -381,5 +454,76 @@ mod tests {
         let (kh, warnings) = KnownHosts::load(std::slice::from_ref(&f));
         assert!(warnings.is_empty());
         assert_eq!(kh.check("[h]:2022", &key(ED1)), HostKeyVerdict::Trusted);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("sub")).expect("dir").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "a directory made for known_hosts is private");
+    }
+
+    #[test]
+    fn an_append_to_a_file_without_a_final_newline_keeps_both_pins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("known_hosts");
+        std::fs::write(&f, format!("[a]:2022 {ED1}")).expect("write");
+        append(&f, "[b]:2022", &key(ED2)).expect("append");
+        let (kh, warnings) = KnownHosts::load(std::slice::from_ref(&f));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(kh.check("[a]:2022", &key(ED1)), HostKeyVerdict::Trusted);
+        assert_eq!(kh.check("[b]:2022", &key(ED2)), HostKeyVerdict::Trusted);
+    }
+
+    #[test]
+    fn a_hashed_file_gets_a_hashed_line_and_a_second_append_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("known_hosts");
+        std::fs::write(&f, format!("{} {ED1}\n", hashed("[a]:2022", &[1; 20]))).expect("write");
+        append(&f, "[b]:2022", &key(ED2)).expect("append");
+        append(&f, "[b]:2022", &key(ED2)).expect("append again");
+        let text = std::fs::read_to_string(&f).expect("read");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.lines().all(|l| l.starts_with("|1|")), "{text}");
+        assert!(!text.contains("[b]"), "{text}");
+        let (kh, _) = KnownHosts::load(std::slice::from_ref(&f));
+        assert_eq!(kh.check("[b]:2022", &key(ED2)), HostKeyVerdict::Trusted);
+    }
+
+    #[test]
+    fn a_file_that_cannot_keep_keys_is_refused() {
+        let err = append(Path::new("/dev/null"), "[b]:2022", &key(ED2)).expect_err("refused");
+        assert!(matches!(err, AppendError::NotAFile(_)), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_key_of_another_type_for_a_known_host_is_a_changed_key() {
+        const RSA: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQCz7be/moem3xnB41RHUnJpW2/GZfnNmhqu6WK9vWXTqSgZZGGpUDgMpxwWhqyJTgN1TUy8lH8sI5DA1vHTUpxY4RZE3NQwdci2+SyicQjxqT3bk7OpscmCd062zacWjD3kniQb48S9vITYX77a0c1XNPckIFAokYSHHFAQlqAkvCgzopwpZ5n2lCt+ur9Xblh2/LPLFitG4uVKemAGtB6N4qloWM6wQYj0BlFyCl0DunItICRMP/139eEWWTPzTXRhDktf1dv7EN0UX0oBX7eQs6AB0HRkoIIj4K8Nd1Ct/kGFOx9Ozpot6Px34TvmkScfd4OkLoqwWAdE5bZv08LPdnh9HehAd8DGNyed2VmjkZgaUX9LyCxUfjrka3vnFbduV93kyM0STAezwT5iVZKaU7fuwOG08OgYj3728wLFec7TlbDyRTKsbMTwPZw9Gj1U6cddQVwhhI41zApv5lqH1zo64KucgGRGmZ2U+rwGyc0cxRtIiip6dUUqhk8zcPk=";
+        let kh = KnownHosts::parse(Path::new("kh"), &format!("[a]:2022 {RSA}\n[a]:2022 {ED1}\n"));
+        assert_eq!(
+            kh.check("[a]:2022", &key(ED2)),
+            HostKeyVerdict::Changed { file: "kh".into(), line: 2, known: "ssh-ed25519".into() },
+            "the entry of the same type is the one named"
+        );
+        let kh = KnownHosts::parse(Path::new("kh"), &format!("[a]:2022 {RSA}\n"));
+        assert!(
+            matches!(kh.check("[a]:2022", &key(ED2)), HostKeyVerdict::Changed { line: 1, ref known, .. } if known == "ssh-rsa"),
+            "known only with an RSA key, presenting ed25519: changed, not new"
+        );
+    }
+
+    #[test]
+    fn concurrent_appends_each_write_one_whole_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("known_hosts");
+        std::thread::scope(|s| {
+            for i in 0..10 {
+                let f = f.clone();
+                s.spawn(move || append(&f, &format!("[h{i}]:2022"), &key(if i % 2 == 0 { ED1 } else { ED2 })).expect("append"));
+            }
+        });
+        let (kh, warnings) = KnownHosts::load(std::slice::from_ref(&f));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        for i in 0..10 {
+            assert_eq!(kh.check(&format!("[h{i}]:2022"), &key(if i % 2 == 0 { ED1 } else { ED2 })), HostKeyVerdict::Trusted);
+        }
+        assert_eq!(std::fs::read_to_string(&f).expect("read").lines().count(), 10);
     }
 }

@@ -29,12 +29,20 @@ pub enum SshError {
     Unreachable { target: String, reason: String },
     #[error("no answer from {target} within {timeout:?} (handshake not completed)")]
     Timeout { target: String, timeout: Duration },
-    #[error("host key changed for {name} ({file}:{line} lists another {algo} key); if the server was reinstalled, remove that line (ssh-keygen -R '{name}')")]
+    #[error("host key changed for {name} (REMOTE HOST IDENTIFICATION HAS CHANGED): the server presented the {algo} key {fingerprint}, but {file}:{line} lists another {known} key for it; someone may be in the middle. If the server really was reinstalled, remove that line (ssh-keygen -f '{file}' -R '{name}') and connect again")]
     HostKeyChanged {
         name: String,
         algo: String,
+        fingerprint: String,
+        known: String,
         file: String,
         line: usize,
+    },
+    #[error("host key for {name} is unknown ({fingerprint}) and accept_new cannot record it: {why}")]
+    HostKeyNotRecorded {
+        name: String,
+        fingerprint: String,
+        why: String,
     },
     #[error("host key for {name} is revoked ({file}:{line})")]
     HostKeyRevoked {
@@ -61,6 +69,7 @@ impl SshError {
             SshError::HostKeyChanged { .. } => "host key changed",
             SshError::HostKeyRevoked { .. } => "host key revoked",
             SshError::HostKeyUnknown { .. } => "host key unknown",
+            SshError::HostKeyNotRecorded { .. } => "host key not recorded",
             SshError::KnownHostsUnreadable { .. } => "known_hosts unreadable",
             SshError::AuthFailed { .. } => "auth failed",
             SshError::Protocol(_) => "protocol error",
@@ -74,6 +83,7 @@ impl SshError {
             SshError::HostKeyChanged { .. }
                 | SshError::HostKeyRevoked { .. }
                 | SshError::HostKeyUnknown { .. }
+                | SshError::HostKeyNotRecorded { .. }
                 | SshError::KnownHostsUnreadable { .. }
         )
     }
@@ -155,9 +165,11 @@ impl client::Handler for MeshHandler {
         let name = &self.known_hosts_name;
         let refusal = match self.known_hosts.check(name, server_public_key) {
             HostKeyVerdict::Trusted => return Ok(true),
-            HostKeyVerdict::Changed { file, line } => SshError::HostKeyChanged {
+            HostKeyVerdict::Changed { file, line, known } => SshError::HostKeyChanged {
                 name: name.clone(),
                 algo: server_public_key.algorithm().to_string(),
+                fingerprint: fingerprint(server_public_key),
+                known,
                 file: file.display().to_string(),
                 line,
             },
@@ -166,9 +178,7 @@ impl client::Handler for MeshHandler {
                 file: file.display().to_string(),
                 line,
             },
-            HostKeyVerdict::Unknown { other_types }
-                if self.peer.accept_new && other_types.is_empty() =>
-            {
+            HostKeyVerdict::Unknown if self.peer.accept_new => {
                 let Some(file) = self.peer.known_hosts.first() else {
                     return Ok(false);
                 };
@@ -182,13 +192,14 @@ impl client::Handler for MeshHandler {
                         );
                         return Ok(true);
                     }
-                    Err(e) => SshError::Protocol(format!(
-                        "cannot record the new host key in {}: {e}",
-                        file.display()
-                    )),
+                    Err(e) => SshError::HostKeyNotRecorded {
+                        name: name.clone(),
+                        fingerprint: fingerprint(server_public_key),
+                        why: e.to_string(),
+                    },
                 }
             }
-            HostKeyVerdict::Unknown { .. } => SshError::HostKeyUnknown {
+            HostKeyVerdict::Unknown => SshError::HostKeyUnknown {
                 name: name.clone(),
                 fingerprint: fingerprint(server_public_key),
             },
@@ -257,7 +268,8 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
     let _ = tcp.set_nodelay(true);
 
     let known_hosts_name = target.known_hosts_name();
-    let (known_hosts, warnings) = KnownHosts::load(&peer.known_hosts);
+    let files: Vec<_> = peer.known_hosts.iter().chain(&peer.global_known_hosts).cloned().collect();
+    let (known_hosts, warnings) = KnownHosts::load(&files);
     for w in warnings {
         tracing::warn!(peer = %peer.name, "known_hosts: {w}");
     }
@@ -310,15 +322,33 @@ fn protocol_error(addr: &str, e: russh::Error) -> SshError {
             target: addr.to_string(),
             reason: "connection closed by the server".into(),
         },
+        russh::Error::NoCommonAlgo { kind, theirs, .. } => SshError::Protocol(format!(
+            "the server at {addr} offers no {kind:?} algorithm robbie-mesh accepts (it offers {}){}",
+            theirs.join(", "),
+            if theirs.iter().all(|a| a == "ssh-rsa" || a == "ssh-dss") {
+                "; ssh-rsa signs with SHA-1, which OpenSSH also refuses by default: give the server an ed25519 key (ssh-keygen -A) or enable rsa-sha2-256 in its HostKeyAlgorithms"
+            } else {
+                ""
+            }
+        )),
         other => SshError::Protocol(other.to_string()),
     }
 }
 
 /// russh settings: `nodelay`, our own keepalives (none from russh), AES-GCM first
-/// when the CPU has AES instructions, and host-key algorithms the host is already
-/// known with listed first.
+/// when the CPU has AES instructions, host-key algorithms as OpenSSH's defaults
+/// (no SHA-1 `ssh-rsa`), those the host is already known with listed first.
 fn client_config(known_algorithms: &[russh::keys::Algorithm]) -> client::Config {
     let mut preferred = russh::Preferred::default();
+    // OpenSSH's defaults: no `ssh-rsa` host-key signatures (SHA-1).
+    preferred.key = Cow::Owned(
+        preferred
+            .key
+            .iter()
+            .filter(|a| !matches!(a, russh::keys::Algorithm::Rsa { hash: None }))
+            .cloned()
+            .collect(),
+    );
     if cpu_has_aes() {
         preferred.cipher = Cow::Borrowed(&[
             russh::cipher::AES_128_GCM,
