@@ -206,3 +206,38 @@ fn the_keys_command_manages_keychain_keys() {
     );
     assert!(!run(&["keys", "show", &name]).status.success());
 }
+
+/// A key file that others may read (mode 0644) is refused, as OpenSSH refuses
+/// it, and the reason says how to fix it; after `chmod 600` it logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_file_others_can_read_is_refused_like_openssh() {
+    use std::os::unix::fs::PermissionsExt;
+    let sshd = Sshd::start();
+    let key = &sshd.client_key.private;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = Command::new("ssh")
+        .args(["-F", "none", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", trust(&sshd).display()))
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &sshd.port.to_string()])
+        .arg(format!("{}@127.0.0.1", whoami()))
+        .arg("true")
+        .output()
+        .expect("ssh");
+    let openssh = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && openssh.contains("UNPROTECTED PRIVATE KEY FILE"), "OpenSSH: {openssh}");
+    let backend = echo().await;
+    let id = format!("\"{}\"", key.display());
+    let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
+    let (state, _) = mesh
+        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("authentication")))
+        .await;
+    let reason = state.reason().unwrap_or_default().to_string();
+    eprintln!("robbie-mesh: {reason}");
+    assert!(reason.contains("0644 are too open") && reason.contains("chmod 600"), "{reason}");
+    drop(mesh);
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
+    mesh.wait_up("echo").await;
+}

@@ -21,19 +21,7 @@ static ONE_LINK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_ne
 async fn a_reverse_forward_refused_after_a_reconnect_names_the_stale_session() {
     let sshd = Sshd::start_stock();
     let link = mesh_tests::delay::DelayProxy::start(sshd.addr(), Duration::ZERO).await;
-    let known = sshd.dir.path().join("known_hosts_via");
-    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(link.addr.port()))).expect("known_hosts");
-    let here = servers::echo().await;
-    let remote = mesh_tests::free_port();
-    let cfg = format!(
-        "node = \"robbiebook1\"\n[[peer]]\nname = \"aurora\"\nssh = \"{}@127.0.0.1:{}\"\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\n\
-         keepalive = {{ interval = \"1s\", count = 3 }}\nbackoff = {{ initial = \"200ms\", max = \"1s\" }}\nconnect_timeout = \"3s\"\n\
-         [[peer.reverse]]\nname = \"api\"\nremote = \"127.0.0.1:{remote}\"\nlocal = \"{here}\"\n",
-        mesh_tests::whoami(),
-        link.addr.port(),
-        sshd.client_key.private.display(),
-        known.display(),
-    );
+    let (cfg, _) = reverse_through(&sshd, &link).await;
     let mesh = Mesh::start(&cfg).await;
     mesh.wait_up("api").await;
     // The laptop's connection vanishes without a word reaching the hub (as after a
@@ -55,6 +43,25 @@ async fn a_reverse_forward_refused_after_a_reconnect_names_the_stale_session() {
             && reason.contains("ClientAliveInterval"),
         "{reason}"
     );
+}
+
+/// The laptop's config for an `-R` forward "api" (a fresh echo server here, a
+/// free port on the hub) to `sshd` through the proxy `link`; and that port.
+async fn reverse_through(sshd: &Sshd, link: &mesh_tests::delay::DelayProxy) -> (String, u16) {
+    let known = sshd.dir.path().join("known_hosts_via");
+    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(link.addr.port()))).expect("known_hosts");
+    let here = servers::echo().await;
+    let remote = mesh_tests::free_port();
+    let cfg = format!(
+        "node = \"robbiebook1\"\n[[peer]]\nname = \"aurora\"\nssh = \"{}@127.0.0.1:{}\"\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\n\
+         keepalive = {{ interval = \"1s\", count = 3 }}\nbackoff = {{ initial = \"200ms\", max = \"1s\" }}\nconnect_timeout = \"3s\"\n\
+         [[peer.reverse]]\nname = \"api\"\nremote = \"127.0.0.1:{remote}\"\nlocal = \"{here}\"\n",
+        mesh_tests::whoami(),
+        link.addr.port(),
+        sshd.client_key.private.display(),
+        known.display(),
+    );
+    (cfg, remote)
 }
 
 /// A firehose (port 9000: sends `total` bytes to whoever connects) and an echo
@@ -315,19 +322,7 @@ async fn a_200_ms_link_keeps_its_route_under_steady_load() {
 async fn a_link_that_dies_during_reverse_forward_registration_recovers_by_itself() {
     let sshd = Sshd::start();
     let link = mesh_tests::delay::DelayProxy::start(sshd.addr(), Duration::from_millis(10)).await;
-    let known = sshd.dir.path().join("known_hosts_via");
-    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(link.addr.port()))).expect("known_hosts");
-    let here = servers::echo().await;
-    let remote = mesh_tests::free_port();
-    let cfg = format!(
-        "node = \"robbiebook1\"\n[[peer]]\nname = \"aurora\"\nssh = \"{}@127.0.0.1:{}\"\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\n\
-         keepalive = {{ interval = \"1s\", count = 3 }}\nbackoff = {{ initial = \"200ms\", max = \"1s\" }}\nconnect_timeout = \"3s\"\n\
-         [[peer.reverse]]\nname = \"api\"\nremote = \"127.0.0.1:{remote}\"\nlocal = \"{here}\"\n",
-        mesh_tests::whoami(),
-        link.addr.port(),
-        sshd.client_key.private.display(),
-        known.display(),
-    );
+    let (cfg, remote) = reverse_through(&sshd, &link).await;
     // Freeze our side of the link the moment sshd has accepted the key: the
     // server's success reaches us, our tcpip-forward request does not.
     let log = sshd.dir.path().join("sshd.log");

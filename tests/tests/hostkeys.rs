@@ -211,6 +211,18 @@ async fn peer_mesh(ssh: &str, id: &std::path::Path, extra: &str) -> (Mesh, u16) 
     (Mesh::start(&cfg).await, local)
 }
 
+/// Peer "aurora" at `sshd` (settings `extra`) until its forward is refused with a
+/// reason containing `what`, and its forward is checked to carry nothing: the
+/// reason.
+async fn refused(sshd: &Sshd, extra: &str, what: &str) -> String {
+    let (mesh, local) = peer_mesh(&format!("{}@127.0.0.1:{}", mesh_tests::whoami(), sshd.port), &sshd.client_key.private, extra).await;
+    let (state, _) = mesh
+        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains(what)))
+        .await;
+    nothing_forwarded(local).await;
+    state.reason().unwrap_or_default().to_string()
+}
+
 /// A server known with an ed25519 key that now offers only an RSA key: OpenSSH
 /// says the identification has changed (it does not ask to add a "new" key);
 /// robbie-mesh refuses it as a changed key too, even with `accept_new`, naming
@@ -223,22 +235,12 @@ async fn a_key_of_another_type_than_the_pinned_one_is_a_changed_key_like_openssh
     let before = std::fs::read(&known).expect("read");
     let openssh = openssh_verdict(&sshd, "127.0.0.1", &known);
     assert!(openssh.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"), "OpenSSH: {openssh}");
-    let (mesh, local) = peer_mesh(
-        &format!("{}@127.0.0.1:{}", mesh_tests::whoami(), sshd.port),
-        &sshd.client_key.private,
-        &format!("known_hosts = \"{}\"\naccept_new = true", known.display()),
-    )
-    .await;
-    let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("host key")))
-        .await;
-    let reason = state.reason().unwrap_or_default().to_string();
+    let reason = refused(&sshd, &format!("known_hosts = \"{}\"\naccept_new = true", known.display()), "host key").await;
     eprintln!("robbie-mesh: {reason}\nOpenSSH: {}", openssh.lines().find(|l| l.contains("Offending")).unwrap_or(""));
     assert!(
         reason.contains("host key changed") && reason.contains("ssh-rsa") && reason.contains("ssh-ed25519") && reason.contains(":1 "),
         "{reason}"
     );
-    nothing_forwarded(local).await;
     assert_eq!(std::fs::read(&known).expect("read"), before, "nothing appended");
 }
 
@@ -382,17 +384,7 @@ async fn a_server_offering_only_sha1_rsa_signatures_is_refused_like_openssh() {
     let out = openssh_true(&sshd, "127.0.0.1", &known, &[]);
     let openssh = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success() && openssh.contains("no matching host key type"), "OpenSSH: {openssh}");
-    let (mesh, local) = peer_mesh(
-        &format!("{}@127.0.0.1:{}", mesh_tests::whoami(), sshd.port),
-        &sshd.client_key.private,
-        &format!("known_hosts = \"{}\"", known.display()),
-    )
-    .await;
-    let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("ssh-rsa")))
-        .await;
-    let reason = state.reason().unwrap_or_default().to_string();
+    let reason = refused(&sshd, &format!("known_hosts = \"{}\"", known.display()), "ssh-rsa").await;
     eprintln!("robbie-mesh: {reason}\nOpenSSH: {}", openssh.trim());
     assert!(reason.contains("SHA-1") && reason.contains("ed25519"), "{reason}");
-    nothing_forwarded(local).await;
 }

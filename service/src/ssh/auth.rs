@@ -197,6 +197,7 @@ fn keychain_key(entry: String) -> impl FnOnce() -> Result<PrivateKey, String> {
 /// Reads a key file; an encrypted one is opened with the passphrase stored in the
 /// keychain for that path.
 fn load_file(path: &std::path::Path) -> Result<PrivateKey, String> {
+    unprotected(path)?;
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
@@ -236,4 +237,22 @@ fn public_half(file: &std::path::Path) -> Option<russh::keys::ssh_key::public::K
     russh::keys::PrivateKey::from_openssh(text.trim())
         .ok()
         .map(|k| k.public_key().key_data().clone())
+}
+
+/// A key file of ours that others may read is refused, as OpenSSH refuses it
+/// ("UNPROTECTED PRIVATE KEY FILE"): the key must be assumed known.
+fn unprotected(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // missing or unreadable: said when it is read
+    };
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() == nix::unistd::getuid().as_raw() && mode & 0o077 != 0 {
+        return Err(format!(
+            "permissions {mode:04o} are too open: others on this machine can read this private key, so it is not used \
+             (OpenSSH refuses it too: UNPROTECTED PRIVATE KEY FILE); run `chmod 600 {}`",
+            path.display()
+        ));
+    }
+    Ok(())
 }

@@ -397,7 +397,8 @@ pub const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
 /// after `count` intervals in a row with neither, or — when traffic asks it to
 /// prove itself now (`Tunnel::demand_proof`, a wall-clock jump; traffic waiting
 /// on one session makes every session prove itself) — after
-/// [`PROOF_TIMEOUT`] with neither; such a demand shortens the ping already in
+/// [`PROOF_TIMEOUT`] with neither (or twice the slowest of the last answers, if
+/// they were slower: a slow link is not a dead one); such a demand shortens the ping already in
 /// flight rather than queueing another. Returns why it died, and whether it died
 /// of silence (rather than a closed connection).
 async fn keepalive(
@@ -413,10 +414,19 @@ async fn keepalive(
         Closed,
         Silent,
     }
-    let proof = PROOF_TIMEOUT.min(ka.interval);
+    // How long the last answers took (they wait behind bulk data on a slow,
+    // deep-buffered link): a proof gets twice the slowest of them, at least
+    // `PROOF_TIMEOUT`, at most the whole keepalive budget. A saturated link can
+    // go quiet for more than a second while TCP retransmits; that is not a dead
+    // peer. On an idle or fast link the answers take milliseconds: 1 s it is.
+    let mut answers: std::collections::VecDeque<Duration> = std::collections::VecDeque::with_capacity(8);
+    let floor = PROOF_TIMEOUT.min(ka.interval);
+    let ceiling = ka.interval.saturating_mul(ka.count).max(floor);
     let mut misses = 0;
     let mut next = tokio::time::Instant::now() + ka.interval;
     loop {
+        let slowest = answers.iter().max().copied().unwrap_or_default();
+        let proof = slowest.saturating_mul(2).clamp(floor, ceiling);
         let mut urgent: Option<&'static str> = None;
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
@@ -463,6 +473,10 @@ async fn keepalive(
             Outcome::Answered => {
                 misses = 0;
                 next = sent + ka.interval;
+                if answers.len() == 8 {
+                    answers.pop_front();
+                }
+                answers.push_back(sent.elapsed());
             }
             Outcome::Closed => return ("connection closed".to_string(), false),
             Outcome::Silent => {
