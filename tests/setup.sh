@@ -28,18 +28,19 @@ if ((${#need[@]})); then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}"
 fi
-# The official Ollama Python client, in a venv kept between runs.
+# The official Ollama Python client, and paramiko (an SSH server that can be made
+# to misbehave, which sshd cannot), in a venv kept between runs.
 venv="${MESH_TEST_VENV:-/var/cache/robbie-mesh/venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ollama' 2>/dev/null; then
-  echo "tests/setup.sh: installing the ollama Python client into $venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ollama, paramiko' 2>/dev/null; then
+  echo "tests/setup.sh: installing the ollama Python client and paramiko into $venv"
   # Debian's python3 needs python3-venv for `python3 -m venv`.
   if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3 python3-venv
   fi
   mkdir -p "$(dirname "$venv")"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check ollama
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check ollama paramiko
 fi
 # Playwright's driver for Debian's Chromium (no browser download), kept between runs.
 pw="${MESH_PLAYWRIGHT:-/var/cache/robbie-mesh/node}"

@@ -139,6 +139,9 @@ pub struct MeshHandler {
     reverse: Arc<ReverseRoutes>,
     /// Cancelled when russh drops the handler, i.e. when the session has ended.
     closed: CancellationToken,
+    /// Why the session ended, when russh says (an error, or the server's
+    /// disconnect message).
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 impl Drop for MeshHandler {
@@ -212,6 +215,21 @@ impl client::Handler for MeshHandler {
         Ok(false)
     }
 
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        let (why, result) = match reason {
+            client::DisconnectReason::ReceivedDisconnect(info) => (
+                format!("the server disconnected ({:?}: {})", info.reason_code, info.message),
+                Ok(()),
+            ),
+            client::DisconnectReason::Error(e) => (e.to_string(), Err(e)),
+        };
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        result
+    }
+
     async fn server_channel_open_forwarded_tcpip(
         &mut self,
         channel: russh::Channel<client::Msg>,
@@ -242,9 +260,24 @@ pub struct Session {
     /// Cancelled once the session is over, whoever ended it (the server, the
     /// network, or the supervisor declaring it dead): every channel on it ends.
     pub closed: CancellationToken,
+    /// Why it ended, if russh said (see [`Session::end_reason`]).
+    ended: Arc<Mutex<Option<String>>>,
     /// Bytes received from the server so far: while they grow, the peer is alive
     /// (a keepalive answer may be waiting behind bulk data).
     pub received: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Session {
+    /// Why the session ended on its own: the error russh ended it with (a
+    /// protocol violation, a broken connection) or the server's disconnect
+    /// message; "connection closed by the server" when nothing more is known.
+    pub fn end_reason(&self) -> String {
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "connection closed by the server".to_string())
+    }
 }
 
 /// Connects, checks the host key and authenticates, all within the peer's connect timeout.
@@ -279,7 +312,9 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
     let refusal = Arc::new(Mutex::new(None));
     let closed = CancellationToken::new();
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ended = Arc::new(Mutex::new(None));
     let handler = MeshHandler {
+        ended: ended.clone(),
         known_hosts_name,
         known_hosts,
         peer: peer.clone(),
@@ -301,6 +336,7 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
         Ok(Session {
             handle,
             closed,
+            ended,
             received,
         })
     };

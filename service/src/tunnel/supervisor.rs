@@ -260,7 +260,7 @@ impl PeerSupervisor {
                 tokio::select! {
                     () = self.cancel.cancelled() => "service stopped".to_string(),
                     () = self.reconnect.notified() => RECONNECT_REQUESTED.to_string(),
-                    () = session.closed.cancelled() => "connection closed by the server".to_string(),
+                    () = session.closed.cancelled() => session.end_reason(),
                     (r, silent) = keepalive(&session, self.peer.keepalive, &mut self.clock, &self.suspect, &self.clock_watch) => {
                         if silent {
                             self.clock_watch.link_went_silent();

@@ -103,6 +103,11 @@ pub enum Error {
         theirs: Vec<String>,
     },
 
+    /// The peer sent more channel data than the window it was granted
+    /// (robbie-mesh patch: such data used to be queued without bound).
+    #[error("the server sent {len} bytes on a channel whose window allowed {window}: it ignores SSH flow control (a broken or hostile server), so the session is closed")]
+    WindowExceeded { window: u32, len: usize },
+
     /// Invalid SSH version string.
     #[error("invalid SSH version string")]
     Version,

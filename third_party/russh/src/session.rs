@@ -304,15 +304,18 @@ impl Encrypted {
 
     /// Debits data received on `channel` from the window the peer may still
     /// use, without granting any back (robbie-mesh patch, see `ReadCredit`).
-    pub fn debit_window(&mut self, channel: ChannelId, len: usize) {
+    /// Debits `len` received bytes from the window we granted the peer. Data
+    /// beyond it is a protocol error: queueing it would let a server that
+    /// ignores flow control grow this process's memory without bound.
+    pub fn debit_window(&mut self, channel: ChannelId, len: usize) -> Result<(), crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
-            // Data beyond the window is ignored, as in `adjust_window_size`.
-            if let Ok(len) = u32::try_from(len) {
-                if len <= channel.sender_window_size {
-                    channel.sender_window_size -= len;
-                }
+            let window = channel.sender_window_size;
+            match u32::try_from(len) {
+                Ok(n) if n <= window => channel.sender_window_size -= n,
+                _ => return Err(crate::Error::WindowExceeded { window, len }),
             }
         }
+        Ok(())
     }
 
     /// Grants `consumed` bytes (read by the application) back to the peer

@@ -599,7 +599,7 @@ impl Session {
                 // application has read the data (`grant_read_credit`), so a
                 // stalled reader stops its own channel, not the session.
                 if let Some(ref mut enc) = self.common.encrypted {
-                    enc.debit_window(channel_num, data.len());
+                    enc.debit_window(channel_num, data.len())?;
                 }
                 self.grant_read_credit(Some(channel_num))?;
 
@@ -622,7 +622,7 @@ impl Session {
                 // application has read the data (`grant_read_credit`), so a
                 // stalled reader stops its own channel, not the session.
                 if let Some(ref mut enc) = self.common.encrypted {
-                    enc.debit_window(channel_num, data.len());
+                    enc.debit_window(channel_num, data.len())?;
                 }
                 self.grant_read_credit(Some(channel_num))?;
 
