@@ -105,8 +105,10 @@ enum KeysCommand {
     List,
     /// Make a new ed25519 key; prints its authorized_keys line.
     Generate { name: String },
-    /// Copy a private key file into the keychain (asks nothing: an encrypted file's
-    /// passphrase comes from $ROBBIE_MESH_KEY_PASSPHRASE).
+    /// Copy a private key file into the keychain. An encrypted file's passphrase
+    /// is asked on the terminal, without echo (or taken from
+    /// $ROBBIE_MESH_KEY_PASSPHRASE); the key is stored decrypted, protected by the
+    /// keychain's own encryption.
     Import { name: String, file: PathBuf },
     /// Print a key's authorized_keys line.
     Show { name: String },
@@ -619,8 +621,28 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         }
         KeysCommand::Generate { name } => added(sshkeys::generate(&name)?),
         KeysCommand::Import { name, file } => {
-            let pass = std::env::var("ROBBIE_MESH_KEY_PASSPHRASE").ok();
-            added(sshkeys::import(&name, &file, pass.as_deref())?);
+            let encrypted = sshkeys::is_encrypted(&file)?;
+            let pass = match std::env::var("ROBBIE_MESH_KEY_PASSPHRASE") {
+                Ok(p) => Some(zeroize::Zeroizing::new(p)),
+                Err(_) if encrypted => Some(zeroize::Zeroizing::new(
+                    ask_secret(&format!("Passphrase for {}: ", file.display())).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{} is encrypted and no passphrase could be asked for ({e}): run this in a terminal, \
+                             or set ROBBIE_MESH_KEY_PASSPHRASE",
+                            file.display()
+                        )
+                    })?,
+                )),
+                Err(_) => None,
+            };
+            added(sshkeys::import(&name, &file, pass.as_ref().map(|p| p.as_str()))?);
+            if encrypted {
+                eprintln!(
+                    "`{name}` is stored decrypted in the keychain: the keychain's own encryption (unlocked with your login) \
+                     protects it from now on, not its passphrase; {} is unchanged",
+                    file.display()
+                );
+            }
         }
         KeysCommand::Show { name } => println!("{}", sshkeys::show(&name)?.public),
         KeysCommand::Delete { name } => {
@@ -629,4 +651,30 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks on the terminal (`/dev/tty`, whatever stdin is) with echo off — turned
+/// off before the prompt is shown, so nothing typed ahead is echoed either, as
+/// OpenSSH's readpassphrase does — and restores the terminal afterwards.
+fn ask_secret(prompt: &str) -> std::io::Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::{BufRead, Write};
+    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")?;
+    let saved = tcgetattr(&tty).map_err(std::io::Error::from)?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    quiet.local_flags.insert(LocalFlags::ECHONL);
+    tcsetattr(&tty, SetArg::TCSAFLUSH, &quiet).map_err(std::io::Error::from)?;
+    let answer = (|| -> std::io::Result<String> {
+        let mut out = &tty;
+        out.write_all(prompt.as_bytes())?;
+        out.flush()?;
+        let mut line = zeroize::Zeroizing::new(String::new());
+        std::io::BufReader::new(&tty).read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    })();
+    let restored = tcsetattr(&tty, SetArg::TCSAFLUSH, &saved).map_err(std::io::Error::from);
+    let answer = answer?;
+    restored?;
+    Ok(answer)
 }

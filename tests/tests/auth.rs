@@ -241,3 +241,57 @@ async fn a_key_file_others_can_read_is_refused_like_openssh() {
     let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
     mesh.wait_up("echo").await;
 }
+
+/// `keys import` of an encrypted key file asks for its passphrase on the
+/// terminal (driven here through a pty), does not echo it, says plainly that the
+/// key is stored decrypted in the keychain, and stores the right key.
+#[test]
+fn importing_an_encrypted_key_asks_for_the_passphrase_without_echo() {
+    if !keychain_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen_with(dir.path(), "locked", "ed25519", "pass-word-42");
+    let name = format!("pty-test-{}", std::process::id());
+    const DRIVE: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out, sent, end = b"", False, time.time() + 30
+while time.time() < end:
+    r, _, _ = select.select([fd], [], [], 0.5)
+    if r:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    if not sent and b"Passphrase for" in out:
+        os.write(fd, b"pass-word-42\n")
+        sent = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let bin = mesh_tests::workspace_bin("robbie-mesh");
+    let out = Command::new("python3")
+        .args(["-c", DRIVE])
+        .arg(&bin)
+        .args(["keys", "import", &name])
+        .arg(&key.private)
+        .env_remove("ROBBIE_MESH_KEY_PASSPHRASE")
+        .output()
+        .expect("python3 pty");
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("terminal:\n{screen}");
+    let _ = Command::new(&bin).args(["keys", "delete", &name]).output();
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains(&format!("Passphrase for {}", key.private.display())), "{screen}");
+    assert!(!screen.contains("pass-word-42"), "the passphrase was echoed: {screen}");
+    assert!(screen.contains("stored decrypted in the keychain"), "{screen}");
+    let public: Vec<&str> = key.public_line.split_whitespace().take(2).collect();
+    assert!(screen.contains(&public.join(" ")), "the file's public key was stored: {screen}");
+}
