@@ -348,10 +348,13 @@ fn split_args(s: &str) -> Vec<String> {
 }
 
 /// A `Host` line matches when one pattern matches and no negated one does.
+/// Its patterns are separated by whitespace only: `Host a,b` is one pattern
+/// that matches nothing but the name `a,b`, as in ssh (commas separate
+/// patterns in known_hosts and `Match host`, not here).
 fn host_matches(patterns: &[String], host: &str) -> bool {
     let host = host.to_ascii_lowercase();
     let mut matched = false;
-    for p in patterns.iter().flat_map(|p| p.split(',')) {
+    for p in patterns {
         let p = p.to_ascii_lowercase();
         if let Some(neg) = p.strip_prefix('!') {
             if wildcard_match(neg, &host) {
