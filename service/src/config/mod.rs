@@ -423,8 +423,39 @@ impl ConfigErrors {
     }
 }
 
+/// Why a config file others could change is not read, as OpenSSH refuses a
+/// `~/.ssh/config` with "Bad owner or permissions": owned by someone other than
+/// root or us, or writable by group or others. `None` if it is safe (or
+/// missing: said when it is read).
+pub fn unsafe_permissions(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let uid = nix::unistd::getuid().as_raw();
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != 0 && meta.uid() != uid {
+        Some(format!(
+            "Bad owner or permissions on {}: it belongs to user {}, who could redirect every tunnel; \
+             robbie-mesh reads it only if it is yours or root's (as ssh does with ~/.ssh/config)",
+            path.display(),
+            meta.uid()
+        ))
+    } else if mode & 0o022 != 0 {
+        Some(format!(
+            "Bad owner or permissions on {}: mode {mode:04o} lets others change it, and so redirect every tunnel; \
+             run `chmod go-w {}` (ssh refuses such a ~/.ssh/config too)",
+            path.display(),
+            path.display()
+        ))
+    } else {
+        None
+    }
+}
+
 /// Read and validate a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    if let Some(why) = unsafe_permissions(path) {
+        return Err(ConfigErrors::single(&path.display().to_string(), why));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors::single(
             &path.display().to_string(),

@@ -354,3 +354,28 @@ fn a_proxy_jump_in_ssh_config_is_refused_naming_where_it_is_set() {
     assert!(msg.contains(&format!("{}:4 sets ProxyJump hub.example", ssh_config.display())), "{msg}");
     assert!(msg.contains("ProxyJump none"), "says what to do: {msg}");
 }
+
+#[test]
+fn an_ssh_config_or_include_others_can_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inc = dir.path().join("inc.conf");
+    std::fs::write(&inc, "Host *\n  HostName 127.66.66.66\n").expect("write");
+    std::fs::set_permissions(&inc, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let ssh_config = dir.path().join("config");
+    std::fs::write(&ssh_config, format!("Include {}\n", inc.display())).expect("write");
+    let text = format!("ssh_config = \"{}\"\n[[peer]]\nname = \"aurora\"\nssh = \"aurora\"\n", ssh_config.display());
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let msg = errs[0].to_string();
+    assert!(msg.contains("Bad owner or permissions") && msg.contains("0666") && msg.contains("chmod go-w"), "{msg}");
+    std::fs::set_permissions(&inc, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let cfg = parse_with(&text, "ok.toml", &env()).expect("valid once fixed");
+    assert_eq!(cfg.peers[0].target.host, "127.66.66.66");
+    // The robbie-mesh config itself, the same way.
+    let own = dir.path().join("robbie-mesh.toml");
+    std::fs::write(&own, "node = \"book\"\n").expect("write");
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o620)).expect("chmod");
+    let e = load(&own).expect_err("refused");
+    assert!(e.to_string().contains("Bad owner or permissions"), "{e}");
+}

@@ -133,6 +133,9 @@ pub(crate) fn validate(
         .map(|p| env.expand(p))
         .unwrap_or_else(|| env.home.join(".ssh").join("config"));
     let ssh_config = SshConfigFile::load(&ssh_config_path, &env.home);
+    for why in ssh_config.refused() {
+        c.err(None, "ssh_config", why.clone());
+    }
 
     let mut peers = Vec::new();
     let mut peer_names: HashMap<String, usize> = HashMap::new();

@@ -185,7 +185,7 @@ async fn rsa_hash(handle: &Handle, is_rsa: bool) -> Result<Option<HashAlg>, SshE
 
 /// The private key stored in the keychain as `entry`.
 fn keychain_key(entry: String) -> impl FnOnce() -> Result<PrivateKey, String> {
-    move || match keys::private_key(&entry) {
+    move || match keys::private_key(&entry).map(zeroize::Zeroizing::new) {
         Ok(pem) => {
             russh::keys::decode_secret_key(&pem, None).map_err(|e| format!("unreadable key: {e}"))
         }
@@ -199,7 +199,7 @@ fn keychain_key(entry: String) -> impl FnOnce() -> Result<PrivateKey, String> {
 fn load_file(path: &std::path::Path) -> Result<PrivateKey, String> {
     unprotected(path)?;
     let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+        Ok(t) => zeroize::Zeroizing::new(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
         Err(e) => return Err(format!("cannot read: {e}")),
     };
@@ -208,7 +208,7 @@ fn load_file(path: &std::path::Path) -> Result<PrivateKey, String> {
         Err(russh::keys::Error::KeyIsEncrypted) => {
             let account = keys::passphrase_account(path);
             let pass = match keys::get(&account) {
-                Ok(Some(p)) => p,
+                Ok(Some(p)) => zeroize::Zeroizing::new(p),
                 Ok(None) => {
                     return Err(format!(
                         "encrypted; store its passphrase in the keychain as `{account}`"

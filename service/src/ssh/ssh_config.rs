@@ -70,6 +70,9 @@ struct Directive {
 pub struct SshConfigFile {
     directives: Vec<Directive>,
     home: PathBuf,
+    /// Files (the config or an include) not read because others could change
+    /// them, and why.
+    refused: Vec<String>,
 }
 
 impl SshConfigFile {
@@ -78,6 +81,7 @@ impl SshConfigFile {
         let mut cfg = SshConfigFile {
             directives: Vec::new(),
             home: home.to_path_buf(),
+            refused: Vec::new(),
         };
         cfg.read_file(path, 0, &[]);
         cfg
@@ -87,12 +91,23 @@ impl SshConfigFile {
         let mut cfg = SshConfigFile {
             directives: Vec::new(),
             home: home.to_path_buf(),
+            refused: Vec::new(),
         };
         cfg.read_text(text, Path::new("(config)"), 0, &[]);
         cfg
     }
 
+    /// Files refused for their owner or permissions (see
+    /// [`crate::config::unsafe_permissions`]).
+    pub fn refused(&self) -> &[String] {
+        &self.refused
+    }
+
     fn read_file(&mut self, path: &Path, depth: usize, outer: &[Condition]) {
+        if let Some(why) = crate::config::unsafe_permissions(path) {
+            self.refused.push(why);
+            return;
+        }
         if let Ok(bytes) = std::fs::read(path) {
             self.read_text(&String::from_utf8_lossy(&bytes), path, depth, outer);
         }
