@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use mesh_tests::postgres::{bin_dir, book_syncing_to, client_args, migrate, psql, Postgres};
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{release_bin, wait_for, DEADLINE};
+use mesh_tests::release_bin;
 use serde_json::{json, Value};
 
 const APPENDS: usize = 2_000;
@@ -97,11 +97,7 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .expect("robbie-mesh");
-        wait_for(
-            DEADLINE,
-            || std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok(),
-            || "API".into(),
-        );
+        mesh_tests::wait_listening(api_port, "the API");
         Node {
             _proc: Proc(child),
             api: format!("http://127.0.0.1:{api_port}"),
@@ -229,10 +225,7 @@ fn main() {
     // written on aurora come down into the 100k-row store (pull), 1 000 rows written
     // here go up (push), each against the seed's way — the whole database through
     // `pg_dump | psql` into a fresh copy — timed in the same run.
-    let runs: usize = std::env::var("MESH_STORE_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let runs: usize = mesh_tests::env_or("MESH_STORE_RUNS", 3);
     for run in 1..=runs {
         let insert = format!(
             "INSERT INTO robbie.messages (id, conversation_id, role, content, node, created_at, device) \

@@ -124,7 +124,7 @@ async fn targets(sshd: &Sshd, ssh_port: u16, stub: &OllamaStub) -> Targets {
 
 #[tokio::main]
 async fn main() {
-    let paced: usize = std::env::var("MESH_TTFT_PACED").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let paced: usize = mesh_tests::env_or("MESH_TTFT_PACED", 3);
     let sshd = Sshd::start();
     let stub = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
     let far = DelayProxy::start(sshd.addr(), Duration::from_millis(10)).await;

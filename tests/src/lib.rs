@@ -46,6 +46,22 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A number from the environment variable `name` (a test's or bench's size
+/// knob), `default` when unset or not a number.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port` (a process
+/// just started: ssh -L, a service's API); panics naming `what` after [`DEADLINE`].
+pub fn wait_listening(port: u16, what: &str) {
+    wait_for(
+        DEADLINE,
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || format!("{what} never listened on 127.0.0.1:{port}"),
+    );
+}
+
 /// Polls `ok` until it is true or `deadline` passes (then panics with `why()`).
 pub fn wait_for(deadline: Duration, mut ok: impl FnMut() -> bool, why: impl FnOnce() -> String) {
     let end = Instant::now() + deadline;

@@ -207,6 +207,25 @@ impl Sshd {
         c
     }
 
+    /// `ssh … true` to `host` on this server's port: no ~/.ssh/config, batch
+    /// mode, this known_hosts file, key `identity`; `args` come first (the first
+    /// value of an option wins; strict host-key checking unless they say
+    /// otherwise). What OpenSSH's client does, to compare robbie-mesh with.
+    pub fn openssh_true(&self, host: &str, known_hosts: &Path, identity: &Path, args: &[&str]) -> std::process::Output {
+        Command::new("ssh")
+            .args(["-F", "none", "-o", "BatchMode=yes"])
+            .args(args)
+            .args(["-o", "StrictHostKeyChecking=yes", "-o"])
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .arg("-i")
+            .arg(identity)
+            .args(["-p", &self.port.to_string()])
+            .arg(format!("{}@{host}", crate::whoami()))
+            .arg("true")
+            .output()
+            .expect("ssh")
+    }
+
     pub fn known_hosts_line(&self) -> String {
         let key: Vec<&str> = self
             .host_key

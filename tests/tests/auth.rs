@@ -215,16 +215,7 @@ async fn a_key_file_others_can_read_is_refused_like_openssh() {
     let sshd = Sshd::start();
     let key = &sshd.client_key.private;
     std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let out = Command::new("ssh")
-        .args(["-F", "none", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o"])
-        .arg(format!("UserKnownHostsFile={}", trust(&sshd).display()))
-        .arg("-i")
-        .arg(key)
-        .args(["-p", &sshd.port.to_string()])
-        .arg(format!("{}@127.0.0.1", whoami()))
-        .arg("true")
-        .output()
-        .expect("ssh");
+    let out = sshd.openssh_true("127.0.0.1", &trust(&sshd), key, &[]);
     let openssh = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success() && openssh.contains("UNPROTECTED PRIVATE KEY FILE"), "OpenSSH: {openssh}");
     let backend = echo().await;

@@ -161,10 +161,7 @@ async fn download_with_echoes(bulk: u16, echo: u16) -> (usize, f64, usize, usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_link_carries_a_large_download_in_one_session_and_other_connections_keep_working() {
     let _turn = ONE_LINK_AT_A_TIME.lock().await;
-    let mb: usize = std::env::var("MESH_SLOW_LINK_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let mb: usize = mesh_tests::env_or("MESH_SLOW_LINK_MB", 3);
     let total = mb << 20;
     let hub = Netns::create("slowhub");
     let sshd = Sshd::start_in_stock(&hub);
@@ -220,11 +217,7 @@ async fn a_slow_link_carries_a_large_download_in_one_session_and_other_connectio
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("ssh");
-    mesh_tests::wait_for(
-        mesh_tests::DEADLINE,
-        || std::net::TcpStream::connect(("127.0.0.1", oecho)).is_ok(),
-        || "ssh -L never listened".into(),
-    );
+    mesh_tests::wait_listening(oecho, "ssh -L");
     let (on, osecs, ook, otried, oslowest) = download_with_echoes(obulk, oecho).await;
     let alive = ssh.try_wait().ok().flatten().is_none();
     let _ = ssh.kill();
@@ -249,10 +242,7 @@ async fn a_slow_link_carries_a_large_download_in_one_session_and_other_connectio
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_200_ms_link_keeps_its_route_under_steady_load() {
     let _turn = ONE_LINK_AT_A_TIME.lock().await;
-    let secs: u64 = std::env::var("MESH_DELAY_LINK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(45);
+    let secs: u64 = mesh_tests::env_or("MESH_DELAY_LINK_SECS", 45);
     let sshd = Sshd::start();
     let link = mesh_tests::delay::DelayProxy::start(sshd.addr(), Duration::from_millis(100)).await;
     let aurora = mesh_tests::ollama::OllamaStub::start("aurora", &["llama3.2:3b"]).await;

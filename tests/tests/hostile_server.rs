@@ -6,9 +6,10 @@
 //! memory must stay bounded (it used to queue everything: 15 MB → 823 MB).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use mesh_tests::netns::Proc;
 use mesh_tests::{free_port, Mesh};
 
 const SERVER: &str = r#"
@@ -58,15 +59,6 @@ while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -128,22 +128,9 @@ fn openssh_verdict(sshd: &Sshd, host: &str, known_hosts: &std::path::Path) -> St
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `ssh … true` to `host` at `sshd`'s port with this known_hosts file, no
-/// ~/.ssh/config, `args` first (the first value of an option wins; strict
-/// checking unless `args` says otherwise).
+/// `ssh … true` with the harness's client key (see [`Sshd::openssh_true`]).
 fn openssh_true(sshd: &Sshd, host: &str, known_hosts: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new("ssh")
-        .args(["-F", "none", "-o", "BatchMode=yes"])
-        .args(args)
-        .args(["-o", "StrictHostKeyChecking=yes", "-o"])
-        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-        .arg("-i")
-        .arg(&sshd.client_key.private)
-        .args(["-p", &sshd.port.to_string()])
-        .arg(format!("{}@{host}", mesh_tests::whoami()))
-        .arg("true")
-        .output()
-        .expect("ssh")
+    sshd.openssh_true(host, known_hosts, &sshd.client_key.private, args)
 }
 
 /// A known_hosts that pins another key for this server — once with a Latin-1

@@ -9,20 +9,12 @@
 //! The service runs as its own process here, with `SSH_AUTH_SOCK` set as a
 //! user's session sets it.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mesh_tests::sshd::{keygen_with, Sshd};
+use mesh_tests::netns::Proc;
 use mesh_tests::{eventually, free_port, trust, wait_for, whoami, workspace_bin, DEADLINE};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Key fingerprints sshd logged as refused since `from` bytes of its log.
 fn refused_since(sshd: &Sshd, from: usize) -> Vec<String> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mesh_tests::ollama::OllamaStub;
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{eventually, free_port, peer_toml, trust, wait_for, Mesh, DEADLINE};
+use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -34,11 +34,7 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
         .stderr(Stdio::null())
         .spawn()
         .expect("robbie-mesh binary (cargo build -p robbie-mesh)");
-    wait_for(
-        DEADLINE,
-        || std::net::TcpStream::connect(("127.0.0.1", v_api)).is_ok(),
-        || "vengeance API".into(),
-    );
+    mesh_tests::wait_listening(v_api, "the vengeance API");
 
     // book reaches vengeance's Ollama and API through one SSH server.
     let sshd = Sshd::start();

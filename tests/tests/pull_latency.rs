@@ -27,7 +27,7 @@ async fn pull_round_trips_through_the_tunnel() {
     );
     let mesh = Mesh::start(&cfg).await;
     mesh.wait_route("aurora", Duration::from_secs(15)).await;
-    let rounds: usize = std::env::var("MESH_PULL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let rounds: usize = mesh_tests::env_or("MESH_PULL_ROUNDS", 200);
     // OpenSSH's ssh -L to the same sshd, for comparison.
     let olocal = free_port();
     let mut ssh = sshd
@@ -39,11 +39,7 @@ async fn pull_round_trips_through_the_tunnel() {
         )
         .spawn()
         .expect("ssh");
-    mesh_tests::wait_for(
-        mesh_tests::DEADLINE,
-        || std::net::TcpStream::connect(("127.0.0.1", olocal)).is_ok(),
-        || "ssh -L".into(),
-    );
+    mesh_tests::wait_listening(olocal, "ssh -L");
     for (label, port) in [
         ("direct", primary.port),
         ("endpoint+tunnel", endpoint),

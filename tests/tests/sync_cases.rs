@@ -462,7 +462,7 @@ fn spawn_with_clock(cfg: &Path, offset: Option<&str>, api: u16, failpoint: Optio
         c.env("ROBBIE_MESH_FAILPOINT", f);
     }
     let child = c.spawn().expect("robbie-mesh (under faketime: tests/setup.sh installs it)");
-    wait_for(DEADLINE, || std::net::TcpStream::connect(("127.0.0.1", api)).is_ok(), || "API never opened".into());
+    mesh_tests::wait_listening(api, "the API");
     child
 }
 

@@ -15,7 +15,6 @@ use mesh_tests::postgres::{
     book_syncing_to, burn_xids_to, migrate, next_xid, node_syncing_to, psql, Postgres,
 };
 use mesh_tests::sshd::Sshd;
-use mesh_tests::{wait_for, DEADLINE};
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 200;
@@ -52,11 +51,7 @@ impl Service {
             c.env("ROBBIE_MESH_FAILPOINT", f);
         }
         let child = c.spawn().expect("robbie-mesh");
-        wait_for(
-            DEADLINE,
-            || std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok(),
-            || "API never opened".into(),
-        );
+        mesh_tests::wait_listening(api_port, "the API");
         Service {
             child,
             api: format!("http://127.0.0.1:{api_port}"),
