@@ -216,7 +216,10 @@ mod tests {
         assert!(h.observe(slow(), t));
         assert!(h.is_up());
         assert_eq!(h.health, Health::Degraded);
-        assert!(!h.observe(Observation::Ok, t), "one good probe is not enough back");
+        assert!(
+            !h.observe(Observation::Ok, t),
+            "one good probe is not enough back"
+        );
         assert!(!h.observe(slow(), t));
         assert!(!h.observe(Observation::Ok, t));
         assert!(h.observe(Observation::Ok, t));
@@ -224,7 +227,10 @@ mod tests {
         // Degraded straight from start-up: one probe says it.
         let mut h = HealthState::new(t);
         assert!(h.observe(Observation::Degraded("429 busy".into()), t));
-        assert_eq!((h.health, h.reason.as_str()), (Health::Degraded, "429 busy"));
+        assert_eq!(
+            (h.health, h.reason.as_str()),
+            (Health::Degraded, "429 busy")
+        );
     }
 
     #[test]

@@ -539,7 +539,10 @@ fn sync_verify(
     let report: robbie_mesh::store::verify::VerifyReport =
         serde_json::from_str(&text).context("the API answered something that is not a report")?;
     println!("{}", report.text());
-    let clean = report.after.as_ref().map_or(report.is_clean(), |a| a.is_clean());
+    let clean = report
+        .after
+        .as_ref()
+        .map_or(report.is_clean(), |a| a.is_clean());
     Ok(if clean {
         ExitCode::SUCCESS
     } else {
@@ -635,7 +638,11 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
                 )),
                 Err(_) => None,
             };
-            added(sshkeys::import(&name, &file, pass.as_ref().map(|p| p.as_str()))?);
+            added(sshkeys::import(
+                &name,
+                &file,
+                pass.as_ref().map(|p| p.as_str()),
+            )?);
             if encrypted {
                 eprintln!(
                     "`{name}` is stored decrypted in the keychain: the keychain's own encryption (unlocked with your login) \
@@ -659,7 +666,10 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
 fn ask_secret(prompt: &str) -> std::io::Result<String> {
     use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
     use std::io::{BufRead, Write};
-    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")?;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
     let saved = tcgetattr(&tty).map_err(std::io::Error::from)?;
     let mut quiet = saved.clone();
     quiet.local_flags.remove(LocalFlags::ECHO);

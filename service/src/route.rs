@@ -215,7 +215,11 @@ pub fn plan(
             }
             let mut why = match v.health {
                 Health::Degraded => {
-                    format!("degraded ({}), priority {}", v.health_reason, rank(index, v))
+                    format!(
+                        "degraded ({}), priority {}",
+                        v.health_reason,
+                        rank(index, v)
+                    )
                 }
                 _ => format!("online, priority {}", rank(index, v)),
             };
@@ -512,7 +516,11 @@ mod tests {
     #[test]
     fn equal_priorities_go_by_load() {
         let now = Instant::now();
-        let mut v = vec![view("a", Health::Online), view("b", Health::Online), view("c", Health::Online)];
+        let mut v = vec![
+            view("a", Health::Online),
+            view("b", Health::Online),
+            view("c", Health::Online),
+        ];
         v[0].priority = Some(1);
         v[1].priority = Some(1);
         v[2].priority = Some(2);
@@ -520,9 +528,16 @@ mod tests {
         v[1].in_flight = 1;
         let p = explained(&v, &Needs::default(), None, now);
         assert_eq!(nodes(&p), ["b", "a", "c"]);
-        assert!(p.order[0].why.contains("then by load (1 in flight)"), "{}", p.order[0].why);
+        assert!(
+            p.order[0].why.contains("then by load (1 in flight)"),
+            "{}",
+            p.order[0].why
+        );
         v[1].in_flight = 5;
-        assert_eq!(nodes(&explained(&v, &Needs::default(), None, now)), ["a", "b", "c"]);
+        assert_eq!(
+            nodes(&explained(&v, &Needs::default(), None, now)),
+            ["a", "b", "c"]
+        );
     }
 
     #[test]
@@ -545,7 +560,13 @@ mod tests {
         let later = t + s(5) + FLAP_WINDOW + s(1);
         e.failure(later);
         e.failure(later);
-        assert_eq!(e.failure(later), Some(Ejected { until: later + EJECT_BASE, nth: 1 }));
+        assert_eq!(
+            e.failure(later),
+            Some(Ejected {
+                until: later + EJECT_BASE,
+                nth: 1
+            })
+        );
         // Flapping: failing again soon after each return grows the ejection,
         // capped, and coming back no longer ends it early.
         let mut now = later;
@@ -560,7 +581,11 @@ mod tests {
             assert_eq!(x.nth, n);
             assert_eq!(x.until, now + EJECT_BASE.saturating_mul(n).min(EJECT_MAX));
             e.recovered(now + s(1));
-            assert_eq!(e.until, Some(x.until), "a flapping node serves out its ejection");
+            assert_eq!(
+                e.until,
+                Some(x.until),
+                "a flapping node serves out its ejection"
+            );
         }
     }
 

@@ -202,7 +202,10 @@ impl ServiceHandle {
     }
 
     fn vram_of(&self, c: &CandidateHandle) -> Option<u64> {
-        self.nodes.borrow().get(&c.config.node).and_then(|n| n.max_vram())
+        self.nodes
+            .borrow()
+            .get(&c.config.node)
+            .and_then(|n| n.max_vram())
     }
 
     /// A request needs a model or VRAM that no reachable candidate offers: the
@@ -218,7 +221,8 @@ impl ServiceHandle {
         let mut summoned = false;
         for c in &self.candidates {
             let on_demand = c.tunnel.as_ref().is_some_and(|t| t.demand.on_demand);
-            let too_small = matches!((needs.vram_bytes, self.vram_of(c)), (Some(n), Some(h)) if h < n);
+            let too_small =
+                matches!((needs.vram_bytes, self.vram_of(c)), (Some(n), Some(h)) if h < n);
             if on_demand && !too_small {
                 *c.summoned_until.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Instant::now() + SUMMON_FOR);
@@ -590,7 +594,8 @@ async fn watch_route(
                     .unwrap_or_else(|e| e.into_inner())
                     .is_some_and(|u| u > now);
                 let pinned = pin.as_deref() == Some(c.config.node.as_str());
-                t.demand.set(&svc.config.name, all_above_down || pinned || summoned);
+                t.demand
+                    .set(&svc.config.name, all_above_down || pinned || summoned);
             }
             all_above_down &= c.status().health.is_known_down();
         }

@@ -112,7 +112,8 @@ pub fn import(name: &str, path: &Path, passphrase: Option<&str>) -> Result<Store
         path: path.display().to_string(),
         why,
     };
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?);
+    let text =
+        zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?);
     let key = PrivateKey::from_openssh(text.as_str())
         .map_err(|e| file(format!("not an OpenSSH private key ({e})")))?;
     let key = if key.is_encrypted() {
@@ -127,10 +128,11 @@ pub fn import(name: &str, path: &Path, passphrase: Option<&str>) -> Result<Store
 
 /// Whether the key file needs a passphrase (so the CLI knows to ask for one).
 pub fn is_encrypted(path: &Path) -> Result<bool, KeyError> {
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| KeyError::File {
-        path: path.display().to_string(),
-        why: e.to_string(),
-    })?);
+    let text =
+        zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| KeyError::File {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?);
     Ok(PrivateKey::from_openssh(text.as_str()).is_ok_and(|k| k.is_encrypted()))
 }
 

@@ -13,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mesh_tests::postgres::{bin_dir, book_syncing_to, client_args, migrate, psql, Postgres};
-use mesh_tests::sshd::Sshd;
 use mesh_tests::release_bin;
+use mesh_tests::sshd::Sshd;
 use serde_json::{json, Value};
 
 const APPENDS: usize = 2_000;
@@ -29,7 +29,6 @@ impl Drop for Proc {
         let _ = self.0.wait();
     }
 }
-
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted

@@ -13,9 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mesh_tests::delay::DelayProxy;
+use mesh_tests::netns::Proc;
 use mesh_tests::ollama::OllamaStub;
 use mesh_tests::sshd::Sshd;
-use mesh_tests::netns::Proc;
 use mesh_tests::{free_port, release_bin, wait_for, whoami, DEADLINE};
 use serde_json::json;
 
@@ -62,7 +62,8 @@ struct Targets {
 async fn targets(sshd: &Sshd, ssh_port: u16, stub: &OllamaStub) -> Targets {
     let dir = tempfile::tempdir().expect("tempdir");
     let known = dir.path().join("known_hosts");
-    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(ssh_port))).expect("known_hosts");
+    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(ssh_port)))
+        .expect("known_hosts");
     let (tunnel, endpoint, api, olocal) = (free_port(), free_port(), free_port(), free_port());
     let cfg = dir.path().join("book.toml");
     std::fs::write(
@@ -95,18 +96,34 @@ async fn targets(sshd: &Sshd, ssh_port: u16, stub: &OllamaStub) -> Targets {
             "127.0.0.1",
             ssh_port,
             &known,
-            &["-o", "Ciphers=aes128-gcm@openssh.com", "-L", &format!("{olocal}:{}", stub.addr)].map(String::from),
+            &[
+                "-o",
+                "Ciphers=aes128-gcm@openssh.com",
+                "-L",
+                &format!("{olocal}:{}", stub.addr),
+            ]
+            .map(String::from),
         )
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ssh"),
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh"),
     );
-    wait_for(DEADLINE, || listening(olocal) && listening(endpoint), || "ssh -L / endpoint".into());
+    wait_for(
+        DEADLINE,
+        || listening(olocal) && listening(endpoint),
+        || "ssh -L / endpoint".into(),
+    );
     // The endpoint serves once its candidate is up.
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{endpoint}");
     let end = Instant::now() + DEADLINE;
-    while client.get(format!("{url}/api/version")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+    while client
+        .get(format!("{url}/api/version"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
         assert!(Instant::now() < end, "the endpoint never served");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -129,8 +146,14 @@ async fn main() {
     let stub = OllamaStub::start("aurora", &["llama3.2:3b"]).await;
     let far = DelayProxy::start(sshd.addr(), Duration::from_millis(10)).await;
     println!("time to first token of a streamed chat (ms): warm = {WARM} back to back on one connection; paced = {} per target, one slot every 6 s, each request on a new connection", paced * 3);
-    println!("{:<16} {:<22} {:>9} {:>9} {:>11} {:>11}", "link", "target", "warm p50", "warm p90", "paced p50", "paced max");
-    for (link, port) in [("loopback", sshd.addr().port()), ("20 ms round trip", far.addr.port())] {
+    println!(
+        "{:<16} {:<22} {:>9} {:>9} {:>11} {:>11}",
+        "link", "target", "warm p50", "warm p90", "paced p50", "paced max"
+    );
+    for (link, port) in [
+        ("loopback", sshd.addr().port()),
+        ("20 ms round trip", far.addr.port()),
+    ] {
         let t = targets(&sshd, port, &stub).await;
         let mut warm = Vec::new();
         for (_, url) in &t.rows {
@@ -151,7 +174,10 @@ async fn main() {
             tokio::time::sleep(Duration::from_secs(6)).await;
             for k in 0..n {
                 let i = (slot + k) % n;
-                let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+                let fresh = reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .expect("client");
                 slow[i].push(ttft(&fresh, &t.rows[i].1).await);
             }
         }

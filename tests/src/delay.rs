@@ -43,7 +43,9 @@ impl DelayProxy {
                     severed_below: severed.clone(),
                 };
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
                     let (cr, cw) = client.into_split();
@@ -61,7 +63,13 @@ impl DelayProxy {
                 });
             }
         });
-        DelayProxy { addr, frozen, severed_below, accepted, task }
+        DelayProxy {
+            addr,
+            frozen,
+            severed_below,
+            accepted,
+            task,
+        }
     }
 
     /// Holds (or lets go of) everything the client sends.
@@ -74,7 +82,8 @@ impl DelayProxy {
     /// word (a laptop that slept, a Wi-Fi address that changed), the client sees
     /// no answer. Connections made afterwards work as before.
     pub fn sever_existing(&self) {
-        self.severed_below.store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.severed_below
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 }
 
@@ -116,7 +125,10 @@ async fn relay(
             match r {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
                         break;
                     }
                 }

@@ -49,7 +49,10 @@ pub fn free_port() -> u16 {
 /// A number from the environment variable `name` (a test's or bench's size
 /// knob), `default` when unset or not a number.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Waits until something accepts connections on 127.0.0.1:`port` (a process

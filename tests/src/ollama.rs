@@ -244,7 +244,9 @@ fn stream(s: &OllamaStub, lines: Vec<Value>) -> Response {
 }
 
 async fn generate(State(s): State<OllamaStub>, Json(body): Json<Value>) -> Response {
-    let delay = s.first_byte_delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+    let delay = s
+        .first_byte_delay_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }

@@ -310,7 +310,15 @@ pub fn book_syncing_to(
     service_extra: &str,
     sync_extra: &str,
 ) -> (PathBuf, u16) {
-    node_syncing_to("robbiebook1", primary, sshd, dir, store, service_extra, sync_extra)
+    node_syncing_to(
+        "robbiebook1",
+        primary,
+        sshd,
+        dir,
+        store,
+        service_extra,
+        sync_extra,
+    )
 }
 
 /// The same for any node: `dir/<node>.toml`.

@@ -196,14 +196,20 @@ impl Sshd {
     /// harness's client key, to `host:port`; `args` adds forwards and options.
     pub fn openssh(&self, host: &str, port: u16, known_hosts: &Path, args: &[String]) -> Command {
         let mut c = Command::new("ssh");
-        c.args(["-N", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .arg("-i")
-            .arg(&self.client_key.private)
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .arg(format!("{}@{host}", crate::whoami()));
+        c.args([
+            "-N",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .arg("-i")
+        .arg(&self.client_key.private)
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .arg(format!("{}@{host}", crate::whoami()));
         c
     }
 
@@ -211,7 +217,13 @@ impl Sshd {
     /// mode, this known_hosts file, key `identity`; `args` come first (the first
     /// value of an option wins; strict host-key checking unless they say
     /// otherwise). What OpenSSH's client does, to compare robbie-mesh with.
-    pub fn openssh_true(&self, host: &str, known_hosts: &Path, identity: &Path, args: &[&str]) -> std::process::Output {
+    pub fn openssh_true(
+        &self,
+        host: &str,
+        known_hosts: &Path,
+        identity: &Path,
+        args: &[&str],
+    ) -> std::process::Output {
         Command::new("ssh")
             .args(["-F", "none", "-o", "BatchMode=yes"])
             .args(args)

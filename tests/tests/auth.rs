@@ -217,16 +217,24 @@ async fn a_key_file_others_can_read_is_refused_like_openssh() {
     std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let out = sshd.openssh_true("127.0.0.1", &trust(&sshd), key, &[]);
     let openssh = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && openssh.contains("UNPROTECTED PRIVATE KEY FILE"), "OpenSSH: {openssh}");
+    assert!(
+        !out.status.success() && openssh.contains("UNPROTECTED PRIVATE KEY FILE"),
+        "OpenSSH: {openssh}"
+    );
     let backend = echo().await;
     let id = format!("\"{}\"", key.display());
     let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
     let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("authentication")))
+        .wait_state("echo", Duration::from_secs(10), |s| {
+            s.reason().is_some_and(|r| r.contains("authentication"))
+        })
         .await;
     let reason = state.reason().unwrap_or_default().to_string();
     eprintln!("robbie-mesh: {reason}");
-    assert!(reason.contains("0644 are too open") && reason.contains("chmod 600"), "{reason}");
+    assert!(
+        reason.contains("0644 are too open") && reason.contains("chmod 600"),
+        "{reason}"
+    );
     drop(mesh);
     std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
@@ -280,9 +288,21 @@ sys.exit(os.waitstatus_to_exitcode(status))
     eprintln!("terminal:\n{screen}");
     let _ = Command::new(&bin).args(["keys", "delete", &name]).output();
     assert!(out.status.success(), "{screen}");
-    assert!(screen.contains(&format!("Passphrase for {}", key.private.display())), "{screen}");
-    assert!(!screen.contains("pass-word-42"), "the passphrase was echoed: {screen}");
-    assert!(screen.contains("stored decrypted in the keychain"), "{screen}");
+    assert!(
+        screen.contains(&format!("Passphrase for {}", key.private.display())),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("pass-word-42"),
+        "the passphrase was echoed: {screen}"
+    );
+    assert!(
+        screen.contains("stored decrypted in the keychain"),
+        "{screen}"
+    );
     let public: Vec<&str> = key.public_line.split_whitespace().take(2).collect();
-    assert!(screen.contains(&public.join(" ")), "the file's public key was stored: {screen}");
+    assert!(
+        screen.contains(&public.join(" ")),
+        "the file's public key was stored: {screen}"
+    );
 }

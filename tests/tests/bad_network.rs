@@ -49,7 +49,11 @@ async fn a_reverse_forward_refused_after_a_reconnect_names_the_stale_session() {
 /// free port on the hub) to `sshd` through the proxy `link`; and that port.
 async fn reverse_through(sshd: &Sshd, link: &mesh_tests::delay::DelayProxy) -> (String, u16) {
     let known = sshd.dir.path().join("known_hosts_via");
-    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(link.addr.port()))).expect("known_hosts");
+    std::fs::write(
+        &known,
+        format!("{}\n", sshd.known_hosts_line_via(link.addr.port())),
+    )
+    .expect("known_hosts");
     let here = servers::echo().await;
     let remote = mesh_tests::free_port();
     let cfg = format!(
@@ -111,7 +115,9 @@ async fn download_with_echoes(bulk: u16, echo: u16) -> (usize, f64, usize, usize
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let start = std::time::Instant::now();
     let download = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", bulk)).await.expect("connect");
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", bulk))
+            .await
+            .expect("connect");
         let mut buf = vec![0u8; 64 * 1024];
         let mut n = 0;
         loop {
@@ -172,10 +178,17 @@ async fn a_slow_link_carries_a_large_download_in_one_session_and_other_connectio
     );
     let tc = hub
         .command("tc")
-        .args(["qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "1600kbit", "burst", "16kb", "latency", "400ms"])
+        .args([
+            "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "1600kbit", "burst", "16kb",
+            "latency", "400ms",
+        ])
         .output()
         .expect("tc");
-    assert!(tc.status.success(), "tc: {}", String::from_utf8_lossy(&tc.stderr));
+    assert!(
+        tc.status.success(),
+        "tc: {}",
+        String::from_utf8_lossy(&tc.stderr)
+    );
     let (bulk, echo) = (mesh_tests::free_port(), mesh_tests::free_port());
     let cfg = format!(
         "node = \"robbiebook1\"\n{}",
@@ -209,8 +222,16 @@ async fn a_slow_link_carries_a_large_download_in_one_session_and_other_connectio
             22,
             &trust(&sshd),
             &[
-                "-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=3", "-o", "ExitOnForwardFailure=yes",
-                "-L", &format!("{obulk}:127.0.0.1:9000"), "-L", &format!("{oecho}:127.0.0.1:9001"),
+                "-o",
+                "ServerAliveInterval=1",
+                "-o",
+                "ServerAliveCountMax=3",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-L",
+                &format!("{obulk}:127.0.0.1:9000"),
+                "-L",
+                &format!("{oecho}:127.0.0.1:9001"),
             ]
             .map(String::from),
         )
@@ -230,7 +251,10 @@ async fn a_slow_link_carries_a_large_download_in_one_session_and_other_connectio
     );
     assert_eq!(n, total, "the whole download through robbie-mesh");
     assert_eq!(reconnects, 0, "in one session");
-    assert!(tried > 0 && ok == tried, "every echo on the second connection worked: {ok}/{tried}");
+    assert!(
+        tried > 0 && ok == tried,
+        "every echo on the second connection worked: {ok}/{tried}"
+    );
 }
 
 /// A 200 ms round trip to the serving node (a tethered or far link, through a
@@ -249,7 +273,11 @@ async fn a_200_ms_link_keeps_its_route_under_steady_load() {
     let book = mesh_tests::ollama::OllamaStub::start("book", &["llama3.2:3b"]).await;
     let known = sshd.dir.path().join("known_hosts_far");
     // The server's key, under the address robbie-mesh dials (the proxy's).
-    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(link.addr.port()))).expect("known_hosts");
+    std::fs::write(
+        &known,
+        format!("{}\n", sshd.known_hosts_line_via(link.addr.port())),
+    )
+    .expect("known_hosts");
     let (tunnel, endpoint) = (mesh_tests::free_port(), mesh_tests::free_port());
     let cfg = format!(
         "node = \"book\"\n[[peer]]\nname = \"aurora\"\nssh = \"{user}@127.0.0.1:{port}\"\nidentity = [\"{key}\"]\nknown_hosts = \"{kh}\"\n\
@@ -286,7 +314,12 @@ async fn a_200_ms_link_keeps_its_route_under_steady_load() {
     let (mut served, mut failed, mut slowest) = (0usize, Vec::new(), Duration::ZERO);
     while std::time::Instant::now() < end {
         let t = std::time::Instant::now();
-        match client.post(&url).json(&serde_json::json!({"model": "llama3.2:3b", "prompt": "hi"})).send().await {
+        match client
+            .post(&url)
+            .json(&serde_json::json!({"model": "llama3.2:3b", "prompt": "hi"}))
+            .send()
+            .await
+        {
             Ok(r) if r.status() == 200 && mesh_tests::served_by(&r) == "aurora" => {
                 let _ = r.bytes().await;
                 served += 1;
@@ -300,8 +333,15 @@ async fn a_200_ms_link_keeps_its_route_under_steady_load() {
     let mut changes = Vec::new();
     while let Ok(e) = events.try_recv() {
         match e.kind {
-            robbie_mesh::events::EventKind::Route { to, reason, .. } => changes.push(format!("{to:?}: {reason}")),
-            robbie_mesh::events::EventKind::Health { node, health, reason, .. } => changes.push(format!("{node} {health:?}: {reason}")),
+            robbie_mesh::events::EventKind::Route { to, reason, .. } => {
+                changes.push(format!("{to:?}: {reason}"))
+            }
+            robbie_mesh::events::EventKind::Health {
+                node,
+                health,
+                reason,
+                ..
+            } => changes.push(format!("{node} {health:?}: {reason}")),
             _ => {}
         }
     }
@@ -312,7 +352,10 @@ async fn a_200_ms_link_keeps_its_route_under_steady_load() {
          probe latency now {latency} ms; route and health changes: {changes:?}",
         failed.len()
     );
-    assert!(changes.is_empty(), "the route and aurora's health never moved: {changes:?}");
+    assert!(
+        changes.is_empty(),
+        "the route and aurora's health never moved: {changes:?}"
+    );
     assert!(failed.is_empty(), "{failed:?}");
     assert!(served > 0);
 }
@@ -329,26 +372,38 @@ async fn a_link_that_dies_during_reverse_forward_registration_recovers_by_itself
     // Freeze our side of the link the moment sshd has accepted the key: the
     // server's success reaches us, our tcpip-forward request does not.
     let log = sshd.dir.path().join("sshd.log");
-    let accepted_before = std::fs::read_to_string(&log).unwrap_or_default().matches("Accepted publickey").count();
+    let accepted_before = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("Accepted publickey")
+        .count();
     let mesh = Mesh::start(&cfg).await;
     let t = std::time::Instant::now();
     loop {
-        let n = std::fs::read_to_string(&log).unwrap_or_default().matches("Accepted publickey").count();
+        let n = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Accepted publickey")
+            .count();
         if n > accepted_before {
             link.freeze_upstream(true);
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "sshd never accepted the key");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "sshd never accepted the key"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let (state, took) = mesh
         .wait_state("api", Duration::from_secs(10), |s| {
-            s.reason().is_some_and(|r| r.contains("no answer to the -R request"))
+            s.reason()
+                .is_some_and(|r| r.contains("no answer to the -R request"))
         })
         .await;
     eprintln!("registration given up after {took:?}: {state:?}");
     link.freeze_upstream(false);
-    let (_, back) = mesh.wait_state("api", Duration::from_secs(15), TunnelState::is_up).await;
+    let (_, back) = mesh
+        .wait_state("api", Duration::from_secs(15), TunnelState::is_up)
+        .await;
     eprintln!("the -R forward is up {back:?} after the link came back");
     let answer = tokio::time::timeout(Duration::from_secs(5), async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -359,5 +414,8 @@ async fn a_link_that_dies_during_reverse_forward_registration_recovers_by_itself
         std::io::Result::Ok(got)
     })
     .await;
-    assert!(matches!(answer, Ok(Ok(g)) if &g == b"through"), "{answer:?}");
+    assert!(
+        matches!(answer, Ok(Ok(g)) if &g == b"through"),
+        "{answer:?}"
+    );
 }

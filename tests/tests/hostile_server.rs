@@ -63,16 +63,28 @@ while True:
 fn rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
         .unwrap_or(0)
         / 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_that_ignores_the_window_is_cut_off_and_memory_stays_bounded() {
-    let python = std::env::var("MESH_TEST_PYTHON").unwrap_or_else(|_| "/var/cache/robbie-mesh/venv/bin/python".into());
-    assert!(std::path::Path::new(&python).exists(), "{python} missing: run tests/setup.sh (tests/run.sh does)");
+    let python = std::env::var("MESH_TEST_PYTHON")
+        .unwrap_or_else(|_| "/var/cache/robbie-mesh/venv/bin/python".into());
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} missing: run tests/setup.sh (tests/run.sh does)"
+    );
     let total: usize = 768 << 20;
     let mut child = Command::new(&python)
         .args(["-c", SERVER, &total.to_string()])
@@ -80,7 +92,9 @@ async fn a_server_that_ignores_the_window_is_cut_off_and_memory_stays_bounded() 
         .spawn()
         .expect("paramiko server");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
     let _server = Proc(child);
     let f: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(f.first(), Some(&"ready"), "{line}");
@@ -102,7 +116,9 @@ async fn a_server_that_ignores_the_window_is_cut_off_and_memory_stays_bounded() 
     mesh.wait_up("flood").await;
     let before = rss_mib();
     // A client that opens the forward and never reads.
-    let _idle = tokio::net::TcpStream::connect(("127.0.0.1", local)).await.expect("connect");
+    let _idle = tokio::net::TcpStream::connect(("127.0.0.1", local))
+        .await
+        .expect("connect");
     let (state, took) = mesh
         .wait_state("flood", Duration::from_secs(30), |s| !s.is_up())
         .await;
@@ -110,5 +126,8 @@ async fn a_server_that_ignores_the_window_is_cut_off_and_memory_stays_bounded() 
     let reason = state.reason().unwrap_or_default().to_string();
     eprintln!("session ended after {took:?}: {reason}; RSS {before} MiB -> {after} MiB");
     assert!(reason.contains("ignores SSH flow control"), "{reason}");
-    assert!(after < before + 64, "memory grew from {before} to {after} MiB");
+    assert!(
+        after < before + 64,
+        "memory grew from {before} to {after} MiB"
+    );
 }

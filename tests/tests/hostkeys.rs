@@ -124,12 +124,22 @@ async fn hashed_known_hosts_from_ssh_keyscan() {
 /// What OpenSSH's `ssh` says connecting to `host:port` of `sshd` with this
 /// known_hosts file and `accept-new`: its stderr (it is refused or not).
 fn openssh_verdict(sshd: &Sshd, host: &str, known_hosts: &std::path::Path) -> String {
-    let out = openssh_true(sshd, host, known_hosts, &["-o", "StrictHostKeyChecking=accept-new"]);
+    let out = openssh_true(
+        sshd,
+        host,
+        known_hosts,
+        &["-o", "StrictHostKeyChecking=accept-new"],
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `ssh … true` with the harness's client key (see [`Sshd::openssh_true`]).
-fn openssh_true(sshd: &Sshd, host: &str, known_hosts: &std::path::Path, args: &[&str]) -> std::process::Output {
+fn openssh_true(
+    sshd: &Sshd,
+    host: &str,
+    known_hosts: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
     sshd.openssh_true(host, known_hosts, &sshd.client_key.private, args)
 }
 
@@ -152,14 +162,28 @@ async fn a_pinned_key_is_enforced_like_openssh_whatever_the_bytes_or_the_case() 
     // 2. A hashed entry for [localhost]:port, as `ssh-keygen -H` writes it.
     let hashed = sshd.dir.path().join("known_hosts_hashed");
     std::fs::write(&hashed, format!("[localhost]:{} {key}\n", sshd.port)).expect("write");
-    let out = Command::new("ssh-keygen").arg("-H").arg("-f").arg(&hashed).output().expect("ssh-keygen -H");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(std::fs::read_to_string(&hashed).expect("read").starts_with("|1|"));
+    let out = Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&hashed)
+        .output()
+        .expect("ssh-keygen -H");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(&hashed)
+        .expect("read")
+        .starts_with("|1|"));
 
     for (file, host) in [(&latin1, "127.0.0.1"), (&hashed, "LOCALHOST")] {
         let before = std::fs::read(file).expect("read");
         let openssh = openssh_verdict(&sshd, host, file);
-        assert!(openssh.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"), "OpenSSH: {openssh}");
+        assert!(
+            openssh.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+            "OpenSSH: {openssh}"
+        );
         let backend = echo().await;
         let local = free_port();
         let cfg = format!(
@@ -177,10 +201,28 @@ async fn a_pinned_key_is_enforced_like_openssh_whatever_the_bytes_or_the_case() 
                 s.reason().is_some_and(|r| r.contains("host key"))
             })
             .await;
-        eprintln!("{host} with {}: robbie-mesh: {:?}; OpenSSH: {}", file.display(), state.reason(), openssh.lines().find(|l| l.contains("CHANGED")).unwrap_or(""));
-        assert!(state.reason().is_some_and(|r| r.contains("host key changed")), "{state:?}");
+        eprintln!(
+            "{host} with {}: robbie-mesh: {:?}; OpenSSH: {}",
+            file.display(),
+            state.reason(),
+            openssh
+                .lines()
+                .find(|l| l.contains("CHANGED"))
+                .unwrap_or("")
+        );
+        assert!(
+            state
+                .reason()
+                .is_some_and(|r| r.contains("host key changed")),
+            "{state:?}"
+        );
         nothing_forwarded(local).await;
-        assert_eq!(std::fs::read(file).expect("read"), before, "nothing appended to {}", file.display());
+        assert_eq!(
+            std::fs::read(file).expect("read"),
+            before,
+            "nothing appended to {}",
+            file.display()
+        );
     }
 }
 
@@ -202,9 +244,16 @@ async fn peer_mesh(ssh: &str, id: &std::path::Path, extra: &str) -> (Mesh, u16) 
 /// reason containing `what`, and its forward is checked to carry nothing: the
 /// reason.
 async fn refused(sshd: &Sshd, extra: &str, what: &str) -> String {
-    let (mesh, local) = peer_mesh(&format!("{}@127.0.0.1:{}", mesh_tests::whoami(), sshd.port), &sshd.client_key.private, extra).await;
+    let (mesh, local) = peer_mesh(
+        &format!("{}@127.0.0.1:{}", mesh_tests::whoami(), sshd.port),
+        &sshd.client_key.private,
+        extra,
+    )
+    .await;
     let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains(what)))
+        .wait_state("echo", Duration::from_secs(10), |s| {
+            s.reason().is_some_and(|r| r.contains(what))
+        })
         .await;
     nothing_forwarded(local).await;
     state.reason().unwrap_or_default().to_string()
@@ -221,14 +270,35 @@ async fn a_key_of_another_type_than_the_pinned_one_is_a_changed_key_like_openssh
     sshd.use_host_key("rsa");
     let before = std::fs::read(&known).expect("read");
     let openssh = openssh_verdict(&sshd, "127.0.0.1", &known);
-    assert!(openssh.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"), "OpenSSH: {openssh}");
-    let reason = refused(&sshd, &format!("known_hosts = \"{}\"\naccept_new = true", known.display()), "host key").await;
-    eprintln!("robbie-mesh: {reason}\nOpenSSH: {}", openssh.lines().find(|l| l.contains("Offending")).unwrap_or(""));
     assert!(
-        reason.contains("host key changed") && reason.contains("ssh-rsa") && reason.contains("ssh-ed25519") && reason.contains(":1 "),
+        openssh.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "OpenSSH: {openssh}"
+    );
+    let reason = refused(
+        &sshd,
+        &format!("known_hosts = \"{}\"\naccept_new = true", known.display()),
+        "host key",
+    )
+    .await;
+    eprintln!(
+        "robbie-mesh: {reason}\nOpenSSH: {}",
+        openssh
+            .lines()
+            .find(|l| l.contains("Offending"))
+            .unwrap_or("")
+    );
+    assert!(
+        reason.contains("host key changed")
+            && reason.contains("ssh-rsa")
+            && reason.contains("ssh-ed25519")
+            && reason.contains(":1 "),
         "{reason}"
     );
-    assert_eq!(std::fs::read(&known).expect("read"), before, "nothing appended");
+    assert_eq!(
+        std::fs::read(&known).expect("read"),
+        before,
+        "nothing appended"
+    );
 }
 
 /// `accept_new` with `/dev/null` as the first known_hosts (written in the peer,
@@ -241,10 +311,19 @@ async fn accept_new_into_a_file_that_cannot_keep_keys_is_refused() {
     let openssh = openssh_verdict(&sshd, "127.0.0.1", std::path::Path::new("/dev/null"));
     eprintln!("OpenSSH with /dev/null and accept-new: {}", openssh.trim());
     let ssh_config = sshd.dir.path().join("ssh_config");
-    std::fs::write(&ssh_config, format!("Host box\n  HostName 127.0.0.1\n  Port {}\n  UserKnownHostsFile /dev/null\n", sshd.port))
-        .expect("write");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host box\n  HostName 127.0.0.1\n  Port {}\n  UserKnownHostsFile /dev/null\n",
+            sshd.port
+        ),
+    )
+    .expect("write");
     for (ssh, extra) in [
-        (format!("{}@127.0.0.1:{}", mesh_tests::whoami(), sshd.port), "known_hosts = \"/dev/null\"\naccept_new = true".to_string()),
+        (
+            format!("{}@127.0.0.1:{}", mesh_tests::whoami(), sshd.port),
+            "known_hosts = \"/dev/null\"\naccept_new = true".to_string(),
+        ),
         ("box".to_string(), "accept_new = true".to_string()),
     ] {
         let (mesh, local) = peer_mesh(&ssh, &sshd.client_key.private, &extra).await;
@@ -263,11 +342,16 @@ async fn accept_new_into_a_file_that_cannot_keep_keys_is_refused() {
             mesh
         };
         let (state, _) = mesh
-            .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("host key")))
+            .wait_state("echo", Duration::from_secs(10), |s| {
+                s.reason().is_some_and(|r| r.contains("host key"))
+            })
             .await;
         let reason = state.reason().unwrap_or_default().to_string();
         eprintln!("robbie-mesh ({ssh}): {reason}");
-        assert!(reason.contains("/dev/null is not a regular file"), "{reason}");
+        assert!(
+            reason.contains("/dev/null is not a regular file"),
+            "{reason}"
+        );
         nothing_forwarded(local).await;
     }
 }
@@ -289,7 +373,10 @@ async fn ten_peers_accepting_new_keys_at_once_keep_every_line_and_openssh_agrees
     let mut cfg = format!("ssh_config = \"{}\"\n", ssh_config.display());
     let backend = echo().await;
     for i in 0..10 {
-        text.push_str(&format!("Host box{i}\n  HostName 127.0.0.1\n  Port {}\n  HostKeyAlias alias-{i}\n", sshd.port));
+        text.push_str(&format!(
+            "Host box{i}\n  HostName 127.0.0.1\n  Port {}\n  HostKeyAlias alias-{i}\n",
+            sshd.port
+        ));
         cfg.push_str(&format!(
             "[[peer]]\nname = \"p{i}\"\nssh = \"{}@box{i}\"\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\naccept_new = true\n\
              backoff = {{ initial = \"200ms\", max = \"1s\" }}\nconnect_timeout = \"5s\"\n\
@@ -307,12 +394,31 @@ async fn ten_peers_accepting_new_keys_at_once_keep_every_line_and_openssh_agrees
     }
     let after = std::fs::read_to_string(&known).expect("read");
     assert_eq!(after.lines().count(), 11, "{after}");
-    assert!(after.starts_with(&format!("old.example {}\n", other_key.join(" "))), "{after}");
+    assert!(
+        after.starts_with(&format!("old.example {}\n", other_key.join(" "))),
+        "{after}"
+    );
     for i in 0..10 {
-        let found = Command::new("ssh-keygen").args(["-F", &format!("alias-{i}"), "-f"]).arg(&known).output().expect("ssh-keygen -F");
-        assert!(found.status.success() && !found.stdout.is_empty(), "ssh-keygen -F alias-{i}: {after}");
-        let out = openssh_true(&sshd, "127.0.0.1", &known, &["-o", &format!("HostKeyAlias=alias-{i}")]);
-        assert!(out.status.success(), "OpenSSH under alias-{i}: {}", String::from_utf8_lossy(&out.stderr));
+        let found = Command::new("ssh-keygen")
+            .args(["-F", &format!("alias-{i}"), "-f"])
+            .arg(&known)
+            .output()
+            .expect("ssh-keygen -F");
+        assert!(
+            found.status.success() && !found.stdout.is_empty(),
+            "ssh-keygen -F alias-{i}: {after}"
+        );
+        let out = openssh_true(
+            &sshd,
+            "127.0.0.1",
+            &known,
+            &["-o", &format!("HostKeyAlias=alias-{i}")],
+        );
+        assert!(
+            out.status.success(),
+            "OpenSSH under alias-{i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -325,7 +431,11 @@ async fn the_global_known_hosts_file_is_honoured() {
     let empty = sshd.dir.path().join("kh_user_empty");
     std::fs::write(&empty, "").expect("write");
     let ssh_config = sshd.dir.path().join("ssh_config");
-    std::fs::write(&ssh_config, format!("Host *\n  GlobalKnownHostsFile {}\n", global.display())).expect("write");
+    std::fs::write(
+        &ssh_config,
+        format!("Host *\n  GlobalKnownHostsFile {}\n", global.display()),
+    )
+    .expect("write");
     let (port, key) = (sshd.port, sshd.client_key.private.clone());
     let cfg = |local: u16, backend: std::net::SocketAddr| {
         format!(
@@ -340,23 +450,40 @@ async fn the_global_known_hosts_file_is_honoured() {
         )
     };
     let ssh_ok = |sshd: &Sshd| {
-        openssh_true(sshd, "127.0.0.1", &empty, &["-o", &format!("GlobalKnownHostsFile={}", global.display())])
+        openssh_true(
+            sshd,
+            "127.0.0.1",
+            &empty,
+            &["-o", &format!("GlobalKnownHostsFile={}", global.display())],
+        )
     };
-    assert!(ssh_ok(&sshd).status.success(), "OpenSSH trusts the global pin");
+    assert!(
+        ssh_ok(&sshd).status.success(),
+        "OpenSSH trusts the global pin"
+    );
     let (local, backend) = (free_port(), echo().await);
     let mesh = Mesh::start(&cfg(local, backend)).await;
     mesh.wait_up("echo").await;
     drop(mesh);
     sshd.change_host_key();
     let out = ssh_ok(&sshd);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("REMOTE HOST IDENTIFICATION HAS CHANGED"), "OpenSSH: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "OpenSSH: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (local, backend) = (free_port(), echo().await);
     let mesh = Mesh::start(&cfg(local, backend)).await;
     let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| s.reason().is_some_and(|r| r.contains("host key")))
+        .wait_state("echo", Duration::from_secs(10), |s| {
+            s.reason().is_some_and(|r| r.contains("host key"))
+        })
         .await;
     let reason = state.reason().unwrap_or_default().to_string();
-    assert!(reason.contains("host key changed") && reason.contains(&global.display().to_string()), "{reason}");
+    assert!(
+        reason.contains("host key changed") && reason.contains(&global.display().to_string()),
+        "{reason}"
+    );
 }
 
 /// A server whose only host-key algorithm is `ssh-rsa` (SHA-1 signatures):
@@ -370,8 +497,19 @@ async fn a_server_offering_only_sha1_rsa_signatures_is_refused_like_openssh() {
     let known = trust(&sshd);
     let out = openssh_true(&sshd, "127.0.0.1", &known, &[]);
     let openssh = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && openssh.contains("no matching host key type"), "OpenSSH: {openssh}");
-    let reason = refused(&sshd, &format!("known_hosts = \"{}\"", known.display()), "ssh-rsa").await;
+    assert!(
+        !out.status.success() && openssh.contains("no matching host key type"),
+        "OpenSSH: {openssh}"
+    );
+    let reason = refused(
+        &sshd,
+        &format!("known_hosts = \"{}\"", known.display()),
+        "ssh-rsa",
+    )
+    .await;
     eprintln!("robbie-mesh: {reason}\nOpenSSH: {}", openssh.trim());
-    assert!(reason.contains("SHA-1") && reason.contains("ed25519"), "{reason}");
+    assert!(
+        reason.contains("SHA-1") && reason.contains("ed25519"),
+        "{reason}"
+    );
 }

@@ -12,8 +12,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mesh_tests::sshd::{keygen_with, Sshd};
 use mesh_tests::netns::Proc;
+use mesh_tests::sshd::{keygen_with, Sshd};
 use mesh_tests::{eventually, free_port, trust, wait_for, whoami, workspace_bin, DEADLINE};
 
 /// Key fingerprints sshd logged as refused since `from` bytes of its log.
@@ -42,23 +42,49 @@ async fn identities_only_offers_just_the_configured_key_like_openssh() {
     // Four strangers first, the authorized key last.
     for i in 0..4 {
         let k = keygen_with(dir.path(), &format!("stranger{i}"), "ed25519", "");
-        let st = Command::new("ssh-add").arg(&k.private).env("SSH_AUTH_SOCK", &sock).stderr(Stdio::null()).status().expect("ssh-add");
+        let st = Command::new("ssh-add")
+            .arg(&k.private)
+            .env("SSH_AUTH_SOCK", &sock)
+            .stderr(Stdio::null())
+            .status()
+            .expect("ssh-add");
         assert!(st.success());
     }
-    let st = Command::new("ssh-add").arg(&sshd.client_key.private).env("SSH_AUTH_SOCK", &sock).stderr(Stdio::null()).status().expect("ssh-add");
+    let st = Command::new("ssh-add")
+        .arg(&sshd.client_key.private)
+        .env("SSH_AUTH_SOCK", &sock)
+        .stderr(Stdio::null())
+        .status()
+        .expect("ssh-add");
     assert!(st.success());
     let known = trust(&sshd);
 
     // (IdentitiesOnly, IdentityFile set, refused keys expected); after the third
     // case the authorized key leaves the agent (it stays a file).
-    let cases = [("yes", true, 0), ("no", true, 0), ("no", false, 4), ("yes", true, 0), ("no", true, 4)];
+    let cases = [
+        ("yes", true, 0),
+        ("no", true, 0),
+        ("no", false, 4),
+        ("yes", true, 0),
+        ("no", true, 4),
+    ];
     for (case, (only, file, expected)) in cases.into_iter().enumerate() {
         if case == 3 {
-            let st = Command::new("ssh-add").arg("-d").arg(&sshd.client_key.private).env("SSH_AUTH_SOCK", &sock).stderr(Stdio::null()).status().expect("ssh-add -d");
+            let st = Command::new("ssh-add")
+                .arg("-d")
+                .arg(&sshd.client_key.private)
+                .env("SSH_AUTH_SOCK", &sock)
+                .stderr(Stdio::null())
+                .status()
+                .expect("ssh-add -d");
             assert!(st.success());
         }
         let ssh_config = dir.path().join(format!("ssh_config_{case}"));
-        let identity_file = if file { format!("  IdentityFile {}\n", sshd.client_key.private.display()) } else { String::new() };
+        let identity_file = if file {
+            format!("  IdentityFile {}\n", sshd.client_key.private.display())
+        } else {
+            String::new()
+        };
         std::fs::write(
             &ssh_config,
             format!(
@@ -78,7 +104,11 @@ async fn identities_only_offers_just_the_configured_key_like_openssh() {
             .env("SSH_AUTH_SOCK", &sock)
             .output()
             .expect("ssh");
-        assert!(out.status.success(), "OpenSSH: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "OpenSSH: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let openssh = refused_since(&sshd, mark);
 
         let api = free_port();
@@ -108,7 +138,11 @@ async fn identities_only_offers_just_the_configured_key_like_openssh() {
         );
         let client = reqwest::Client::new();
         eventually(Duration::from_secs(20), "the tunnel up", || async {
-            let Ok(r) = client.get(format!("http://127.0.0.1:{api}/v1/tunnels")).send().await else {
+            let Ok(r) = client
+                .get(format!("http://127.0.0.1:{api}/v1/tunnels"))
+                .send()
+                .await
+            else {
                 return false;
             };
             let v: serde_json::Value = r.json().await.unwrap_or_default();

@@ -11,7 +11,11 @@ use serde_json::json;
 
 /// Aurora's own Ollama first, then RunPod's through an on-demand peer (released
 /// after 1 s without need); the mesh and its Ollama endpoint's port.
-async fn aurora_with_runpod_on_demand(sshd: &Sshd, aurora: &OllamaStub, runpod: &OllamaStub) -> (Mesh, u16) {
+async fn aurora_with_runpod_on_demand(
+    sshd: &Sshd,
+    aurora: &OllamaStub,
+    runpod: &OllamaStub,
+) -> (Mesh, u16) {
     let (tunnel, endpoint) = (free_port(), free_port());
     let cfg = format!(
         "node = \"aurora\"\n{}connect = \"on-demand\"\nidle = \"1s\"\n\
@@ -108,7 +112,11 @@ async fn a_pin_or_a_model_only_it_has_connects_it() {
         .send()
         .await
         .expect("request");
-    eprintln!("a model only the on-demand node has: served by {} after {:?}", mesh_tests::served_by(&r), t.elapsed());
+    eprintln!(
+        "a model only the on-demand node has: served by {} after {:?}",
+        mesh_tests::served_by(&r),
+        t.elapsed()
+    );
     assert_eq!(r.status(), 200);
     assert_eq!(mesh_tests::served_by(&r), "runpod");
 }
@@ -139,7 +147,11 @@ async fn a_release_lets_the_request_in_flight_finish_and_takes_no_new_one() {
                 .send()
                 .await
                 .expect("request");
-            (r.status().as_u16(), mesh_tests::served_by(&r), r.text().await.unwrap_or_default())
+            (
+                r.status().as_u16(),
+                mesh_tests::served_by(&r),
+                r.text().await.unwrap_or_default(),
+            )
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -147,7 +159,8 @@ async fn a_release_lets_the_request_in_flight_finish_and_takes_no_new_one() {
     mesh.wait_route("aurora", Duration::from_secs(15)).await;
     let (state, _) = mesh
         .wait_state("runpod-ollama", Duration::from_secs(10), |s| {
-            s.reason().is_some_and(|r| r.contains("letting the requests on it finish"))
+            s.reason()
+                .is_some_and(|r| r.contains("letting the requests on it finish"))
         })
         .await;
     eprintln!("while releasing: {state:?}");
@@ -161,9 +174,14 @@ async fn a_release_lets_the_request_in_flight_finish_and_takes_no_new_one() {
     assert_eq!(mesh_tests::served_by(&r), "aurora");
     let (status, node, body) = slow.await.expect("slow request");
     assert_eq!((status, node.as_str()), (200, "runpod"), "{body}");
-    assert!(body.contains("\"done\":true"), "the slow answer finished: {body}");
-    eventually(Duration::from_secs(10), "the session closed after it", || async {
-        sshd.session_pids().is_empty()
-    })
+    assert!(
+        body.contains("\"done\":true"),
+        "the slow answer finished: {body}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the session closed after it",
+        || async { sshd.session_pids().is_empty() },
+    )
     .await;
 }

@@ -11,8 +11,10 @@ use robbie_mesh::ssh::known_hosts::{HostKeyVerdict, KnownHosts};
 use robbie_mesh::ssh::ssh_config::SshConfigFile;
 use russh::keys::PublicKey;
 
-const ED1: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAA76dJieginodV+Ryl5SwxKSCYFUNVUSrZJnIi1kXs+";
-const ED2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEogFQF8fgu36LCxpMS30/sehb10sSt0LjcPVKVKYtf9";
+const ED1: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAA76dJieginodV+Ryl5SwxKSCYFUNVUSrZJnIi1kXs+";
+const ED2: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEogFQF8fgu36LCxpMS30/sehb10sSt0LjcPVKVKYtf9";
 
 /// Lines of real known_hosts files (hashed ones as `ssh-keygen -H` writes them).
 const LINES: &[&str] = &[
@@ -27,11 +29,26 @@ const LINES: &[&str] = &[
     "@cert-authority *.lan KEY1",
 ];
 
-const NAMES: &[&str] = &["aurora.example", "10.0.0.1", "[aurora.example]:2222", "box.lan", "bad.lan", "[127.0.0.1]:2200", "other", "BOX.LAN"];
+const NAMES: &[&str] = &[
+    "aurora.example",
+    "10.0.0.1",
+    "[aurora.example]:2222",
+    "box.lan",
+    "bad.lan",
+    "[127.0.0.1]:2200",
+    "other",
+    "BOX.LAN",
+];
 
 /// `ssh-keygen -F name -f file`: the lines it lists for `name`.
 fn keygen_lines(file: &Path, name: &str) -> String {
-    let out = Command::new("ssh-keygen").arg("-F").arg(name).arg("-f").arg(file).output().expect("ssh-keygen -F");
+    let out = Command::new("ssh-keygen")
+        .arg("-F")
+        .arg(name)
+        .arg("-f")
+        .arg(file)
+        .output()
+        .expect("ssh-keygen -F");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

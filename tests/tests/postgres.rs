@@ -146,10 +146,14 @@ async fn connections_leave_the_replica_when_the_primary_is_back() {
         .json()
         .await
         .expect("json");
-    eventually(Duration::from_secs(10), "sync waiting with the row pending", || async {
-        let s = mesh.api_get("/v1/status").await["store"]["sync"].clone();
-        s["state"] == "waiting" && s["pending"] == 1
-    })
+    eventually(
+        Duration::from_secs(10),
+        "sync waiting with the row pending",
+        || async {
+            let s = mesh.api_get("/v1/status").await["store"]["sync"].clone();
+            s["state"] == "waiting" && s["pending"] == 1
+        },
+    )
     .await;
 
     // A pooled connection, opened while only the replica is there.
@@ -185,9 +189,11 @@ async fn connections_leave_the_replica_when_the_primary_is_back() {
     assert_eq!(t, 0);
     pooled.batch_execute("COMMIT").await.expect("commit");
     // Idle now: it is closed with 57P01, and the next connection is on the primary.
-    let closed = eventually(Duration::from_secs(5), "the pooled connection closed", || async {
-        pooled.is_closed() || pooled.query_one("SELECT 1", &[]).await.is_err()
-    })
+    let closed = eventually(
+        Duration::from_secs(5),
+        "the pooled connection closed",
+        || async { pooled.is_closed() || pooled.query_one("SELECT 1", &[]).await.is_err() },
+    )
     .await;
     let (fresh, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -207,14 +213,22 @@ async fn connections_leave_the_replica_when_the_primary_is_back() {
     // And sync went back to the primary by itself and pushed the pending row.
     let id = conv["id"].as_str().expect("id").to_string();
     let port = primary.port;
-    eventually(Duration::from_secs(15), "the pending row on the primary", || async {
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || {
-            psql(port, &format!("SELECT count(*) FROM robbie.conversations WHERE id = '{id}'")).1 == "1"
-        })
-        .await
-        .unwrap_or(false)
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the pending row on the primary",
+        || async {
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || {
+                psql(
+                    port,
+                    &format!("SELECT count(*) FROM robbie.conversations WHERE id = '{id}'"),
+                )
+                .1 == "1"
+            })
+            .await
+            .unwrap_or(false)
+        },
+    )
     .await;
     drop((primary, replica));
 }

@@ -35,7 +35,10 @@ async fn pull_round_trips_through_the_tunnel() {
             "127.0.0.1",
             sshd.addr().port(),
             &trust(&sshd),
-            &["-L".to_string(), format!("{olocal}:127.0.0.1:{}", primary.port)],
+            &[
+                "-L".to_string(),
+                format!("{olocal}:127.0.0.1:{}", primary.port),
+            ],
         )
         .spawn()
         .expect("ssh");
@@ -47,7 +50,9 @@ async fn pull_round_trips_through_the_tunnel() {
         ("openssh -L", olocal),
     ] {
         let url = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
-        let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+        let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
         tokio::spawn(conn);
         let mut times = Vec::new();
         for _ in 0..rounds {
@@ -60,7 +65,10 @@ async fn pull_round_trips_through_the_tunnel() {
                 .await
                 .expect("begin");
             let _: i64 = tx
-                .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8", &[])
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
+                    &[],
+                )
                 .await
                 .expect("fence")
                 .get(0);
@@ -73,14 +81,20 @@ async fn pull_round_trips_through_the_tunnel() {
                 .map(|r| r.get(0))
                 .collect();
             let _ = tx
-                .query("SELECT k, repeat('x', 60) FROM unnest($1::text[]) AS k", &[&keys])
+                .query(
+                    "SELECT k, repeat('x', 60) FROM unnest($1::text[]) AS k",
+                    &[&keys],
+                )
                 .await
                 .expect("rows");
             tx.commit().await.expect("commit");
             times.push(t.elapsed());
         }
         times.sort();
-        let slow = times.iter().filter(|t| **t > Duration::from_millis(30)).count();
+        let slow = times
+            .iter()
+            .filter(|t| **t > Duration::from_millis(30))
+            .count();
         eprintln!(
             "{label}: {rounds} pull-shaped rounds: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}; {slow} over 30 ms",
             times[rounds / 2],
@@ -102,7 +116,11 @@ async fn a_paced_request_reuses_the_warm_connection() {
     let stub = mesh_tests::ollama::OllamaStub::start("aurora", &["llama3.2:3b"]).await;
     let link = mesh_tests::delay::DelayProxy::start(sshd.addr(), Duration::from_millis(10)).await;
     let known = sshd.dir.path().join("kh_far");
-    std::fs::write(&known, format!("{}\n", sshd.known_hosts_line_via(link.addr.port()))).expect("kh");
+    std::fs::write(
+        &known,
+        format!("{}\n", sshd.known_hosts_line_via(link.addr.port())),
+    )
+    .expect("kh");
     let (tunnel, endpoint) = (free_port(), free_port());
     let cfg = format!(
         "node = \"book\"\n[[peer]]\nname = \"aurora\"\nssh = \"{}@127.0.0.1:{}\"\nidentity = [\"{}\"]\nknown_hosts = \"{}\"\n\
@@ -113,10 +131,17 @@ async fn a_paced_request_reuses_the_warm_connection() {
     );
     let mesh = Mesh::start(&cfg).await;
     mesh.wait_route("aurora", Duration::from_secs(15)).await;
-    let total = || async { mesh.api_get("/v1/tunnels").await["tunnels"][0]["connections_total"].as_u64().unwrap_or(0) };
+    let total = || async {
+        mesh.api_get("/v1/tunnels").await["tunnels"][0]["connections_total"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     for i in 0..4 {
         let before = total().await;
-        let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
         let t = Instant::now();
         let r = fresh
             .post(format!("http://127.0.0.1:{endpoint}/api/chat"))
@@ -125,7 +150,11 @@ async fn a_paced_request_reuses_the_warm_connection() {
             .await
             .expect("chat");
         let _ = r.bytes().await;
-        eprintln!("request {i}: {:?}, new channels {}", t.elapsed(), total().await - before);
+        eprintln!(
+            "request {i}: {:?}, new channels {}",
+            t.elapsed(),
+            total().await - before
+        );
         tokio::time::sleep(Duration::from_secs(6)).await;
     }
 }

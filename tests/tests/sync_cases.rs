@@ -23,7 +23,13 @@ fn bin() -> std::path::PathBuf {
 
 /// A node whose store (`store`) syncs straight with `primary_port` (the hub's
 /// own PostgreSQL), or through `sshd`'s tunnel when given.
-fn node_config(node: &str, primary_port: u16, via: Option<&Sshd>, store: &Path, sync_extra: &str) -> String {
+fn node_config(
+    node: &str,
+    primary_port: u16,
+    via: Option<&Sshd>,
+    store: &Path,
+    sync_extra: &str,
+) -> String {
     let endpoint = free_port();
     let (peer, candidate) = match via {
         Some(sshd) => {
@@ -83,7 +89,11 @@ impl Api<'_> {
 
     async fn conversation(&self, title: &str) -> String {
         let (code, c) = self
-            .send(reqwest::Method::POST, "/v1/conversations", json!({ "title": title }))
+            .send(
+                reqwest::Method::POST,
+                "/v1/conversations",
+                json!({ "title": title }),
+            )
             .await;
         assert_eq!(code, 201, "{c}");
         c["id"].as_str().expect("id").to_string()
@@ -110,11 +120,17 @@ impl Api<'_> {
             } else {
                 format!("?limit=1000&after={after}")
             };
-            let page = self.0.api_get(&format!("/v1/conversations/{conv}/messages{q}")).await;
+            let page = self
+                .0
+                .api_get(&format!("/v1/conversations/{conv}/messages{q}"))
+                .await;
             let page = page.as_array().cloned().unwrap_or_default();
             let Some(last) = page.last() else { return all };
             after = last["id"].as_str().expect("id").to_string();
-            all.extend(page.iter().filter_map(|m| m["id"].as_str().map(str::to_string)));
+            all.extend(
+                page.iter()
+                    .filter_map(|m| m["id"].as_str().map(str::to_string)),
+            );
         }
     }
 
@@ -123,7 +139,8 @@ impl Api<'_> {
     }
 
     async fn wait_synced(&self, what: &str) {
-        self.send(reqwest::Method::POST, "/v1/sync", json!({})).await;
+        self.send(reqwest::Method::POST, "/v1/sync", json!({}))
+            .await;
         eventually(Duration::from_secs(30), what, || async {
             let s = self.sync().await;
             s["pending"] == 0 && s["state"] == "idle" && !s["last_sync"].is_null()
@@ -134,7 +151,11 @@ impl Api<'_> {
 
 /// Rows of another device, written straight into the primary: (conversation, ids).
 fn other_device_rows(port: u16, n: usize) -> (String, Vec<String>) {
-    let conv = pg(port, "SELECT gen_random_uuid()").lines().next().expect("uuid").to_string();
+    let conv = pg(port, "SELECT gen_random_uuid()")
+        .lines()
+        .next()
+        .expect("uuid")
+        .to_string();
     pg(
         port,
         &format!(
@@ -205,7 +226,10 @@ async fn pull_everything(
     limit: usize,
     bytes: usize,
 ) -> (Vec<(i64, i64)>, Vec<(i64, i64)>) {
-    client.batch_execute("TRUNCATE robbie.messages").await.expect("truncate");
+    client
+        .batch_execute("TRUNCATE robbie.messages")
+        .await
+        .expect("truncate");
     let mut want = BTreeSet::new();
     for (power, offset, change) in picks {
         let xid = (10i64.pow(*power) + offset).max(1);
@@ -242,7 +266,10 @@ async fn pull_everything(
                 )
                 .await
                 .expect("keys");
-            got.extend(keys.iter().map(|r| (r.get::<_, i64>(1), r.get::<_, i64>(2))));
+            got.extend(
+                keys.iter()
+                    .map(|r| (r.get::<_, i64>(1), r.get::<_, i64>(2))),
+            );
             cursor = next;
         }
         tx.commit().await.expect("commit");
@@ -266,9 +293,21 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
     let b = Api(&book, reqwest::Client::new());
     let conv = b.conversation("poison").await;
     for (path, body, field) in [
-        ("/v1/conversations".to_string(), json!({"title": "a\u{0}b"}), "title"),
-        (format!("/v1/conversations/{conv}/messages"), json!({"role": "user", "content": "a\u{0}b"}), "content"),
-        (format!("/v1/conversations/{conv}/messages"), json!({"role": "user", "content": "ok", "model": "m\u{0}"}), "model"),
+        (
+            "/v1/conversations".to_string(),
+            json!({"title": "a\u{0}b"}),
+            "title",
+        ),
+        (
+            format!("/v1/conversations/{conv}/messages"),
+            json!({"role": "user", "content": "a\u{0}b"}),
+            "content",
+        ),
+        (
+            format!("/v1/conversations/{conv}/messages"),
+            json!({"role": "user", "content": "ok", "model": "m\u{0}"}),
+            "model",
+        ),
     ] {
         let (code, e) = b.send(reqwest::Method::POST, &path, body).await;
         assert_eq!(code, 400, "{field}: {e}");
@@ -276,7 +315,11 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
         assert!(why.starts_with(field) && why.contains("NUL"), "{why}");
     }
     let (code, _) = b
-        .send(reqwest::Method::PATCH, &format!("/v1/conversations/{conv}"), json!({"title": "x\u{0}"}))
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/v1/conversations/{conv}"),
+            json!({"title": "x\u{0}"}),
+        )
         .await;
     assert_eq!(code, 400);
     b.wait_synced("the conversation pushed").await;
@@ -295,37 +338,62 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
                 rusqlite::params![id, conv, content],
             )
             .expect("insert");
-            db.execute("INSERT INTO outbox (kind, row_id, tag) VALUES ('m', ?1, random())", [id])
-                .expect("outbox");
+            db.execute(
+                "INSERT INTO outbox (kind, row_id, tag) VALUES ('m', ?1, random())",
+                [id],
+            )
+            .expect("outbox");
         }
     }
     let (_, hub) = other_device_rows(primary.port, 3);
     let book = Mesh::start(&text).await;
     let b = Api(&book, reqwest::Client::new());
-    eventually(Duration::from_secs(20), "the rest synced, the bad row set aside", || async {
-        let s = b.sync().await;
-        s["pending"] == 0 && s["rejected"] == 1
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the rest synced, the bad row set aside",
+        || async {
+            let s = b.sync().await;
+            s["pending"] == 0 && s["rejected"] == 1
+        },
+    )
     .await;
-    let on_primary = pg(primary.port, "SELECT string_agg(content, ',' ORDER BY id) FROM robbie.messages WHERE device <> 'other'");
+    let on_primary = pg(
+        primary.port,
+        "SELECT string_agg(content, ',' ORDER BY id) FROM robbie.messages WHERE device <> 'other'",
+    );
     assert_eq!(on_primary, "before,after");
     let s = b.sync().await;
-    let reason = s["rejected_rows"][0]["reason"].as_str().unwrap_or_default().to_string();
+    let reason = s["rejected_rows"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
-        s["rejected_rows"][0]["id"] == "00000000-0000-7000-8000-000000000002" && reason.contains("0x00"),
+        s["rejected_rows"][0]["id"] == "00000000-0000-7000-8000-000000000002"
+            && reason.contains("0x00"),
         "{s}"
     );
     // The pull went on: the hub's rows are here.
     let pulled = book.api_get("/v1/conversations?limit=100").await;
-    let hub_conv = pulled.as_array().expect("list").iter().find(|c| c["title"] == "from the hub").expect("the hub's conversation");
-    assert_eq!(b.ids(hub_conv["id"].as_str().expect("id")).await.len(), hub.len());
+    let hub_conv = pulled
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|c| c["title"] == "from the hub")
+        .expect("the hub's conversation");
+    assert_eq!(
+        b.ids(hub_conv["id"].as_str().expect("id")).await.len(),
+        hub.len()
+    );
     // And `robbie-mesh status` says it.
     let out = Command::new(bin())
         .args(["status", "--api", &book.api.to_string()])
         .output()
         .expect("status");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("1 rows refused by the primary") && text.contains("0x00"), "{text}");
+    assert!(
+        text.contains("1 rows refused by the primary") && text.contains("0x00"),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -333,7 +401,10 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
 
 fn copy_store(from: &Path, to: &Path) {
     for ext in ["", "-wal", "-shm"] {
-        let (a, b) = (format!("{}{ext}", from.display()), format!("{}{ext}", to.display()));
+        let (a, b) = (
+            format!("{}{ext}", from.display()),
+            format!("{}{ext}", to.display()),
+        );
         let _ = std::fs::remove_file(&b);
         if Path::new(&a).exists() {
             std::fs::copy(&a, &b).expect("copy");
@@ -376,14 +447,25 @@ async fn a_store_file_restored_from_a_copy_becomes_a_new_device_and_loses_nothin
         newest.insert(b.say(&conv, &format!("after the restore {i}")).await);
     }
     b.wait_synced("after the restore").await;
-    eventually(Duration::from_secs(20), "its own later rows pulled back", || async {
-        b.ids(&conv).await.len() == 315
-    })
+    eventually(
+        Duration::from_secs(20),
+        "its own later rows pulled back",
+        || async { b.ids(&conv).await.len() == 315 },
+    )
     .await;
-    assert_eq!(pg(primary.port, "SELECT count(*) FROM robbie.messages"), "315");
+    assert_eq!(
+        pg(primary.port, "SELECT count(*) FROM robbie.messages"),
+        "315"
+    );
     let s = b.sync().await;
     assert_ne!(s["device"], device, "a new device id");
-    assert!(s["notice"].as_str().unwrap_or_default().contains("restored from a backup"), "{s}");
+    assert!(
+        s["notice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("restored from a backup"),
+        "{s}"
+    );
     let here = b.ids(&conv).await;
     assert!(later.is_subset(&here) && newest.is_subset(&here));
 }
@@ -406,8 +488,17 @@ async fn a_primary_replaced_by_a_dump_is_noticed_and_every_row_comes_through() {
 
     // A dump, then more rows the old primary acknowledged, then the old one is gone.
     let dump = dir.path().join("dump.sql");
-    let out = Command::new("pg_dump").args(client_args(port, "postgres")).args(["-n", "robbie", "-f"]).arg(&dump).output().expect("pg_dump");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("pg_dump")
+        .args(client_args(port, "postgres"))
+        .args(["-n", "robbie", "-f"])
+        .arg(&dump)
+        .output()
+        .expect("pg_dump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut after_dump = BTreeSet::new();
     for i in 0..10 {
         after_dump.insert(b.say(&conv, &format!("after the dump {i}")).await);
@@ -415,23 +506,52 @@ async fn a_primary_replaced_by_a_dump_is_noticed_and_every_row_comes_through() {
     b.wait_synced("pushed to the old primary").await;
     old.stop();
     let new = Postgres::primary_on(port);
-    let out = Command::new("psql").args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]).args(client_args(port, "postgres")).arg("-f").arg(&dump).output().expect("psql");
-    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(client_args(port, "postgres"))
+        .arg("-f")
+        .arg(&dump)
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The new cluster's transaction ids start far below the device's cursor.
     let (hub_conv, hub) = other_device_rows(new.port, 50);
 
-    eventually(Duration::from_secs(30), "the new primary's rows pulled and the lost ones pushed", || async {
-        b.ids(&hub_conv).await.len() == hub.len()
-            && pg(new.port, "SELECT count(*) FROM robbie.messages WHERE device <> 'other'") == "30"
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the new primary's rows pulled and the lost ones pushed",
+        || async {
+            b.ids(&hub_conv).await.len() == hub.len()
+                && pg(
+                    new.port,
+                    "SELECT count(*) FROM robbie.messages WHERE device <> 'other'",
+                ) == "30"
+        },
+    )
     .await;
     let s = b.sync().await;
-    assert!(s["notice"].as_str().unwrap_or_default().contains("replaced or restored"), "{s}");
-    let on_new: BTreeSet<String> = pg(new.port, &format!("SELECT id FROM robbie.messages WHERE conversation_id = '{conv}'"))
-        .lines()
-        .map(str::to_string)
-        .collect();
-    assert!(after_dump.is_subset(&on_new), "rows the old primary acknowledged after the dump reach the new one");
+    assert!(
+        s["notice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("replaced or restored"),
+        "{s}"
+    );
+    let on_new: BTreeSet<String> = pg(
+        new.port,
+        &format!("SELECT id FROM robbie.messages WHERE conversation_id = '{conv}'"),
+    )
+    .lines()
+    .map(str::to_string)
+    .collect();
+    assert!(
+        after_dump.is_subset(&on_new),
+        "rows the old primary acknowledged after the dump reach the new one"
+    );
     drop(old);
 }
 
@@ -461,7 +581,9 @@ fn spawn_with_clock(cfg: &Path, offset: Option<&str>, api: u16, failpoint: Optio
     if let Some(f) = failpoint {
         c.env("ROBBIE_MESH_FAILPOINT", f);
     }
-    let child = c.spawn().expect("robbie-mesh (under faketime: tests/setup.sh installs it)");
+    let child = c
+        .spawn()
+        .expect("robbie-mesh (under faketime: tests/setup.sh installs it)");
     mesh_tests::wait_listening(api, "the API");
     child
 }
@@ -469,7 +591,11 @@ fn spawn_with_clock(cfg: &Path, offset: Option<&str>, api: u16, failpoint: Optio
 fn with_api(text: &str, dir: &Path, name: &str) -> (std::path::PathBuf, u16) {
     let api = free_port();
     let path = dir.join(name);
-    std::fs::write(&path, format!("{text}\n[api]\nlisten = \"127.0.0.1:{api}\"\n")).expect("config");
+    std::fs::write(
+        &path,
+        format!("{text}\n[api]\nlisten = \"127.0.0.1:{api}\"\n"),
+    )
+    .expect("config");
     (path, api)
 }
 
@@ -487,10 +613,23 @@ async fn a_slow_clock_still_wins_with_the_newer_edit_and_a_rename_and_an_archive
     let primary = migrated();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sshd = Sshd::start();
-    let veng = Mesh::start(&node_config("vengeance", primary.port, Some(&sshd), &dir.path().join("v.db"), "")).await;
+    let veng = Mesh::start(&node_config(
+        "vengeance",
+        primary.port,
+        Some(&sshd),
+        &dir.path().join("v.db"),
+        "",
+    ))
+    .await;
     let v = Api(&veng, reqwest::Client::new());
     let (book_cfg, book_api) = with_api(
-        &node_config("robbiebook1", primary.port, None, &dir.path().join("b.db"), ""),
+        &node_config(
+            "robbiebook1",
+            primary.port,
+            None,
+            &dir.path().join("b.db"),
+            "",
+        ),
         dir.path(),
         "book.toml",
     );
@@ -504,48 +643,88 @@ async fn a_slow_clock_still_wins_with_the_newer_edit_and_a_rename_and_an_archive
     })
     .await;
     // Vengeance renames; then the book, whose clock is 2 minutes slow, renames later.
-    v.send(reqwest::Method::PATCH, &format!("/v1/conversations/{conv}"), json!({"title": "vengeance's"})).await;
+    v.send(
+        reqwest::Method::PATCH,
+        &format!("/v1/conversations/{conv}"),
+        json!({"title": "vengeance's"}),
+    )
+    .await;
     v.wait_synced("rename pushed").await;
     eventually(Duration::from_secs(20), "the book sees it", || async {
         conversation_of(book_api, &conv).await["title"] == "vengeance's"
     })
     .await;
     let r = http
-        .patch(format!("http://127.0.0.1:{book_api}/v1/conversations/{conv}"))
+        .patch(format!(
+            "http://127.0.0.1:{book_api}/v1/conversations/{conv}"
+        ))
         .json(&json!({"title": "the book's, newer"}))
         .send()
         .await
         .expect("patch");
     assert!(r.status().is_success());
-    eventually(Duration::from_secs(20), "the newer edit everywhere", || async {
-        pg(primary.port, &format!("SELECT title FROM robbie.conversations WHERE id = '{conv}'")) == "the book's, newer"
-            && v.0.api_get(&format!("/v1/conversations/{conv}")).await["title"] == "the book's, newer"
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the newer edit everywhere",
+        || async {
+            pg(
+                primary.port,
+                &format!("SELECT title FROM robbie.conversations WHERE id = '{conv}'"),
+            ) == "the book's, newer"
+                && v.0.api_get(&format!("/v1/conversations/{conv}")).await["title"]
+                    == "the book's, newer"
+        },
+    )
     .await;
 
     // A rename on the book races an archive on vengeance (offline): both survive.
     sshd.kill();
-    v.send(reqwest::Method::PATCH, &format!("/v1/conversations/{conv}"), json!({"archived": true})).await;
+    v.send(
+        reqwest::Method::PATCH,
+        &format!("/v1/conversations/{conv}"),
+        json!({"archived": true}),
+    )
+    .await;
     let r = http
-        .patch(format!("http://127.0.0.1:{book_api}/v1/conversations/{conv}"))
+        .patch(format!(
+            "http://127.0.0.1:{book_api}/v1/conversations/{conv}"
+        ))
         .json(&json!({"title": "renamed while it was archived"}))
         .send()
         .await
         .expect("patch");
     assert!(r.status().is_success());
-    eventually(Duration::from_secs(20), "the rename on the primary", || async {
-        pg(primary.port, &format!("SELECT title FROM robbie.conversations WHERE id = '{conv}'")) == "renamed while it was archived"
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the rename on the primary",
+        || async {
+            pg(
+                primary.port,
+                &format!("SELECT title FROM robbie.conversations WHERE id = '{conv}'"),
+            ) == "renamed while it was archived"
+        },
+    )
     .await;
     sshd.restart();
-    eventually(Duration::from_secs(30), "both edits on all three", || async {
-        let here = v.0.api_get(&format!("/v1/conversations/{conv}")).await;
-        let there = conversation_of(book_api, &conv).await;
-        let on_primary = pg(primary.port, &format!("SELECT title || '|' || archived FROM robbie.conversations WHERE id = '{conv}'"));
-        eprintln!("vengeance {here}\nbook {there}\nprimary {on_primary}");
-        [here, there].iter().all(|c| c["title"] == "renamed while it was archived" && c["archived"] == true)
-            && on_primary == "renamed while it was archived|true"
-    })
+    eventually(
+        Duration::from_secs(30),
+        "both edits on all three",
+        || async {
+            let here = v.0.api_get(&format!("/v1/conversations/{conv}")).await;
+            let there = conversation_of(book_api, &conv).await;
+            let on_primary = pg(
+                primary.port,
+                &format!(
+                    "SELECT title || '|' || archived FROM robbie.conversations WHERE id = '{conv}'"
+                ),
+            );
+            eprintln!("vengeance {here}\nbook {there}\nprimary {on_primary}");
+            [here, there]
+                .iter()
+                .all(|c| c["title"] == "renamed while it was archived" && c["archived"] == true)
+                && on_primary == "renamed while it was archived|true"
+        },
+    )
     .await;
     stop_group(&mut book);
 }
@@ -568,7 +747,13 @@ async fn a_device_that_vanishes_mid_push_does_not_stall_the_others() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The laptop stops itself inside its push transaction (its lid closed).
     let (lid_cfg, lid_api) = with_api(
-        &node_config("robbiebook1", primary.port, None, &dir.path().join("b.db"), "timeout = \"4s\"\n"),
+        &node_config(
+            "robbiebook1",
+            primary.port,
+            None,
+            &dir.path().join("b.db"),
+            "timeout = \"4s\"\n",
+        ),
         dir.path(),
         "book.toml",
     );
@@ -599,21 +784,40 @@ async fn a_device_that_vanishes_mid_push_does_not_stall_the_others() {
     );
 
     // The desktop keeps pulling what others write meanwhile, within the timeout.
-    let veng = Mesh::start(&node_config("vengeance", primary.port, None, &dir.path().join("v.db"), "")).await;
+    let veng = Mesh::start(&node_config(
+        "vengeance",
+        primary.port,
+        None,
+        &dir.path().join("v.db"),
+        "",
+    ))
+    .await;
     let v = Api(&veng, reqwest::Client::new());
     let (hub_conv, hub) = other_device_rows(primary.port, 5);
-    let waited = eventually(Duration::from_secs(15), "vengeance pulls the hub's rows", || async {
-        v.ids(&hub_conv).await.len() == hub.len()
-    })
+    let waited = eventually(
+        Duration::from_secs(15),
+        "vengeance pulls the hub's rows",
+        || async { v.ids(&hub_conv).await.len() == hub.len() },
+    )
     .await;
-    eprintln!("pulled {} rows written behind the stopped laptop's transaction after {waited:?}", hub.len());
+    eprintln!(
+        "pulled {} rows written behind the stopped laptop's transaction after {waited:?}",
+        hub.len()
+    );
 
     // The laptop wakes up and pushes its conversation, once.
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
     let id = c["id"].as_str().expect("id").to_string();
-    eventually(Duration::from_secs(20), "the laptop's row on the primary", || async {
-        pg(primary.port, &format!("SELECT count(*) FROM robbie.conversations WHERE id = '{id}'")) == "1"
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the laptop's row on the primary",
+        || async {
+            pg(
+                primary.port,
+                &format!("SELECT count(*) FROM robbie.conversations WHERE id = '{id}'"),
+            ) == "1"
+        },
+    )
     .await;
     stop_group(&mut lid);
 }
@@ -626,7 +830,14 @@ async fn large_messages_go_in_batches_bounded_by_bytes() {
     let mut primary = migrated();
     let dir = tempfile::tempdir().expect("tempdir");
     primary.stop();
-    let book = Mesh::start(&node_config("robbiebook1", primary.port, None, &dir.path().join("b.db"), "")).await;
+    let book = Mesh::start(&node_config(
+        "robbiebook1",
+        primary.port,
+        None,
+        &dir.path().join("b.db"),
+        "",
+    ))
+    .await;
     let b = Api(&book, reqwest::Client::new());
     let conv = b.conversation("long answers").await;
     let big = "x".repeat(3 << 19);
@@ -636,10 +847,22 @@ async fn large_messages_go_in_batches_bounded_by_bytes() {
     // The primary comes back to 18 MiB queued in one outbox of 13 rows.
     primary.start();
     b.wait_synced("pushed").await;
-    let transactions: usize = pg(primary.port, "SELECT count(DISTINCT xid) FROM robbie.messages").parse().expect("count");
+    let transactions: usize = pg(
+        primary.port,
+        "SELECT count(DISTINCT xid) FROM robbie.messages",
+    )
+    .parse()
+    .expect("count");
     assert!(transactions >= 5, "12 messages of 1.5 MiB went in {transactions} transaction(s): batches must be capped by bytes");
     // Another device pulls them in pages bounded the same way.
-    let veng = Mesh::start(&node_config("vengeance", primary.port, None, &dir.path().join("v.db"), "")).await;
+    let veng = Mesh::start(&node_config(
+        "vengeance",
+        primary.port,
+        None,
+        &dir.path().join("v.db"),
+        "",
+    ))
+    .await;
     let v = Api(&veng, reqwest::Client::new());
     eventually(Duration::from_secs(30), "vengeance pulled them", || async {
         v.ids(&conv).await.len() == 12
@@ -652,14 +875,28 @@ async fn the_retry_delay_holds_while_local_writes_keep_coming() {
     let primary = migrated();
     let dir = tempfile::tempdir().expect("tempdir");
     // Every attempt is refused (no such database): the server logs each one.
-    let text = node_config("robbiebook1", primary.port, None, &dir.path().join("b.db"), "retry = \"1s\"\n")
-        .replace("database = \"postgres\"", "database = \"nowhere\"")
-        .replace("retry = \"300ms\"", "");
+    let text = node_config(
+        "robbiebook1",
+        primary.port,
+        None,
+        &dir.path().join("b.db"),
+        "retry = \"1s\"\n",
+    )
+    .replace("database = \"postgres\"", "database = \"nowhere\"")
+    .replace("retry = \"300ms\"", "");
     let book = Mesh::start(&text).await;
     let b = Api(&book, reqwest::Client::new());
     let conv = b.conversation("busy").await;
-    let attempts = || primary.log().matches("database \"nowhere\" does not exist").count();
-    eventually(Duration::from_secs(10), "a first attempt", || async { attempts() > 0 }).await;
+    let attempts = || {
+        primary
+            .log()
+            .matches("database \"nowhere\" does not exist")
+            .count()
+    };
+    eventually(Duration::from_secs(10), "a first attempt", || async {
+        attempts() > 0
+    })
+    .await;
     let before = attempts();
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
@@ -668,7 +905,10 @@ async fn the_retry_delay_holds_while_local_writes_keep_coming() {
     }
     let during = attempts() - before;
     eprintln!("{during} connection attempts in 3 s of writes at ~50/s with retry = 1s");
-    assert!(during <= 5, "{during} attempts in 3 s: the retry delay must hold");
+    assert!(
+        during <= 5,
+        "{during} attempts in 3 s: the retry delay must hold"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -693,7 +933,10 @@ async fn sync_verify_finds_a_row_missing_on_each_side_and_repairs_both() {
     })
     .await;
     // One row deleted from the primary by hand, one lost here.
-    pg(primary.port, &format!("DELETE FROM robbie.messages WHERE id = '{}'", mine[2]));
+    pg(
+        primary.port,
+        &format!("DELETE FROM robbie.messages WHERE id = '{}'", mine[2]),
+    );
     rusqlite::Connection::open(&store)
         .expect("open")
         .execute("DELETE FROM messages WHERE id = ?1", [&hub[1]])
@@ -712,15 +955,34 @@ async fn sync_verify_finds_a_row_missing_on_each_side_and_repairs_both() {
     eprintln!("{text}");
     assert!(!out.status.success(), "differences found: exit status 1");
     let (on_primary, here) = text.split_once("missing here").expect("both lists");
-    assert!(on_primary.contains("missing on the primary: 1") && on_primary.contains(&mine[2]), "{text}");
+    assert!(
+        on_primary.contains("missing on the primary: 1") && on_primary.contains(&mine[2]),
+        "{text}"
+    );
     assert!(here.contains(&hub[1]), "{text}");
 
     let out = tokio::task::block_in_place(|| verify(true));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!("{text}");
-    assert!(out.status.success() && text.contains("after the repair: in agreement"), "{text}");
-    assert_eq!(pg(primary.port, &format!("SELECT count(*) FROM robbie.messages WHERE id = '{}'", mine[2])), "1");
+    assert!(
+        out.status.success() && text.contains("after the repair: in agreement"),
+        "{text}"
+    );
+    assert_eq!(
+        pg(
+            primary.port,
+            &format!(
+                "SELECT count(*) FROM robbie.messages WHERE id = '{}'",
+                mine[2]
+            )
+        ),
+        "1"
+    );
     assert!(b.ids(&hub_conv).await.contains(&hub[1]));
     let out = tokio::task::block_in_place(|| verify(false));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -385,7 +385,9 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
             dir.path(),
             &format!("{}.db", d.node),
             "probe = { local_interval = \"100ms\", remote_interval = \"100ms\" }\n",
-            &format!("interval = \"200ms\"\nretry = \"100ms\"\nbatch = {batch}\ntimeout = \"3s\"\n"),
+            &format!(
+                "interval = \"200ms\"\nretry = \"100ms\"\nbatch = {batch}\ntimeout = \"3s\"\n"
+            ),
         )
     };
     let mut devices = [
@@ -440,8 +442,13 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
                 s.kill();
             }
             let batch = [1, 2, 3, 7, 50, 2000][rng.below(6) as usize];
-            let kind = ["sigkill", "after-commit", "before-commit", "tunnel-cut", "calm"]
-                [rng.below(5) as usize];
+            let kind = [
+                "sigkill",
+                "after-commit",
+                "before-commit",
+                "tunnel-cut",
+                "calm",
+            ][rng.below(5) as usize];
             *kinds.entry(kind).or_default() += 1;
             let failpoint = match kind {
                 "after-commit" => Some(format!("sync-after-commit@{}", 1 + rng.below(3))),
@@ -461,7 +468,9 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
                 restarts += 1;
             }
             for (k, d) in devices.iter().enumerate() {
-                let Some((s, kind)) = running[k].as_mut() else { continue };
+                let Some((s, kind)) = running[k].as_mut() else {
+                    continue;
+                };
                 if i == kill_at[k] {
                     match *kind {
                         "sigkill" => s.kill(),
@@ -473,7 +482,12 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
                 }
                 // Mostly its own conversation; sometimes the other's.
                 let conv = &convs[if rng.below(4) == 0 { 1 - k } else { k }];
-                if let Some(id) = say(&client, &s.api, conv, &format!("round {round} {} {i}", d.node)) {
+                if let Some(id) = say(
+                    &client,
+                    &s.api,
+                    conv,
+                    &format!("round {round} {} {i}", d.node),
+                ) {
                     acked.push(id);
                 }
                 if rng.below(8) == 0 {
@@ -537,10 +551,27 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
             missing.len(),
             missing.first()
         );
-        assert_eq!(msgs, &remote, "{node} and the primary hold the same messages");
-        assert_eq!(convs_here, &remote_convs, "{node}'s titles and archive flags are the primary's");
+        assert_eq!(
+            msgs, &remote,
+            "{node} and the primary hold the same messages"
+        );
+        assert_eq!(
+            convs_here, &remote_convs,
+            "{node}'s titles and archive flags are the primary's"
+        );
     }
-    let missing: Vec<&String> = acked.iter().filter(|id| !remote.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "{} acknowledged messages never reached the primary", missing.len());
-    assert!(acked.len() >= ROUNDS * 4, "the campaign wrote too little: {}", acked.len());
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !remote.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages never reached the primary",
+        missing.len()
+    );
+    assert!(
+        acked.len() >= ROUNDS * 4,
+        "the campaign wrote too little: {}",
+        acked.len()
+    );
 }

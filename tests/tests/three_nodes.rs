@@ -477,11 +477,17 @@ impl Paced {
                 running.push(tokio::spawn(async move {
                     let start = Instant::now();
                     let outcome = match generate(&client, &endpoint, "llama3.2:3b").await {
-                        Ok((node, lines)) if said(&lines) == format!("hello from {node}") => Ok(node),
+                        Ok((node, lines)) if said(&lines) == format!("hello from {node}") => {
+                            Ok(node)
+                        }
                         Ok((node, lines)) => Err(format!("{node}: {lines:?}")),
                         Err(e) => Err(e),
                     };
-                    Timed { start, took: start.elapsed(), outcome }
+                    Timed {
+                        start,
+                        took: start.elapsed(),
+                        outcome,
+                    }
                 }));
             }
             let mut done = Vec::new();
@@ -512,7 +518,9 @@ fn worst_extra(ts: &[Timed], cut: Instant, normal: Duration) -> Duration {
         .filter(|t| t.start + t.took > cut)
         .map(|t| {
             let from = t.start.max(cut);
-            (t.start + t.took).saturating_duration_since(from).saturating_sub(normal)
+            (t.start + t.took)
+                .saturating_duration_since(from)
+                .saturating_sub(normal)
         })
         .max()
         .unwrap_or_default()
@@ -555,7 +563,10 @@ async fn a_silent_cut_under_load_costs_at_most_two_and_a_half_seconds_and_traffi
     let load = Paced::start(&m.endpoint, every);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = load.finish().await;
-    assert!(before.iter().all(|t| t.outcome.as_deref() == Ok("aurora")), "{before:?}");
+    assert!(
+        before.iter().all(|t| t.outcome.as_deref() == Ok("aurora")),
+        "{before:?}"
+    );
     let normal = p50(&before);
 
     // Slow answers on aurora (10 s to the first byte, a model loading): requests
@@ -567,11 +578,17 @@ async fn a_silent_cut_under_load_costs_at_most_two_and_a_half_seconds_and_traffi
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let cut = Instant::now();
     m.aurora.ns.cut();
-    let moved = m.mesh.wait_route("vengeance", Duration::from_secs(10)).await;
+    let moved = m
+        .mesh
+        .wait_route("vengeance", Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let during = load.finish().await;
     let failed: Vec<_> = during.iter().filter(|t| t.outcome.is_err()).collect();
-    let in_flight_at_cut = during.iter().filter(|t| t.start < cut && t.start + t.took > cut).count();
+    let in_flight_at_cut = during
+        .iter()
+        .filter(|t| t.start < cut && t.start + t.took > cut)
+        .count();
     let extra = worst_extra(&during, cut, normal);
     eprintln!(
         "silent cut: normal {normal:?}; {} requests, {in_flight_at_cut} in flight at the cut (slow, on reused connections), {} failed; \
@@ -580,10 +597,21 @@ async fn a_silent_cut_under_load_costs_at_most_two_and_a_half_seconds_and_traffi
         failed.len()
     );
     assert!(failed.is_empty(), "{failed:?}");
-    assert!(in_flight_at_cut >= 10, "the slow requests were in flight at the cut: {in_flight_at_cut}");
-    assert!(extra <= Duration::from_millis(2500), "a request waited {extra:?} beyond its normal time");
-    assert!(moved <= Duration::from_secs(3), "route moved {moved:?} after the cut");
-    assert!(route_changes(&mut events, Duration::from_millis(100)).await.contains(&"vengeance".to_string()));
+    assert!(
+        in_flight_at_cut >= 10,
+        "the slow requests were in flight at the cut: {in_flight_at_cut}"
+    );
+    assert!(
+        extra <= Duration::from_millis(2500),
+        "a request waited {extra:?} beyond its normal time"
+    );
+    assert!(
+        moved <= Duration::from_secs(3),
+        "route moved {moved:?} after the cut"
+    );
+    assert!(route_changes(&mut events, Duration::from_millis(100))
+        .await
+        .contains(&"vengeance".to_string()));
 
     // Back: aurora is reachable again and passes its probes; traffic is back on it
     // after the hold-down and two probe intervals at most, in one route change —
@@ -606,10 +634,16 @@ async fn a_silent_cut_under_load_costs_at_most_two_and_a_half_seconds_and_traffi
         after.len(),
         failed.len()
     );
-    assert!(back <= HOLD_DOWN + Duration::from_millis(400) + Duration::from_millis(500), "{back:?}");
+    assert!(
+        back <= HOLD_DOWN + Duration::from_millis(400) + Duration::from_millis(500),
+        "{back:?}"
+    );
     assert_eq!(changes, vec!["aurora".to_string()], "one route change back");
     assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(after.last().and_then(|t| t.outcome.clone().ok()).as_deref(), Some("aurora"));
+    assert_eq!(
+        after.last().and_then(|t| t.outcome.clone().ok()).as_deref(),
+        Some("aurora")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -621,10 +655,17 @@ async fn airplane_mode_under_load_the_laptop_serves_within_three_seconds() {
     let cut = Instant::now();
     m.aurora.ns.cut();
     m.vengeance.ns.cut();
-    let moved = m.mesh.wait_route("robbiebook1", Duration::from_secs(10)).await;
+    let moved = m
+        .mesh
+        .wait_route("robbiebook1", Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ts = load.finish().await;
-    let normal = p50(&ts.iter().filter(|t| t.start + t.took < cut).cloned().collect::<Vec<_>>());
+    let normal = p50(&ts
+        .iter()
+        .filter(|t| t.start + t.took < cut)
+        .cloned()
+        .collect::<Vec<_>>());
     let first_local = ts
         .iter()
         .filter(|t| t.outcome.as_deref() == Ok("robbiebook1"))
@@ -683,14 +724,26 @@ async fn a_flapping_node_is_ejected_longer_and_says_why() {
         }
         // One outage: it serves again after the hold-down, not minutes later.
         let back = std::time::Instant::now();
-        m.mesh.wait_route("aurora", HOLD_DOWN + Duration::from_secs(3)).await;
-        eprintln!("round {round}: traffic back on aurora {:?} after it was online", back.elapsed());
+        m.mesh
+            .wait_route("aurora", HOLD_DOWN + Duration::from_secs(3))
+            .await;
+        eprintln!(
+            "round {round}: traffic back on aurora {:?} after it was online",
+            back.elapsed()
+        );
     }
     let ts = load.finish().await;
     let failed: Vec<_> = ts.iter().filter(|t| t.outcome.is_err()).collect();
-    eprintln!("{} requests across the flapping, {} failed", ts.len(), failed.len());
+    eprintln!(
+        "{} requests across the flapping, {} failed",
+        ts.len(),
+        failed.len()
+    );
     let (round, why) = flapping.expect("a node failing again right after coming back is flapping");
     assert!(round >= 2, "the first outage alone is not flapping");
-    assert!(why.contains("ejection 2 in a row") || why.contains("in a row"), "{why}");
+    assert!(
+        why.contains("ejection 2 in a row") || why.contains("in a row"),
+        "{why}"
+    );
     assert!(failed.is_empty(), "{failed:?}");
 }

@@ -266,8 +266,13 @@ impl fmt::Display for IdentitySource {
                 }
                 match only {
                     Some(files) => {
-                        let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-                        write!(f, " (only the keys of {}: IdentitiesOnly)", names.join(", "))
+                        let names: Vec<String> =
+                            files.iter().map(|p| p.display().to_string()).collect();
+                        write!(
+                            f,
+                            " (only the keys of {}: IdentitiesOnly)",
+                            names.join(", ")
+                        )
                     }
                     None => Ok(()),
                 }

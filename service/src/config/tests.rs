@@ -81,7 +81,13 @@ fn full_peer_is_validated_with_defaults() {
         p.known_hosts,
         vec![PathBuf::from("/home/u/.ssh/known_hosts")]
     );
-    assert_eq!(p.identities[0], IdentitySource::Agent { socket: None, only: None });
+    assert_eq!(
+        p.identities[0],
+        IdentitySource::Agent {
+            socket: None,
+            only: None
+        }
+    );
     assert_eq!(
         p.identities[1],
         IdentitySource::Keychain {
@@ -341,7 +347,11 @@ fn store_sync_names_a_postgres_service() {
 fn a_proxy_jump_in_ssh_config_is_refused_naming_where_it_is_set() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ssh_config = dir.path().join("config");
-    std::fs::write(&ssh_config, "Host direct\n  ProxyJump none\nHost *\n  ProxyJump hub.example\n").expect("write");
+    std::fs::write(
+        &ssh_config,
+        "Host direct\n  ProxyJump none\nHost *\n  ProxyJump hub.example\n",
+    )
+    .expect("write");
     let text = format!(
         "ssh_config = \"{}\"\n[[peer]]\nname = \"aurora\"\nssh = \"aurora\"\n[[peer]]\nname = \"b\"\nssh = \"direct\"\n",
         ssh_config.display()
@@ -351,7 +361,13 @@ fn a_proxy_jump_in_ssh_config_is_refused_naming_where_it_is_set() {
     let e = &errs[0];
     assert_eq!(e.field, "peer[0].ssh", "{e}");
     let msg = e.to_string();
-    assert!(msg.contains(&format!("{}:4 sets ProxyJump hub.example", ssh_config.display())), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "{}:4 sets ProxyJump hub.example",
+            ssh_config.display()
+        )),
+        "{msg}"
+    );
     assert!(msg.contains("ProxyJump none"), "says what to do: {msg}");
 }
 
@@ -364,11 +380,19 @@ fn an_ssh_config_or_include_others_can_change_is_refused() {
     std::fs::set_permissions(&inc, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let ssh_config = dir.path().join("config");
     std::fs::write(&ssh_config, format!("Include {}\n", inc.display())).expect("write");
-    let text = format!("ssh_config = \"{}\"\n[[peer]]\nname = \"aurora\"\nssh = \"aurora\"\n", ssh_config.display());
+    let text = format!(
+        "ssh_config = \"{}\"\n[[peer]]\nname = \"aurora\"\nssh = \"aurora\"\n",
+        ssh_config.display()
+    );
     let errs = errors(&text);
     assert_eq!(errs.len(), 1, "{errs:?}");
     let msg = errs[0].to_string();
-    assert!(msg.contains("Bad owner or permissions") && msg.contains("0666") && msg.contains("chmod go-w"), "{msg}");
+    assert!(
+        msg.contains("Bad owner or permissions")
+            && msg.contains("0666")
+            && msg.contains("chmod go-w"),
+        "{msg}"
+    );
     std::fs::set_permissions(&inc, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let cfg = parse_with(&text, "ok.toml", &env()).expect("valid once fixed");
     assert_eq!(cfg.peers[0].target.host, "127.66.66.66");

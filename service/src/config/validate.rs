@@ -432,7 +432,11 @@ fn node_endpoints(
         let priority = match &rc.priority {
             Some(p) if *p.get_ref() >= 1 => *p.get_ref(),
             Some(p) => {
-                c.err(Some(p.span()), format!("{cfield}.priority"), "must be 1 or more (1 = first choice)");
+                c.err(
+                    Some(p.span()),
+                    format!("{cfield}.priority"),
+                    "must be 1 or more (1 = first choice)",
+                );
                 1
             }
             None => j as u32 + 1,
@@ -962,7 +966,10 @@ fn parse_ssh_target(s: &str) -> Result<(Option<String>, String, Option<u16>), St
 fn parse_identity(s: &str, env: &Env) -> Result<IdentitySource, String> {
     let s = s.trim();
     if s == "agent" {
-        Ok(IdentitySource::Agent { socket: None, only: None })
+        Ok(IdentitySource::Agent {
+            socket: None,
+            only: None,
+        })
     } else if let Some(p) = s.strip_prefix("agent:") {
         Ok(IdentitySource::Agent {
             socket: Some(env.expand(p)),

@@ -56,7 +56,11 @@ impl Endpoint {
             .map(|c| {
                 // An on-demand peer must be free to go: nothing of it is kept warm.
                 let warm = c.tunnel.as_ref().is_none_or(|t| !t.demand.on_demand);
-                Arc::new(Upstream::new(c.config.address.clone(), CONNECT_TIMEOUT, warm))
+                Arc::new(Upstream::new(
+                    c.config.address.clone(),
+                    CONNECT_TIMEOUT,
+                    warm,
+                ))
             })
             .collect();
         Endpoint { service, upstreams }
@@ -231,8 +235,11 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
             cand.request_succeeded(started.elapsed());
         }
         if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
-            let (retry, rule) =
-                retry_rule(&ep.service.config, &parts.method, Failure::Status(status.as_u16()));
+            let (retry, rule) = retry_rule(
+                &ep.service.config,
+                &parts.method,
+                Failure::Status(status.as_u16()),
+            );
             failures.push(format!("{}: HTTP {status} ({rule})", choice.node));
             if retry && !last {
                 continue;
@@ -359,7 +366,10 @@ pub fn retry_rule(
             } else if method.is_idempotent() {
                 (true, format!("retried: {method} is idempotent"))
             } else if svc.retry_non_idempotent {
-                (true, "retried: the service sets retry_non_idempotent".into())
+                (
+                    true,
+                    "retried: the service sets retry_non_idempotent".into(),
+                )
             } else {
                 (
                     false,
@@ -373,7 +383,9 @@ pub fn retry_rule(
 /// The answer when a failed attempt may not run elsewhere: 502 (504 after the
 /// first-byte timeout) with every attempt and its rule.
 fn not_retried(ep: &Endpoint, failures: &[String]) -> Response {
-    let timed_out = failures.last().is_some_and(|f| f.contains("no answer within"));
+    let timed_out = failures
+        .last()
+        .is_some_and(|f| f.contains("no answer within"));
     let mut r = ollama_error(
         if timed_out {
             StatusCode::GATEWAY_TIMEOUT
@@ -554,7 +566,11 @@ mod tests {
 
     #[test]
     fn a_request_runs_again_only_where_running_twice_is_harmless() {
-        let (ollama, http, opted) = (service("ollama", false), service("http", false), service("http", true));
+        let (ollama, http, opted) = (
+            service("ollama", false),
+            service("http", false),
+            service("http", true),
+        );
         let retried = |svc, m: Method, f| retry_rule(svc, &m, f).0;
         // Never after the first-byte timeout: the node is alive.
         assert!(!retried(&ollama, Method::POST, Failure::Timeout));
@@ -566,7 +582,11 @@ mod tests {
             assert!(retried(svc, Method::POST, Failure::Status(429)));
         }
         // May have run: Ollama yes, idempotent yes, a POST to an http service only if opted in.
-        for f in [Failure::Unanswered, Failure::Status(502), Failure::Status(504)] {
+        for f in [
+            Failure::Unanswered,
+            Failure::Status(502),
+            Failure::Status(504),
+        ] {
             assert!(retried(&ollama, Method::POST, f));
             assert!(retried(&http, Method::GET, f));
             assert!(retried(&http, Method::PUT, f));
@@ -575,7 +595,10 @@ mod tests {
             assert!(retried(&opted, Method::POST, f));
         }
         let (_, rule) = retry_rule(&http, &Method::POST, Failure::Unanswered);
-        assert!(rule.starts_with("not retried: a POST may already have run"), "{rule}");
+        assert!(
+            rule.starts_with("not retried: a POST may already have run"),
+            "{rule}"
+        );
     }
 
     #[test]

@@ -241,7 +241,12 @@ impl PgFrames {
             self.header.extend_from_slice(&data[..n]);
             data = &data[n..];
             if self.header.len() == 5 {
-                let len = u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]) as usize;
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
                 self.ready = self.header[0] == b'Z';
                 self.skip = len.saturating_sub(4);
                 self.header.clear();
@@ -257,7 +262,12 @@ impl PgFrames {
 /// A PostgreSQL ErrorResponse, FATAL, with `code` and `message`.
 fn pg_error(code: &str, message: &str) -> Vec<u8> {
     let mut fields = Vec::new();
-    for (tag, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)] {
+    for (tag, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code),
+        (b'M', message),
+    ] {
         fields.push(tag);
         fields.extend_from_slice(value.as_bytes());
         fields.push(0);

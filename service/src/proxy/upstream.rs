@@ -123,7 +123,11 @@ impl Upstream {
         let newest = idle.len().saturating_sub(1);
         let mut i = 0;
         idle.retain(|(s, since)| {
-            let keep = if i == newest { self.keep(0) } else { self.keep(1) };
+            let keep = if i == newest {
+                self.keep(0)
+            } else {
+                self.keep(1)
+            };
             i += 1;
             since.elapsed() < keep && !s.is_closed()
         });

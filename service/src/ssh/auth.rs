@@ -113,26 +113,26 @@ async fn try_agent(
     // the agent's (what ssh does: the server sees the intended key first).
     let wanted: Vec<_> = files.iter().filter_map(|f| public_half(f)).collect();
     identities.sort_by_key(|id| match id {
-        AgentIdentity::PublicKey { key, .. } => {
-            wanted.iter().position(|w| w == key.key_data()).unwrap_or(usize::MAX)
-        }
+        AgentIdentity::PublicKey { key, .. } => wanted
+            .iter()
+            .position(|w| w == key.key_data())
+            .unwrap_or(usize::MAX),
         _ => usize::MAX,
     });
     // IdentitiesOnly: the public halves of the files (`FILE.pub`, or the public
     // part an OpenSSH private key file carries even when it is encrypted).
-    let allowed: Option<Vec<russh::keys::ssh_key::public::KeyData>> = only.map(|files| {
-        files
-            .iter()
-            .filter_map(|f| public_half(f))
-            .collect()
-    });
+    let allowed: Option<Vec<russh::keys::ssh_key::public::KeyData>> =
+        only.map(|files| files.iter().filter_map(|f| public_half(f)).collect());
     let mut refused = 0;
     let mut offered = 0;
     for id in identities {
         let AgentIdentity::PublicKey { key, .. } = id else {
             continue;
         };
-        if allowed.as_ref().is_some_and(|a| !a.contains(key.key_data())) {
+        if allowed
+            .as_ref()
+            .is_some_and(|a| !a.contains(key.key_data()))
+        {
             continue;
         }
         offered += 1;

@@ -26,7 +26,11 @@ pub enum HostKeyVerdict {
     /// keys of other types (a server does not lose its key of one type; as
     /// OpenSSH, this is a changed key, not a new one). `known` is that entry's
     /// key type.
-    Changed { file: PathBuf, line: usize, known: String },
+    Changed {
+        file: PathBuf,
+        line: usize,
+        known: String,
+    },
     /// The host is not listed.
     Unknown,
     /// A known_hosts file exists but cannot be read: nothing can be trusted or
@@ -209,7 +213,9 @@ pub enum AppendError {
     NotAFile(PathBuf),
     /// Between the check and the write, the file came to list this host with
     /// another key (another process wrote it): that is a changed key now.
-    Changed { line: usize },
+    Changed {
+        line: usize,
+    },
     Io(PathBuf, std::io::Error),
 }
 
@@ -257,10 +263,17 @@ pub fn append(file: &Path, name: &str, key: &PublicKey) -> Result<(), AppendErro
             .create(dir)
             .map_err(|e| AppendError::Io(dir.to_path_buf(), e))?;
     }
-    let key_text = key
-        .to_openssh()
-        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())))?;
-    let key_text = key_text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let key_text = key.to_openssh().map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e.to_string(),
+        ))
+    })?;
+    let key_text = key_text
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .append(true)
@@ -271,7 +284,10 @@ pub fn append(file: &Path, name: &str, key: &PublicKey) -> Result<(), AppendErro
     let mut now = Vec::new();
     f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
     f.read_to_end(&mut now).map_err(io)?;
-    let mut current = KnownHosts { entries: Vec::new(), unreadable: None };
+    let mut current = KnownHosts {
+        entries: Vec::new(),
+        unreadable: None,
+    };
     current.add_text(file, &now, &mut Vec::new());
     match current.check(name, key) {
         HostKeyVerdict::Trusted => return Ok(()),
@@ -281,7 +297,11 @@ pub fn append(file: &Path, name: &str, key: &PublicKey) -> Result<(), AppendErro
         HostKeyVerdict::Unknown | HostKeyVerdict::Unreadable { .. } => {}
     }
     let hashed_file = current.entries.iter().any(|e| e.hosts.starts_with("|1|"));
-    let host_field = if hashed_file { hash_name(name) } else { name.to_string() };
+    let host_field = if hashed_file {
+        hash_name(name)
+    } else {
+        name.to_string()
+    };
     let mut line = Vec::with_capacity(host_field.len() + key_text.len() + 3);
     if now.last().is_some_and(|b| *b != b'\n') {
         line.push(b'\n');
@@ -296,9 +316,14 @@ pub fn append(file: &Path, name: &str, key: &PublicKey) -> Result<(), AppendErro
 fn hash_name(name: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     let salt: [u8; 20] = rand::random();
-    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt).expect("HMAC takes any key length");
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt).expect("HMAC takes any key length");
     mac.update(name.as_bytes());
-    format!("|1|{}|{}", b64.encode(salt), b64.encode(mac.finalize().into_bytes()))
+    format!(
+        "|1|{}|{}",
+        b64.encode(salt),
+        b64.encode(mac.finalize().into_bytes())
+    )
 }
 
 /// Does a known_hosts host field (comma-separated patterns or one hashed entry)
@@ -353,7 +378,10 @@ mod tests {
         std::fs::write(&f, bytes).expect("write");
         let (kh, _) = KnownHosts::load(std::slice::from_ref(&f));
         let other = PublicKey::from_openssh(ED2).expect("key");
-        assert!(matches!(kh.check("[localhost]:2222", &other), HostKeyVerdict::Changed { line: 2, .. }));
+        assert!(matches!(
+            kh.check("[localhost]:2222", &other),
+            HostKeyVerdict::Changed { line: 2, .. }
+        ));
     }
 
     #[test]
@@ -366,13 +394,19 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let (kh, _) = KnownHosts::load(&[dir.path().join("missing")]);
-        assert!(matches!(kh.check("localhost", &key), HostKeyVerdict::Unknown), "a missing file is empty");
+        assert!(
+            matches!(kh.check("localhost", &key), HostKeyVerdict::Unknown),
+            "a missing file is empty"
+        );
     }
 
     #[test]
     fn hashed_names_match_lowercased() {
         let salt = [7u8; 20];
-        let kh = KnownHosts::parse(Path::new("kh"), &format!("{} {ED1}", hashed("[localhost]:2222", &salt)));
+        let kh = KnownHosts::parse(
+            Path::new("kh"),
+            &format!("{} {ED1}", hashed("[localhost]:2222", &salt)),
+        );
         let key = PublicKey::from_openssh(ED1).expect("key");
         assert_eq!(kh.check("[LOCALHOST]:2222", &key), HostKeyVerdict::Trusted);
     }
@@ -455,8 +489,15 @@ mod tests {
         assert!(warnings.is_empty());
         assert_eq!(kh.check("[h]:2022", &key(ED1)), HostKeyVerdict::Trusted);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("sub")).expect("dir").permissions().mode();
-        assert_eq!(mode & 0o777, 0o700, "a directory made for known_hosts is private");
+        let mode = std::fs::metadata(dir.path().join("sub"))
+            .expect("dir")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o700,
+            "a directory made for known_hosts is private"
+        );
     }
 
     #[test]
@@ -496,10 +537,17 @@ mod tests {
     #[test]
     fn a_key_of_another_type_for_a_known_host_is_a_changed_key() {
         const RSA: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQCz7be/moem3xnB41RHUnJpW2/GZfnNmhqu6WK9vWXTqSgZZGGpUDgMpxwWhqyJTgN1TUy8lH8sI5DA1vHTUpxY4RZE3NQwdci2+SyicQjxqT3bk7OpscmCd062zacWjD3kniQb48S9vITYX77a0c1XNPckIFAokYSHHFAQlqAkvCgzopwpZ5n2lCt+ur9Xblh2/LPLFitG4uVKemAGtB6N4qloWM6wQYj0BlFyCl0DunItICRMP/139eEWWTPzTXRhDktf1dv7EN0UX0oBX7eQs6AB0HRkoIIj4K8Nd1Ct/kGFOx9Ozpot6Px34TvmkScfd4OkLoqwWAdE5bZv08LPdnh9HehAd8DGNyed2VmjkZgaUX9LyCxUfjrka3vnFbduV93kyM0STAezwT5iVZKaU7fuwOG08OgYj3728wLFec7TlbDyRTKsbMTwPZw9Gj1U6cddQVwhhI41zApv5lqH1zo64KucgGRGmZ2U+rwGyc0cxRtIiip6dUUqhk8zcPk=";
-        let kh = KnownHosts::parse(Path::new("kh"), &format!("[a]:2022 {RSA}\n[a]:2022 {ED1}\n"));
+        let kh = KnownHosts::parse(
+            Path::new("kh"),
+            &format!("[a]:2022 {RSA}\n[a]:2022 {ED1}\n"),
+        );
         assert_eq!(
             kh.check("[a]:2022", &key(ED2)),
-            HostKeyVerdict::Changed { file: "kh".into(), line: 2, known: "ssh-ed25519".into() },
+            HostKeyVerdict::Changed {
+                file: "kh".into(),
+                line: 2,
+                known: "ssh-ed25519".into()
+            },
             "the entry of the same type is the one named"
         );
         let kh = KnownHosts::parse(Path::new("kh"), &format!("[a]:2022 {RSA}\n"));
@@ -516,14 +564,30 @@ mod tests {
         std::thread::scope(|s| {
             for i in 0..10 {
                 let f = f.clone();
-                s.spawn(move || append(&f, &format!("[h{i}]:2022"), &key(if i % 2 == 0 { ED1 } else { ED2 })).expect("append"));
+                s.spawn(move || {
+                    append(
+                        &f,
+                        &format!("[h{i}]:2022"),
+                        &key(if i % 2 == 0 { ED1 } else { ED2 }),
+                    )
+                    .expect("append")
+                });
             }
         });
         let (kh, warnings) = KnownHosts::load(std::slice::from_ref(&f));
         assert!(warnings.is_empty(), "{warnings:?}");
         for i in 0..10 {
-            assert_eq!(kh.check(&format!("[h{i}]:2022"), &key(if i % 2 == 0 { ED1 } else { ED2 })), HostKeyVerdict::Trusted);
+            assert_eq!(
+                kh.check(
+                    &format!("[h{i}]:2022"),
+                    &key(if i % 2 == 0 { ED1 } else { ED2 })
+                ),
+                HostKeyVerdict::Trusted
+            );
         }
-        assert_eq!(std::fs::read_to_string(&f).expect("read").lines().count(), 10);
+        assert_eq!(
+            std::fs::read_to_string(&f).expect("read").lines().count(),
+            10
+        );
     }
 }

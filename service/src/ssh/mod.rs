@@ -38,7 +38,9 @@ pub enum SshError {
         file: String,
         line: usize,
     },
-    #[error("host key for {name} is unknown ({fingerprint}) and accept_new cannot record it: {why}")]
+    #[error(
+        "host key for {name} is unknown ({fingerprint}) and accept_new cannot record it: {why}"
+    )]
     HostKeyNotRecorded {
         name: String,
         fingerprint: String,
@@ -221,7 +223,10 @@ impl client::Handler for MeshHandler {
     ) -> Result<(), Self::Error> {
         let (why, result) = match reason {
             client::DisconnectReason::ReceivedDisconnect(info) => (
-                format!("the server disconnected ({:?}: {})", info.reason_code, info.message),
+                format!(
+                    "the server disconnected ({:?}: {})",
+                    info.reason_code, info.message
+                ),
                 Ok(()),
             ),
             client::DisconnectReason::Error(e) => (e.to_string(), Err(e)),
@@ -262,9 +267,9 @@ pub struct Session {
     pub closed: CancellationToken,
     /// Why it ended, if russh said (see [`Session::end_reason`]).
     ended: Arc<Mutex<Option<String>>>,
-    /// Bytes received from the server so far: while they grow, the peer is alive
-    /// (a keepalive answer may be waiting behind bulk data).
-    pub received: Arc<std::sync::atomic::AtomicU64>,
+    /// What has arrived from the server: while it grows, the peer is alive (a
+    /// keepalive answer may be waiting behind bulk data).
+    pub arrivals: Arc<socket::Arrivals>,
 }
 
 impl Session {
@@ -301,7 +306,12 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
     let _ = tcp.set_nodelay(true);
 
     let known_hosts_name = target.known_hosts_name();
-    let files: Vec<_> = peer.known_hosts.iter().chain(&peer.global_known_hosts).cloned().collect();
+    let files: Vec<_> = peer
+        .known_hosts
+        .iter()
+        .chain(&peer.global_known_hosts)
+        .cloned()
+        .collect();
     let (known_hosts, warnings) = KnownHosts::load(&files);
     for w in warnings {
         tracing::warn!(peer = %peer.name, "known_hosts: {w}");
@@ -311,7 +321,7 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
     ));
     let refusal = Arc::new(Mutex::new(None));
     let closed = CancellationToken::new();
-    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let arrivals = Arc::new(socket::Arrivals::default());
     let ended = Arc::new(Mutex::new(None));
     let handler = MeshHandler {
         ended: ended.clone(),
@@ -323,21 +333,25 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
         closed: closed.clone(),
     };
     let handshake = async {
-        let mut handle = client::connect_stream(config, socket::QuickAck::new(tcp, received.clone()), handler)
-            .await
-            .map_err(|e| {
-                refusal
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .unwrap_or_else(|| protocol_error(&addr, e))
-            })?;
+        let mut handle = client::connect_stream(
+            config,
+            socket::QuickAck::new(tcp, arrivals.clone()),
+            handler,
+        )
+        .await
+        .map_err(|e| {
+            refusal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| protocol_error(&addr, e))
+        })?;
         auth::authenticate(&mut handle, peer).await?;
         Ok(Session {
             handle,
             closed,
             ended,
-            received,
+            arrivals,
         })
     };
     tokio::time::timeout(timeout, handshake)

@@ -1,6 +1,6 @@
-//! The TCP stream under an SSH session: reads are buffered, counted (bytes arriving
-//! prove the peer alive: see the keepalive in `tunnel::supervisor`), and
-//! `TCP_QUICKACK` is re-armed after every read on Linux.
+//! The TCP stream under an SSH session: reads are buffered, counted (what arrives
+//! proves the peer alive: see [`Arrivals`] and the keepalive in
+//! `tunnel::supervisor`), and `TCP_QUICKACK` is re-armed after every read on Linux.
 //!
 //! russh reads each packet with two `read` calls (its length, then its body); a
 //! 64 KiB buffer turns that into one syscall per several packets during transfers.
@@ -27,23 +27,93 @@ use tokio::net::TcpStream;
 
 const READ_BUF: usize = 64 * 1024;
 
+/// What has arrived from the server: while [`Arrivals::count`] moves, the peer is
+/// sending and the link carries it, even when a keepalive answer waits behind
+/// bulk data.
+///
+/// Two depths are counted. The bytes the session has read; and on Linux the data
+/// segments the kernel has taken in for the connection (`tcpi_data_segs_in`),
+/// out-of-order ones included. The second matters on a lossy, saturated link:
+/// after a lost segment TCP holds everything behind it until the retransmission
+/// arrives (a retransmission timeout, doubled if that one is lost too, is
+/// seconds), so the session reads nothing for that long while the peer's data
+/// keeps arriving. Pure ACKs are not counted: a peer whose kernel answers but
+/// whose sshd does not is not alive.
+#[derive(Default)]
+pub struct Arrivals {
+    read: AtomicU64,
+    /// The connection's descriptor while it is open (cleared before it closes).
+    #[cfg(target_os = "linux")]
+    fd: std::sync::Mutex<Option<std::os::fd::RawFd>>,
+}
+
+impl Arrivals {
+    /// A number that changes whenever anything more has arrived.
+    pub fn count(&self) -> u64 {
+        self.read
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.kernel_segments())
+    }
+
+    fn add(&self, n: usize) {
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The one `unsafe` block of the crate: `getsockopt(TCP_INFO)` has no safe
+    /// wrapper in `socket2` or `nix`.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn kernel_segments(&self) -> u64 {
+        let fd = self.fd.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fd) = *fd else { return 0 };
+        // SAFETY: `fd` is open while it is stored here: `QuickAck`'s `Drop` clears
+        // it, under this lock, before the socket closes. `info` and `len` are a
+        // properly sized buffer and its length, as `getsockopt` requires.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            );
+            if rc == 0 {
+                u64::from(info.tcpi_data_segs_in)
+            } else {
+                0
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn kernel_segments(&self) -> u64 {
+        0
+    }
+}
+
 pub struct QuickAck {
     inner: TcpStream,
     buf: Box<[u8]>,
     pos: usize,
     len: usize,
-    /// Bytes read from the server so far.
-    received: Arc<AtomicU64>,
+    arrivals: Arc<Arrivals>,
 }
 
 impl QuickAck {
-    pub fn new(inner: TcpStream, received: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: TcpStream, arrivals: Arc<Arrivals>) -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            *arrivals.fd.lock().unwrap_or_else(|e| e.into_inner()) = Some(inner.as_raw_fd());
+        }
         QuickAck {
             inner,
             buf: vec![0; READ_BUF].into_boxed_slice(),
             pos: 0,
             len: 0,
-            received,
+            arrivals,
         }
     }
 
@@ -69,7 +139,7 @@ impl AsyncRead for QuickAck {
                 let before = out.filled().len();
                 std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
                 let n = out.filled().len() - before;
-                this.received.fetch_add(n as u64, Ordering::Relaxed);
+                this.arrivals.add(n);
                 if n > 0 {
                     this.rearm();
                 }
@@ -79,7 +149,7 @@ impl AsyncRead for QuickAck {
             std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
             this.len = rb.filled().len();
             this.pos = 0;
-            this.received.fetch_add(this.len as u64, Ordering::Relaxed);
+            this.arrivals.add(this.len);
             if this.len > 0 {
                 this.rearm();
             }
@@ -88,6 +158,15 @@ impl AsyncRead for QuickAck {
         out.put_slice(&this.buf[this.pos..this.pos + n]);
         this.pos += n;
         Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for QuickAck {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            *self.arrivals.fd.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
     }
 }
 
@@ -118,5 +197,51 @@ impl AsyncWrite for QuickAck {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Data the kernel has taken in counts before the session reads it (a session
+    /// waiting on a retransmission, or a busy runtime, still sees the peer alive);
+    /// the connection closed, nothing is asked of its old descriptor.
+    #[tokio::test]
+    async fn arrivals_count_what_the_kernel_holds_and_what_was_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let arrivals = Arc::new(Arrivals::default());
+        let mut wire = QuickAck::new(client, arrivals.clone());
+        assert_eq!(arrivals.count(), 0, "nothing sent yet");
+
+        server.write_all(b"hello").await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while arrivals.count() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kernel's segment never counted"
+            );
+            tokio::task::yield_now().await;
+        }
+        if cfg!(target_os = "linux") {
+            assert_eq!(
+                arrivals.read.load(Ordering::Relaxed),
+                0,
+                "counted unread, by the kernel"
+            );
+        }
+        let before = arrivals.count();
+        let mut got = [0u8; 5];
+        wire.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        assert_eq!(arrivals.count(), before + 5, "and then as read");
+
+        drop(wire);
+        assert_eq!(arrivals.count(), 5, "closed: only what was read");
     }
 }

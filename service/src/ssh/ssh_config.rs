@@ -128,7 +128,11 @@ impl SshConfigFile {
                 "host" => own = Condition::Hosts(args),
                 "match" => {
                     let all = args.len() == 1 && args[0].eq_ignore_ascii_case("all");
-                    own = if all { Condition::Always } else { Condition::Never };
+                    own = if all {
+                        Condition::Always
+                    } else {
+                        Condition::Never
+                    };
                 }
                 "include" if depth < 16 => {
                     // The included file's lines hold only where the block holds
@@ -209,16 +213,24 @@ impl SshConfigFile {
                 "userknownhostsfile" if known_hosts.is_none() => known_hosts = Some(d.args.clone()),
                 "globalknownhostsfile" if global.is_none() => global = Some(d.args.clone()),
                 // ssh lowercases it, as every host name it looks up.
-                "hostkeyalias" if r.host_key_alias.is_none() => r.host_key_alias = Some(first.to_ascii_lowercase()),
+                "hostkeyalias" if r.host_key_alias.is_none() => {
+                    r.host_key_alias = Some(first.to_ascii_lowercase())
+                }
                 "identitiesonly" if identities_only.is_none() => {
-                    identities_only = Some(first.eq_ignore_ascii_case("yes") || first.eq_ignore_ascii_case("true"))
+                    identities_only = Some(
+                        first.eq_ignore_ascii_case("yes") || first.eq_ignore_ascii_case("true"),
+                    )
                 }
                 // The first of the two obtained wins, as in ssh.
                 "proxyjump" | "proxycommand" if !proxy_seen => {
                     proxy_seen = true;
                     if !first.eq_ignore_ascii_case("none") {
                         r.proxy = Some(Proxy {
-                            keyword: if d.key == "proxyjump" { "ProxyJump" } else { "ProxyCommand" },
+                            keyword: if d.key == "proxyjump" {
+                                "ProxyJump"
+                            } else {
+                                "ProxyCommand"
+                            },
                             value: d.args.join(" "),
                             origin: d.origin.clone(),
                         });
@@ -231,7 +243,10 @@ impl SshConfigFile {
         let tokens = Tokens {
             home: self.home.display().to_string(),
             original: host.to_ascii_lowercase(),
-            host: r.hostname.clone().unwrap_or_else(|| host.to_ascii_lowercase()),
+            host: r
+                .hostname
+                .clone()
+                .unwrap_or_else(|| host.to_ascii_lowercase()),
             alias: r.host_key_alias.clone(),
             user: r.user.clone(),
             port: r.port.unwrap_or(22),
@@ -290,7 +305,12 @@ impl Tokens {
                 Some('u') => out.push_str(&local_user),
                 Some('r') => out.push_str(remote_user),
                 Some('p') => out.push_str(&self.port.to_string()),
-                Some('C') => out.push_str(&connection_hash(&local_hostname(), &self.host, self.port, remote_user)),
+                Some('C') => out.push_str(&connection_hash(
+                    &local_hostname(),
+                    &self.host,
+                    self.port,
+                    remote_user,
+                )),
                 Some('%') => out.push('%'),
                 Some(other) => {
                     out.push('%');
@@ -480,12 +500,19 @@ Host *
         let dir = tempfile::tempdir().expect("tempdir");
         let inc = dir.path().join("lab.conf");
         std::fs::write(&inc, "HostName lab.example\nHost *\n  HostName 127.66.66.66\n  UserKnownHostsFile /dev/null\n").expect("write");
-        let main = format!("Host lab-*\n  Include {}\nHost *\n  User after\n", inc.display());
+        let main = format!(
+            "Host lab-*\n  Include {}\nHost *\n  User after\n",
+            inc.display()
+        );
         let cfg = SshConfigFile::parse(&main, Path::new("/home/u"));
         let r = cfg.resolve("127.0.0.1");
         assert_eq!(r.hostname, None, "{r:?}");
         assert!(r.known_hosts_files.is_empty(), "{r:?}");
-        assert_eq!(r.user.as_deref(), Some("after"), "the including file goes on after the include");
+        assert_eq!(
+            r.user.as_deref(),
+            Some("after"),
+            "the including file goes on after the include"
+        );
         let r = cfg.resolve("lab-1");
         assert_eq!(r.hostname.as_deref(), Some("lab.example"), "{r:?}");
     }
@@ -498,15 +525,29 @@ Host *
         let r = cfg.resolve("a");
         assert_eq!(r.host_key_alias.as_deref(), Some("pinned-name"));
         assert!(r.identities_only);
-        assert_eq!(r.global_known_hosts_files, Some(vec![PathBuf::from("/etc/k1"), PathBuf::from("%d/k2")]));
+        assert_eq!(
+            r.global_known_hosts_files,
+            Some(vec![PathBuf::from("/etc/k1"), PathBuf::from("%d/k2")])
+        );
         let id = r.identity_files[0].display().to_string();
-        assert!(id.starts_with("/home/u/.ssh/pinned-name_") && id.len() == "/home/u/.ssh/pinned-name_".len() + 40, "{id}");
+        assert!(
+            id.starts_with("/home/u/.ssh/pinned-name_")
+                && id.len() == "/home/u/.ssh/pinned-name_".len() + 40,
+            "{id}"
+        );
         assert_eq!(r.proxy.as_ref().map(|p| p.keyword), Some("ProxyCommand"));
         let r = cfg.resolve("j");
         let p = r.proxy.expect("proxy");
-        assert_eq!((p.keyword, p.value.as_str(), p.origin.as_str()), ("ProxyJump", "hub", "(config):7"));
+        assert_eq!(
+            (p.keyword, p.value.as_str(), p.origin.as_str()),
+            ("ProxyJump", "hub", "(config):7")
+        );
         assert!(!r.identities_only);
-        assert_eq!(cfg.resolve("n").proxy, None, "the first value obtained wins, none included");
+        assert_eq!(
+            cfg.resolve("n").proxy,
+            None,
+            "the first value obtained wins, none included"
+        );
     }
 
     #[test]

@@ -176,10 +176,7 @@ pub struct VerifyRequest {
     repair: bool,
 }
 
-async fn verify(
-    State(s): State<Service>,
-    b: Option<Json<VerifyRequest>>,
-) -> Response {
+async fn verify(State(s): State<Service>, b: Option<Json<VerifyRequest>>) -> Response {
     let repair = b.is_some_and(|Json(b)| b.repair);
     match s.sync.verify(repair).await {
         Ok(report) => Json(report).into_response(),

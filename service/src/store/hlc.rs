@@ -140,7 +140,13 @@ mod tests {
         let a = c.tick(7);
         let b = c.tick(7);
         let d = c.tick(7);
-        assert_eq!(a, Stamp { ms: 7, counter: MAX_COUNTER });
+        assert_eq!(
+            a,
+            Stamp {
+                ms: 7,
+                counter: MAX_COUNTER
+            }
+        );
         assert_eq!(b, Stamp { ms: 8, counter: 0 });
         assert!(a.encode("z") < b.encode("a") && b.encode("z") < d.encode("a"));
     }
@@ -155,10 +161,19 @@ mod tests {
         };
         let s = c.tick_above(1_000, Some(row));
         assert!(s > row && s.encode("aaaa") > row.encode("zzzz"), "{s:?}");
-        assert!(c.last().ms <= 1_000, "the clock itself is not dragged ahead");
+        assert!(
+            c.last().ms <= 1_000,
+            "the clock itself is not dragged ahead"
+        );
         // A row stamped in our past changes nothing.
         let t = c.tick_above(2_000, Some(Stamp { ms: 10, counter: 0 }));
-        assert_eq!(t, Stamp { ms: 2_000, counter: 0 });
+        assert_eq!(
+            t,
+            Stamp {
+                ms: 2_000,
+                counter: 0
+            }
+        );
     }
 
     #[test]

@@ -412,7 +412,10 @@ impl Inner {
     }
 
     fn device(&self) -> String {
-        self.device.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A new clock stamp (above `row`, the current stamp of the row it is for),
@@ -454,9 +457,12 @@ impl Inner {
         if !pulled {
             return self.write(conn, f);
         }
-        conn.execute_batch("PRAGMA synchronous=NORMAL").map_err(|e| self.sql(e))?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL")
+            .map_err(|e| self.sql(e))?;
         let out = self.write(conn, f);
-        let full = conn.execute_batch("PRAGMA synchronous=FULL").map_err(|e| self.sql(e));
+        let full = conn
+            .execute_batch("PRAGMA synchronous=FULL")
+            .map_err(|e| self.sql(e));
         let out = out?;
         full?;
         Ok(out)
@@ -496,14 +502,19 @@ fn checkpoint_aside(conn: &mut Connection, path: &Path) -> Result<(), StoreError
             }
         })
         .map_err(|e| StoreError::Worker(format!("starting the checkpoint thread: {e}")))?;
-    conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
-        if pages >= CHECKPOINT_PAGES {
-            // Full: one is already asked for.
-            let _ = tx.try_send(());
-        }
-        Ok(())
-    }))
-    .map_err(|source| StoreError::Sqlite { path: path.to_path_buf(), source })
+    conn.wal_hook(Some(
+        move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+            if pages >= CHECKPOINT_PAGES {
+                // Full: one is already asked for.
+                let _ = tx.try_send(());
+            }
+            Ok(())
+        },
+    ))
+    .map_err(|source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Text every store accepts: PostgreSQL cannot store a NUL character, so a row

@@ -152,8 +152,10 @@ impl Store {
     }
 
     pub async fn set_known_primary(&self, id: String) -> Result<(), StoreError> {
-        self.with(move |conn, inner| super::set_meta(conn, "primary", &id).map_err(|e| inner.sql(e)))
-            .await
+        self.with(move |conn, inner| {
+            super::set_meta(conn, "primary", &id).map_err(|e| inner.sql(e))
+        })
+        .await
     }
 
     /// The primary is not the one this file synced with (or lost what it had
@@ -167,7 +169,8 @@ impl Store {
     ) -> Result<u64, StoreError> {
         self.with(move |conn, inner| {
             let mut run = || -> rusqlite::Result<u64> {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let n = requeue_all(&tx)?;
                 set_acked(&tx, acked.0, acked.1)?;
                 super::set_meta(&tx, "primary", &primary)?;
@@ -187,7 +190,8 @@ impl Store {
         self.with(move |conn, inner| {
             let id = uuid::Uuid::now_v7().to_string();
             let mut run = || -> rusqlite::Result<u64> {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let n = requeue_all(&tx)?;
                 set_acked(&tx, 0, None)?;
                 super::set_meta(&tx, "primary", &primary)?;
@@ -385,7 +389,11 @@ fn requeue_all(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<u64> {
     Ok((c + m) as u64)
 }
 
-fn save_cursor(tx: &rusqlite::Transaction<'_>, table: &str, (xid, change): &Cursor) -> rusqlite::Result<()> {
+fn save_cursor(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    (xid, change): &Cursor,
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO sync_cursor (tbl, xid, change_id) VALUES (?1, ?2, ?3) ON CONFLICT (tbl) DO UPDATE SET xid = excluded.xid, change_id = excluded.change_id",
     )?

@@ -455,8 +455,11 @@ pub async fn pull_page(
         (&limit_param, Type::INT8),
         (&fence, Type::INT8),
     ];
-    let last_params: [(&(dyn ToSql + Sync), Type); 3] =
-        [(&cursor.0, Type::INT8), (&cursor.1, Type::INT8), (&fence, Type::INT8)];
+    let last_params: [(&(dyn ToSql + Sync), Type); 3] = [
+        (&cursor.0, Type::INT8),
+        (&cursor.1, Type::INT8),
+        (&fence, Type::INT8),
+    ];
     let (keys, last) = tokio::try_join!(
         tx.query_typed(&keys_sql, &keys_params),
         tx.query_typed_opt(&last_sql, &last_params)

@@ -534,7 +534,9 @@ impl Syncer {
         }
         // Looked at now and then, not every round (a minute is its threshold).
         let held = match self.held_checked {
-            Some(at) if at.elapsed() < Duration::from_secs(20) => self.status.borrow().held_back.clone(),
+            Some(at) if at.elapsed() < Duration::from_secs(20) => {
+                self.status.borrow().held_back.clone()
+            }
             _ => {
                 self.held_checked = Some(Instant::now());
                 self.held_back().await.unwrap_or(None)
@@ -609,7 +611,11 @@ impl Syncer {
                 }
                 Err(e) if e.is_refused_row() => {
                     let (seq, kind, id) = batch.first.clone().unwrap_or_default();
-                    let what = if kind == "c" { "conversation" } else { "message" };
+                    let what = if kind == "c" {
+                        "conversation"
+                    } else {
+                        "message"
+                    };
                     tracing::warn!(
                         "sync: the primary refuses {what} {id}: {e}; it is kept here and set aside \
                          (see `robbie-mesh status`), the other rows keep syncing"
@@ -661,7 +667,10 @@ impl Syncer {
             .map_err(|_| timed("starting a pull")())??;
             let fence: i64 = tokio::time::timeout(
                 d,
-                tx.query_typed_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8", &[]),
+                tx.query_typed_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
+                    &[],
+                ),
             )
             .await
             .map_err(|_| timed("starting a pull")())??
@@ -671,7 +680,15 @@ impl Syncer {
                 loop {
                     let page = tokio::time::timeout(
                         d,
-                        primary::pull_page(&tx, table, cursor, &device, limit, MAX_BATCH_BYTES, fence),
+                        primary::pull_page(
+                            &tx,
+                            table,
+                            cursor,
+                            &device,
+                            limit,
+                            MAX_BATCH_BYTES,
+                            fence,
+                        ),
                     )
                     .await
                     .map_err(|_| timed("pulling a page")())??;
@@ -685,11 +702,17 @@ impl Syncer {
                         match page.rows {
                             primary::Rows::Conversations(rows) => {
                                 let n = rows.len() as u64;
-                                store.apply_conversations(rows, Some(next)).await.map(|()| n)
+                                store
+                                    .apply_conversations(rows, Some(next))
+                                    .await
+                                    .map(|()| n)
                             }
                             primary::Rows::Messages(rows) => {
                                 let n = rows.len() as u64;
-                                store.apply_messages(rows, Some(next), false).await.map(|()| n)
+                                store
+                                    .apply_messages(rows, Some(next), false)
+                                    .await
+                                    .map(|()| n)
                             }
                         }
                     }));

@@ -64,10 +64,7 @@ async fn pulled_metadata_wins_only_with_a_later_stamp_and_messages_are_never_dou
         s.conversation(&c.id).await.expect("get").title,
         "theirs, newer"
     );
-    assert_eq!(
-        s.cursor("conversations").await.expect("cursor"),
-        (11, 2)
-    );
+    assert_eq!(s.cursor("conversations").await.expect("cursor"), (11, 2));
 
     let m = s
         .append_message(&c.id, "user", "once".into(), None)
@@ -108,7 +105,9 @@ async fn bad_input_is_refused_and_nothing_is_written() {
                 .map(drop)
         };
         match r {
-            Err(StoreError::Invalid(why)) => assert!(why.starts_with(field) && why.contains("NUL"), "{why}"),
+            Err(StoreError::Invalid(why)) => {
+                assert!(why.starts_with(field) && why.contains("NUL"), "{why}")
+            }
             other => panic!("{field}: {other:?}"),
         }
     }
@@ -163,7 +162,12 @@ async fn a_rename_and_an_archive_from_two_devices_both_survive() {
         .update_conversation(&c.id, None, Some(false))
         .await
         .expect("unarchive");
-    assert!(again.archived_hlc > now.archived_hlc, "{} > {}", again.archived_hlc, now.archived_hlc);
+    assert!(
+        again.archived_hlc > now.archived_hlc,
+        "{} > {}",
+        again.archived_hlc,
+        now.archived_hlc
+    );
 }
 
 #[tokio::test]
@@ -184,11 +188,16 @@ async fn a_pulled_page_leaves_the_connection_durable_and_the_log_is_checkpointed
             created_at: i,
         })
         .collect();
-    s.apply_messages(rows, Some((5, 1)), false).await.expect("apply");
+    s.apply_messages(rows, Some((5, 1)), false)
+        .await
+        .expect("apply");
     let sync: i64 = s
         .with_blocking(|c| c.query_row("PRAGMA synchronous", [], |r| r.get(0)))
         .expect("pragma");
-    assert_eq!(sync, 2, "the connection is back to synchronous=FULL for local writes");
+    assert_eq!(
+        sync, 2,
+        "the connection is back to synchronous=FULL for local writes"
+    );
     // Only a checkpoint writes the database file itself: the thread does it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -196,8 +205,14 @@ async fn a_pulled_page_leaves_the_connection_durable_and_the_log_is_checkpointed
         if now > before + 4 * 1024 * 1024 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no checkpoint: database file {before} -> {now} bytes");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint: database file {before} -> {now} bytes"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(s.messages(&c.id, None, 1000).await.expect("messages").len(), 750);
+    assert_eq!(
+        s.messages(&c.id, None, 1000).await.expect("messages").len(),
+        750
+    );
 }

@@ -110,7 +110,10 @@ impl VerifyReport {
     pub fn text(&self) -> String {
         let mut out = format!(
             "conversations: {} here, {} on the primary; messages: {} here, {} on the primary",
-            self.conversations.here, self.conversations.primary, self.messages.here, self.messages.primary
+            self.conversations.here,
+            self.conversations.primary,
+            self.messages.here,
+            self.messages.primary
         );
         let list = |out: &mut String, title: &str, rows: &Rows| {
             if rows.count == 0 {
@@ -131,7 +134,10 @@ impl VerifyReport {
         list(&mut out, "missing here", &self.missing_here);
         list(&mut out, "different on the two sides", &self.differ);
         if self.pending > 0 {
-            out.push_str(&format!("\n{} rows are queued here, on their way to the primary", self.pending));
+            out.push_str(&format!(
+                "\n{} rows are queued here, on their way to the primary",
+                self.pending
+            ));
         }
         if self.rejected > 0 {
             out.push_str(&format!(
@@ -243,7 +249,8 @@ fn queued(store: &Store) -> Result<(BTreeSet<(String, String)>, u64, u64), Store
             ("SELECT kind, row_id FROM sync_rejected", &mut rejected),
         ] {
             let mut st = conn.prepare(sql)?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let rows =
+                st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             for r in rows {
                 set.insert(r?);
                 *n += 1;

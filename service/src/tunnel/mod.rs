@@ -334,7 +334,13 @@ mod tests {
             local: hp(1),
             remote: hp(2),
         };
-        Tunnel::new("p", cfg, EventBus::new(), Demand::new(false), Default::default())
+        Tunnel::new(
+            "p",
+            cfg,
+            EventBus::new(),
+            Demand::new(false),
+            Default::default(),
+        )
     }
 
     #[test]

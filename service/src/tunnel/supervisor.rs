@@ -381,7 +381,9 @@ async fn retry_remote(
             }
             Ok(Err(why)) => t.set_problem(Some(why)),
             // The keepalive decides whether the session is gone.
-            Err(_) => t.set_problem(Some(format!("no answer to the -R request within {deadline:?}"))),
+            Err(_) => t.set_problem(Some(format!(
+                "no answer to the -R request within {deadline:?}"
+            ))),
         }
     }
 }
@@ -408,7 +410,6 @@ async fn keepalive(
     suspect: &Notify,
     everyone: &ClockWatch,
 ) -> (String, bool) {
-    use std::sync::atomic::Ordering;
     enum Outcome {
         Answered,
         Closed,
@@ -419,7 +420,8 @@ async fn keepalive(
     // `PROOF_TIMEOUT`, at most the whole keepalive budget. A saturated link can
     // go quiet for more than a second while TCP retransmits; that is not a dead
     // peer. On an idle or fast link the answers take milliseconds: 1 s it is.
-    let mut answers: std::collections::VecDeque<Duration> = std::collections::VecDeque::with_capacity(8);
+    let mut answers: std::collections::VecDeque<Duration> =
+        std::collections::VecDeque::with_capacity(8);
     let floor = PROOF_TIMEOUT.min(ka.interval);
     let ceiling = ka.interval.saturating_mul(ka.count).max(floor);
     let mut misses = 0;
@@ -440,13 +442,13 @@ async fn keepalive(
         let sent = tokio::time::Instant::now();
         let ping = session.handle.send_ping();
         tokio::pin!(ping);
-        let mut seen = session.received.load(Ordering::Relaxed);
+        let mut seen = session.arrivals.count();
         let mut deadline = sent + if urgent.is_some() { proof } else { ka.interval };
         let outcome = loop {
             tokio::select! {
                 r = &mut ping => break if r.is_ok() { Outcome::Answered } else { Outcome::Closed },
                 () = tokio::time::sleep_until(deadline) => {
-                    let now = session.received.load(Ordering::Relaxed);
+                    let now = session.arrivals.count();
                     if now == seen {
                         break Outcome::Silent;
                     }
@@ -457,14 +459,14 @@ async fn keepalive(
                 }
                 Ok(()) = clock.changed(), if urgent.is_none() => {
                     urgent = Some(clock.borrow_and_update().why());
-                    seen = session.received.load(Ordering::Relaxed);
+                    seen = session.arrivals.count();
                     deadline = deadline.min(tokio::time::Instant::now() + proof);
                 }
                 () = suspect.notified(), if urgent.is_none() => {
                     urgent = Some("when traffic through it waited");
                     everyone.traffic_waited();
                     clock.mark_unchanged();
-                    seen = session.received.load(Ordering::Relaxed);
+                    seen = session.arrivals.count();
                     deadline = deadline.min(tokio::time::Instant::now() + proof);
                 }
             }
