@@ -20,14 +20,24 @@ pub fn config_summary(cfg: &Config) -> String {
         let _ = writeln!(out, "no peers: local-only mode");
     }
     for p in &cfg.peers {
-        let ids: Vec<String> = p.identities.iter().map(ToString::to_string).collect();
+        let ids: Vec<String> = p
+            .server
+            .identities
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let _ = writeln!(
             out,
             "peer {} = {} (keepalive {:?} x {})",
-            p.name, p.target, p.keepalive.interval, p.keepalive.count
+            p.name, p.server.target, p.keepalive.interval, p.keepalive.count
         );
+        if !p.jumps.is_empty() {
+            let via: Vec<String> = p.jumps.iter().map(|j| j.target.to_string()).collect();
+            let _ = writeln!(out, "  through jump host {}", via.join(", then "));
+        }
         let _ = writeln!(out, "  keys: {}", ids.join(", "));
         let kh: Vec<String> = p
+            .server
             .known_hosts
             .iter()
             .map(|k| k.display().to_string())

@@ -106,12 +106,14 @@ pub fn generate(name: &str) -> Result<StoredKey, KeyError> {
 }
 
 /// A key file (OpenSSH format; an encrypted one with its passphrase) into the
-/// keychain as `name`. The file itself is left alone.
+/// keychain as `name`. The file itself is left alone. A file others can read is
+/// refused, as `ssh-add` refuses it: the key may no longer be a secret.
 pub fn import(name: &str, path: &Path, passphrase: Option<&str>) -> Result<StoredKey, KeyError> {
     let file = |why: String| KeyError::File {
         path: path.display().to_string(),
         why,
     };
+    crate::ssh::auth::unprotected(path).map_err(file)?;
     let text =
         zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?);
     let key = PrivateKey::from_openssh(text.as_str())
@@ -157,4 +159,22 @@ pub fn delete(name: &str) -> Result<(), KeyError> {
     }
     keys::delete(&keys::key_account(name))?;
     save_index(&list)
+}
+
+#[cfg(test)]
+mod import_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Refused before anything is read or stored, saying how to fix it.
+    #[test]
+    fn a_key_file_others_can_read_is_not_imported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("id_ed25519");
+        std::fs::write(&path, "-----BEGIN OPENSSH PRIVATE KEY-----\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = super::import("k", &path, None)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
+    }
 }

@@ -184,6 +184,28 @@ pub struct PeerConfig {
     pub name: String,
     /// The `ssh =` value as written (alias or user@host:port), for display.
     pub ssh: String,
+    /// The peer's SSH server.
+    pub server: SshServer,
+    /// Jump hosts (`ProxyJump` in `~/.ssh/config`), in the order they are
+    /// reached: the first is dialled, each next one (and then `server`) through
+    /// a session to the one before, as `ssh -J` does. Empty: `server` is dialled.
+    pub jumps: Vec<SshServer>,
+    /// An unknown host key (of `server` or a jump host) is recorded in the first
+    /// known_hosts file and trusted, as `StrictHostKeyChecking accept-new`.
+    pub accept_new: bool,
+    pub keepalive: Keepalive,
+    pub backoff: Backoff,
+    pub connect_timeout: Duration,
+    /// `Some(idle)`: connected only while a service needs it (every higher-priority
+    /// candidate down), released after `idle` without need.
+    pub on_demand: Option<Duration>,
+    pub forwards: Vec<ForwardConfig>,
+}
+
+/// An SSH server robbie-mesh logs in to: where it is, which host keys it is
+/// trusted with, which keys log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshServer {
     pub target: SshTarget,
     /// Tried in order until the server accepts one.
     pub identities: Vec<IdentitySource>,
@@ -193,14 +215,6 @@ pub struct PeerConfig {
     /// `/etc/ssh/ssh_known_hosts` and `/etc/ssh/ssh_known_hosts2`): read, never
     /// written.
     pub global_known_hosts: Vec<PathBuf>,
-    pub accept_new: bool,
-    pub keepalive: Keepalive,
-    pub backoff: Backoff,
-    pub connect_timeout: Duration,
-    /// `Some(idle)`: connected only while a service needs it (every higher-priority
-    /// candidate down), released after `idle` without need.
-    pub on_demand: Option<Duration>,
-    pub forwards: Vec<ForwardConfig>,
 }
 
 /// Where the SSH server is, after `~/.ssh/config` resolution.

@@ -61,7 +61,7 @@ fn full_peer_is_validated_with_defaults() {
     let cfg = parse_with(&text, "ok.toml", &env()).expect("valid");
     let p = &cfg.peers[0];
     assert_eq!(
-        p.target,
+        p.server.target,
         SshTarget {
             user: "root".into(),
             host: "aurora.example".into(),
@@ -69,7 +69,7 @@ fn full_peer_is_validated_with_defaults() {
             host_key_alias: None,
         }
     );
-    assert_eq!(p.target.known_hosts_name(), "[aurora.example]:2222");
+    assert_eq!(p.server.target.known_hosts_name(), "[aurora.example]:2222");
     assert_eq!(
         p.keepalive,
         Keepalive {
@@ -78,18 +78,18 @@ fn full_peer_is_validated_with_defaults() {
         }
     );
     assert_eq!(
-        p.known_hosts,
+        p.server.known_hosts,
         vec![PathBuf::from("/home/u/.ssh/known_hosts")]
     );
     assert_eq!(
-        p.identities[0],
+        p.server.identities[0],
         IdentitySource::Agent {
             socket: None,
             only: None
         }
     );
     assert_eq!(
-        p.identities[1],
+        p.server.identities[1],
         IdentitySource::Keychain {
             entry: "aurora".into()
         }
@@ -204,7 +204,7 @@ fn ssh_config_alias_is_resolved() {
     );
     let cfg = parse_with(&text, "ok.toml", &env()).expect("valid");
     assert_eq!(
-        cfg.peers[0].target,
+        cfg.peers[0].server.target,
         SshTarget {
             user: "root".into(),
             host: "aurora-town.example".into(),
@@ -212,12 +212,15 @@ fn ssh_config_alias_is_resolved() {
             host_key_alias: None,
         }
     );
-    assert!(cfg.peers[0].identities.contains(&IdentitySource::File {
-        path: "/home/u/.ssh/aurora_key".into()
-    }));
+    assert!(cfg.peers[0]
+        .server
+        .identities
+        .contains(&IdentitySource::File {
+            path: "/home/u/.ssh/aurora_key".into()
+        }));
     // What the config says explicitly wins over ~/.ssh/config, as on ssh's command line.
     assert_eq!(
-        cfg.peers[1].target,
+        cfg.peers[1].server.target,
         SshTarget {
             user: "admin".into(),
             host: "aurora-town.example".into(),
@@ -343,32 +346,103 @@ fn store_sync_names_a_postgres_service() {
     assert_eq!(sync.interval, Duration::from_secs(30));
 }
 
-#[test]
-fn a_proxy_jump_in_ssh_config_is_refused_naming_where_it_is_set() {
+fn with_ssh_config(ssh_config: &str, peers: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ssh_config = dir.path().join("config");
-    std::fs::write(
-        &ssh_config,
-        "Host direct\n  ProxyJump none\nHost *\n  ProxyJump hub.example\n",
-    )
-    .expect("write");
-    let text = format!(
-        "ssh_config = \"{}\"\n[[peer]]\nname = \"aurora\"\nssh = \"aurora\"\n[[peer]]\nname = \"b\"\nssh = \"direct\"\n",
-        ssh_config.display()
+    let path = dir.path().join("config");
+    std::fs::write(&path, ssh_config).expect("write");
+    let text = format!("ssh_config = \"{}\"\n{peers}", path.display());
+    (dir, text)
+}
+
+/// `ProxyJump a,b`: `a` is dialled, `b` reached through it, the peer through
+/// `b`; each hop with its own `Host` block (HostName, User, Port, keys, known
+/// hosts); the first hop's own `ProxyJump` comes first, the others' are not
+/// followed (as `ssh -J` on a command line overrides them); `none` wins when
+/// it comes first; `ssh://` URIs as ssh takes them.
+#[test]
+fn proxy_jump_becomes_the_chain_of_servers_ssh_would_go_through() {
+    let (_dir, text) = with_ssh_config(
+        "Host direct\n  ProxyJump none\n\
+         Host gate\n  HostName 127.0.0.9\n  User gateuser\n  ProxyJump ssh://edge:2200\n\
+         Host hub\n  HostName 127.0.0.10\n  Port 2222\n  IdentityFile ~/.ssh/hub_key\n  IdentitiesOnly yes\n  UserKnownHostsFile ~/.ssh/hub_hosts\n  ProxyJump never-followed\n\
+         Host aurora\n  HostName 127.0.0.5\n  ProxyJump gate,admin@hub\n\
+         Host d*\n  ProxyJump hub\n",
+        "[[peer]]\nname = \"aurora\"\nssh = \"aurora\"\n[[peer]]\nname = \"b\"\nssh = \"direct\"\n",
     );
+    let cfg = parse_with(&text, "ok.toml", &env()).expect("valid");
+    let via: Vec<String> = cfg.peers[0]
+        .jumps
+        .iter()
+        .map(|j| j.target.to_string())
+        .collect();
+    assert_eq!(
+        via,
+        [
+            "u@edge:2200",
+            "gateuser@127.0.0.9:22",
+            "admin@127.0.0.10:2222"
+        ]
+    );
+    let hub = &cfg.peers[0].jumps[2];
+    assert_eq!(
+        hub.known_hosts,
+        vec![PathBuf::from("/home/u/.ssh/hub_hosts")]
+    );
+    assert_eq!(
+        hub.identities[0],
+        IdentitySource::Agent {
+            socket: None,
+            only: Some(vec![PathBuf::from("/home/u/.ssh/hub_key")])
+        }
+    );
+    assert_eq!(cfg.peers[0].server.target.to_string(), "u@127.0.0.5:22");
+    assert!(cfg.peers[1].jumps.is_empty(), "ProxyJump none came first");
+}
+
+/// A loop of jump hosts, a `ProxyCommand`, a jump that is not a host: each an
+/// error naming the file and line that set it, and what to do.
+#[test]
+fn a_proxy_command_or_a_jump_loop_is_refused_naming_where_it_is_set() {
+    let (dir, text) = with_ssh_config(
+        "Host direct\n  ProxyCommand none\n\
+         Host loop\n  ProxyJump loop\n\
+         Host via-loop\n  ProxyJump loop\n\
+         Host bad\n  ProxyJump hub:notaport\n\
+         Host *\n  ProxyCommand nc %h %p\n",
+        "[[peer]]\nname = \"a\"\nssh = \"aurora\"\n[[peer]]\nname = \"b\"\nssh = \"direct\"\n\
+         [[peer]]\nname = \"c\"\nssh = \"via-loop\"\n[[peer]]\nname = \"d\"\nssh = \"bad\"\n",
+    );
+    let config = dir.path().join("config").display().to_string();
     let errs = errors(&text);
-    assert_eq!(errs.len(), 1, "{errs:?}");
-    let e = &errs[0];
-    assert_eq!(e.field, "peer[0].ssh", "{e}");
-    let msg = e.to_string();
-    assert!(
-        msg.contains(&format!(
-            "{}:4 sets ProxyJump hub.example",
-            ssh_config.display()
-        )),
-        "{msg}"
+    let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["peer[0].ssh", "peer[2].ssh", "peer[3].ssh"],
+        "{errs:?}"
     );
-    assert!(msg.contains("ProxyJump none"), "says what to do: {msg}");
+    let msgs: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert!(
+        msgs[0].contains(&format!("{config}:10 sets ProxyCommand nc %h %p")),
+        "{}",
+        msgs[0]
+    );
+    assert!(
+        msgs[0].contains("ProxyCommand none"),
+        "says what to do: {}",
+        msgs[0]
+    );
+    assert!(
+        msgs[1].contains(&format!("{config}:4 sets ProxyJump loop")),
+        "{}",
+        msgs[1]
+    );
+    assert!(msgs[1].contains("a loop?"), "{}", msgs[1]);
+    assert!(
+        msgs[2].contains(&format!("{config}:8 sets ProxyJump hub:notaport")),
+        "{}",
+        msgs[2]
+    );
+    assert!(msgs[2].contains("not a port number"), "{}", msgs[2]);
 }
 
 #[test]
@@ -395,7 +469,7 @@ fn an_ssh_config_or_include_others_can_change_is_refused() {
     );
     std::fs::set_permissions(&inc, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let cfg = parse_with(&text, "ok.toml", &env()).expect("valid once fixed");
-    assert_eq!(cfg.peers[0].target.host, "127.66.66.66");
+    assert_eq!(cfg.peers[0].server.target.host, "127.66.66.66");
     // The robbie-mesh config itself, the same way.
     let own = dir.path().join("robbie-mesh.toml");
     std::fs::write(&own, "node = \"book\"\n").expect("write");

@@ -16,9 +16,9 @@ use super::raw::{
 use super::{
     line_col, ApiConfig, Backoff, Candidate, Config, ConfigError, ConfigErrors, ForwardConfig,
     ForwardKind, HostPort, IdentitySource, Keepalive, PeerConfig, ProbeConfig, ReplicaConfig,
-    ServiceConfig, ServiceKind, SshTarget, StoreConfig, SyncConfig, DEFAULT_API_LISTEN,
+    ServiceConfig, ServiceKind, SshServer, SshTarget, StoreConfig, SyncConfig, DEFAULT_API_LISTEN,
 };
-use crate::ssh::ssh_config::SshConfigFile;
+use crate::ssh::ssh_config::{Proxy, Resolved, SshConfigFile};
 
 /// What validation needs from the machine; tests build their own.
 #[derive(Debug, Clone)]
@@ -595,36 +595,27 @@ fn validate_peer(
 
     // user@host:port, or an alias that ~/.ssh/config resolves.
     let target = match parse_ssh_target(rp.ssh.get_ref()) {
-        Ok((user, host, port)) => {
-            let resolved = ssh_config.resolve(&host);
-            if let Some(proxy) = &resolved.proxy {
-                c.err(
-                    Some(rp.ssh.span()),
-                    format!("{field}.ssh"),
-                    format!(
-                        "{} sets {} {} for `{host}`, and robbie-mesh does not connect through a jump host or a command yet \
-                         (it would not silently connect directly instead): set `{} none` for this host in a `Host` block above that line, \
-                         or give the peer an address it can reach directly",
-                        proxy.origin, proxy.keyword, proxy.value, proxy.keyword
-                    ),
-                );
-            }
-            Some(SshTarget {
-                user: user
-                    .or(resolved.user.clone())
-                    .unwrap_or_else(|| env.user.clone()),
-                host: resolved.hostname.clone().unwrap_or(host),
-                port: port.or(resolved.port).unwrap_or(22),
-                host_key_alias: resolved.host_key_alias.clone(),
-            })
-            .map(|t| (t, resolved))
-        }
+        Ok((user, host, port)) => Some(resolve_target(user, host, port, ssh_config, env)),
         Err(msg) => {
             c.err(Some(rp.ssh.span()), format!("{field}.ssh"), msg);
             None
         }
     };
+    // The jump hosts on the way, each with its own `~/.ssh/config` block.
+    let jump_targets = match target.as_ref().and_then(|(_, r)| r.proxy.as_ref()) {
+        None => Vec::new(),
+        Some(proxy) => match jump_chain(proxy, ssh_config, env, 0) {
+            Ok(hops) => hops,
+            Err(msg) => {
+                c.err(Some(rp.ssh.span()), format!("{field}.ssh"), msg);
+                Vec::new()
+            }
+        },
+    };
 
+    // `identity` and `known_hosts`, when given, serve the jump hosts too (as
+    // one key and one known_hosts file usually do); otherwise each server gets
+    // what its own `Host` block says.
     let identities = match &rp.identity {
         Some(list) if list.is_empty() => {
             c.err(
@@ -632,74 +623,48 @@ fn validate_peer(
                 format!("{field}.identity"),
                 "is empty; list at least one of \"agent\", \"keychain:NAME\" or a key file",
             );
-            Vec::new()
+            Some(Vec::new())
         }
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .filter_map(|(j, s)| match parse_identity(s.get_ref(), env) {
-                Ok(id) => Some(id),
-                Err(msg) => {
-                    c.err(Some(s.span()), format!("{field}.identity[{j}]"), msg);
-                    None
-                }
-            })
-            .collect(),
-        None => {
-            // OpenSSH's order: agent first, then our keychain entry, then the files
-            // ~/.ssh/config names (or the default key files).
-            // With `IdentitiesOnly yes`, the agent offers only the files' keys.
-            let files = target
-                .as_ref()
-                .map(|(_, r)| r.identity_files.clone())
-                .filter(|f| !f.is_empty())
-                .unwrap_or_else(|| {
-                    ["id_ed25519", "id_ecdsa", "id_rsa"]
-                        .iter()
-                        .map(|f| env.home.join(".ssh").join(f))
-                        .collect()
-                });
-            let only = target
-                .as_ref()
-                .is_some_and(|(_, r)| r.identities_only)
-                .then(|| files.clone());
-            let mut ids = vec![
-                IdentitySource::Agent { socket: None, only },
-                IdentitySource::Keychain {
-                    entry: name.clone(),
-                },
-            ];
-            ids.extend(files.into_iter().map(|path| IdentitySource::File { path }));
-            ids
-        }
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .filter_map(|(j, s)| match parse_identity(s.get_ref(), env) {
+                    Ok(id) => Some(id),
+                    Err(msg) => {
+                        c.err(Some(s.span()), format!("{field}.identity[{j}]"), msg);
+                        None
+                    }
+                })
+                .collect(),
+        ),
+        None => None,
     };
-
     let known_hosts = match &rp.known_hosts {
-        Some(RawPaths::One(p)) => vec![env.expand(p)],
-        Some(RawPaths::Many(ps)) if !ps.is_empty() => ps.iter().map(|p| env.expand(p)).collect(),
+        Some(RawPaths::One(p)) => Some(vec![env.expand(p)]),
+        Some(RawPaths::Many(ps)) if !ps.is_empty() => {
+            Some(ps.iter().map(|p| env.expand(p)).collect())
+        }
         Some(RawPaths::Many(_)) => {
             c.err(
                 None,
                 format!("{field}.known_hosts"),
                 "is an empty list; give at least one file",
             );
-            Vec::new()
+            Some(Vec::new())
         }
-        None => target
-            .as_ref()
-            .map(|(_, r)| r.known_hosts_files.clone())
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| vec![env.home.join(".ssh").join("known_hosts")]),
+        None => None,
     };
-    let global_known_hosts = target
-        .as_ref()
-        .and_then(|(_, r)| r.global_known_hosts_files.clone())
-        .unwrap_or_else(|| {
-            vec![
-                PathBuf::from("/etc/ssh/ssh_known_hosts"),
-                PathBuf::from("/etc/ssh/ssh_known_hosts2"),
-            ]
-        });
+    let server_of = |(target, resolved): (SshTarget, Resolved)| SshServer {
+        identities: identities
+            .clone()
+            .unwrap_or_else(|| default_identities(&resolved, env, &name)),
+        known_hosts: known_hosts
+            .clone()
+            .unwrap_or_else(|| default_known_hosts(&resolved, env)),
+        global_known_hosts: global_known_hosts(&resolved),
+        target,
+    };
+    let jumps: Vec<SshServer> = jump_targets.into_iter().map(server_of).collect();
 
     let keepalive = validate_keepalive(c, rp.keepalive.as_ref(), field);
     let backoff = validate_backoff(c, rp.backoff.as_ref(), field);
@@ -756,14 +721,12 @@ fn validate_peer(
     if c.errors.len() > errors_before {
         return None;
     }
-    let (target, _) = target?;
+    let server = server_of(target?);
     Some(PeerConfig {
         name,
         ssh: rp.ssh.get_ref().clone(),
-        target,
-        identities,
-        known_hosts,
-        global_known_hosts,
+        server,
+        jumps,
         accept_new: rp.accept_new,
         keepalive,
         backoff,
@@ -771,6 +734,114 @@ fn validate_peer(
         on_demand,
         forwards,
     })
+}
+
+/// `user`, `host`, `port` as written, completed from `~/.ssh/config` as `ssh`
+/// does (what is written wins).
+fn resolve_target(
+    user: Option<String>,
+    host: String,
+    port: Option<u16>,
+    ssh_config: &SshConfigFile,
+    env: &Env,
+) -> (SshTarget, Resolved) {
+    let resolved = ssh_config.resolve(&host);
+    let target = SshTarget {
+        user: user
+            .or(resolved.user.clone())
+            .unwrap_or_else(|| env.user.clone()),
+        host: resolved.hostname.clone().unwrap_or(host),
+        port: port.or(resolved.port).unwrap_or(22),
+        host_key_alias: resolved.host_key_alias.clone(),
+    };
+    (target, resolved)
+}
+
+/// The jump hosts a `ProxyJump` line leads through, in the order they are
+/// reached, as `ssh` builds the chain: `ProxyJump a,b` reaches `b` through `a`;
+/// the first host's own `ProxyJump` (from its `Host` block) comes before it,
+/// the others' are overridden, as `ssh -J` on a command line overrides them.
+/// A `ProxyCommand` is refused, naming where it is set.
+fn jump_chain(
+    proxy: &Proxy,
+    ssh_config: &SshConfigFile,
+    env: &Env,
+    depth: usize,
+) -> Result<Vec<(SshTarget, Resolved)>, String> {
+    const MAX_DEPTH: usize = 8;
+    let set = format!("{} sets {} {}", proxy.origin, proxy.keyword, proxy.value);
+    if proxy.keyword == "ProxyCommand" {
+        return Err(format!(
+            "{set}, and robbie-mesh does not run a command to reach a server (it would not silently connect directly instead): \
+             use `ProxyJump` for a jump host, set `ProxyCommand none` for this host in a `Host` block above that line, \
+             or give the peer an address it can reach directly"
+        ));
+    }
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "{set}: following the jump hosts' own ProxyJump lines goes more than {MAX_DEPTH} deep (a loop?); \
+             set `ProxyJump none` in the jump host's `Host` block"
+        ));
+    }
+    let mut hops = Vec::new();
+    for (i, spec) in proxy.value.split(',').enumerate() {
+        let spec = spec.trim();
+        let (user, host, port) = parse_ssh_target(spec.strip_prefix("ssh://").unwrap_or(spec))
+            .map_err(|m| format!("{set}: {m}"))?;
+        let (target, resolved) = resolve_target(user, host, port, ssh_config, env);
+        if i == 0 {
+            if let Some(own) = &resolved.proxy {
+                hops.extend(jump_chain(own, ssh_config, env, depth + 1)?);
+            }
+        }
+        hops.push((target, resolved));
+    }
+    Ok(hops)
+}
+
+/// With no `identity` list: OpenSSH's order, the agent first, then our keychain
+/// entry, then the files `~/.ssh/config` names (or the default key files). With
+/// `IdentitiesOnly yes`, the agent offers only the files' keys.
+fn default_identities(resolved: &Resolved, env: &Env, peer: &str) -> Vec<IdentitySource> {
+    let files = if resolved.identity_files.is_empty() {
+        ["id_ed25519", "id_ecdsa", "id_rsa"]
+            .iter()
+            .map(|f| env.home.join(".ssh").join(f))
+            .collect()
+    } else {
+        resolved.identity_files.clone()
+    };
+    let only = resolved.identities_only.then(|| files.clone());
+    let mut ids = vec![
+        IdentitySource::Agent { socket: None, only },
+        IdentitySource::Keychain {
+            entry: peer.to_string(),
+        },
+    ];
+    ids.extend(files.into_iter().map(|path| IdentitySource::File { path }));
+    ids
+}
+
+/// With no `known_hosts`: `UserKnownHostsFile`, or `~/.ssh/known_hosts`.
+fn default_known_hosts(resolved: &Resolved, env: &Env) -> Vec<PathBuf> {
+    if resolved.known_hosts_files.is_empty() {
+        vec![env.home.join(".ssh").join("known_hosts")]
+    } else {
+        resolved.known_hosts_files.clone()
+    }
+}
+
+/// `GlobalKnownHostsFile`, or the system's files.
+fn global_known_hosts(resolved: &Resolved) -> Vec<PathBuf> {
+    resolved
+        .global_known_hosts_files
+        .clone()
+        .unwrap_or_else(|| {
+            vec![
+                PathBuf::from("/etc/ssh/ssh_known_hosts"),
+                PathBuf::from("/etc/ssh/ssh_known_hosts2"),
+            ]
+        })
 }
 
 fn validate_keepalive(c: &mut Checker<'_>, k: Option<&RawKeepalive>, field: &str) -> Keepalive {

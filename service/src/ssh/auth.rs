@@ -11,16 +11,21 @@ use russh::keys::agent::AgentIdentity;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg};
 
 use super::{MeshHandler, SshError};
-use crate::config::{IdentitySource, PeerConfig};
+use crate::config::{IdentitySource, SshServer};
 use crate::keys;
 
 type Handle = client::Handle<MeshHandler>;
 
-pub async fn authenticate(handle: &mut Handle, peer: &PeerConfig) -> Result<(), SshError> {
-    let user = peer.target.user.clone();
+/// Logs in to `server` with its identities, in order (`peer` names the peer in logs).
+pub async fn authenticate(
+    handle: &mut Handle,
+    server: &SshServer,
+    peer: &str,
+) -> Result<(), SshError> {
+    let user = server.target.user.clone();
     let mut tried = Vec::new();
     // The agent offers the keys of these files first, as ssh does.
-    let files: Vec<std::path::PathBuf> = peer
+    let files: Vec<std::path::PathBuf> = server
         .identities
         .iter()
         .filter_map(|s| match s {
@@ -28,7 +33,7 @@ pub async fn authenticate(handle: &mut Handle, peer: &PeerConfig) -> Result<(), 
             _ => None,
         })
         .collect();
-    for source in &peer.identities {
+    for source in &server.identities {
         let outcome = match source {
             IdentitySource::Agent { socket, only } => {
                 try_agent(handle, &user, socket.as_deref(), only.as_deref(), &files).await
@@ -50,7 +55,7 @@ pub async fn authenticate(handle: &mut Handle, peer: &PeerConfig) -> Result<(), 
         };
         match outcome {
             Outcome::Accepted => {
-                tracing::debug!(peer = %peer.name, "authenticated as {user} with {source}");
+                tracing::debug!(peer = %peer, "authenticated as {user} with {source}");
                 return Ok(());
             }
             Outcome::Refused(n) => tried.push(format!(
@@ -241,7 +246,7 @@ fn public_half(file: &std::path::Path) -> Option<russh::keys::ssh_key::public::K
 
 /// A key file of ours that others may read is refused, as OpenSSH refuses it
 /// ("UNPROTECTED PRIVATE KEY FILE"): the key must be assumed known.
-fn unprotected(path: &std::path::Path) -> Result<(), String> {
+pub fn unprotected(path: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(()); // missing or unreadable: said when it is read

@@ -19,7 +19,7 @@ use russh::client;
 use russh::keys::PublicKey;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HostPort, PeerConfig};
+use crate::config::{HostPort, PeerConfig, SshServer, SshTarget};
 use known_hosts::{HostKeyVerdict, KnownHosts};
 
 /// Why a session could not be set up. Each message says what to do next.
@@ -60,6 +60,9 @@ pub enum SshError {
     AuthFailed { user: String, tried: String },
     #[error("ssh protocol error: {0}")]
     Protocol(String),
+    /// Something above went wrong at a jump host on the way to the peer.
+    #[error("at the jump host {via}: {error}")]
+    Jump { via: String, error: Box<SshError> },
 }
 
 impl SshError {
@@ -75,11 +78,15 @@ impl SshError {
             SshError::KnownHostsUnreadable { .. } => "known_hosts unreadable",
             SshError::AuthFailed { .. } => "auth failed",
             SshError::Protocol(_) => "protocol error",
+            SshError::Jump { error, .. } => error.kind(),
         }
     }
 
     /// Host-key problems are alarms (possible man in the middle), not outages.
     pub fn is_host_key_alarm(&self) -> bool {
+        if let SshError::Jump { error, .. } = self {
+            return error.is_host_key_alarm();
+        }
         matches!(
             self,
             SshError::HostKeyChanged { .. }
@@ -135,7 +142,11 @@ pub struct MeshHandler {
     known_hosts_name: String,
     /// The peer's known_hosts files, read once per connection attempt.
     known_hosts: KnownHosts,
-    peer: PeerConfig,
+    /// The server this session is with (the peer's, or a jump host).
+    server: SshServer,
+    /// The peer's name, for logs.
+    peer: String,
+    accept_new: bool,
     /// Why the host key was refused, read after the handshake fails.
     refusal: Arc<Mutex<Option<SshError>>>,
     reverse: Arc<ReverseRoutes>,
@@ -183,14 +194,14 @@ impl client::Handler for MeshHandler {
                 file: file.display().to_string(),
                 line,
             },
-            HostKeyVerdict::Unknown if self.peer.accept_new => {
-                let Some(file) = self.peer.known_hosts.first() else {
+            HostKeyVerdict::Unknown if self.accept_new => {
+                let Some(file) = self.server.known_hosts.first() else {
                     return Ok(false);
                 };
                 match known_hosts::append(file, name, server_public_key) {
                     Ok(()) => {
                         tracing::info!(
-                            peer = %self.peer.name,
+                            peer = %self.peer,
                             "accepted new host key {} for {name} (saved to {})",
                             fingerprint(server_public_key),
                             file.display()
@@ -246,7 +257,7 @@ impl client::Handler for MeshHandler {
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
         let Some(route) = self.reverse.find(connected_address, connected_port) else {
-            tracing::warn!(peer = %self.peer.name, "server opened a channel for {connected_address}:{connected_port}, which no -R forward asked for");
+            tracing::warn!(peer = %self.peer, "server opened a channel for {connected_address}:{connected_port}, which no -R forward asked for");
             drop(reply); // rejects
             return Ok(());
         };
@@ -270,25 +281,82 @@ pub struct Session {
     /// What has arrived from the server: while it grows, the peer is alive (a
     /// keepalive answer may be waiting behind bulk data).
     pub arrivals: Arc<socket::Arrivals>,
+    /// `user@host:port`, for messages.
+    server: String,
+    /// The jump host's session this one runs through: kept while this one lives.
+    via: Option<Box<Session>>,
 }
 
 impl Session {
     /// Why the session ended on its own: the error russh ended it with (a
     /// protocol violation, a broken connection) or the server's disconnect
     /// message; "connection closed by the server" when nothing more is known.
+    /// Through a jump host whose session ended first, that is the reason.
     pub fn end_reason(&self) -> String {
-        self.ended
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or_else(|| "connection closed by the server".to_string())
+        let own = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        own.or_else(|| {
+            let jump = self.via.as_deref().filter(|j| j.closed.is_cancelled())?;
+            Some(format!(
+                "the jump host {}: {}",
+                jump.server,
+                jump.end_reason()
+            ))
+        })
+        .unwrap_or_else(|| "connection closed by the server".to_string())
     }
 }
 
-/// Connects, checks the host key and authenticates, all within the peer's connect timeout.
+/// Connects, checks the host key and authenticates, each step within the peer's
+/// connect timeout: to the peer's server directly, or through its jump hosts
+/// (each one's host key checked and each one logged in to before anything is
+/// sent through it, as `ssh -J` does).
 pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<Session, SshError> {
-    let target = peer.target.clone();
-    let timeout = peer.connect_timeout;
+    // The reverse routes belong to the peer's own server: a jump host is asked
+    // for no `-R` forward, and any channel it opens is refused.
+    let routes_of = |server: &SshServer| {
+        if std::ptr::eq(server, &peer.server) {
+            reverse.clone()
+        } else {
+            Arc::new(ReverseRoutes::default())
+        }
+    };
+    // Errors at a jump host say so: "authentication failed" alone would send
+    // the user to the wrong server.
+    let at = |server: &SshServer, e: SshError| {
+        if std::ptr::eq(server, &peer.server) {
+            e
+        } else {
+            SshError::Jump {
+                via: server.target.to_string(),
+                error: Box::new(e),
+            }
+        }
+    };
+    let mut servers = peer.jumps.iter().chain(std::iter::once(&peer.server));
+    let first = servers.next().unwrap_or(&peer.server);
+    let tcp = dial(&first.target, peer.connect_timeout)
+        .await
+        .map_err(|e| at(first, e))?;
+    let arrivals = Arc::new(socket::Arrivals::default());
+    let wire = socket::QuickAck::new(tcp, arrivals.clone());
+    let mut session = handshake(peer, first, wire, arrivals, routes_of(first), None)
+        .await
+        .map_err(|e| at(first, e))?;
+    for next in servers {
+        let stream = through(&session, &next.target, peer.connect_timeout)
+            .await
+            .map_err(|e| at(next, e))?;
+        let arrivals = Arc::new(socket::Arrivals::default());
+        let wire = socket::Counted::new(stream, arrivals.clone());
+        session = handshake(peer, next, wire, arrivals, routes_of(next), Some(session))
+            .await
+            .map_err(|e| at(next, e))?;
+    }
+    Ok(session)
+}
+
+/// A TCP connection to `target`.
+async fn dial(target: &SshTarget, timeout: Duration) -> Result<tokio::net::TcpStream, SshError> {
     let addr = format!("{}:{}", target.host, target.port);
     let tcp = tokio::time::timeout(
         timeout,
@@ -304,12 +372,60 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
         reason: e.to_string(),
     })?;
     let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
 
+/// A connection to `target` made by the jump host `jump` (a `direct-tcpip`
+/// channel, as `ssh -W`).
+async fn through(
+    jump: &Session,
+    target: &SshTarget,
+    timeout: Duration,
+) -> Result<russh::ChannelStream<client::Msg>, SshError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    let open = jump.handle.channel_open_direct_tcpip(
+        target.host.clone(),
+        u32::from(target.port),
+        "127.0.0.1",
+        0,
+    );
+    match tokio::time::timeout(timeout, open).await {
+        Ok(Ok(channel)) => Ok(channel.into_stream()),
+        Ok(Err(e)) => Err(SshError::Unreachable {
+            target: addr,
+            reason: format!(
+                "the jump host {} could not connect to it ({e})",
+                jump.server
+            ),
+        }),
+        Err(_) => Err(SshError::Timeout {
+            target: addr,
+            timeout,
+        }),
+    }
+}
+
+/// The SSH handshake with `server` over `stream`: host key checked against its
+/// known_hosts, then authentication, within the peer's connect timeout.
+async fn handshake<S>(
+    peer: &PeerConfig,
+    server: &SshServer,
+    stream: S,
+    arrivals: Arc<socket::Arrivals>,
+    reverse: Arc<ReverseRoutes>,
+    via: Option<Session>,
+) -> Result<Session, SshError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let target = &server.target;
+    let timeout = peer.connect_timeout;
+    let addr = format!("{}:{}", target.host, target.port);
     let known_hosts_name = target.known_hosts_name();
-    let files: Vec<_> = peer
+    let files: Vec<_> = server
         .known_hosts
         .iter()
-        .chain(&peer.global_known_hosts)
+        .chain(&server.global_known_hosts)
         .cloned()
         .collect();
     let (known_hosts, warnings) = KnownHosts::load(&files);
@@ -321,37 +437,36 @@ pub async fn connect(peer: &PeerConfig, reverse: Arc<ReverseRoutes>) -> Result<S
     ));
     let refusal = Arc::new(Mutex::new(None));
     let closed = CancellationToken::new();
-    let arrivals = Arc::new(socket::Arrivals::default());
     let ended = Arc::new(Mutex::new(None));
     let handler = MeshHandler {
         ended: ended.clone(),
         known_hosts_name,
         known_hosts,
-        peer: peer.clone(),
+        server: server.clone(),
+        peer: peer.name.clone(),
+        accept_new: peer.accept_new,
         refusal: refusal.clone(),
         reverse,
         closed: closed.clone(),
     };
     let handshake = async {
-        let mut handle = client::connect_stream(
-            config,
-            socket::QuickAck::new(tcp, arrivals.clone()),
-            handler,
-        )
-        .await
-        .map_err(|e| {
-            refusal
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or_else(|| protocol_error(&addr, e))
-        })?;
-        auth::authenticate(&mut handle, peer).await?;
+        let mut handle = client::connect_stream(config, stream, handler)
+            .await
+            .map_err(|e| {
+                refusal
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_else(|| protocol_error(&addr, e))
+            })?;
+        auth::authenticate(&mut handle, server, &peer.name).await?;
         Ok(Session {
             handle,
             closed,
             ended,
             arrivals,
+            server: target.to_string(),
+            via: via.map(Box::new),
         })
     };
     tokio::time::timeout(timeout, handshake)

@@ -161,6 +161,50 @@ impl AsyncRead for QuickAck {
     }
 }
 
+/// A stream that is not this process's socket (a channel through a jump host):
+/// its reads are counted.
+pub struct Counted<S> {
+    inner: S,
+    arrivals: Arc<Arrivals>,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S, arrivals: Arc<Arrivals>) -> Self {
+        Counted { inner, arrivals }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = out.filled().len();
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, out))?;
+        self.arrivals.add(out.filled().len() - before);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 impl Drop for QuickAck {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]
@@ -210,16 +254,18 @@ mod tests {
     /// the connection closed, nothing is asked of its old descriptor.
     #[tokio::test]
     async fn arrivals_count_what_the_kernel_holds_and_what_was_read() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+            .expect("loopback");
+        let client = TcpStream::connect(listener.local_addr().expect("loopback"))
+            .await
+            .expect("loopback");
+        let (mut server, _) = listener.accept().await.expect("loopback");
         let arrivals = Arc::new(Arrivals::default());
         let mut wire = QuickAck::new(client, arrivals.clone());
         assert_eq!(arrivals.count(), 0, "nothing sent yet");
 
-        server.write_all(b"hello").await.unwrap();
+        server.write_all(b"hello").await.expect("loopback");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while arrivals.count() == 0 {
             assert!(
@@ -237,7 +283,7 @@ mod tests {
         }
         let before = arrivals.count();
         let mut got = [0u8; 5];
-        wire.read_exact(&mut got).await.unwrap();
+        wire.read_exact(&mut got).await.expect("loopback");
         assert_eq!(&got, b"hello");
         assert_eq!(arrivals.count(), before + 5, "and then as read");
 

@@ -205,7 +205,11 @@ impl PeerSupervisor {
     /// Runs one established session until it fails; returns why it ended.
     async fn connected(&mut self, session: Arc<Session>) -> String {
         let session_cancel = self.cancel.child_token();
-        let target = self.peer.target.to_string();
+        let mut target = self.peer.server.target.to_string();
+        for (i, jump) in self.peer.jumps.iter().enumerate() {
+            target.push_str(if i == 0 { " through " } else { ", " });
+            target.push_str(&jump.target.to_string());
+        }
         tracing::info!("ssh session to {target} up");
 
         // -R forwards are requested before the tunnels are announced up; each
