@@ -12,6 +12,11 @@ command -v psql >/dev/null || need+=(postgresql-client)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
 command -v faketime >/dev/null || need+=(faketime)   # a device whose clock is slow (sync tests)   # the multi-node tests: one network namespace per node
+# The installer tests: a real systemd as PID 1 of a sandbox (systemd-analyze,
+# systemd-sysusers, journalctl inside), nsenter/unshare, curl inside the sandbox.
+command -v /lib/systemd/systemd >/dev/null || need+=(systemd)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v curl >/dev/null || need+=(curl)
 command -v chromium >/dev/null || need+=(chromium)   # the dashboard test, headless
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)

@@ -19,6 +19,10 @@ pub struct NodeInventory {
     pub gpus: Vec<Gpu>,
     /// How the GPUs were found ("nvidia-smi", "sysctl", "none"), or why not.
     pub gpu_source: String,
+    /// What could not be read, and why (a sandbox hiding `/proc/cpuinfo`, say):
+    /// a zero above is then unknown, not zero.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,7 +57,18 @@ pub fn detect(node: &str) -> NodeInventory {
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| "unknown".into());
     let (gpus, gpu_source) = detect_gpus(sys.total_memory());
+    let mut problems = Vec::new();
+    if cpus.is_empty() {
+        problems.push(unreadable("the CPU list", "/proc/cpuinfo"));
+    }
+    if sys.total_memory() == 0 {
+        problems.push(unreadable("the memory size", "/proc/meminfo"));
+    }
+    for p in &problems {
+        tracing::warn!("node inventory: {p}");
+    }
     NodeInventory {
+        problems,
         node: node.to_string(),
         os: sysinfo::System::long_os_version().unwrap_or_else(|| std::env::consts::OS.to_string()),
         arch: std::env::consts::ARCH.to_string(),
@@ -66,6 +81,20 @@ pub fn detect(node: &str) -> NodeInventory {
         gpus,
         gpu_source,
     }
+}
+
+/// Why `what` is unknown: on Linux, what reading `file` says (a unit with
+/// `ProcSubset=pid` hides it, for one).
+fn unreadable(what: &str, file: &str) -> String {
+    let why = if cfg!(target_os = "linux") {
+        match std::fs::read(file) {
+            Err(e) => format!("{file}: {e}"),
+            Ok(_) => format!("{file} is readable but was not understood"),
+        }
+    } else {
+        "the system did not say".to_string()
+    };
+    format!("cannot read {what} ({why}); it shows as 0")
 }
 
 fn detect_gpus(memory_bytes: u64) -> (Vec<Gpu>, String) {

@@ -29,6 +29,13 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ServiceCommand {
+    /// Print a unit, plist or autostart file as installed: system, sysusers,
+    /// user, autostart, launchd or launchd-app (all of them, named, without one).
+    Print { kind: Option<String> },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the service (in the foreground; systemd/launchd keep it running).
     Run {
@@ -39,6 +46,10 @@ enum Command {
         /// API address, overriding the config's `[api] listen` (loopback only).
         #[arg(long, env = "ROBBIE_MESH_API")]
         listen: Option<SocketAddr>,
+        /// Log to this file (appended; a leading `~/` is your home) instead of
+        /// stderr: for launchd, where an agent's stderr goes nowhere.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
     },
     /// Validate a config file and summarise what would run.
     CheckConfig { file: Option<PathBuf> },
@@ -86,6 +97,11 @@ enum Command {
         timeout: std::time::Duration,
         #[command(flatten)]
         api: ApiArg,
+    },
+    /// The files that make robbie-mesh start at boot or login (systemd, launchd).
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
     },
     /// SSH keys in the OS keychain (what `identity = ["keychain:NAME"]` logs in with).
     Keys {
@@ -183,7 +199,11 @@ struct ApiArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, listen } => run(config, listen),
+        Command::Run {
+            config,
+            listen,
+            log_file,
+        } => run(config, listen, log_file.as_deref()),
         Command::CheckConfig { file } => check_config(file),
         Command::Status { json, api } => status(json, &api),
         Command::Reconnect { tunnel, api } => reconnect(&tunnel, &api),
@@ -201,6 +221,7 @@ fn main() -> ExitCode {
         } => sync(wait, timeout, &api),
         Command::Db { command } => db(command),
         Command::Keys { command } => keys(command),
+        Command::Service { command } => service(command),
     };
     match result {
         Ok(code) => code,
@@ -220,6 +241,75 @@ fn init_logging() {
         .init();
 }
 
+/// Logging into `path` (a leading `~/` is the home directory): its directory is
+/// created 0700, and a file over 10 MiB is moved aside to `FILE.1` first.
+fn init_file_logging(path: &std::path::Path) -> anyhow::Result<()> {
+    const KEEP: u64 = 10 * 1024 * 1024;
+    let path = match path.strip_prefix("~") {
+        Ok(rest) => dirs::home_dir()
+            .context("--log-file starts with ~/ but there is no home directory")?
+            .join(rest),
+        Err(_) => path.to_path_buf(),
+    };
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
+    }
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > KEEP) {
+        let mut old = path.clone().into_os_string();
+        old.push(".1");
+        let _ = std::fs::rename(&path, old);
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the log file {}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROBBIE_MESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
+    Ok(())
+}
+
+/// `run`'s exit status for a config that cannot be used (EX_CONFIG in
+/// sysexits.h): the units do not restart on it (`RestartPreventExitStatus=78`),
+/// since a restart would only repeat the error.
+const EX_CONFIG: u8 = 78;
+
+/// What a long-running service needs of the process before anything else:
+/// files it creates are its user's alone whatever umask it inherited (the
+/// store holds conversations; keys and known_hosts are secrets), and the
+/// open-file limit is as high as allowed (services get 1024 by default,
+/// launchd agents 256; each tunnelled connection takes two).
+fn prepare_process() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        // macOS refuses an unlimited soft limit; OPEN_MAX (10240) is its ceiling.
+        let want = if cfg!(target_os = "macos") {
+            hard.min(10240)
+        } else {
+            hard
+        };
+        if soft < want {
+            match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+                Ok(()) => tracing::debug!("open-file limit raised from {soft} to {want}"),
+                Err(e) => tracing::warn!(
+                    "open-file limit stays at {soft} (cannot raise it to {want}: {e}); each tunnelled connection takes two"
+                ),
+            }
+        }
+    }
+}
+
 /// The config to run with: the file given, else the default file if it exists, else
 /// the built-in local-only default.
 fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -236,15 +326,35 @@ fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
-    init_logging();
-    let mut cfg = load_config(config)?;
+fn run(
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    log_file: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    match log_file {
+        Some(path) => init_file_logging(path)?,
+        None => init_logging(),
+    }
+    prepare_process();
+    let mut cfg = match load_config(config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            // The journal (stderr) or the log file shows file:line:column and
+            // what to change.
+            if log_file.is_some() {
+                tracing::error!("{e:#}");
+            }
+            eprintln!("robbie-mesh: {e:#}");
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
     if let Some(addr) = listen {
         if !addr.ip().is_loopback() {
-            bail!(
-                "--listen {addr}: the API only listens on loopback; use e.g. 127.0.0.1:{}",
+            eprintln!(
+                "robbie-mesh: --listen {addr}: the API only listens on loopback; use e.g. 127.0.0.1:{}",
                 addr.port()
             );
+            return Ok(ExitCode::from(EX_CONFIG));
         }
         cfg.api.listen = addr;
     }
@@ -265,10 +375,34 @@ fn run(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Ex
         );
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        robbie_mesh::service::run(cfg, listener, shutdown).await.context("API server failed")?;
+        let (service, done) = robbie_mesh::service::start(cfg, listener, shutdown);
+        tokio::spawn(robbie_mesh::notify::run(service));
+        done.await.context("API server failed")?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn service(command: ServiceCommand) -> anyhow::Result<ExitCode> {
+    use robbie_mesh::units;
+    match command {
+        ServiceCommand::Print { kind: Some(kind) } => match units::find(&kind) {
+            Some(f) => print!("{}", f.text),
+            None => {
+                let kinds: Vec<&str> = units::FILES.iter().map(|f| f.kind).collect();
+                bail!(
+                    "no file called `{kind}`; choose one of {}",
+                    kinds.join(", ")
+                )
+            }
+        },
+        ServiceCommand::Print { kind: None } => {
+            for f in units::FILES {
+                println!("# {} — {} (installed as {})", f.kind, f.source, f.installed);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
@@ -456,7 +590,14 @@ fn db(command: DbCommand) -> anyhow::Result<ExitCode> {
             let (_, store) = open_store(config)?;
             let (c, m) = match &output {
                 Some(path) => {
-                    let file = std::fs::File::create(path)
+                    // Conversations: readable by their owner only, as the store.
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(path)
                         .with_context(|| format!("cannot create {}", path.display()))?;
                     cli::export(&store, &mut std::io::BufWriter::new(file))?
                 }

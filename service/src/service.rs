@@ -37,6 +37,8 @@ pub struct Service {
     pub replica: watch::Receiver<Option<crate::store::replica::ReplicaStatus>>,
     /// Cancelled when the service stops (long-lived answers end with it).
     pub shutdown: CancellationToken,
+    /// Settles once every listener has tried to bind.
+    pub startup: crate::startup::Startup,
 }
 
 impl Service {
@@ -48,6 +50,7 @@ impl Service {
         cancel: &CancellationToken,
     ) -> Service {
         let events = EventBus::new();
+        let startup = crate::startup::Startup::default();
         let peers: Vec<PeerHandle> = config
             .peers
             .iter()
@@ -57,6 +60,7 @@ impl Service {
                     events.clone(),
                     clock,
                     tracker,
+                    &startup,
                     cancel.child_token(),
                 )
             })
@@ -69,8 +73,15 @@ impl Service {
                 .cloned()
         };
         let nodes = crate::nodes::spawn(&config.node, &config.nodes, &tunnel, tracker, cancel);
-        let services =
-            crate::services::spawn(&config.services, &tunnel, &nodes, &events, tracker, cancel);
+        let services = crate::services::spawn(
+            &config.services,
+            &tunnel,
+            &nodes,
+            &events,
+            tracker,
+            &startup,
+            cancel,
+        );
         let store = Store::open(&config.store.path, &config.node).map_err(|e| {
             tracing::error!("{e}; conversations are unavailable until it is fixed (set [store] path in the config)");
             e.to_string()
@@ -90,6 +101,7 @@ impl Service {
             None => watch::channel(None).1,
         };
         Service {
+            startup,
             shutdown: cancel.clone(),
             replica,
             config: Arc::new(config),

@@ -354,6 +354,7 @@ pub fn spawn(
     nodes: &watch::Receiver<NodeMap>,
     events: &EventBus,
     tracker: &TaskTracker,
+    startup: &crate::startup::Startup,
     cancel: &CancellationToken,
 ) -> Vec<Arc<ServiceHandle>> {
     // No keep-alive: an idle probe connection would hold an on-demand tunnel open.
@@ -415,7 +416,11 @@ pub fn spawn(
                 route_changes: std::sync::atomic::AtomicU64::new(0),
                 nodes: nodes.clone(),
             });
-            tracker.spawn(crate::proxy::serve(handle.clone(), cancel.clone()));
+            tracker.spawn(crate::proxy::serve(
+                handle.clone(),
+                startup.pending(),
+                cancel.clone(),
+            ));
             tracker.spawn(watch_route(
                 handle.clone(),
                 changed,

@@ -8,6 +8,7 @@ pub mod ollama;
 pub mod postgres;
 pub mod servers;
 pub mod sshd;
+pub mod systemd;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

@@ -218,8 +218,9 @@ fn check_config_reports_line_and_field_or_a_summary() {
     assert!(text.contains("-L aurora-ollama"), "{text}");
 
     // Running with a broken config fails at once with the same message.
+    // Exit 78 (EX_CONFIG): the units do not restart on it.
     let out = run(cmd(home.path()).arg("run").arg("--config").arg(&bad));
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
 }
 

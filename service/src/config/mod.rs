@@ -75,10 +75,23 @@ pub struct SyncConfig {
 /// `<data dir>/robbie-mesh/store.db` (`~/.local/share` on Linux,
 /// `~/Library/Application Support` on macOS).
 pub fn default_store_path() -> PathBuf {
+    // Under systemd with `StateDirectory=robbie-mesh`: /var/lib/robbie-mesh.
+    if let Some(dir) = systemd_directory("STATE_DIRECTORY") {
+        return dir.join("store.db");
+    }
     dirs::data_dir()
         .unwrap_or_else(|| PathBuf::from("."))
         .join("robbie-mesh")
         .join("store.db")
+}
+
+/// The first directory systemd passes in `$STATE_DIRECTORY` or
+/// `$CONFIGURATION_DIRECTORY` (set by the unit's `StateDirectory=` and
+/// `ConfigurationDirectory=`; colon-separated when several).
+fn systemd_directory(var: &str) -> Option<PathBuf> {
+    let value = std::env::var_os(var)?;
+    let first = value.to_str()?.split(':').next()?.to_string();
+    (!first.is_empty()).then(|| PathBuf::from(first))
 }
 
 /// What a service speaks, which decides how it is probed and proxied.
@@ -534,6 +547,10 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 pub fn default_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ROBBIE_MESH_CONFIG") {
         return Some(PathBuf::from(p));
+    }
+    // Under systemd with `ConfigurationDirectory=robbie-mesh`: /etc/robbie-mesh.
+    if let Some(dir) = systemd_directory("CONFIGURATION_DIRECTORY") {
+        return Some(dir.join("config.toml"));
     }
     dirs::config_dir().map(|d| d.join("robbie-mesh").join("config.toml"))
 }

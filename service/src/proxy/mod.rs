@@ -18,8 +18,13 @@ use crate::services::ServiceHandle;
 use crate::tunnel::Backoff;
 
 /// Binds the service's endpoint (retrying while the port is taken) and serves it
-/// until `cancel`.
-pub async fn serve(service: Arc<ServiceHandle>, cancel: CancellationToken) {
+/// until `cancel`. `starting` is dropped after the first attempt to bind.
+pub async fn serve(
+    service: Arc<ServiceHandle>,
+    starting: crate::startup::Pending,
+    cancel: CancellationToken,
+) {
+    let mut starting = Some(starting);
     let addr = service.config.listen;
     let mut backoff = Backoff::new(crate::config::Backoff {
         initial: Duration::from_millis(500),
@@ -36,12 +41,14 @@ pub async fn serve(service: Arc<ServiceHandle>, cancel: CancellationToken) {
                 service.set_endpoint_problem(Some(why));
             }
         }
+        starting.take();
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(backoff.next_delay()) => {}
         }
     };
     service.set_endpoint_problem(None);
+    drop(starting);
     tracing::info!(service = %service.config.name, "endpoint listening on {addr}");
     match service.config.kind {
         ServiceKind::Ollama | ServiceKind::Http => {

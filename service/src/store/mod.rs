@@ -125,11 +125,20 @@ impl Store {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     pub fn open(path: &Path, node: &str) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Dir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
         }
+        private_file(path).map_err(|source| StoreError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let sql = |source| StoreError::Sqlite {
             path: path.to_path_buf(),
             source,
@@ -592,6 +601,27 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         node: r.get(5)?,
         created_at: r.get(6)?,
     })
+}
+
+/// The store file exists and only its owner can read it, whatever the umask:
+/// it holds conversations. SQLite gives its `-wal` and `-shm` files the same
+/// mode. An existing file that others could read is made private (and said so).
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "{} had mode {mode:04o}, readable by others; made it 0600 (it holds conversations)",
+            path.display()
+        );
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

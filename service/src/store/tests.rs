@@ -216,3 +216,27 @@ async fn a_pulled_page_leaves_the_connection_durable_and_the_log_is_checkpointed
         750
     );
 }
+
+/// The store holds conversations: under the usual umask (022) its directory is
+/// created 0700 and the database and its WAL 0600; an existing store others
+/// could read is made private on open.
+#[tokio::test]
+async fn the_store_is_its_owners_alone_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("new").join("store.db");
+    let s = Store::open(&path, "book").expect("open");
+    s.create_conversation("secret").await.expect("write");
+    assert_eq!(mode(path.parent().expect("dir")), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&dir.path().join("new").join("store.db-wal")), 0o600);
+    drop(s);
+
+    let old = dir.path().join("old.db");
+    std::fs::write(&old, b"").expect("write");
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    Store::open(&old, "book").expect("open");
+    assert_eq!(mode(&old), 0o600, "made private");
+}

@@ -40,6 +40,8 @@ pub struct LocalForward {
     pub session: watch::Receiver<Option<Arc<Session>>>,
     /// Told when a channel open waits, so the supervisor checks the session now.
     pub suspect: Arc<Notify>,
+    /// Start-up waits for this listener's first bind attempt.
+    pub starting: crate::startup::Pending,
 }
 
 impl LocalForward {
@@ -50,9 +52,12 @@ impl LocalForward {
         let Some(addr) = tunnel.config.listen_addr() else {
             return;
         };
-        let Some(listener) = bind_with_retry(tunnel, addr, backoff, &cancel).await else {
+        let Some(listener) =
+            bind_with_retry(tunnel, addr, backoff, &cancel, Some(self.starting)).await
+        else {
             return;
         };
+        let (session, suspect) = (self.session, self.suspect);
         loop {
             let accepted = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -67,12 +72,12 @@ impl LocalForward {
                     continue;
                 }
             };
-            let current = self.session.borrow().clone();
+            let current = session.borrow().clone();
             let Some(current) = current else {
                 tracing::debug!(tunnel = %tunnel.name(), "no ssh session; closing connection from {from}");
                 continue;
             };
-            let (tunnel, suspect, cancel) = (tunnel.clone(), self.suspect.clone(), cancel.clone());
+            let (tunnel, suspect, cancel) = (tunnel.clone(), suspect.clone(), cancel.clone());
             tokio::spawn(async move {
                 forward_local(&tunnel, current, tcp, from, &suspect, &cancel).await;
             });
@@ -85,6 +90,7 @@ async fn bind_with_retry(
     addr: SocketAddr,
     backoff: BackoffConfig,
     cancel: &CancellationToken,
+    mut starting: Option<crate::startup::Pending>,
 ) -> Option<TcpListener> {
     let mut backoff = Backoff::new(backoff);
     loop {
@@ -102,6 +108,8 @@ async fn bind_with_retry(
                 tunnel.set_problem(Some(why));
             }
         }
+        // Tried once: start-up need not wait for the port to come free.
+        starting.take();
         tokio::select! {
             () = cancel.cancelled() => return None,
             () = tokio::time::sleep(backoff.next_delay()) => {}

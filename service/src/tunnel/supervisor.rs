@@ -60,6 +60,7 @@ impl PeerSupervisor {
         events: EventBus,
         clock: &ClockWatch,
         tracker: &TaskTracker,
+        startup: &crate::startup::Startup,
         cancel: CancellationToken,
     ) -> PeerHandle {
         let demand = Demand::new(peer.on_demand.is_some());
@@ -92,6 +93,7 @@ impl PeerSupervisor {
                 tunnel: t.clone(),
                 session: session_rx.clone(),
                 suspect: suspect.clone(),
+                starting: startup.pending(),
             };
             tracker.spawn(local.serve(peer.backoff, cancel.clone()));
         }
