@@ -20,6 +20,8 @@ pub enum KeychainError {
     NoBackend,
     #[error("no keychain entry `{0}`; store one with the tray app or `secret-tool store --label=robbie-mesh service robbie-mesh username {0}`")]
     NotFound(String),
+    #[error("no keychain here: {0}")]
+    Unavailable(String),
     #[error("keychain entry `{entry}`: {source}")]
     Keyring {
         entry: String,
@@ -52,10 +54,29 @@ fn entry(account: &str) -> Result<keyring::Entry, KeychainError> {
     if !persistent {
         return Err(KeychainError::NoBackend);
     }
+    session_bus()?;
     keyring::Entry::new(KEYCHAIN_SERVICE, account).map_err(|source| KeychainError::Keyring {
         entry: account.to_string(),
         source,
     })
+}
+
+/// On Linux the Secret Service is on the session's D-Bus: a system service, a
+/// cron job or an SSH login without one has no keychain, and asking would only
+/// fail slowly (libdbus tries to start a bus for an X display). Said at once.
+fn session_bus() -> Result<(), KeychainError> {
+    if !cfg!(target_os = "linux") || std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() {
+        return Ok(());
+    }
+    let bus = std::env::var_os("XDG_RUNTIME_DIR").map(|d| Path::new(&d).join("bus"));
+    if bus.as_deref().is_some_and(Path::exists) {
+        return Ok(());
+    }
+    Err(KeychainError::Unavailable(
+        "no D-Bus session bus, so no Secret Service (a system service has none): use a key file, \
+         an ssh-agent, or under systemd `credential:NAME`"
+            .into(),
+    ))
 }
 
 /// Reads a secret; `Ok(None)` when there is no such entry.

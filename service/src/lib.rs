@@ -11,6 +11,7 @@ pub mod config;
 pub mod events;
 pub mod failpoint;
 pub mod health;
+pub mod install;
 pub mod inventory;
 pub mod keys;
 pub mod nodes;

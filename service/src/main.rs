@@ -30,9 +30,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum ServiceCommand {
+    /// Install, enable and start the service (systemd or launchd); every step
+    /// is printed, and a second run changes nothing.
+    Install {
+        #[command(flatten)]
+        scope: ScopeArg,
+    },
+    /// Stop and remove it; the config and the store (your conversations) stay.
+    Uninstall {
+        #[command(flatten)]
+        scope: ScopeArg,
+    },
+    /// Whether it is installed, enabled and running, and its status line.
+    Status {
+        #[command(flatten)]
+        scope: ScopeArg,
+    },
     /// Print a unit, plist or autostart file as installed: system, sysusers,
     /// user, autostart, launchd or launchd-app (all of them, named, without one).
     Print { kind: Option<String> },
+}
+
+/// Which service manager: the system's (the default as root on Linux) or
+/// your session's (the default otherwise, and always on macOS).
+#[derive(clap::Args)]
+struct ScopeArg {
+    /// A system service, started at boot (a headless node).
+    #[arg(long, conflicts_with = "user")]
+    system: bool,
+    /// A user service, started at login (a desktop: your keychain, your agent).
+    #[arg(long)]
+    user: bool,
+}
+
+impl ScopeArg {
+    fn scope(&self) -> robbie_mesh::install::Scope {
+        robbie_mesh::install::Scope::pick(self.system, self.user)
+    }
 }
 
 #[derive(Subcommand)]
@@ -396,6 +430,9 @@ fn service(command: ServiceCommand) -> anyhow::Result<ExitCode> {
                 )
             }
         },
+        ServiceCommand::Install { scope } => robbie_mesh::install::install(scope.scope())?,
+        ServiceCommand::Uninstall { scope } => robbie_mesh::install::uninstall(scope.scope())?,
+        ServiceCommand::Status { scope } => robbie_mesh::install::status(scope.scope())?,
         ServiceCommand::Print { kind: None } => {
             for f in units::FILES {
                 println!("# {} — {} (installed as {})", f.kind, f.source, f.installed);

@@ -291,3 +291,213 @@ fn a_config_typo_fails_once_and_an_enabled_unit_comes_up_at_boot() {
     let out = sb.sh_text("echo > /dev/tcp/127.0.0.1/11434 && echo accepted");
     assert!(out.contains("accepted"), "up at boot: {out}");
 }
+
+/// The sandbox's own servers for the hub test: an `sshd` on 127.0.0.1:2222
+/// (host key and authorized key made here), an HTTP server behind it on
+/// 127.0.0.1:9000, and a PostgreSQL on 127.0.0.1:5433; the client key goes in
+/// as an encrypted systemd credential, never a file the service can read.
+const HUB_SERVERS: &str = r#"
+set -eu
+t=/root/t; mkdir -p $t/www /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f $t/host_ed25519
+ssh-keygen -q -t ed25519 -N '' -f $t/id_ed25519
+cp $t/id_ed25519.pub $t/authorized_keys
+printf 'through the tunnel\n' > $t/www/index.html
+cat > $t/sshd_config <<CFG
+Port 2222
+ListenAddress 127.0.0.1
+HostKey $t/host_ed25519
+AuthorizedKeysFile $t/authorized_keys
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+PermitRootLogin prohibit-password
+AllowTcpForwarding yes
+CFG
+systemd-run -q --unit=test-sshd /usr/sbin/sshd -D -e -f $t/sshd_config
+systemd-run -q --unit=test-http python3 -m http.server 9000 --bind 127.0.0.1 --directory $t/www
+mkdir -p /etc/robbie-mesh
+echo "[127.0.0.1]:2222 $(cut -d' ' -f1,2 $t/host_ed25519.pub)" > /etc/robbie-mesh/known_hosts
+systemd-creds encrypt --name=aurora $t/id_ed25519 /etc/robbie-mesh/aurora.cred
+chmod 0600 /etc/robbie-mesh/aurora.cred
+for i in $(seq 200); do
+  curl -sf http://127.0.0.1:9000/ >/dev/null && break
+  sleep 0.05
+done
+"#;
+
+/// A PostgreSQL on 127.0.0.1:5433 in the sandbox (the probe's peer).
+const POSTGRES: &str = r#"
+set -eu
+pg=$(ls -d /usr/lib/postgresql/*/bin | head -1)
+install -d -o postgres -g postgres /var/tmp/pg
+runuser -u postgres -- $pg/initdb -D /var/tmp/pg/data -A trust -U postgres >/dev/null
+systemd-run -q --unit=test-pg --uid=postgres $pg/postgres -D /var/tmp/pg/data -p 5433 -k /var/tmp/pg -c listen_addresses=127.0.0.1
+for i in $(seq 200); do
+  $pg/pg_isready -q -h 127.0.0.1 -p 5433 && exit 0
+  sleep 0.05
+done
+exit 1
+"#;
+
+/// The hub's unit, under its full hardening, brings a real tunnel up: the key
+/// arrives as an encrypted credential (a keychain identity before it fails at
+/// once: a system service has no Secret Service), a request goes through the
+/// forward, the PostgreSQL probe answers, the store is written.
+#[test]
+fn the_hub_unit_carries_a_tunnel_under_its_full_hardening() {
+    let sb = installed("hub");
+    sb.ok(HUB_SERVERS);
+    sb.ok(POSTGRES);
+    sb.write(
+        "/etc/robbie-mesh/config.toml",
+        "node = \"aurora\"\n\
+         [[peer]]\nname = \"gpu\"\nssh = \"root@127.0.0.1:2222\"\n\
+         identity = [\"keychain:aurora\", \"credential:aurora\"]\n\
+         known_hosts = \"/etc/robbie-mesh/known_hosts\"\n\
+         [[peer.forward]]\nname = \"api\"\nlocal = \"127.0.0.1:19000\"\nremote = \"127.0.0.1:9000\"\n\
+         [[service]]\nname = \"pg\"\nkind = \"postgres\"\nlisten = \"127.0.0.1:15432\"\n\
+         candidates = [ { node = \"aurora\", address = \"127.0.0.1:5433\" } ]\n",
+        "0644",
+    );
+    sb.write(
+        "/etc/systemd/system/robbie-mesh.service.d/key.conf",
+        "[Service]\nLoadCredentialEncrypted=aurora:/etc/robbie-mesh/aurora.cred\n",
+        "0644",
+    );
+    sb.ok("systemctl daemon-reload && systemctl start robbie-mesh");
+    // Only the unit reads the key: not the service user outside it.
+    let outside =
+        sb.sh_text("runuser -u robbie-mesh -- cat /etc/robbie-mesh/aurora.cred | head -c 40");
+    assert!(!outside.contains("OPENSSH PRIVATE KEY"), "{outside}");
+
+    let through = sb.ok(
+        "for i in $(seq 200); do curl -sf http://127.0.0.1:19000/ && exit 0; sleep 0.05; done; \
+         journalctl --no-pager -u robbie-mesh; exit 1",
+    );
+    assert_eq!(through, "through the tunnel\n");
+    let services = sb.ok(
+        "for i in $(seq 200); do s=$(curl -sf http://127.0.0.1:8007/v1/status); \
+         echo \"$s\" | grep -q '\"postgres_role\":\"primary\"' && { echo \"$s\"; exit 0; }; sleep 0.05; done; echo \"$s\"; exit 1",
+    );
+    assert!(
+        services.contains("\"health\":\"online\""),
+        "the PostgreSQL probe answered: {services}"
+    );
+    let created = sb.ok(
+        "curl -sf -H 'Content-Type: application/json' -d '{\"title\":\"from the hub\"}' \
+         http://127.0.0.1:8007/v1/conversations",
+    );
+    assert!(created.contains("from the hub"), "{created}");
+    let listed = sb.ok("curl -sf http://127.0.0.1:8007/v1/conversations");
+    assert!(
+        listed.contains("from the hub"),
+        "the store was written: {listed}"
+    );
+    // The status line follows within its refresh period.
+    sb.wait_property(UNIT, "StatusText", Duration::from_secs(5), |s| {
+        s == "pg → aurora · 1/1 tunnels up"
+    });
+}
+
+/// `service install --system` from a binary outside /usr/bin: the unit, a
+/// drop-in naming the binary, the user, enabled and running; a second run
+/// changes nothing (same process); `status` says so; `uninstall` stops and
+/// removes it and keeps the store.
+#[test]
+fn service_install_system_round_trip() {
+    let bin = bin();
+    let sb = Sandbox::boot("instsys", &[(bin.as_path(), "robbie-mesh")]);
+    sb.ok("install -D -m 0755 /bring/robbie-mesh /opt/rm/robbie-mesh");
+    let first = sb.ok("/opt/rm/robbie-mesh service install --system");
+    for line in [
+        "+ /etc/systemd/system/robbie-mesh.service",
+        "+ /etc/systemd/system/robbie-mesh.service.d/robbie-mesh-binary.conf",
+        "$ systemctl enable robbie-mesh.service",
+        "Done: active. No config at /etc/robbie-mesh/config.toml yet",
+    ] {
+        assert!(first.contains(line), "`{line}` in:\n{first}");
+    }
+    assert!(sb
+        .property(UNIT, "ExecStart")
+        .contains("/opt/rm/robbie-mesh"));
+    let pid = sb.property(UNIT, "MainPID");
+    let second = sb.ok("/opt/rm/robbie-mesh service install --system");
+    assert!(
+        second.contains("= /etc/systemd/system/robbie-mesh.service (up to date)"),
+        "{second}"
+    );
+    assert!(!second.contains("  + "), "nothing rewritten:\n{second}");
+    assert_eq!(sb.property(UNIT, "MainPID"), pid, "not restarted");
+    let status = sb.ok("/opt/rm/robbie-mesh service status --system");
+    assert!(status.contains(": enabled, active"), "{status}");
+
+    let gone = sb.ok("/opt/rm/robbie-mesh service uninstall --system");
+    assert!(
+        gone.contains("- /etc/systemd/system/robbie-mesh.service"),
+        "{gone}"
+    );
+    assert!(
+        gone.contains("Kept: the config (/etc/robbie-mesh/) and the store"),
+        "{gone}"
+    );
+    assert_eq!(sb.property(UNIT, "LoadState"), "not-found");
+    sb.ok("test -f /var/lib/robbie-mesh/store.db");
+}
+
+/// `service install --user` for a lingering user (nobody logged in): the user
+/// unit starts in that user's manager and brings a tunnel up with a key file
+/// after a keychain identity that cannot work there, the reason in its log.
+#[test]
+fn service_install_user_for_a_lingering_user() {
+    let bin = bin();
+    let sb = Sandbox::boot("instuser", &[(bin.as_path(), "robbie-mesh")]);
+    sb.ok("install -m 0755 /bring/robbie-mesh /usr/bin/robbie-mesh");
+    sb.ok(HUB_SERVERS);
+    sb.ok(
+        "useradd -m tester && install -d -m 700 -o tester -g tester /home/tester/.ssh \
+         && install -m 600 -o tester -g tester /root/t/id_ed25519 /home/tester/.ssh/id_ed25519 \
+         && install -m 644 -o tester -g tester /etc/robbie-mesh/known_hosts /home/tester/.ssh/known_hosts \
+         && loginctl enable-linger tester",
+    );
+    let uid = sb.ok("id -u tester").trim().to_string();
+    sb.ok(&format!(
+        "for i in $(seq 200); do test -S /run/user/{uid}/bus && exit 0; sleep 0.05; done; exit 1"
+    ));
+    sb.write(
+        "/home/tester/.config/robbie-mesh/config.toml",
+        "node = \"vengeance\"\n\
+         [[peer]]\nname = \"aurora\"\nssh = \"root@127.0.0.1:2222\"\n\
+         identity = [\"keychain:aurora\", \"~/.ssh/id_ed25519\"]\n\
+         [[peer.forward]]\nname = \"api\"\nlocal = \"127.0.0.1:19000\"\nremote = \"127.0.0.1:9000\"\n",
+        "0644",
+    );
+    sb.ok("chown -R tester:tester /home/tester/.config");
+    let as_tester = format!(
+        "runuser -u tester -- env HOME=/home/tester XDG_RUNTIME_DIR=/run/user/{uid} \
+         DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/bus"
+    );
+    let out = sb.ok(&format!("{as_tester} robbie-mesh service install --user"));
+    assert!(
+        out.contains("+ /home/tester/.config/systemd/user/robbie-mesh.service"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Done: active. It runs with /home/tester/.config/robbie-mesh/config.toml"),
+        "{out}"
+    );
+    let through = sb.ok(
+        "for i in $(seq 300); do curl -sf http://127.0.0.1:19000/ && exit 0; sleep 0.05; done; exit 1",
+    );
+    assert_eq!(through, "through the tunnel\n");
+    let log = sb.ok("journalctl --no-pager _SYSTEMD_USER_UNIT=robbie-mesh.service");
+    assert!(
+        log.contains("with /home/tester/.ssh/id_ed25519, after: keychain:aurora ("),
+        "the keychain's reason is in the log:\n{log}"
+    );
+    let gone = sb.ok(&format!("{as_tester} robbie-mesh service uninstall --user"));
+    assert!(
+        gone.contains("- /home/tester/.config/systemd/user/robbie-mesh.service"),
+        "{gone}"
+    );
+}

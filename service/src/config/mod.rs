@@ -281,6 +281,10 @@ pub enum IdentitySource {
     Keychain { entry: String },
     /// A private key file; a passphrase, if needed, comes from the keychain.
     File { path: PathBuf },
+    /// A private key the service manager passes in (systemd's
+    /// `LoadCredentialEncrypted=NAME:FILE`): `$CREDENTIALS_DIRECTORY/NAME`,
+    /// encrypted at rest and readable only inside the unit.
+    Credential { name: String },
 }
 
 impl fmt::Display for IdentitySource {
@@ -306,6 +310,7 @@ impl fmt::Display for IdentitySource {
             }
             IdentitySource::Keychain { entry } => write!(f, "keychain:{entry}"),
             IdentitySource::File { path } => write!(f, "{}", path.display()),
+            IdentitySource::Credential { name } => write!(f, "credential:{name}"),
         }
     }
 }

@@ -477,3 +477,36 @@ fn an_ssh_config_or_include_others_can_change_is_refused() {
     let e = load(&own).expect_err("refused");
     assert!(e.to_string().contains("Bad owner or permissions"), "{e}");
 }
+
+/// `credential:NAME` is a systemd credential; a name with a slash or none at
+/// all is an error saying what the name is.
+#[test]
+fn a_credential_identity_names_what_the_unit_passes() {
+    let cfg = parse_with(
+        &format!("{PEER}identity = [\"credential:aurora\", \"agent\"]\n"),
+        "ok.toml",
+        &env(),
+    )
+    .expect("valid");
+    assert_eq!(
+        cfg.peers[0].server.identities[0],
+        IdentitySource::Credential {
+            name: "aurora".into()
+        }
+    );
+    assert_eq!(
+        cfg.peers[0].server.identities[0].to_string(),
+        "credential:aurora"
+    );
+    for bad in ["credential:", "credential:../key"] {
+        let e = one_error(
+            &format!("{PEER}identity = [\"{bad}\"]\n"),
+            4,
+            "peer[0].identity[0]",
+        );
+        assert!(
+            e.to_string().contains("LoadCredentialEncrypted=NAME:FILE"),
+            "{e}"
+        );
+    }
+}

@@ -1054,8 +1054,19 @@ fn parse_identity(s: &str, env: &Env) -> Result<IdentitySource, String> {
                 entry: e.to_string(),
             })
         }
+    } else if let Some(name) = s.strip_prefix("credential:") {
+        if name.is_empty() || name.contains('/') {
+            Err("`credential:` needs the credential's name, as in the unit's `LoadCredentialEncrypted=NAME:FILE`, e.g. \"credential:aurora\"".to_string())
+        } else {
+            Ok(IdentitySource::Credential {
+                name: name.to_string(),
+            })
+        }
     } else if s.is_empty() {
-        Err("is empty; write \"agent\", \"keychain:NAME\" or a key file path".to_string())
+        Err(
+            "is empty; write \"agent\", \"keychain:NAME\", \"credential:NAME\" or a key file path"
+                .to_string(),
+        )
     } else {
         Ok(IdentitySource::File {
             path: env.expand(s),

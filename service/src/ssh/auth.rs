@@ -38,7 +38,7 @@ pub async fn authenticate(
             IdentitySource::Agent { socket, only } => {
                 try_agent(handle, &user, socket.as_deref(), only.as_deref(), &files).await
             }
-            IdentitySource::Keychain { entry } => match blocking(keychain_key(entry.clone())).await
+            IdentitySource::Keychain { entry } => match keychain(keychain_key(entry.clone())).await
             {
                 Ok(key) => try_key(handle, &user, key).await,
                 Err(why) => Outcome::Unusable(why),
@@ -52,10 +52,25 @@ pub async fn authenticate(
                 Ok(key) => try_key(handle, &user, key).await,
                 Err(why) => Outcome::Unusable(why),
             },
+            IdentitySource::Credential { name } => match blocking({
+                let name = name.clone();
+                move || load_credential(&name)
+            })
+            .await
+            {
+                Ok(key) => try_key(handle, &user, key).await,
+                Err(why) => Outcome::Unusable(why),
+            },
         };
         match outcome {
             Outcome::Accepted => {
-                tracing::debug!(peer = %peer, "authenticated as {user} with {source}");
+                if tried.is_empty() {
+                    tracing::debug!(peer = %peer, "authenticated as {user} with {source}");
+                } else {
+                    // What did not work before is worth knowing (a keychain
+                    // that is not there under a system service, say).
+                    tracing::info!(peer = %peer, "authenticated as {user} with {source}, after: {}", tried.join(", "));
+                }
                 return Ok(());
             }
             Outcome::Refused(n) => tried.push(format!(
@@ -74,6 +89,24 @@ pub async fn authenticate(
             tried.join(", ")
         },
     })
+}
+
+/// How long a keychain may take to answer: a locked one can wait forever for
+/// a password prompt nobody sees (a user manager before login).
+const KEYCHAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A keychain read, given up after [`KEYCHAIN_WAIT`] (the next identity is
+/// then tried; the blocked thread finishes on its own).
+async fn keychain<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::time::timeout(KEYCHAIN_WAIT, blocking(f))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the keychain did not answer within {KEYCHAIN_WAIT:?} (locked, waiting for a password prompt?)"
+            ))
+        })
 }
 
 /// Keychain and file access block (D-Bus, disk): keep them off the async workers.
@@ -197,6 +230,25 @@ fn keychain_key(entry: String) -> impl FnOnce() -> Result<PrivateKey, String> {
         Err(keys::KeychainError::NotFound(_)) => Err("no such entry".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The key systemd passed in as credential `name` (`LoadCredential=` or
+/// `LoadCredentialEncrypted=`): `$CREDENTIALS_DIRECTORY/name`, decrypted by
+/// systemd, readable by this unit only.
+fn load_credential(name: &str) -> Result<PrivateKey, String> {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return Err(format!(
+            "no $CREDENTIALS_DIRECTORY: credential:{name} is for a systemd unit that passes it \
+             (LoadCredentialEncrypted={name}:/etc/robbie-mesh/{name}.cred)"
+        ));
+    };
+    let path = std::path::Path::new(&dir).join(name);
+    if !path.exists() {
+        return Err(format!(
+            "the unit passes no credential `{name}` (add LoadCredentialEncrypted={name}:FILE to it)"
+        ));
+    }
+    load_file(&path)
 }
 
 /// Reads a key file; an encrypted one is opened with the passphrase stored in the

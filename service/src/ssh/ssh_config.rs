@@ -255,13 +255,12 @@ impl SshConfigFile {
             .iter()
             .map(|p| tokens.path(p, &self.home))
             .collect();
-        let paths = |list: Vec<String>| -> Vec<PathBuf> {
-            list.iter()
-                .filter(|p| p.as_str() != "none")
-                .map(|p| tokens.path(p, &self.home))
-                .collect()
-        };
-        r.known_hosts_files = paths(known_hosts.unwrap_or_default());
+        r.known_hosts_files = known_hosts
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p.as_str() != "none")
+            .map(|p| tokens.path(p, &self.home))
+            .collect();
         // ssh expands `~` in the system's files, not `%` tokens.
         r.global_known_hosts_files = global.map(|list| {
             list.iter()

@@ -238,8 +238,11 @@ fn local_hashes(store: &Store, conversation: &str) -> Result<BTreeMap<String, St
     })
 }
 
+/// Rows as (kind, id).
+type RowKeys = BTreeSet<(String, String)>;
+
 /// Rows queued or set aside here: (kind, id).
-fn queued(store: &Store) -> Result<(BTreeSet<(String, String)>, u64, u64), StoreError> {
+fn queued(store: &Store) -> Result<(RowKeys, u64, u64), StoreError> {
     store.with_blocking(|conn| {
         let mut set = BTreeSet::new();
         let mut pending = 0;
