@@ -17,6 +17,7 @@ command -v faketime >/dev/null || need+=(faketime)   # a device whose clock is s
 command -v /lib/systemd/systemd >/dev/null || need+=(systemd)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
+command -v lintian >/dev/null || need+=(lintian)     # the .deb must be lintian-clean
 command -v chromium >/dev/null || need+=(chromium)   # the dashboard test, headless
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
@@ -53,6 +54,12 @@ if [ ! -f "$pw/node_modules/playwright-core/package.json" ]; then
   echo "tests/setup.sh: installing playwright-core into $pw"
   mkdir -p "$pw"
   npm install --prefix "$pw" --no-audit --no-fund --silent playwright-core@1.65.1
+fi
+# cargo-deb, which installers/build.sh packages the service with (pinned: the
+# package tests check what its maintainer scripts do).
+if ! command -v cargo-deb >/dev/null; then
+  echo "tests/setup.sh: installing cargo-deb"
+  cargo install --quiet --locked cargo-deb@3.8.0
 fi
 # sshd's privilege separation directory.
 [ -d /run/sshd ] || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"; $SUDO mkdir -p /run/sshd; }

@@ -132,6 +132,9 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// The man page (roff), for packages.
+    #[command(hide = true)]
+    Man,
     /// The files that make robbie-mesh start at boot or login (systemd, launchd).
     Service {
         #[command(subcommand)]
@@ -256,6 +259,7 @@ fn main() -> ExitCode {
         Command::Db { command } => db(command),
         Command::Keys { command } => keys(command),
         Command::Service { command } => service(command),
+        Command::Man => man(),
     };
     match result {
         Ok(code) => code,
@@ -415,6 +419,14 @@ fn run(
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn man() -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut std::io::stdout())
+        .context("cannot write the man page")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn service(command: ServiceCommand) -> anyhow::Result<ExitCode> {

@@ -501,3 +501,157 @@ fn service_install_user_for_a_lingering_user() {
         "{gone}"
     );
 }
+
+/// The service package `installers/build.sh` made (tests/run.sh makes it first).
+fn deb() -> PathBuf {
+    let dist = repo("dist");
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(&dist)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("robbie-mesh_") && n.ends_with(".deb"))
+        })
+        .collect();
+    debs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    debs.pop().unwrap_or_else(|| {
+        panic!(
+            "no robbie-mesh_*.deb in {}: run `bash installers/build.sh`",
+            dist.display()
+        )
+    })
+}
+
+/// The same package with a higher version, as the next release would be.
+fn newer(deb: &Path, dir: &Path) -> PathBuf {
+    let tree = dir.join("tree");
+    let st = Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(deb)
+        .arg(&tree)
+        .status()
+        .expect("dpkg-deb");
+    assert!(st.success());
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).expect("control");
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .expect("version")
+        .to_string();
+    std::fs::write(
+        &control,
+        text.replace(
+            &format!("Version: {version}"),
+            &format!("Version: {version}+next1"),
+        ),
+    )
+    .expect("control");
+    let out = dir.join("robbie-mesh-next.deb");
+    let st = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&tree)
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("dpkg-deb");
+    assert!(st.success());
+    out
+}
+
+/// The service `.deb` through its life: installed (user created, units in
+/// place, not enabled), enabled after a config is written, upgraded (restarted,
+/// config and store intact), removed (stopped, data kept and said so), purged
+/// (data deleted, and said so).
+#[test]
+fn the_service_deb_installs_upgrades_removes_and_purges() {
+    let deb = deb();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let next = newer(&deb, tmp.path());
+    let sb = Sandbox::boot(
+        "deb",
+        &[
+            (deb.as_path(), "robbie-mesh.deb"),
+            (next.as_path(), "next.deb"),
+        ],
+    );
+
+    let out = sb.ok("dpkg -i /bring/robbie-mesh.deb 2>&1");
+    assert!(
+        out.contains("its system service is not enabled yet"),
+        "{out}"
+    );
+    sb.ok("getent passwd robbie-mesh | grep -q :/var/lib/robbie-mesh:");
+    sb.ok("test -f /usr/lib/systemd/system/robbie-mesh.service && test -f /usr/lib/systemd/user/robbie-mesh.service");
+    sb.ok("man -w robbie-mesh >/dev/null 2>&1 || test -f /usr/share/man/man1/robbie-mesh.1.gz");
+    assert_eq!(sb.property(UNIT, "UnitFileState"), "disabled");
+    assert_eq!(sb.property(UNIT, "ActiveState"), "inactive");
+
+    sb.write("/etc/robbie-mesh/config.toml", &config(11434), "0644");
+    sb.ok("systemctl enable --now robbie-mesh");
+    sb.ok(
+        "for t in one two three; do curl -sf -H 'Content-Type: application/json' \
+         -d \"{\\\"title\\\":\\\"$t\\\"}\" http://127.0.0.1:8007/v1/conversations >/dev/null; done",
+    );
+    let count = || {
+        let list = sb.ok("curl -sf http://127.0.0.1:8007/v1/conversations");
+        list.matches("\"title\"").count()
+    };
+    assert_eq!(count(), 3);
+    let pid = sb.property(UNIT, "MainPID");
+
+    let out = sb.ok("dpkg -i /bring/next.deb 2>&1");
+    let new_pid = sb.wait_property(UNIT, "MainPID", Duration::from_secs(10), |p| {
+        p != pid && p != "0"
+    });
+    sb.wait_property(UNIT, "ActiveState", Duration::from_secs(10), |s| {
+        s == "active"
+    });
+    assert!(
+        !out.contains("not enabled yet"),
+        "an upgrade does not repeat the first-install note: {out}"
+    );
+    assert_eq!(
+        sb.property(UNIT, "UnitFileState"),
+        "enabled",
+        "still enabled after the upgrade"
+    );
+    assert_eq!(
+        sb.ok("cat /etc/robbie-mesh/config.toml"),
+        config(11434),
+        "config kept"
+    );
+    sb.ok("for i in $(seq 200); do curl -sf http://127.0.0.1:8007/health >/dev/null && exit 0; sleep 0.05; done; exit 1");
+    assert_eq!(
+        count(),
+        3,
+        "store kept across the upgrade (restarted as {new_pid})"
+    );
+
+    let out = sb.ok("dpkg -r robbie-mesh 2>&1");
+    assert!(out.contains("kept /var/lib/robbie-mesh"), "{out}");
+    assert_eq!(sb.property(UNIT, "ActiveState"), "inactive");
+    sb.ok("test -f /var/lib/robbie-mesh/store.db && test -f /etc/robbie-mesh/config.toml");
+
+    let out = sb.ok("dpkg -P robbie-mesh 2>&1");
+    assert!(out.contains("deleting /var/lib/robbie-mesh"), "{out}");
+    sb.ok("test ! -e /var/lib/robbie-mesh && test ! -e /etc/robbie-mesh && test ! -e /usr/bin/robbie-mesh");
+}
+
+/// lintian, Debian's package checker: no errors.
+#[test]
+fn lintian_finds_no_errors_in_the_service_deb() {
+    let deb = deb();
+    let out = Command::new("lintian")
+        .args(["--tag-display-limit", "0"])
+        .arg(&deb)
+        .output()
+        .expect("lintian (tests/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("E:")).collect();
+    eprintln!("lintian:\n{text}");
+    assert!(errors.is_empty(), "lintian errors:\n{}", errors.join("\n"));
+}

@@ -55,17 +55,31 @@ impl Arrivals {
             .wrapping_add(self.kernel_segments())
     }
 
+    /// TCP's current retransmission timeout for the connection (Linux): how
+    /// long the server's TCP, on a similar round trip, may send nothing after
+    /// a loss. `None` where it is not known (another system, a jump host's
+    /// channel).
+    pub fn retransmit_timeout(&self) -> Option<std::time::Duration> {
+        self.tcp_info()
+            .map(|i| std::time::Duration::from_micros(u64::from(i.tcpi_rto)))
+    }
+
     fn add(&self, n: usize) {
         self.read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn kernel_segments(&self) -> u64 {
+        self.tcp_info()
+            .map_or(0, |i| u64::from(i.tcpi_data_segs_in))
     }
 
     /// The one `unsafe` block of the crate: `getsockopt(TCP_INFO)` has no safe
     /// wrapper in `socket2` or `nix`.
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
-    fn kernel_segments(&self) -> u64 {
+    fn tcp_info(&self) -> Option<libc::tcp_info> {
         let fd = self.fd.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(fd) = *fd else { return 0 };
+        let fd = (*fd)?;
         // SAFETY: `fd` is open while it is stored here: `QuickAck`'s `Drop` clears
         // it, under this lock, before the socket closes. `info` and `len` are a
         // properly sized buffer and its length, as `getsockopt` requires.
@@ -79,18 +93,22 @@ impl Arrivals {
                 (&raw mut info).cast(),
                 &mut len,
             );
-            if rc == 0 {
-                u64::from(info.tcpi_data_segs_in)
-            } else {
-                0
-            }
+            (rc == 0).then_some(info)
         }
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn kernel_segments(&self) -> u64 {
-        0
+    fn tcp_info(&self) -> Option<NoTcpInfo> {
+        None
     }
+}
+
+/// Where `TCP_INFO` is not read: nothing to say.
+#[cfg(not(target_os = "linux"))]
+#[allow(dead_code)]
+struct NoTcpInfo {
+    tcpi_rto: u32,
+    tcpi_data_segs_in: u32,
 }
 
 pub struct QuickAck {
@@ -279,6 +297,11 @@ mod tests {
                 arrivals.read.load(Ordering::Relaxed),
                 0,
                 "counted unread, by the kernel"
+            );
+            let rto = arrivals.retransmit_timeout().expect("TCP_INFO");
+            assert!(
+                rto >= std::time::Duration::from_millis(200),
+                "Linux's minimum RTO: {rto:?}"
             );
         }
         let before = arrivals.count();

@@ -405,8 +405,9 @@ pub const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
 /// after `count` intervals in a row with neither, or — when traffic asks it to
 /// prove itself now (`Tunnel::demand_proof`, a wall-clock jump; traffic waiting
 /// on one session makes every session prove itself) — after
-/// [`PROOF_TIMEOUT`] with neither (or twice the slowest of the last answers, if
-/// they were slower: a slow link is not a dead one); such a demand shortens the ping already in
+/// [`PROOF_TIMEOUT`] with neither (or twice the slowest of the last answers, or
+/// four times TCP's own retransmission timeout for the connection, if longer: a
+/// slow or lossy link is not a dead one); such a demand shortens the ping already in
 /// flight rather than queueing another. Returns why it died, and whether it died
 /// of silence (rather than a closed connection).
 async fn keepalive(
@@ -430,11 +431,26 @@ async fn keepalive(
         std::collections::VecDeque::with_capacity(8);
     let floor = PROOF_TIMEOUT.min(ka.interval);
     let ceiling = ka.interval.saturating_mul(ka.count).max(floor);
+    // And TCP's retransmission timeout (RTO): after a lost segment the
+    // server's TCP sends nothing for one RTO, and if that retransmission is
+    // lost too, for two more (the timer doubles): four RTOs cover it. On a
+    // saturated link the RTO is most of a second (the queue is in the round
+    // trip; CI saw a session killed 2 s into a download with a 1 s window);
+    // on an idle one it is 200 ms, and the window stays 1 s.
+    let proof_now = |answers: &std::collections::VecDeque<Duration>| {
+        let slowest = answers.iter().max().copied().unwrap_or_default();
+        let rto = session.arrivals.retransmit_timeout().unwrap_or_default();
+        let proof = slowest
+            .saturating_mul(2)
+            .max(rto.saturating_mul(4))
+            .clamp(floor, ceiling);
+        tracing::debug!("proof window {proof:?} (slowest recent answer {slowest:?}, TCP retransmission timeout {rto:?})");
+        proof
+    };
     let mut misses = 0;
     let mut next = tokio::time::Instant::now() + ka.interval;
     loop {
-        let slowest = answers.iter().max().copied().unwrap_or_default();
-        let proof = slowest.saturating_mul(2).clamp(floor, ceiling);
+        let mut proof = proof_now(&answers);
         let mut urgent: Option<&'static str> = None;
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
@@ -466,6 +482,7 @@ async fn keepalive(
                 Ok(()) = clock.changed(), if urgent.is_none() => {
                     urgent = Some(clock.borrow_and_update().why());
                     seen = session.arrivals.count();
+                    proof = proof_now(&answers);
                     deadline = deadline.min(tokio::time::Instant::now() + proof);
                 }
                 () = suspect.notified(), if urgent.is_none() => {
@@ -473,6 +490,7 @@ async fn keepalive(
                     everyone.traffic_waited();
                     clock.mark_unchanged();
                     seen = session.arrivals.count();
+                    proof = proof_now(&answers);
                     deadline = deadline.min(tokio::time::Instant::now() + proof);
                 }
             }
