@@ -61,6 +61,14 @@ if ! command -v cargo-deb >/dev/null; then
   echo "tests/setup.sh: installing cargo-deb"
   cargo install --quiet --locked cargo-deb@3.8.0
 fi
+# Tauri's command line (a prebuilt binary from npm), which installers/build.sh
+# bundles the tray's .deb with; pinned to the tauri crate's version.
+tauri_cli="/var/cache/robbie-mesh/tauri-cli"
+if [ ! -x "$tauri_cli/node_modules/.bin/tauri" ]; then
+  echo "tests/setup.sh: installing Tauri's CLI into $tauri_cli"
+  mkdir -p "$tauri_cli"
+  npm install --prefix "$tauri_cli" --no-audit --no-fund --silent @tauri-apps/cli@2.12.5
+fi
 # sshd's privilege separation directory.
 [ -d /run/sshd ] || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"; $SUDO mkdir -p /run/sshd; }
 echo "tests/setup.sh: ready"

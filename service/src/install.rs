@@ -13,7 +13,8 @@
 //!   gui/UID`.
 //!
 //! Where the binary is not the packages' `/usr/bin/robbie-mesh`, a drop-in
-//! (systemd) or the plist's first argument (launchd) names the real one.
+//! (systemd) or the plist's first argument (launchd) names the real one. The
+//! tray's "Start at login" is `install(Scope::User, …)` and `uninstall`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -167,9 +168,12 @@ mod platform {
         ))
     }
 
-    pub fn install(scope: Scope) -> Result<(), InstallError> {
+    pub fn install(scope: Scope, program: Option<PathBuf>) -> Result<(), InstallError> {
         systemd()?;
-        let mut bin = exe()?;
+        let mut bin = match program {
+            Some(p) => p,
+            None => exe()?,
+        };
         if scope == Scope::System && (bin.starts_with("/home") || bin.starts_with("/root")) {
             // ProtectHome=yes: the service could not run it from there.
             let to = Path::new("/usr/local/bin/robbie-mesh");
@@ -348,13 +352,16 @@ mod platform {
         format!("gui/{}", nix::unistd::getuid())
     }
 
-    pub fn install(scope: Scope) -> Result<(), InstallError> {
+    pub fn install(scope: Scope, program: Option<PathBuf>) -> Result<(), InstallError> {
         if scope == Scope::System {
             return Err(InstallError::Unsupported(
                 "on macOS robbie-mesh runs as a LaunchAgent in your session (your login Keychain is there); run `robbie-mesh service install` without --system".into(),
             ));
         }
-        let bin = exe()?;
+        let bin = match program {
+            Some(p) => p,
+            None => exe()?,
+        };
         let text = units::find("launchd")
             .expect("built in")
             .text
@@ -411,7 +418,7 @@ mod platform {
             "robbie-mesh installs into systemd (Linux) or launchd (macOS) only; run `robbie-mesh run` from your service manager".into(),
         ))
     }
-    pub fn install(_: Scope) -> Result<(), InstallError> {
+    pub fn install(_: Scope, _: Option<PathBuf>) -> Result<(), InstallError> {
         none()
     }
     pub fn uninstall(_: Scope) -> Result<(), InstallError> {
@@ -423,3 +430,18 @@ mod platform {
 }
 
 pub use platform::{install, status, uninstall};
+
+/// Whether the user service is set to start at login (the tray's check mark):
+/// the user unit enabled (systemd), the LaunchAgent present (launchd).
+pub fn starts_at_login() -> bool {
+    if cfg!(target_os = "macos") {
+        return dirs::home_dir().is_some_and(|h| {
+            h.join("Library/LaunchAgents/app.robbie-mesh.service.plist")
+                .exists()
+        });
+    }
+    ask(
+        "systemctl",
+        &["--user", "is-enabled", "robbie-mesh.service"],
+    ) == "enabled"
+}

@@ -442,7 +442,7 @@ fn service(command: ServiceCommand) -> anyhow::Result<ExitCode> {
                 )
             }
         },
-        ServiceCommand::Install { scope } => robbie_mesh::install::install(scope.scope())?,
+        ServiceCommand::Install { scope } => robbie_mesh::install::install(scope.scope(), None)?,
         ServiceCommand::Uninstall { scope } => robbie_mesh::install::uninstall(scope.scope())?,
         ServiceCommand::Status { scope } => robbie_mesh::install::status(scope.scope())?,
         ServiceCommand::Print { kind: None } => {

@@ -35,6 +35,8 @@ struct Tray {
     keys: Mutex<Vec<robbie_mesh::sshkeys::StoredKey>>,
     /// The dashboard's process while it runs (see `dashboard`): its pid and stdin.
     dashboard: Mutex<Option<(u32, std::process::ChildStdin)>>,
+    /// Whether the service starts at login (the user unit is enabled).
+    at_login: std::sync::atomic::AtomicBool,
 }
 
 /// Menu ids: one table, parsed in `on_menu`.
@@ -45,6 +47,7 @@ const ID_KEY_IMPORT: &str = "keys:import";
 const KEY: &str = "key:"; // key:<name>: show its authorized_keys line
 const KEY_DELETE: &str = "keydel:"; // keydel:<name>: delete it (after asking)
 const ID_MUTE: &str = "mute";
+const ID_AT_LOGIN: &str = "at-login";
 const ID_QUIT: &str = "quit";
 const PIN: &str = "pin:"; // pin:<service>:<node>
 const UNPIN: &str = "unpin:"; // unpin:<service>
@@ -95,6 +98,7 @@ fn main() -> std::process::ExitCode {
                 shown: Mutex::new(String::new()),
                 keys: Mutex::new(Vec::new()),
                 dashboard: Mutex::new(None),
+                at_login: robbie_mesh::install::starts_at_login().into(),
             });
             reload_keys(app.handle().clone());
             let menu = Menu::with_items(app, &[])?;
@@ -193,6 +197,47 @@ fn look(st: &Value) -> Look {
     }
 }
 
+/// "Start the service at login": the same install as `robbie-mesh service
+/// install --user` (the user unit, enabled and started; a LaunchAgent on
+/// macOS), or its uninstall; the outcome is told as a notification.
+fn toggle_at_login(app: &AppHandle) {
+    use robbie_mesh::install::{self, Scope};
+    let state = app.state::<Tray>();
+    let on = !state.at_login.load(Ordering::Relaxed);
+    // The service's program: next to this one (the Mac bundle's sidecar, a
+    // build directory), else where the package puts it.
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("robbie-mesh")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| std::path::PathBuf::from("/usr/bin/robbie-mesh"));
+    let result = if on {
+        install::install(Scope::User, Some(program))
+    } else {
+        install::uninstall(Scope::User)
+    };
+    let (summary, body) = match result {
+        Ok(()) if on => (
+            "robbie-mesh starts at login",
+            "The service runs now, and from now on whenever you log in.".to_string(),
+        ),
+        Ok(()) => (
+            "robbie-mesh no longer starts at login",
+            "Its config and your conversations are kept.".to_string(),
+        ),
+        Err(e) => ("Start at login: not changed", format!("{e}")),
+    };
+    state
+        .at_login
+        .store(install::starts_at_login(), Ordering::Relaxed);
+    state
+        .shown
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    state.notifier.tell(summary.to_string(), body);
+}
+
 /// Title, icon and menu for a status (`None`: the service is not running).
 fn show(app: &AppHandle, tray: &TrayIcon, st: Option<&Value>) {
     let state = app.state::<Tray>();
@@ -214,7 +259,14 @@ fn show(app: &AppHandle, tray: &TrayIcon, st: Option<&Value>) {
     };
     let muted = state.notifier.muted.load(Ordering::Relaxed);
     let keys = state.keys.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let items = menu_items(st, muted, &keys);
+    let at_login = state.at_login.load(Ordering::Relaxed);
+    let mut items = menu_items(st, muted, &keys);
+    // Above "Quit" and its separator.
+    let at = items.len().saturating_sub(2);
+    items.insert(
+        at,
+        Item::check(ID_AT_LOGIN.into(), "Start the service at login", at_login),
+    );
     let signature = format!("{title}|{look:?}|{items:?}");
     {
         let mut shown = state.shown.lock().unwrap_or_else(|p| p.into_inner());
@@ -412,6 +464,10 @@ fn on_menu(app: &AppHandle, id: &str) {
                     add_key(app2, Some(path));
                 }
             });
+        }
+        ID_AT_LOGIN => {
+            let app = app.clone();
+            tauri::async_runtime::spawn_blocking(move || toggle_at_login(&app));
         }
         ID_MUTE => {
             state.notifier.muted.fetch_xor(true, Ordering::Relaxed);

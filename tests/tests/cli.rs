@@ -318,3 +318,31 @@ fn status_shows_services_first_and_node_reports_its_gpu() {
     drop(squatter);
     let _ = stop(svc, Signal::SIGTERM);
 }
+
+/// `run --log-file ~/…` (what the LaunchAgents pass: an agent's stderr goes
+/// nowhere): the directory is made private, the log has what stderr would
+/// have, a config error included, and the exit is still 78.
+#[test]
+fn run_logs_to_a_file_when_asked() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().expect("home");
+    let bad = home.path().join("bad.toml");
+    std::fs::write(&bad, "node = \"book\"\n[api]\nlisten = \"0.0.0.0:8007\"\n").expect("write");
+    let out = run(cmd(home.path())
+        .args([
+            "run",
+            "--log-file",
+            "~/Library/Logs/robbie-mesh/robbie-mesh.log",
+            "--config",
+        ])
+        .arg(&bad));
+    assert_eq!(out.status.code(), Some(78));
+    let dir = home.path().join("Library/Logs/robbie-mesh");
+    let log = std::fs::read_to_string(dir.join("robbie-mesh.log")).expect("the log file");
+    assert!(
+        log.contains("bad.toml:3:") && log.contains("not a loopback address"),
+        "{log}"
+    );
+    let mode = std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}

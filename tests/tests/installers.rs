@@ -504,6 +504,15 @@ fn service_install_user_for_a_lingering_user() {
 
 /// The service package `installers/build.sh` made (tests/run.sh makes it first).
 fn deb() -> PathBuf {
+    package("robbie-mesh_")
+}
+
+/// The tray's package, made by the same script.
+fn tray_deb() -> PathBuf {
+    package("robbie-mesh-tray_")
+}
+
+fn package(prefix: &str) -> PathBuf {
     let dist = repo("dist");
     let mut debs: Vec<PathBuf> = std::fs::read_dir(&dist)
         .into_iter()
@@ -513,13 +522,13 @@ fn deb() -> PathBuf {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("robbie-mesh_") && n.ends_with(".deb"))
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".deb"))
         })
         .collect();
     debs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
     debs.pop().unwrap_or_else(|| {
         panic!(
-            "no robbie-mesh_*.deb in {}: run `bash installers/build.sh`",
+            "no {prefix}*.deb in {}: run `bash installers/build.sh`",
             dist.display()
         )
     })
@@ -641,17 +650,96 @@ fn the_service_deb_installs_upgrades_removes_and_purges() {
     sb.ok("test ! -e /var/lib/robbie-mesh && test ! -e /etc/robbie-mesh && test ! -e /usr/bin/robbie-mesh");
 }
 
-/// lintian, Debian's package checker: no errors.
+/// lintian, Debian's package checker: no errors in either package.
 #[test]
-fn lintian_finds_no_errors_in_the_service_deb() {
-    let deb = deb();
-    let out = Command::new("lintian")
-        .args(["--tag-display-limit", "0"])
-        .arg(&deb)
+fn lintian_finds_no_errors_in_the_debs() {
+    for deb in [deb(), tray_deb()] {
+        let out = Command::new("lintian")
+            .args(["--tag-display-limit", "0"])
+            .arg(&deb)
+            .output()
+            .expect("lintian (tests/setup.sh installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("E:")).collect();
+        eprintln!("lintian {}:\n{text}", deb.display());
+        assert!(errors.is_empty(), "lintian errors:\n{}", errors.join("\n"));
+    }
+}
+
+fn dpkg_deb(args: &[&str], deb: &Path) -> String {
+    let out = Command::new("dpkg-deb")
+        .args(args)
+        .arg(deb)
         .output()
-        .expect("lintian (tests/setup.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("E:")).collect();
-    eprintln!("lintian:\n{text}");
-    assert!(errors.is_empty(), "lintian errors:\n{}", errors.join("\n"));
+        .expect("dpkg-deb");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The tray's `.deb` (Tauri's bundler) depends on the service package instead
+/// of carrying a second copy of it, will not configure without it, and once
+/// installed starts the tray at login (XDG autostart) with a binary whose
+/// libraries all resolve.
+#[test]
+fn the_tray_deb_depends_on_the_service_package_and_starts_at_login() {
+    let (svc, tray) = (deb(), tray_deb());
+    let depends = dpkg_deb(&["-f"], &tray);
+    assert!(depends.contains("robbie-mesh (>= 0.1.0)"), "{depends}");
+    let files = dpkg_deb(&["-c"], &tray);
+    assert!(files.contains("./usr/bin/robbie-mesh-tray"), "{files}");
+    assert!(
+        !files.contains("./usr/bin/robbie-mesh\n"),
+        "no second copy of the service:\n{files}"
+    );
+
+    let sb = Sandbox::boot(
+        "traydeb",
+        &[(svc.as_path(), "svc.deb"), (tray.as_path(), "tray.deb")],
+    );
+    let alone = sb.sh_text("dpkg -i /bring/tray.deb");
+    assert!(alone.contains("depends on robbie-mesh"), "{alone}");
+    sb.ok("dpkg -i /bring/svc.deb /bring/tray.deb >/dev/null");
+    let autostart = sb.ok("cat /etc/xdg/autostart/robbie-mesh-tray.desktop");
+    assert_eq!(
+        autostart,
+        std::fs::read_to_string(repo("installers/linux/robbie-mesh-tray.desktop"))
+            .expect("desktop file")
+    );
+    let ldd = sb.ok("ldd /usr/bin/robbie-mesh-tray");
+    assert!(!ldd.contains("not found"), "{ldd}");
+    sb.ok("test -x /usr/bin/robbie-mesh");
+}
+
+/// The Mac bundle's configuration: the service rides along as a sidecar at
+/// `Contents/MacOS/robbie-mesh` (the in-bundle LaunchAgent's `BundleProgram`),
+/// the LaunchAgent is placed in `Contents/Library/LaunchAgents` (where
+/// SMAppService looks), and `LSUIElement` keeps the menu-bar app out of the Dock.
+/// (The bundle itself needs a Mac to build.)
+#[test]
+fn the_mac_bundle_carries_the_service_and_its_launch_agent() {
+    let conf: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("src-tauri/tauri.macos.conf.json")).expect("macOS config"),
+    )
+    .expect("JSON");
+    assert_eq!(conf["bundle"]["externalBin"][0], "binaries/robbie-mesh");
+    let agent =
+        &conf["bundle"]["macOS"]["files"]["Library/LaunchAgents/app.robbie-mesh.service.plist"];
+    assert_eq!(agent, "../installers/macos/app.robbie-mesh.service.plist");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import plistlib,sys; p=plistlib.load(open(sys.argv[1],'rb')); assert p['LSUIElement'] is True",
+        ])
+        .arg(repo("src-tauri/Info.plist"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

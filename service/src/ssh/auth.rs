@@ -38,29 +38,20 @@ pub async fn authenticate(
             IdentitySource::Agent { socket, only } => {
                 try_agent(handle, &user, socket.as_deref(), only.as_deref(), &files).await
             }
-            IdentitySource::Keychain { entry } => match keychain(keychain_key(entry.clone())).await
-            {
-                Ok(key) => try_key(handle, &user, key).await,
-                Err(why) => Outcome::Unusable(why),
-            },
-            IdentitySource::File { path } => match blocking({
+            IdentitySource::Keychain { entry } => {
+                let key = keychain(keychain_key(entry.clone())).await;
+                with_key(handle, &user, key).await
+            }
+            IdentitySource::File { path } => {
                 let path = path.clone();
-                move || load_file(&path)
-            })
-            .await
-            {
-                Ok(key) => try_key(handle, &user, key).await,
-                Err(why) => Outcome::Unusable(why),
-            },
-            IdentitySource::Credential { name } => match blocking({
+                let key = blocking(move || load_file(&path)).await;
+                with_key(handle, &user, key).await
+            }
+            IdentitySource::Credential { name } => {
                 let name = name.clone();
-                move || load_credential(&name)
-            })
-            .await
-            {
-                Ok(key) => try_key(handle, &user, key).await,
-                Err(why) => Outcome::Unusable(why),
-            },
+                let key = blocking(move || load_credential(&name)).await;
+                with_key(handle, &user, key).await
+            }
         };
         match outcome {
             Outcome::Accepted => {
@@ -89,6 +80,14 @@ pub async fn authenticate(
             tried.join(", ")
         },
     })
+}
+
+/// Offers `key` if it could be loaded; else says why not.
+async fn with_key(handle: &mut Handle, user: &str, key: Result<PrivateKey, String>) -> Outcome {
+    match key {
+        Ok(key) => try_key(handle, user, key).await,
+        Err(why) => Outcome::Unusable(why),
+    }
 }
 
 /// How long a keychain may take to answer: a locked one can wait forever for
