@@ -474,6 +474,16 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    // A file named on the command line must exist, as `run --config` requires.
+    if let Some(named) = &file {
+        if !named.exists() {
+            eprintln!(
+                "{}: no such file (`robbie-mesh run --config` would fail the same way); without a file name, the default config is checked",
+                named.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
     let path = match file.or_else(config::default_path) {
         Some(p) => p,
         None => bail!("no config file given and no default location on this system"),

@@ -346,3 +346,17 @@ fn run_logs_to_a_file_when_asked() {
     let mode = std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+/// `check-config FILE` of a file that is not there fails, as `run --config FILE`
+/// does (it used to say "would run local-only" and exit 0).
+#[test]
+fn check_config_of_a_missing_named_file_fails() {
+    let home = tempfile::tempdir().expect("home");
+    let typo = home.path().join("confgi.toml");
+    let out = run(cmd(home.path()).arg("check-config").arg(&typo));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("confgi.toml: no such file"), "{err}");
+    let out = run(cmd(home.path()).arg("run").arg("--config").arg(&typo));
+    assert_eq!(out.status.code(), Some(78), "run agrees");
+}

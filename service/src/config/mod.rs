@@ -530,7 +530,13 @@ fn deserialize(text: &str, file: &str) -> Result<raw::RawConfig, ConfigErrors> {
     let de = toml::Deserializer::parse(text)
         .map_err(|e| to_error(e.span(), String::new(), e.message().to_string()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
+        // `Spanned` values show up in the path as a private field name: not the
+        // user's.
+        let field = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "")
+            .replace("$__serde_spanned_private_value", "");
         let inner = e.into_inner();
         let field = if field == "." { String::new() } else { field };
         to_error(inner.span(), field, inner.message().to_string())

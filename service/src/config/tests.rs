@@ -510,3 +510,39 @@ fn a_credential_identity_names_what_the_unit_passes() {
         );
     }
 }
+
+/// A duration too long for any timer is an error at its place, not a panic in
+/// the running service (it overflowed the clock arithmetic); port 0, which no
+/// client could find, is refused for every listener.
+#[test]
+fn absurd_durations_and_port_zero_are_errors_where_they_are_written() {
+    for (text, line, field) in [
+        (
+            "keepalive = { interval = \"500000000000y\", count = 3 }\n",
+            4,
+            "peer[0].keepalive.interval",
+        ),
+        (
+            "backoff = { initial = \"1s\", max = \"8d\" }\n",
+            4,
+            "peer[0].backoff.max",
+        ),
+    ] {
+        let e = one_error(&format!("{PEER}{text}"), line, field);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("longer than robbie-mesh's longest timer (7days)"),
+            "{msg}"
+        );
+    }
+    let e = one_error("[api]\nlisten = \"127.0.0.1:0\"\n", 2, "api.listen");
+    assert!(e.to_string().contains("port 0"), "{e}");
+}
+
+/// A value of the wrong type names the field as written, not serde's
+/// internal wrapper.
+#[test]
+fn a_wrongly_typed_value_names_its_field_cleanly() {
+    let e = one_error("node = 5\n", 1, "node");
+    assert!(!e.to_string().contains("serde_spanned"), "{e}");
+}

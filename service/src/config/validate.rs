@@ -81,6 +81,18 @@ impl Checker<'_> {
     ) -> Duration {
         let Some(v) = v else { return default };
         match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if d > MAX_DURATION => {
+                self.err(
+                    Some(v.span()),
+                    field,
+                    format!(
+                        "`{}` is longer than robbie-mesh's longest timer ({}); write e.g. \"30s\" or \"5m\"",
+                        v.get_ref(),
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                );
+                default
+            }
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 self.err(Some(v.span()), field, "must be longer than zero");
@@ -100,6 +112,11 @@ impl Checker<'_> {
         }
     }
 }
+
+/// The longest duration any setting takes: every timer of the service (keepalives,
+/// back-offs, idle times, sync intervals) is seconds to hours, and a longer one
+/// would only overflow the clock arithmetic it feeds.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub(crate) fn validate(
     raw: RawConfig,
@@ -943,6 +960,14 @@ fn host_port(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Option<Ho
 fn loopback_addr(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Option<SocketAddr> {
     let s = v.get_ref();
     match s.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => {
+            c.err(
+                Some(v.span()),
+                field,
+                format!("port 0 would be a different random port at each start, which the CLI, the tray and your clients could not find; choose one, e.g. \"{}:8007\"", a.ip()),
+            );
+            None
+        }
         Ok(a) if a.ip().is_loopback() => Some(a),
         Ok(a) => {
             c.err(
