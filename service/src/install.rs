@@ -60,10 +60,12 @@ fn step(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> InstallError 
 /// The packages' binary; anything else needs the unit pointed at it.
 const PACKAGED_BIN: &str = "/usr/bin/robbie-mesh";
 
-/// Writes `text` to `path` unless it is there already; says which.
-fn put(path: &Path, text: &str, mode: u32) -> Result<bool, InstallError> {
+/// Writes `bytes` to `path` (a new file renamed into place) unless they are
+/// there already; says which.
+fn put(path: &Path, bytes: impl AsRef<[u8]>, mode: u32) -> Result<bool, InstallError> {
     use std::os::unix::fs::PermissionsExt;
-    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+    let bytes = bytes.as_ref();
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
         println!("  = {} (up to date)", path.display());
         return Ok(false);
     }
@@ -71,7 +73,7 @@ fn put(path: &Path, text: &str, mode: u32) -> Result<bool, InstallError> {
         std::fs::create_dir_all(dir).map_err(step(format!("create {}", dir.display())))?;
     }
     let tmp = path.with_extension("robbie-mesh-new");
-    std::fs::write(&tmp, text).map_err(step(format!("write {}", tmp.display())))?;
+    std::fs::write(&tmp, bytes).map_err(step(format!("write {}", tmp.display())))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
         .map_err(step(format!("chmod {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(step(format!("write {}", path.display())))?;
@@ -147,12 +149,7 @@ mod platform {
     }
 
     fn systemctl(scope: Scope, args: &[&str]) -> Result<String, InstallError> {
-        let mut all = Vec::new();
-        if scope == Scope::User {
-            all.push("--user");
-        }
-        all.extend_from_slice(args);
-        run("systemctl", &all)
+        run("systemctl", &scoped(scope, args))
     }
 
     /// Where the unit goes, and where its drop-in goes.
@@ -179,17 +176,7 @@ mod platform {
             let to = Path::new("/usr/local/bin/robbie-mesh");
             println!("The system service cannot see home directories; copying the program:");
             let bytes = std::fs::read(&bin).map_err(step(format!("read {}", bin.display())))?;
-            if std::fs::read(to).ok().as_deref() != Some(&bytes[..]) {
-                let tmp = to.with_extension("new");
-                std::fs::write(&tmp, &bytes).map_err(step(format!("write {}", tmp.display())))?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-                    .map_err(step(format!("chmod {}", tmp.display())))?;
-                std::fs::rename(&tmp, to).map_err(step(format!("write {}", to.display())))?;
-                println!("  + {}", to.display());
-            } else {
-                println!("  = {} (up to date)", to.display());
-            }
+            put(to, bytes, 0o755)?;
             bin = to.to_path_buf();
         }
         let (unit_path, dropin) = places(scope)?;

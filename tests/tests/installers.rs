@@ -443,6 +443,19 @@ fn service_install_system_round_trip() {
     );
     assert_eq!(sb.property(UNIT, "LoadState"), "not-found");
     sb.ok("test -f /var/lib/robbie-mesh/store.db");
+
+    // From a home directory (cargo install puts it there), which the unit
+    // cannot see: the program is copied to /usr/local/bin first.
+    sb.ok("install -D -m 0755 /bring/robbie-mesh /root/.cargo/bin/robbie-mesh");
+    let from_home = sb.ok("/root/.cargo/bin/robbie-mesh service install --system");
+    assert!(
+        from_home.contains("+ /usr/local/bin/robbie-mesh"),
+        "{from_home}"
+    );
+    assert!(sb
+        .property(UNIT, "ExecStart")
+        .contains("/usr/local/bin/robbie-mesh"));
+    assert_eq!(sb.property(UNIT, "ActiveState"), "active");
 }
 
 /// `service install --user` for a lingering user (nobody logged in): the user
