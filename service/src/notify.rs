@@ -73,14 +73,14 @@ pub async fn run(service: Service) {
     send(&[NotifyState::Ready, NotifyState::Status(&line)]);
     tracing::debug!("ready: {line}");
     // The watchdog wants a ping well within its timeout: half of it, or sooner.
-    let tick = sd_notify::watchdog_enabled().map_or(TICK, |t| (t / 2).min(TICK));
-    let watchdog = sd_notify::watchdog_enabled().is_some();
+    let watchdog = sd_notify::watchdog_enabled();
+    let tick = watchdog.map_or(TICK, |t| (t / 2).min(TICK));
     loop {
         tokio::select! {
             () = tokio::time::sleep(tick) => {}
             () = shutdown.cancelled() => return stopping(),
         }
-        if watchdog {
+        if watchdog.is_some() {
             send(&[NotifyState::Watchdog]);
         }
         let now = status_line(&service);

@@ -154,6 +154,16 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no tunnel {name}"))
     }
 
+    /// Waits until the tunnel's reason mentions `needle`; returns the whole reason.
+    pub async fn wait_reason(&self, name: &str, deadline: Duration, needle: &str) -> String {
+        let (state, _) = self
+            .wait_state(name, deadline, |s| {
+                s.reason().is_some_and(|r| r.contains(needle))
+            })
+            .await;
+        state.reason().unwrap_or_default().to_string()
+    }
+
     /// Waits until the tunnel's state satisfies `pred`; returns the state and the wait.
     pub async fn wait_state(
         &self,

@@ -74,12 +74,9 @@ async fn agent_keys_log_in_and_a_refused_agent_says_why() {
     agent.add(&stranger.private);
     let id = format!("\"agent:{}\"", agent.sock.display());
     let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
-    let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| {
-            s.reason().is_some_and(|r| r.contains("authentication"))
-        })
+    let reason = mesh
+        .wait_reason("echo", Duration::from_secs(10), "authentication")
         .await;
-    let reason = state.reason().unwrap_or_default().to_string();
     assert!(reason.contains("1 key refused"), "{reason}");
     drop(mesh);
 
@@ -224,12 +221,9 @@ async fn a_key_file_others_can_read_is_refused_like_openssh() {
     let backend = echo().await;
     let id = format!("\"{}\"", key.display());
     let mesh = Mesh::start(&config(&sshd, &id, free_port(), backend)).await;
-    let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| {
-            s.reason().is_some_and(|r| r.contains("authentication"))
-        })
+    let reason = mesh
+        .wait_reason("echo", Duration::from_secs(10), "authentication")
         .await;
-    let reason = state.reason().unwrap_or_default().to_string();
     eprintln!("robbie-mesh: {reason}");
     assert!(
         reason.contains("0644 are too open") && reason.contains("chmod 600"),

@@ -341,12 +341,9 @@ async fn accept_new_into_a_file_that_cannot_keep_keys_is_refused() {
         } else {
             mesh
         };
-        let (state, _) = mesh
-            .wait_state("echo", Duration::from_secs(10), |s| {
-                s.reason().is_some_and(|r| r.contains("host key"))
-            })
+        let reason = mesh
+            .wait_reason("echo", Duration::from_secs(10), "host key")
             .await;
-        let reason = state.reason().unwrap_or_default().to_string();
         eprintln!("robbie-mesh ({ssh}): {reason}");
         assert!(
             reason.contains("/dev/null is not a regular file"),
@@ -474,12 +471,9 @@ async fn the_global_known_hosts_file_is_honoured() {
     );
     let (local, backend) = (free_port(), echo().await);
     let mesh = Mesh::start(&cfg(local, backend)).await;
-    let (state, _) = mesh
-        .wait_state("echo", Duration::from_secs(10), |s| {
-            s.reason().is_some_and(|r| r.contains("host key"))
-        })
+    let reason = mesh
+        .wait_reason("echo", Duration::from_secs(10), "host key")
         .await;
-    let reason = state.reason().unwrap_or_default().to_string();
     assert!(
         reason.contains("host key changed") && reason.contains(&global.display().to_string()),
         "{reason}"

@@ -240,12 +240,9 @@ async fn a_changed_host_key_on_either_hop_is_refused_and_named() {
         );
 
         let (mesh, local) = site.mesh(&ssh_config).await;
-        let (state, _) = mesh
-            .wait_state("echo", Duration::from_secs(15), |s| {
-                s.reason().is_some_and(|r| r.contains("host key changed"))
-            })
+        let reason = mesh
+            .wait_reason("echo", Duration::from_secs(15), "host key changed")
             .await;
-        let reason = state.reason().unwrap_or_default().to_string();
         assert!(
             reason.contains(expect),
             "hub key wrong: {hub_wrong}: {reason}"

@@ -450,7 +450,6 @@ async fn keepalive(
     let mut misses = 0;
     let mut next = tokio::time::Instant::now() + ka.interval;
     loop {
-        let mut proof = proof_now(&answers);
         let mut urgent: Option<&'static str> = None;
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
@@ -465,7 +464,14 @@ async fn keepalive(
         let ping = session.handle.send_ping();
         tokio::pin!(ping);
         let mut seen = session.arrivals.count();
-        let mut deadline = sent + if urgent.is_some() { proof } else { ka.interval };
+        // How long this ping may go unanswered with nothing arriving: the proof
+        // window when asked to prove itself now, else one interval.
+        let mut proof = if urgent.is_some() {
+            proof_now(&answers)
+        } else {
+            ka.interval
+        };
+        let mut deadline = sent + proof;
         let outcome = loop {
             tokio::select! {
                 r = &mut ping => break if r.is_ok() { Outcome::Answered } else { Outcome::Closed },
@@ -477,7 +483,7 @@ async fn keepalive(
                     // Bytes arrived: alive; the answer is on its way behind them.
                     seen = now;
                     misses = 0;
-                    deadline = tokio::time::Instant::now() + if urgent.is_some() { proof } else { ka.interval };
+                    deadline = tokio::time::Instant::now() + proof;
                 }
                 Ok(()) = clock.changed(), if urgent.is_none() => {
                     urgent = Some(clock.borrow_and_update().why());
