@@ -9,8 +9,10 @@
 //!   copied to `/usr/local/bin` first.
 //! - Linux, user (`--user`, the default otherwise): the user unit under
 //!   `~/.config/systemd/user`, `systemctl --user enable --now`.
-//! - macOS: the LaunchAgent in `~/Library/LaunchAgents`, `launchctl bootstrap
-//!   gui/UID`.
+//! - macOS: run from the menu-bar app, the LaunchAgent inside the app bundle,
+//!   registered with SMAppService (macOS 13+: listed under Login Items, may
+//!   ask for the user's approval); otherwise the plain LaunchAgent in
+//!   `~/Library/LaunchAgents`, `launchctl bootstrap gui/UID`.
 //!
 //! Where the binary is not the packages' `/usr/bin/robbie-mesh`, a drop-in
 //! (systemd) or the plist's first argument (launchd) names the real one. The
@@ -321,8 +323,13 @@ mod platform {
 }
 
 #[cfg(target_os = "macos")]
+#[allow(unsafe_code)]
+mod login_items;
+
+#[cfg(target_os = "macos")]
 mod platform {
     use super::*;
+    use super::login_items;
 
     const LABEL: &str = "app.robbie-mesh.service";
 
@@ -339,11 +346,45 @@ mod platform {
         format!("gui/{}", nix::unistd::getuid())
     }
 
+    /// The LaunchAgent shipped inside the menu-bar app, when this process is
+    /// that app (`robbie-mesh.app/Contents/MacOS/…`): macOS 13+ registers it
+    /// with SMAppService, which lists it under Login Items and follows the app
+    /// if it is moved (the plist names its program relative to the bundle).
+    fn bundled_agent() -> Option<PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        let contents = exe.parent()?.parent()?;
+        let plist = contents
+            .join("Library/LaunchAgents")
+            .join(format!("{LABEL}.plist"));
+        (contents.file_name()? == "Contents" && plist.is_file()).then_some(plist)
+    }
+
+    /// The plain LaunchAgent of an install without the app, in the way of the
+    /// bundled one (the same label): unloaded and removed.
+    fn remove_plain_agent() -> Result<(), InstallError> {
+        let path = plist_path()?;
+        if path.exists() {
+            println!("Replacing the LaunchAgent written without the app:");
+            let _ = run("launchctl", &["bootout", &format!("{}/{LABEL}", domain())]);
+            remove(&path)?;
+        }
+        Ok(())
+    }
+
     pub fn install(scope: Scope, program: Option<PathBuf>) -> Result<(), InstallError> {
         if scope == Scope::System {
             return Err(InstallError::Unsupported(
                 "on macOS robbie-mesh runs as a LaunchAgent in your session (your login Keychain is there); run `robbie-mesh service install` without --system".into(),
             ));
+        }
+        if let Some(plist) = bundled_agent() {
+            remove_plain_agent()?;
+            println!("Registering {} with macOS (Login Items):", plist.display());
+            let state = login_items::register().map_err(|why| InstallError::Step {
+                what: "register the LaunchAgent with SMAppService".into(),
+                why,
+            })?;
+            return login_items::explain(state);
         }
         let bin = match program {
             Some(p) => p,
@@ -369,16 +410,28 @@ mod platform {
     }
 
     pub fn uninstall(_scope: Scope) -> Result<(), InstallError> {
+        if bundled_agent().is_some() {
+            println!("Unregistering the app's LaunchAgent (Login Items):");
+            login_items::unregister().map_err(|why| InstallError::Step {
+                what: "unregister the LaunchAgent with SMAppService".into(),
+                why,
+            })?;
+        }
         let path = plist_path()?;
-        println!("Unloading it:");
-        let _ = run("launchctl", &["bootout", &format!("{}/{LABEL}", domain())]);
-        println!("Removing it:");
-        remove(&path)?;
+        if path.exists() {
+            println!("Unloading it:");
+            let _ = run("launchctl", &["bootout", &format!("{}/{LABEL}", domain())]);
+            println!("Removing it:");
+            remove(&path)?;
+        }
         println!("Done. Kept: the config and the store with your conversations.");
         Ok(())
     }
 
     pub fn status(_scope: Scope) -> Result<(), InstallError> {
+        if bundled_agent().is_some() {
+            println!("The app's LaunchAgent: {}", login_items::status().words());
+        }
         let path = plist_path()?;
         println!(
             "LaunchAgent {}: {}",
@@ -395,6 +448,19 @@ mod platform {
         );
         Ok(())
     }
+
+    pub fn starts_at_login() -> bool {
+        if bundled_agent().is_some()
+            && matches!(
+                login_items::status(),
+                login_items::State::Enabled | login_items::State::RequiresApproval
+            )
+        {
+            return true;
+        }
+        plist_path().is_ok_and(|p| p.exists())
+    }
+
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
@@ -419,16 +485,18 @@ mod platform {
 pub use platform::{install, status, uninstall};
 
 /// Whether the user service is set to start at login (the tray's check mark):
-/// the user unit enabled (systemd), the LaunchAgent present (launchd).
+/// the user unit enabled (systemd), the app's LaunchAgent registered or the
+/// plain one present (launchd).
 pub fn starts_at_login() -> bool {
-    if cfg!(target_os = "macos") {
-        return dirs::home_dir().is_some_and(|h| {
-            h.join("Library/LaunchAgents/app.robbie-mesh.service.plist")
-                .exists()
-        });
+    #[cfg(target_os = "macos")]
+    {
+        platform::starts_at_login()
     }
-    ask(
-        "systemctl",
-        &["--user", "is-enabled", "robbie-mesh.service"],
-    ) == "enabled"
+    #[cfg(not(target_os = "macos"))]
+    {
+        ask(
+            "systemctl",
+            &["--user", "is-enabled", "robbie-mesh.service"],
+        ) == "enabled"
+    }
 }
