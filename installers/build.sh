@@ -34,18 +34,25 @@ fi
 # The tray package's Debian changelog, in the form lintian checks.
 mkdir -p target/deb-doc
 gzip -9nc installers/debian/tray.changelog > target/deb-doc/changelog.gz
+gzip -9nc installers/linux/robbie-mesh-tray.1 > target/deb-doc/robbie-mesh-tray.1.gz
 echo "installers/build.sh: building and packaging the tray (Tauri's bundler)"
 rm -rf "$target/release/bundle/deb"
 (cd src-tauri && $tauri build --bundles deb)
-# Two things Debian asks that Tauri's bundler does not do, done as dh_strip and
-# dh_installdeb would: the binary without its symbol table, and the autostart
-# entry under /etc listed as a conffile (an admin's edit survives upgrades).
+# What Debian asks that Tauri's bundler does not do, done as dh_strip,
+# dh_installdeb and dpkg-gencontrol would: the binary without its symbol table,
+# the autostart entry under /etc listed as a conffile (an admin's edit survives
+# upgrades), the long description wrapped at 80 columns.
 for deb in "$target"/release/bundle/deb/robbie-mesh-tray_*.deb; do
   tree=$(mktemp -d)
   dpkg-deb -R "$deb" "$tree"
   strip --strip-unneeded --remove-section=.comment --remove-section=.note "$tree/usr/bin/robbie-mesh-tray"
   sed -i "s/^Installed-Size: .*/Installed-Size: $(du -sk --exclude=DEBIAN "$tree" | cut -f1)/" "$tree/DEBIAN/control"
   (cd "$tree" && find etc -type f | sed 's|^|/|') > "$tree/DEBIAN/conffiles"
+  awk '/^ / && length($0) > 80 { n = split(substr($0, 2), w, " "); line = "";
+         for (i = 1; i <= n; i++) { if (length(line) + length(w[i]) + 1 > 78) { print " " line; line = "" }
+                                    line = line (line == "" ? "" : " ") w[i] }
+         if (line != "") print " " line; next } { print }' "$tree/DEBIAN/control" > "$tree/DEBIAN/control.new"
+  mv "$tree/DEBIAN/control.new" "$tree/DEBIAN/control"
   (cd "$tree" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | sort -z | xargs -0 md5sum) > "$tree/DEBIAN/md5sums"
   dpkg-deb --root-owner-group -b "$tree" "dist/$(basename "$deb")" >/dev/null
   rm -rf "$tree"

@@ -18,6 +18,7 @@ command -v /lib/systemd/systemd >/dev/null || need+=(systemd)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
 command -v lintian >/dev/null || need+=(lintian)     # the .deb must be lintian-clean
+command -v sudo >/dev/null || need+=(sudo)           # the README's install steps run as written (a user with sudo)
 command -v chromium >/dev/null || need+=(chromium)   # the dashboard test, headless
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)

@@ -328,8 +328,8 @@ mod login_items;
 
 #[cfg(target_os = "macos")]
 mod platform {
-    use super::*;
     use super::login_items;
+    use super::*;
 
     const LABEL: &str = "app.robbie-mesh.service";
 
@@ -460,7 +460,6 @@ mod platform {
         }
         plist_path().is_ok_and(|p| p.exists())
     }
-
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]

@@ -663,9 +663,10 @@ fn the_service_deb_installs_upgrades_removes_and_purges() {
     sb.ok("test ! -e /var/lib/robbie-mesh && test ! -e /etc/robbie-mesh && test ! -e /usr/bin/robbie-mesh");
 }
 
-/// lintian, Debian's package checker: no errors in either package.
+/// lintian, Debian's package checker: no errors and no warnings in either
+/// package.
 #[test]
-fn lintian_finds_no_errors_in_the_debs() {
+fn lintian_finds_no_errors_or_warnings_in_the_debs() {
     for deb in [deb(), tray_deb()] {
         let out = Command::new("lintian")
             .args(["--tag-display-limit", "0"])
@@ -673,9 +674,15 @@ fn lintian_finds_no_errors_in_the_debs() {
             .output()
             .expect("lintian (tests/setup.sh installs it)");
         let text = String::from_utf8_lossy(&out.stdout);
-        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("E:")).collect();
+        // Errors and warnings both, but the one about a Debian archive's bug
+        // tracker: this package is not uploaded to Debian.
+        let found: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
+            .filter(|l| !l.contains("initial-upload-closes-no-bugs"))
+            .collect();
         eprintln!("lintian {}:\n{text}", deb.display());
-        assert!(errors.is_empty(), "lintian errors:\n{}", errors.join("\n"));
+        assert!(found.is_empty(), "lintian:\n{}", found.join("\n"));
     }
 }
 
@@ -755,4 +762,184 @@ fn the_mac_bundle_carries_the_service_and_its_launch_agent() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The `sh` blocks of one `## ` section of `installers/README.md`, in order,
+/// without the build line (the test run has made `dist/` with that very
+/// command, `tests/run.sh`, before any test).
+fn readme_blocks(section: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo("installers/README.md")).expect("installers/README.md");
+    let start = text
+        .find(&format!("\n## {section}"))
+        .unwrap_or_else(|| panic!("no `## {section}` in installers/README.md"));
+    let rest = &text[start + 1..];
+    let body = match rest[3..].find("\n## ") {
+        Some(end) => &rest[..end + 3],
+        None => rest,
+    };
+    let run_sh = std::fs::read_to_string(repo("tests/run.sh")).expect("tests/run.sh");
+    let mut blocks = Vec::new();
+    let mut lines = body.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "```sh" {
+            continue;
+        }
+        let mut block = String::new();
+        for l in lines.by_ref() {
+            if l.trim() == "```" {
+                break;
+            }
+            if l.starts_with("bash installers/build.sh") {
+                assert!(
+                    run_sh.contains("bash installers/build.sh"),
+                    "tests/run.sh builds the packages as the README says"
+                );
+                continue;
+            }
+            block.push_str(l);
+            block.push('\n');
+        }
+        blocks.push(block);
+    }
+    blocks
+}
+
+/// A sandbox with a user who has `sudo` (no password, as on a fresh cloud VM),
+/// the packages in `~/src/dist/`, the test servers (`HUB_SERVERS`), and the
+/// user's own SSH key and `known_hosts` that already trusts the sshd's key.
+fn new_user(label: &str, user: &str) -> Sandbox {
+    let (deb, tray) = (deb(), tray_deb());
+    let names = [
+        deb.file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string(),
+        tray.file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string(),
+    ];
+    let sb = Sandbox::boot(
+        label,
+        &[(deb.as_path(), &names[0]), (tray.as_path(), &names[1])],
+    );
+    sb.ok(HUB_SERVERS);
+    sb.ok(&format!(
+        "useradd -m -s /bin/bash {user} \
+         && echo '{user} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/{user} && chmod 0440 /etc/sudoers.d/{user} \
+         && install -d -m 0755 -o {user} -g {user} /home/{user}/src/dist \
+         && cp /bring/*.deb /home/{user}/src/dist/ && chown {user}: /home/{user}/src/dist/* \
+         && install -d -m 0700 -o {user} -g {user} /home/{user}/.ssh \
+         && install -m 0600 -o {user} -g {user} /root/t/id_ed25519 /home/{user}/.ssh/id_ed25519 \
+         && install -m 0644 -o {user} -g {user} /etc/robbie-mesh/known_hosts /home/{user}/.ssh/known_hosts \
+         && rm -rf /etc/robbie-mesh && echo '127.0.1.1 sandbox' >> /etc/hosts \
+         && loginctl enable-linger {user}"
+    ));
+    let uid = sb.ok(&format!("id -u {user}")).trim().to_string();
+    sb.ok(&format!(
+        "for i in $(seq 200); do test -S /run/user/{uid}/bus && exit 0; sleep 0.05; done; exit 1"
+    ));
+    sb
+}
+
+/// Runs one README block as `user` in `~/src`, the way they would paste it
+/// into a login shell (stopping at the first failing command); `config` is
+/// what their editor saves.
+fn as_user(sb: &Sandbox, user: &str, step: usize, block: &str, config: &str) -> String {
+    let uid = sb.ok(&format!("id -u {user}")).trim().to_string();
+    sb.write(&format!("/home/{user}/their-config.toml"), config, "0644");
+    sb.write(
+        &format!("/home/{user}/their-editor"),
+        &format!("#!/bin/sh\ncp /home/{user}/their-config.toml \"$1\"\n"),
+        "0755",
+    );
+    sb.write(
+        &format!("/home/{user}/step{step}.sh"),
+        &format!("set -eu\ncd ~/src\n{block}"),
+        "0644",
+    );
+    sb.ok(&format!(
+        "cd /home/{user} && runuser -u {user} -- env -i HOME=/home/{user} USER={user} LOGNAME={user} SHELL=/bin/bash \
+         PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin XDG_RUNTIME_DIR=/run/user/{uid} \
+         DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/bus \
+         EDITOR=/home/{user}/their-editor bash step{step}.sh 2>&1"
+    ))
+}
+
+/// installers/README.md's Aurora section, run as written by an admin with
+/// sudo: the package installed, the config written, the key as an encrypted
+/// credential, the host keys the admin trusts, enabled → a tunnel carries a
+/// request and the status line says so; removed → stopped, the store kept.
+#[test]
+fn readme_install_aurora_as_written() {
+    let blocks = readme_blocks("Aurora");
+    assert_eq!(
+        blocks.len(),
+        5,
+        "install, config, key, start, remove: {blocks:#?}"
+    );
+    let sb = new_user("rdm-aurora", "admin");
+    let config = "node = \"aurora\"\n\
+         [[peer]]\nname = \"runpod\"\nssh = \"root@127.0.0.1:2222\"\nidentity = [\"credential:runpod\"]\n\
+         known_hosts = \"~/.ssh/known_hosts\"\n\
+         [[peer.forward]]\nname = \"api\"\nlocal = \"127.0.0.1:19000\"\nremote = \"127.0.0.1:9000\"\n";
+    for (i, block) in blocks[..4].iter().enumerate() {
+        let out = as_user(&sb, "admin", i + 1, block, config);
+        eprintln!("--- step {}:\n{block}{out}", i + 1);
+        if i == 3 {
+            assert!(
+                out.contains("runpod") && out.contains("Status: \""),
+                "check-config and status: {out}"
+            );
+        }
+    }
+    assert_eq!(sb.property(UNIT, "UnitFileState"), "enabled");
+    let through = sb.ok(
+        "for i in $(seq 200); do curl -sf http://127.0.0.1:19000/ && exit 0; sleep 0.05; done; \
+         journalctl --no-pager -u robbie-mesh; exit 1",
+    );
+    assert_eq!(through, "through the tunnel\n");
+    sb.wait_property(UNIT, "StatusText", Duration::from_secs(5), |s| {
+        s.contains("1/1 tunnels up")
+    });
+    let created = sb.ok(
+        "curl -sf -H 'Content-Type: application/json' -d '{\"title\":\"kept\"}' http://127.0.0.1:8007/v1/conversations",
+    );
+    assert!(created.contains("kept"), "{created}");
+
+    let out = as_user(&sb, "admin", 5, &blocks[4], config);
+    assert!(out.contains("kept /var/lib/robbie-mesh"), "{out}");
+    assert_eq!(sb.property(UNIT, "ActiveState"), "inactive");
+    sb.ok("test -f /var/lib/robbie-mesh/store.db && test -f /etc/robbie-mesh/config.toml");
+}
+
+/// installers/README.md's Vengeance section, run as written by a desktop
+/// user: both packages, the user's config, `service install --user` → the
+/// user unit carries a tunnel with the user's own key, the tray starts at
+/// login; removed → nothing of it runs.
+#[test]
+fn readme_install_vengeance_as_written() {
+    let blocks = readme_blocks("Vengeance");
+    assert_eq!(blocks.len(), 2, "install, remove: {blocks:#?}");
+    let sb = new_user("rdm-veng", "robbie");
+    let config = "node = \"vengeance\"\n\
+         [[peer]]\nname = \"aurora\"\nssh = \"root@127.0.0.1:2222\"\n\
+         identity = [\"keychain:aurora\", \"~/.ssh/id_ed25519\"]\n\
+         [[peer.forward]]\nname = \"api\"\nlocal = \"127.0.0.1:19000\"\nremote = \"127.0.0.1:9000\"\n";
+    let out = as_user(&sb, "robbie", 1, &blocks[0], config);
+    eprintln!("--- install:\n{}{out}", blocks[0]);
+    assert!(out.contains("Done: active."), "{out}");
+    sb.ok(
+        "test -x /usr/bin/robbie-mesh-tray && test -f /etc/xdg/autostart/robbie-mesh-tray.desktop",
+    );
+    let through = sb.ok(
+        "for i in $(seq 300); do curl -sf http://127.0.0.1:19000/ && exit 0; sleep 0.05; done; \
+         journalctl --no-pager _SYSTEMD_USER_UNIT=robbie-mesh.service; exit 1",
+    );
+    assert_eq!(through, "through the tunnel\n");
+
+    let out = as_user(&sb, "robbie", 2, &blocks[1], config);
+    eprintln!("--- remove:\n{}{out}", blocks[1]);
+    sb.ok("test ! -e /usr/bin/robbie-mesh && test ! -e /usr/bin/robbie-mesh-tray");
+    sb.ok("! curl -sf http://127.0.0.1:19000/");
 }

@@ -73,8 +73,7 @@ pub fn unregister() -> Result<(), String> {
         return Ok(());
     }
     // SAFETY: as in `register`.
-    unsafe { service.unregisterAndReturnError() }
-        .map_err(|e| e.localizedDescription().to_string())
+    unsafe { service.unregisterAndReturnError() }.map_err(|e| e.localizedDescription().to_string())
 }
 
 /// What the registration left to do, said; macOS may want the user's
