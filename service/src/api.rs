@@ -121,45 +121,87 @@ pub fn router(service: Service) -> Router {
                 "no such endpoint; see GET /v1/tunnels",
             )
         })
-        .layer(axum::middleware::from_fn(loopback_only))
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            loopback_only,
+        ))
         .with_state(service)
 }
 
 /// Listening on loopback is not enough against a web page in a local browser: a
 /// page can send requests to 127.0.0.1 (CSRF) or rebind its own name to it (DNS
-/// rebinding). Refuse a `Host` that is not a loopback name, and a cross-site
-/// `Origin` on anything that changes state.
-async fn loopback_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match refusal(req.headers(), req.method()) {
+/// rebinding). Refuse a `Host` that is not exactly one loopback name, and, on
+/// anything that changes state, an `Origin` that is not this API's own
+/// (`http://` a loopback name and this API's port): another local web app on
+/// another port is another origin.
+async fn loopback_only(
+    State(s): State<Service>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match refusal(req.headers(), req.method(), s.config.api.listen.port()) {
         Some(why) => error(StatusCode::FORBIDDEN, why),
         None => next.run(req).await,
     }
 }
 
-fn refusal(headers: &axum::http::HeaderMap, method: &axum::http::Method) -> Option<String> {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
-    };
-    if let Some(host) = header(axum::http::header::HOST) {
-        if !is_loopback_authority(host) {
-            return Some(format!("Host `{host}` is not a loopback address"));
+fn refusal(
+    headers: &axum::http::HeaderMap,
+    method: &axum::http::Method,
+    port: u16,
+) -> Option<String> {
+    // Exactly one, readable: a duplicated or garbled header must not let a
+    // request through that a clean one would not.
+    let one = |name: axum::http::HeaderName| -> Result<Option<&str>, String> {
+        let mut all = headers.get_all(&name).iter();
+        match (all.next(), all.next()) {
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(format!("more than one {name} header")),
+            (Some(v), None) => v
+                .to_str()
+                .map(Some)
+                .map_err(|_| format!("the {name} header is not readable text")),
         }
+    };
+    let host = match one(axum::http::header::HOST) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Some("a request needs a Host header".into()),
+        Err(why) => return Some(why),
+    };
+    if !is_loopback_authority(host) {
+        return Some(format!(
+            "Host `{}` is not a loopback address",
+            crate::config::cut(host)
+        ));
     }
     if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
-        if let Some(origin) = header(axum::http::header::ORIGIN) {
-            let authority = origin.strip_prefix("http://").unwrap_or("");
-            if !is_loopback_authority(authority) {
-                return Some(format!("requests from origin `{origin}` are refused"));
+        match one(axum::http::header::ORIGIN) {
+            Err(why) => return Some(why),
+            Ok(Some(origin)) if !is_own_origin(origin, port) => {
+                return Some(format!(
+                    "requests from origin `{}` are refused (only this API's own page, http://127.0.0.1:{port}, may change things)",
+                    crate::config::cut(origin)
+                ));
             }
+            Ok(_) => {}
         }
     }
     None
 }
 
+/// `http://` + a loopback name + exactly this API's port.
+fn is_own_origin(origin: &str, port: u16) -> bool {
+    let Some(authority) = origin.strip_prefix("http://") else {
+        return false;
+    };
+    let Some((_, p)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    p.parse::<u16>().ok() == Some(port) && is_loopback_authority(authority)
+}
+
 /// `127.0.0.1:8007`, `localhost:8007`, `[::1]:8007` (port optional).
-fn is_loopback_authority(authority: &str) -> bool {
+pub(crate) fn is_loopback_authority(authority: &str) -> bool {
     let host = match authority.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(""),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
@@ -170,23 +212,41 @@ fn is_loopback_authority(authority: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Serves until `shutdown` is cancelled.
+/// Serves until `shutdown` is cancelled, through the API's own door (its share
+/// of connections, the idle timeout: `crate::door`).
 pub async fn serve(
     listener: TcpListener,
     service: Service,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    // Requests still running at shutdown (an event stream never ends by itself) get
-    // a moment, then go.
-    let server = axum::serve(listener, router(service))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    tokio::select! {
-        r = server => r,
-        () = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        } => Ok(()),
+    let http = crate::door::http1(service.config.limits.idle);
+    let door = crate::door::Door::api();
+    let app = hyper_util::service::TowerToHyperService::new(router(service));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, ticket) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            (stream, _, ticket) = door.accept(&listener) => (stream, ticket),
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, activity) = (app.clone(), ticket.activity());
+        let svc = hyper::service::service_fn(move |req| {
+            use hyper::service::Service as _;
+            let busy = activity.busy();
+            let call = app.call(req);
+            async move {
+                let resp = call.await?;
+                Ok::<_, std::convert::Infallible>(crate::door::HeldBody::wrap(resp, busy))
+            }
+        });
+        let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc));
+        tokio::spawn(crate::door::serve_until_closed(conn, ticket));
     }
+    drop(listener);
+    // Requests still running at shutdown (an event stream never ends by itself)
+    // get a moment, then go.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), graceful.shutdown()).await;
+    Ok(())
 }
 
 async fn health(State(s): State<Service>) -> Json<Health> {
@@ -268,6 +328,61 @@ async fn status(State(s): State<Service>) -> Json<Status> {
 async fn metrics(State(s): State<Service>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let mut m = Metrics::default();
+    // Always there, local-only mode included: what the process is and how it
+    // is doing.
+    m.sample(
+        "robbie_build_info",
+        format!(
+            "version=\"{}\",node=\"{}\",mode=\"{}\"",
+            env!("CARGO_PKG_VERSION"),
+            s.config.node,
+            if s.is_local_only() {
+                "local-only"
+            } else {
+                "mesh"
+            }
+        ),
+        1.0,
+    );
+    m.sample(
+        "robbie_uptime_seconds",
+        String::new(),
+        s.started.elapsed().as_secs_f64(),
+    );
+    if let Ok(store) = &s.store {
+        if let Ok(n) = store.pending().await {
+            m.sample("robbie_store_pending_rows", String::new(), n as f64);
+        }
+    }
+    let sync = s.sync.status.borrow().clone();
+    if let Some(t) = sync.last_sync {
+        if let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) {
+            m.sample(
+                "robbie_store_last_sync_timestamp_seconds",
+                String::new(),
+                d.as_secs_f64(),
+            );
+        }
+    }
+    m.sample(
+        "robbie_connections_refused_total",
+        String::new(),
+        crate::door::refused_total() as f64,
+    );
+    let process = crate::util::process_figures();
+    if let Some(n) = process.open_fds {
+        m.sample("robbie_process_open_fds", String::new(), n as f64);
+    }
+    if let Some(n) = process.max_fds {
+        m.sample("robbie_process_max_fds", String::new(), n as f64);
+    }
+    if let Some(n) = process.resident_bytes {
+        m.sample(
+            "robbie_process_resident_memory_bytes",
+            String::new(),
+            n as f64,
+        );
+    }
     for svc in s.services.iter() {
         let name = &svc.config.name;
         m.sample(
@@ -341,7 +456,47 @@ struct Metrics {
 }
 
 impl Metrics {
-    const HELP: [(&'static str, &'static str, &'static str); 7] = [
+    const HELP: [(&'static str, &'static str, &'static str); 15] = [
+        (
+            "robbie_build_info",
+            "gauge",
+            "1, labelled with the version, this node and its mode.",
+        ),
+        (
+            "robbie_uptime_seconds",
+            "gauge",
+            "Seconds since the service started.",
+        ),
+        (
+            "robbie_store_pending_rows",
+            "gauge",
+            "Rows written here and not yet acknowledged by the primary.",
+        ),
+        (
+            "robbie_store_last_sync_timestamp_seconds",
+            "gauge",
+            "When the last sync round with the primary succeeded (Unix time).",
+        ),
+        (
+            "robbie_process_open_fds",
+            "gauge",
+            "File descriptors the process holds.",
+        ),
+        (
+            "robbie_process_max_fds",
+            "gauge",
+            "The process's open-file limit.",
+        ),
+        (
+            "robbie_process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the process.",
+        ),
+        (
+            "robbie_connections_refused_total",
+            "counter",
+            "Connections closed on arrival for being over a listener's cap.",
+        ),
         (
             "robbie_route_changes_total",
             "counter",
@@ -391,7 +546,11 @@ impl Metrics {
             };
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {value}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
             }
         }
         out
@@ -490,7 +649,102 @@ async fn unpin(State(s): State<Service>, Path(name): Path<String>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_authority;
+    use super::{is_loopback_authority, refusal};
+    use axum::http::{HeaderMap, HeaderValue, Method};
+
+    fn headers(pairs: &[(&'static str, &[u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_bytes(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn only_this_apis_own_origin_may_change_state() {
+        let post = Method::POST;
+        let ok = |pairs: &[(&'static str, &[u8])]| refusal(&headers(pairs), &post, 8007);
+        assert_eq!(
+            ok(&[("host", b"127.0.0.1:8007")]),
+            None,
+            "the CLI sends no Origin"
+        );
+        assert_eq!(
+            ok(&[
+                ("host", b"127.0.0.1:8007"),
+                ("origin", b"http://127.0.0.1:8007")
+            ]),
+            None
+        );
+        assert_eq!(
+            ok(&[
+                ("host", b"localhost:8007"),
+                ("origin", b"http://localhost:8007")
+            ]),
+            None
+        );
+        for (pairs, why) in [
+            (
+                &[
+                    ("host", &b"127.0.0.1:8007"[..]),
+                    ("origin", b"http://localhost:3000"),
+                ][..],
+                "origin",
+            ),
+            (
+                &[("host", b"127.0.0.1:8007"), ("origin", b"http://127.0.0.1")],
+                "origin",
+            ),
+            (
+                &[
+                    ("host", b"127.0.0.1:8007"),
+                    ("origin", b"https://127.0.0.1:8007"),
+                ],
+                "origin",
+            ),
+            (
+                &[("host", b"127.0.0.1:8007"), ("origin", b"null")],
+                "origin",
+            ),
+            (
+                &[
+                    ("host", b"127.0.0.1:8007"),
+                    ("origin", b"http://127.0.0.1:8007"),
+                    ("origin", b"http://evil.example"),
+                ],
+                "more than one",
+            ),
+            (
+                &[
+                    ("host", b"127.0.0.1:8007"),
+                    ("origin", b"http://127.0.0.1:8007\xff"),
+                ],
+                "not readable",
+            ),
+            (
+                &[("host", b"127.0.0.1:8007"), ("host", b"evil.example")],
+                "more than one",
+            ),
+            (&[("host", b"evil.example:8007")], "not a loopback"),
+            (&[], "needs a Host"),
+        ] {
+            let got = ok(pairs).unwrap_or_default();
+            assert!(got.contains(why), "{pairs:?}: {got}");
+        }
+        // Reading is not changing: a GET with a foreign Origin is answered
+        // (the browser keeps the answer from the page without CORS headers).
+        assert_eq!(
+            refusal(
+                &headers(&[
+                    ("host", b"127.0.0.1:8007"),
+                    ("origin", b"http://localhost:3000")
+                ]),
+                &Method::GET,
+                8007
+            ),
+            None
+        );
+    }
 
     #[test]
     fn loopback_authorities() {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod door;
 pub mod events;
 pub mod failpoint;
 pub mod health;

@@ -39,6 +39,7 @@ pub struct Service {
     pub shutdown: CancellationToken,
     /// Settles once every listener has tried to bind.
     pub startup: crate::startup::Startup,
+    pub started: std::time::Instant,
 }
 
 impl Service {
@@ -73,15 +74,8 @@ impl Service {
                 .cloned()
         };
         let nodes = crate::nodes::spawn(&config.node, &config.nodes, &tunnel, tracker, cancel);
-        let services = crate::services::spawn(
-            &config.services,
-            &tunnel,
-            &nodes,
-            &events,
-            tracker,
-            &startup,
-            cancel,
-        );
+        let services =
+            crate::services::spawn(&config, &tunnel, &nodes, &events, tracker, &startup, cancel);
         let store = Store::open(&config.store.path, &config.node).map_err(|e| {
             tracing::error!("{e}; conversations are unavailable until it is fixed (set [store] path in the config)");
             e.to_string()
@@ -101,6 +95,7 @@ impl Service {
             None => watch::channel(None).1,
         };
         Service {
+            started: std::time::Instant::now(),
             startup,
             shutdown: cancel.clone(),
             replica,

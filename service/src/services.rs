@@ -349,7 +349,7 @@ impl ServiceHandle {
 
 /// Starts the probers of every candidate of every service.
 pub fn spawn(
-    services: &[ServiceConfig],
+    config: &crate::config::Config,
     tunnels: &dyn Fn(&str) -> Option<Arc<Tunnel>>,
     nodes: &watch::Receiver<NodeMap>,
     events: &EventBus,
@@ -357,6 +357,8 @@ pub fn spawn(
     startup: &crate::startup::Startup,
     cancel: &CancellationToken,
 ) -> Vec<Arc<ServiceHandle>> {
+    let services = &config.services;
+    let shared = crate::proxy::Limits::new(&config.limits);
     // No keep-alive: an idle probe connection would hold an on-demand tunnel open.
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -418,6 +420,7 @@ pub fn spawn(
             });
             tracker.spawn(crate::proxy::serve(
                 handle.clone(),
+                shared.clone(),
                 startup.pending(),
                 cancel.clone(),
             ));

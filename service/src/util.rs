@@ -30,3 +30,37 @@ pub fn pg_error(e: &tokio_postgres::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// What the process holds, for `/metrics` (`None` where the system does not say).
+#[derive(Debug, Default)]
+pub struct ProcessFigures {
+    pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+    pub resident_bytes: Option<u64>,
+}
+
+pub fn process_figures() -> ProcessFigures {
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .or_else(|_| std::fs::read_dir("/dev/fd"))
+        .ok()
+        .map(|d| d.count() as u64);
+    #[cfg(unix)]
+    let max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft);
+    #[cfg(not(unix))]
+    let max_fds = None;
+    let resident_bytes = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    ProcessFigures {
+        open_fds,
+        max_fds,
+        resident_bytes,
+    }
+}

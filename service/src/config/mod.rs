@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::parse_host_port;
+pub use validate::{cut, parse_host_port, MAX_REQUEST_BODY};
 
 /// Default loopback address of the service API (the seed's port 8007).
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8007";
@@ -33,6 +33,29 @@ pub struct Config {
     /// How to reach the other nodes' APIs (for their hardware inventory).
     pub nodes: Vec<Candidate>,
     pub store: StoreConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: what every listener allows a client (`crate::door`).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// An HTTP connection waiting this long for a request's head (from its
+    /// start, or the end of the previous answer) is closed: idle keep-alive
+    /// connections and slowly sent heads alike. Also the longest pause inside
+    /// a request body.
+    pub idle: Duration,
+    /// Request bodies all endpoints together hold in memory (for retries);
+    /// beyond it a request gets 503 with `Retry-After`.
+    pub body_memory: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            idle: Duration::from_secs(60),
+            body_memory: 256 << 20,
+        }
+    }
 }
 
 /// `[store]`: the local SQLite store, and its sync with the PostgreSQL primary.
@@ -134,6 +157,8 @@ pub struct ServiceConfig {
     /// `http` services: retry a request whose method is not idempotent (POST,
     /// PATCH) on the next node even when it may have reached the first one.
     pub retry_non_idempotent: bool,
+    /// `Host` names the endpoint accepts besides loopback ones (lowercase).
+    pub hosts: Vec<String>,
 }
 
 /// One node's instance of a service, as reached from this node.
@@ -582,6 +607,7 @@ impl Config {
             peers: Vec::new(),
             services: Vec::new(),
             nodes: Vec::new(),
+            limits: LimitsConfig::default(),
             store: StoreConfig {
                 path: default_store_path(),
                 sync: None,

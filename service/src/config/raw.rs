@@ -21,6 +21,18 @@ pub struct RawConfig {
     #[serde(default)]
     pub nodes: Vec<RawCandidate>,
     pub store: Option<RawStore>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[limits]`: what every listener allows a client.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// An HTTP connection waiting this long for a request's head is closed.
+    pub idle: Option<Spanned<String>>,
+    /// Request bodies held in memory by all endpoints together (for retries).
+    pub body_memory: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +85,9 @@ pub struct RawService {
     pub vram: Option<std::collections::BTreeMap<String, Spanned<String>>>,
     /// `http` services: retry POST/PATCH elsewhere even if it may have run.
     pub retry_non_idempotent: Option<bool>,
+    /// Names besides loopback ones that clients may use to reach the endpoint
+    /// (its `Host`), e.g. "ollama.home.arpa" mapped to 127.0.0.1.
+    pub hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -546,3 +546,59 @@ fn a_wrongly_typed_value_names_its_field_cleanly() {
     let e = one_error("node = 5\n", 1, "node");
     assert!(!e.to_string().contains("serde_spanned"), "{e}");
 }
+
+#[test]
+fn limits_are_bounded_and_have_defaults() {
+    let cfg = parse_with("node = \"n\"\n", "ok.toml", &env()).expect("ok");
+    assert_eq!(cfg.limits.idle, Duration::from_secs(60));
+    assert_eq!(cfg.limits.body_memory, 256 << 20);
+    let cfg = parse_with(
+        "node = \"n\"\n[limits]\nidle = \"5s\"\nbody_memory = \"1GiB\"\n",
+        "ok.toml",
+        &env(),
+    )
+    .expect("ok");
+    assert_eq!(cfg.limits.idle, Duration::from_secs(5));
+    assert_eq!(cfg.limits.body_memory, 1 << 30);
+    let e = one_error("[limits]\nidle = \"500ms\"\n", 2, "limits.idle");
+    assert!(e.message.contains("between 1s and 1h"), "{e}");
+    let e = one_error(
+        "[limits]\nbody_memory = \"1MiB\"\n",
+        2,
+        "limits.body_memory",
+    );
+    assert!(e.message.contains("64 MiB"), "{e}");
+    let e = one_error(
+        "[limits]\nbody_memory = \"lots\"\n",
+        2,
+        "limits.body_memory",
+    );
+    assert!(e.message.contains("not a size"), "{e}");
+}
+
+#[test]
+fn service_hosts_are_host_names() {
+    let svc = |hosts: &str| {
+        format!(
+            "node = \"n\"\n[[service]]\nname = \"o\"\nkind = \"ollama\"\nlisten = \"127.0.0.1:11434\"\n\
+             hosts = [{hosts}]\ncandidates = [ {{ node = \"n\", address = \"127.0.0.1:11435\" }} ]\n"
+        )
+    };
+    let cfg = parse_with(&svc("\"Ollama.Home.arpa\""), "ok.toml", &env()).expect("ok");
+    assert_eq!(cfg.services[0].hosts, vec!["ollama.home.arpa".to_string()]);
+    let e = one_error(
+        &svc("\"http://ollama.lan:11434\""),
+        6,
+        "service[0].hosts[0]",
+    );
+    assert!(e.message.contains("without port or scheme"), "{e}");
+}
+
+#[test]
+fn a_huge_value_is_cut_in_its_message() {
+    let name = "x".repeat(5 << 20);
+    let errs = errors(&format!("node = \"{name} \"\n"));
+    let text = errs[0].to_string();
+    assert!(text.len() < 500, "{} bytes", text.len());
+    assert!(text.contains("bytes in all"), "{text}");
+}

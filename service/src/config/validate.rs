@@ -87,7 +87,7 @@ impl Checker<'_> {
                     field,
                     format!(
                         "`{}` is longer than robbie-mesh's longest timer ({}); write e.g. \"30s\" or \"5m\"",
-                        v.get_ref(),
+                        cut(v.get_ref()),
                         humantime::format_duration(MAX_DURATION)
                     ),
                 );
@@ -104,7 +104,7 @@ impl Checker<'_> {
                     field,
                     format!(
                         "`{}` is not a duration ({e}); write e.g. \"5s\" or \"500ms\"",
-                        v.get_ref()
+                        cut(v.get_ref())
                     ),
                 );
                 default
@@ -245,11 +245,13 @@ pub(crate) fn validate(
     }
 
     let store = validate_store(&mut c, raw.store.as_ref(), &services, env);
+    let limits = validate_limits(&mut c, &raw.limits);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
     Ok(Config {
+        limits,
         source: None,
         node,
         api: ApiConfig {
@@ -352,7 +354,7 @@ fn validate_service(
             format!("{field}.kind"),
             format!(
                 "`{}` is not a service kind; use \"ollama\", \"http\", \"postgres\" or \"tcp\"",
-                rs.kind.get_ref()
+                cut(rs.kind.get_ref())
             ),
         );
     }
@@ -390,6 +392,21 @@ fn validate_service(
         format!("{field}.hold_down"),
         crate::route::HOLD_DOWN,
     );
+    let mut hosts = Vec::new();
+    for (i, h) in rs.hosts.iter().flatten().enumerate() {
+        if valid_host_name(h.get_ref()) {
+            hosts.push(h.get_ref().to_ascii_lowercase());
+        } else {
+            c.err(
+                Some(h.span()),
+                format!("{field}.hosts[{i}]"),
+                format!(
+                    "`{}` is not a host name; write the name clients use, e.g. \"ollama.home.arpa\" (without port or scheme)",
+                    cut(h.get_ref())
+                ),
+            );
+        }
+    }
     if c.errors.len() > before {
         return None;
     }
@@ -402,7 +419,78 @@ fn validate_service(
         hold_down,
         vram,
         retry_non_idempotent: rs.retry_non_idempotent.unwrap_or(false),
+        hosts,
     })
+}
+
+/// `[limits]`, each within bounds a listener can live with.
+fn validate_limits(c: &mut Checker<'_>, raw: &super::raw::RawLimits) -> super::LimitsConfig {
+    let default = super::LimitsConfig::default();
+    let idle = c.duration(&raw.idle, "limits.idle".into(), default.idle);
+    let idle = if idle < Duration::from_secs(1) || idle > Duration::from_secs(3600) {
+        if let Some(v) = &raw.idle {
+            c.err(
+                Some(v.span()),
+                "limits.idle",
+                "must be between 1s and 1h (clients keep connections open for seconds to minutes)",
+            );
+        }
+        default.idle
+    } else {
+        idle
+    };
+    let body_memory = match &raw.body_memory {
+        None => default.body_memory,
+        Some(v) => match parse_size(v.get_ref()) {
+            Some(b) if (MAX_REQUEST_BODY..=64 << 30).contains(&b) => b,
+            Some(_) => {
+                c.err(
+                    Some(v.span()),
+                    "limits.body_memory",
+                    format!(
+                        "must be between {} MiB (one request's largest body) and 64 GiB",
+                        MAX_REQUEST_BODY >> 20
+                    ),
+                );
+                default.body_memory
+            }
+            None => {
+                c.err(
+                    Some(v.span()),
+                    "limits.body_memory",
+                    format!(
+                        "`{}` is not a size; write e.g. \"256MiB\"",
+                        cut(v.get_ref())
+                    ),
+                );
+                default.body_memory
+            }
+        },
+    };
+    super::LimitsConfig { idle, body_memory }
+}
+
+/// The largest request body an endpoint takes (prompts with images included).
+pub const MAX_REQUEST_BODY: u64 = 64 << 20;
+
+/// A value as shown in a message: long ones cut, so a 5 MB value is not echoed
+/// whole into a terminal or a log.
+pub fn cut(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(MAX).collect();
+    format!("{head}… ({} bytes in all)", s.len())
+}
+
+/// A `Host` name as clients write it: letters, digits, `-` and `.`, at most
+/// 253 characters.
+fn valid_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
 }
 
 /// A list of `{ node, tunnel | address }`: how this node reaches each node's instance
@@ -487,7 +575,7 @@ fn validate_vram(
                     format!("{field}.vram.{model}"),
                     format!(
                         "`{}` is not a size; write e.g. \"40GiB\" or \"24GB\"",
-                        size.get_ref()
+                        cut(size.get_ref())
                     ),
                 );
                 None
@@ -985,7 +1073,7 @@ fn loopback_addr(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Optio
             c.err(
                 Some(v.span()),
                 field,
-                format!("`{s}` is not an IP:port address{hint}"),
+                format!("`{}` is not an IP:port address{hint}", cut(s)),
             );
             None
         }
@@ -994,32 +1082,38 @@ fn loopback_addr(c: &mut Checker<'_>, v: &Spanned<String>, field: &str) -> Optio
 
 /// `host:port` or `[v6]:port`.
 pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
+    let shown = cut(s);
     let s = s.trim();
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (h, p) = rest
             .split_once("]:")
-            .ok_or_else(|| format!("`{s}` is not [address]:port"))?;
+            .ok_or_else(|| format!("`{shown}` is not [address]:port"))?;
         (h, p)
     } else {
         s.rsplit_once(':').ok_or_else(|| {
-            format!("`{s}` has no port; write host:port, e.g. \"127.0.0.1:11434\"")
+            format!("`{shown}` has no port; write host:port, e.g. \"127.0.0.1:11434\"")
         })?
     };
     if host.is_empty() {
         return Err(format!(
-            "`{s}` has no host; write host:port, e.g. \"127.0.0.1:11434\""
+            "`{shown}` has no host; write host:port, e.g. \"127.0.0.1:11434\""
         ));
     }
     if host.contains(':') && !s.starts_with('[') {
         return Err(format!(
-            "`{s}`: write IPv6 addresses in brackets, e.g. \"[::1]:11434\""
+            "`{shown}`: write IPv6 addresses in brackets, e.g. \"[::1]:11434\""
         ));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("`{port}` in `{s}` is not a port number (1-65535)"))?;
+    let port: u16 = port.parse().map_err(|_| {
+        format!(
+            "`{}` in `{shown}` is not a port number (1-65535)",
+            cut(port)
+        )
+    })?;
     if port == 0 {
-        return Err(format!("port 0 in `{s}` is not allowed; give a fixed port"));
+        return Err(format!(
+            "port 0 in `{shown}` is not allowed; give a fixed port"
+        ));
     }
     Ok(HostPort {
         host: host.to_string(),
@@ -1107,5 +1201,8 @@ fn valid_name(s: &str) -> bool {
 }
 
 fn name_rule(s: &str) -> String {
-    format!("`{s}` is not a valid name: use 1-64 letters, digits, '-', '_' or '.'")
+    format!(
+        "`{}` is not a valid name: use 1-64 letters, digits, '-', '_' or '.'",
+        cut(s)
+    )
 }

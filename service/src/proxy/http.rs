@@ -16,7 +16,7 @@ use axum::body::{Body, Bytes};
 use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -27,7 +27,7 @@ use crate::route::Needs;
 use crate::services::{RequestGuard, ServiceHandle};
 
 /// The largest request body buffered for retries (prompts with images included).
-pub const MAX_BODY: usize = 64 * 1024 * 1024;
+pub const MAX_BODY: usize = crate::config::MAX_REQUEST_BODY as usize;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Until the answer starts: a model load can take minutes.
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -46,10 +46,11 @@ pub struct Endpoint {
     pub service: Arc<ServiceHandle>,
     /// Keep-alive connections, one pool per candidate (same order).
     upstreams: Arc<[Arc<Upstream>]>,
+    limits: super::Limits,
 }
 
 impl Endpoint {
-    pub fn new(service: Arc<ServiceHandle>) -> Endpoint {
+    pub fn new(service: Arc<ServiceHandle>, limits: super::Limits) -> Endpoint {
         let upstreams = service
             .candidates
             .iter()
@@ -63,14 +64,19 @@ impl Endpoint {
                 ))
             })
             .collect();
-        Endpoint { service, upstreams }
+        Endpoint {
+            service,
+            upstreams,
+            limits,
+        }
     }
 
     /// Serves HTTP/1.1 on `listener` until `cancel`; then gives open connections
     /// a moment to finish their answers.
     pub async fn serve(self, listener: TcpListener, cancel: CancellationToken) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let http = hyper::server::conn::http1::Builder::new();
+        let http = crate::door::http1(self.limits.idle);
+        let door = crate::door::Door::http(format!("endpoint {}", self.service.config.name));
         // Idle upstream connections go after a while (they keep on-demand tunnels open).
         let sweeper = {
             let upstreams = self.upstreams.clone();
@@ -83,26 +89,23 @@ impl Endpoint {
             })
         };
         loop {
-            let stream = tokio::select! {
+            let (stream, ticket) = tokio::select! {
                 () = cancel.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors, say: the listener stays, and so do we.
-                        tracing::warn!(service = %self.service.config.name, "accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                (stream, _, ticket) = door.accept(&listener) => (stream, ticket),
             };
             let _ = stream.set_nodelay(true);
             let ep = self.clone();
+            let activity = ticket.activity();
             let svc = hyper::service::service_fn(move |req| {
                 let ep = ep.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(ep, req).await) }
+                let busy = activity.busy();
+                async move {
+                    let resp = handle(ep, req).await;
+                    Ok::<_, std::convert::Infallible>(crate::door::HeldBody::wrap(resp, busy))
+                }
             });
             let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
-            tokio::spawn(conn);
+            tokio::spawn(crate::door::serve_until_closed(conn, ticket));
         }
         drop(listener);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
@@ -133,8 +136,12 @@ fn requested_model(body: &[u8]) -> Option<String> {
     m.model.or(m.name).filter(|s| !s.is_empty())
 }
 
-const HOP_BY_HOP: [&str; 8] = [
+/// Headers about one connection, never passed on (RFC 9110 §7.6.1), besides
+/// those a message's `Connection` header names. No protocol switch (`Upgrade`)
+/// is offered through an endpoint.
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
+    "proxy-connection",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
@@ -144,32 +151,203 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// The client's headers that go on to the backend (the pool sets `Host`, hyper the
-/// length).
-fn forward_headers(from: &HeaderMap) -> HeaderMap {
-    let mut to = HeaderMap::with_capacity(from.len());
-    for (name, value) in from {
-        if !HOP_BY_HOP.contains(&name.as_str())
-            && name != header::HOST
-            && name != header::CONTENT_LENGTH
-        {
-            to.append(name.clone(), value.clone());
-        }
+/// This endpoint's own headers: whatever a client or a backend sends under
+/// these names is dropped, so that `x-robbie-node` always tells the truth.
+const OWN_PREFIX: &str = "x-robbie-";
+
+/// Removes the hop-by-hop headers (the fixed ones and those named in
+/// `Connection` or `Proxy-Connection`) and any `x-robbie-*` header.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = ["connection", "proxy-connection"]
+        .iter()
+        .flat_map(|h| headers.get_all(*h).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for h in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(h);
     }
+    let own: Vec<_> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(OWN_PREFIX))
+        .cloned()
+        .collect();
+    for k in own {
+        headers.remove(k);
+    }
+}
+
+/// The client's headers that go on to the backend: hyper sets the length; the
+/// `Host` (checked to be a loopback name or one the service allows) goes on
+/// as the client sent it, so a backend's own check of it still means something.
+fn forward_headers(from: &HeaderMap) -> HeaderMap {
+    let mut to = from.clone();
+    strip_hop_by_hop(&mut to);
+    to.remove(header::CONTENT_LENGTH);
     to
 }
 
+/// A page in a browser can reach 127.0.0.1 under a name it controls (DNS
+/// rebinding): only a loopback `Host`, or a name the service lists in
+/// `hosts`, is served — exactly one, readable.
+fn host_refusal(service: &crate::config::ServiceConfig, headers: &HeaderMap) -> Option<String> {
+    let mut all = headers.get_all(header::HOST).iter();
+    let (Some(host), None) = (all.next(), all.next()) else {
+        return Some("a request needs exactly one Host header".into());
+    };
+    let Ok(host) = host.to_str() else {
+        return Some("the Host header is not readable text".into());
+    };
+    if crate::api::is_loopback_authority(host) {
+        return None;
+    }
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(name, _)| name);
+    if service.hosts.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+        return None;
+    }
+    Some(format!(
+        "Host `{}` is not a loopback name; list it in the service's `hosts` if clients really use it",
+        crate::config::cut(host)
+    ))
+}
+
+/// Why a request body could not be buffered.
+enum BodyError {
+    TooLarge,
+    Busy,
+    Slow,
+    Broken(String),
+}
+
+/// The request body, buffered for retries: at most [`MAX_BODY`], with no pause
+/// longer than `[limits] idle`, and within the endpoints' shared memory budget
+/// (the permit is held until the request is done).
+async fn read_body(
+    body: Incoming,
+    declared: Option<u64>,
+    limits: &super::Limits,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), BodyError> {
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    // Permits are KiB; a declared length is reserved up front, a chunked body
+    // as it arrives. Over the budget, the rest of the body is read and thrown
+    // away before the 503: a client still sending would otherwise see a broken
+    // connection instead of the answer.
+    let kib = |n: usize| u32::try_from(n.div_ceil(1024)).unwrap_or(u32::MAX);
+    let mut permit = match declared {
+        Some(n) if n > 0 => limits
+            .bodies
+            .clone()
+            .try_acquire_many_owned(kib(n as usize))
+            .ok(),
+        _ => None,
+    };
+    let mut busy = declared.is_some_and(|n| n > 0) && permit.is_none();
+    let mut held = if busy {
+        0
+    } else {
+        declared.unwrap_or(0) as usize
+    };
+    // A declared length is allocated once (growing by doubling would hold up
+    // to twice the body).
+    let mut buf = bytes::BytesMut::with_capacity(if busy { 0 } else { held });
+    let mut received = 0usize;
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame = match tokio::time::timeout(limits.idle, body.as_mut().frame()).await {
+            Err(_) => return Err(BodyError::Slow),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Broken(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len();
+        if received > MAX_BODY {
+            return Err(BodyError::TooLarge);
+        }
+        if busy {
+            continue;
+        }
+        buf.extend_from_slice(&data);
+        if buf.len() > held {
+            let more = kib(buf.len() - held + 64 * 1024);
+            match limits.bodies.clone().try_acquire_many_owned(more) {
+                Ok(p) => {
+                    held += more as usize * 1024;
+                    match &mut permit {
+                        Some(have) => have.merge(p),
+                        None => permit = Some(p),
+                    }
+                }
+                Err(_) => {
+                    busy = true;
+                    permit = None;
+                    buf = bytes::BytesMut::new();
+                }
+            }
+        }
+    }
+    if busy {
+        return Err(BodyError::Busy);
+    }
+    Ok((buf.freeze(), permit))
+}
+
 async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
+    if let Some(why) = host_refusal(&ep.service.config, req.headers()) {
+        return ollama_error(StatusCode::FORBIDDEN, why);
+    }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (body, _budget) = match read_body(body, declared, &ep.limits).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
             return ollama_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body over {} MiB", MAX_BODY >> 20),
+                format!(
+                    "the request body is over {} MiB, the most an endpoint takes",
+                    MAX_BODY >> 20
+                ),
             )
         }
-        Err(e) => {
+        Err(BodyError::Busy) => {
+            let mut r = ollama_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{} MiB of request bodies are already being held ([limits] body_memory); try again in a moment",
+                    ep.limits.body_memory >> 20
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            return r;
+        }
+        Err(BodyError::Slow) => {
+            return ollama_error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body paused for over {:?} ([limits] idle)",
+                    ep.limits.idle
+                ),
+            )
+        }
+        Err(BodyError::Broken(e)) => {
             return ollama_error(
                 StatusCode::BAD_REQUEST,
                 format!("the request body could not be read: {e}"),
@@ -422,9 +600,7 @@ fn respond(
     lease: Option<Lease>,
 ) -> Response {
     let (mut head, body) = resp.into_parts();
-    for h in HOP_BY_HOP {
-        head.headers.remove(h);
-    }
+    strip_hop_by_hop(&mut head.headers);
     if let Ok(v) = HeaderValue::from_str(node) {
         head.headers.insert(NODE_HEADER, v);
     }

@@ -17,10 +17,33 @@ use crate::config::ServiceKind;
 use crate::services::ServiceHandle;
 use crate::tunnel::Backoff;
 
+/// What the endpoints share: `[limits]`, and the memory budget for the request
+/// bodies they hold (permits of 1 KiB).
+#[derive(Clone)]
+pub struct Limits {
+    pub idle: Duration,
+    pub body_memory: u64,
+    pub bodies: Arc<tokio::sync::Semaphore>,
+}
+
+impl Limits {
+    pub fn new(config: &crate::config::LimitsConfig) -> Limits {
+        let kib = usize::try_from(config.body_memory / 1024)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        Limits {
+            idle: config.idle,
+            body_memory: config.body_memory,
+            bodies: Arc::new(tokio::sync::Semaphore::new(kib)),
+        }
+    }
+}
+
 /// Binds the service's endpoint (retrying while the port is taken) and serves it
 /// until `cancel`. `starting` is dropped after the first attempt to bind.
 pub async fn serve(
     service: Arc<ServiceHandle>,
+    limits: Limits,
     starting: crate::startup::Pending,
     cancel: CancellationToken,
 ) {
@@ -52,7 +75,7 @@ pub async fn serve(
     tracing::info!(service = %service.config.name, "endpoint listening on {addr}");
     match service.config.kind {
         ServiceKind::Ollama | ServiceKind::Http => {
-            http::Endpoint::new(service.clone())
+            http::Endpoint::new(service.clone(), limits)
                 .serve(listener, cancel)
                 .await
         }

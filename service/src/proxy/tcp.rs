@@ -24,19 +24,17 @@ use crate::services::ServiceHandle;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn serve(listener: TcpListener, service: Arc<ServiceHandle>, cancel: CancellationToken) {
+    let door = crate::door::Door::tcp(format!("endpoint {}", service.config.name));
     loop {
-        let (client, from) = tokio::select! {
+        let (client, from, ticket) = tokio::select! {
             () = cancel.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(service = %service.config.name, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            a = door.accept(&listener) => a,
         };
-        tokio::spawn(connection(client, from, service.clone(), cancel.clone()));
+        let (service, cancel) = (service.clone(), cancel.clone());
+        tokio::spawn(async move {
+            connection(client, from, service, cancel).await;
+            drop(ticket);
+        });
     }
 }
 

@@ -154,13 +154,15 @@ impl Upstream {
     }
 
     /// Sends `req` (its URI in origin form: path and query) and waits for the
-    /// answer's head.
+    /// answer's head. A request without a `Host` gets the backend's address.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         if let Some(host) = &self.host {
-            req.headers_mut().insert(header::HOST, host.clone());
+            req.headers_mut()
+                .entry(header::HOST)
+                .or_insert_with(|| host.clone());
         }
         // Pooled connections first; a closed one hands the request back unsent.
         while let Some(mut sender) = self.take() {

@@ -22,6 +22,11 @@ use super::{Store, StoreError};
 use crate::api::error;
 use crate::service::Service;
 
+/// The largest request body the store's calls take: a message's content at
+/// its largest ([`super::MAX_CONTENT`]) with room for JSON's escapes of
+/// newlines and quotes, and its other fields.
+pub const MAX_BODY: usize = 2 * super::MAX_CONTENT + (1 << 20);
+
 pub fn routes() -> Router<Service> {
     Router::new()
         .route("/v1/conversations", get(list).post(create))
@@ -32,6 +37,7 @@ pub fn routes() -> Router<Service> {
         )
         .route("/v1/sync", post(sync_now))
         .route("/v1/sync/verify", post(verify))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
 #[derive(Deserialize)]
@@ -91,6 +97,16 @@ fn store(s: &Service) -> Result<&Store, Fail> {
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Fail> {
     b.map(|Json(t)| t).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is over {} MiB; a message's content may be up to {} MiB",
+                    MAX_BODY >> 20,
+                    super::MAX_CONTENT >> 20
+                ),
+            );
+        }
         Fail(
             StatusCode::BAD_REQUEST,
             format!("bad request body: {}", e.body_text()),

@@ -58,19 +58,11 @@ impl LocalForward {
             return;
         };
         let (session, suspect) = (self.session, self.suspect);
+        let door = crate::door::Door::tcp(format!("forward {}", tunnel.name()));
         loop {
-            let accepted = tokio::select! {
+            let (tcp, from, ticket) = tokio::select! {
                 () = cancel.cancelled() => return,
-                a = listener.accept() => a,
-            };
-            let (tcp, from) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: do not spin.
-                    tracing::warn!(tunnel = %tunnel.name(), "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+                a = door.accept(&listener) => a,
             };
             let current = session.borrow().clone();
             let Some(current) = current else {
@@ -80,6 +72,7 @@ impl LocalForward {
             let (tunnel, suspect, cancel) = (tunnel.clone(), suspect.clone(), cancel.clone());
             tokio::spawn(async move {
                 forward_local(&tunnel, current, tcp, from, &suspect, &cancel).await;
+                drop(ticket);
             });
         }
     }
