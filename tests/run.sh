@@ -29,6 +29,10 @@ for _ in $(seq 200); do
   sleep 0.1
 done
 export MESH_TESTS_REQUIRE_KEYCHAIN=1
+# The API token every test service and client of this run shares (a service
+# started with $ROBBIE_MESH_TOKEN uses it instead of writing a token file).
+ROBBIE_MESH_TOKEN="test-$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+export ROBBIE_MESH_TOKEN
 export MESH_PLAYWRIGHT="${MESH_PLAYWRIGHT:-/var/cache/robbie-mesh/node}"
 export MESH_TEST_PYTHON="${MESH_TEST_VENV:-/var/cache/robbie-mesh/venv}/bin/python"
 

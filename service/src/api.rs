@@ -121,6 +121,9 @@ pub fn router(service: Service) -> Router {
                 "no such endpoint; see GET /v1/tunnels",
             )
         })
+        .route("/v1/auth/link", post(sign_in_link))
+        .route("/login", get(login))
+        .layer(axum::middleware::from_fn_with_state(service.clone(), guard))
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
             loopback_only,
@@ -142,6 +145,92 @@ async fn loopback_only(
     match refusal(req.headers(), req.method(), s.config.api.listen.port()) {
         Some(why) => error(StatusCode::FORBIDDEN, why),
         None => next.run(req).await,
+    }
+}
+
+/// The API token (`crate::access`): conversation calls and every call that
+/// changes something need it, as a bearer token (the CLI, the tray) or a
+/// browser's session cookie (whose state-changing calls must carry the API's
+/// own `Origin`, checked by [`loopback_only`]).
+async fn guard(
+    State(s): State<Service>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::access::Proof;
+    let method = req.method().clone();
+    if !crate::access::needs_token(&method, req.uri().path()) {
+        return next.run(req).await;
+    }
+    match s.access.proof(req.headers()) {
+        Proof::Bearer => next.run(req).await,
+        Proof::Cookie
+            if method != axum::http::Method::GET
+                && method != axum::http::Method::HEAD
+                && !req.headers().contains_key(axum::http::header::ORIGIN) =>
+        {
+            error(
+                StatusCode::FORBIDDEN,
+                "a browser's call that changes something must carry its Origin",
+            )
+        }
+        Proof::Cookie => next.run(req).await,
+        Proof::None => {
+            let mut r = error(StatusCode::UNAUTHORIZED, s.access.missing());
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"robbie-mesh\""),
+            );
+            r
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SignInLink {
+    /// Opens the dashboard signed in; good once, for two minutes.
+    pub url: String,
+}
+
+/// `POST /v1/auth/link`: a one-time link that signs a browser in.
+async fn sign_in_link(State(s): State<Service>) -> Json<SignInLink> {
+    let code = s.access.new_code();
+    Json(SignInLink {
+        url: format!("http://{}/login?code={code}", s.config.api.listen),
+    })
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    code: Option<String>,
+}
+
+/// `GET /login?code=…`: the browser gets its session cookie and the dashboard.
+async fn login(
+    State(s): State<Service>,
+    axum::extract::Query(q): axum::extract::Query<LoginQuery>,
+) -> Response {
+    match q.code.as_deref().and_then(|c| s.access.redeem(c)) {
+        Some(cookie) => {
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            let h = r.headers_mut();
+            h.insert(
+                axum::http::header::LOCATION,
+                axum::http::HeaderValue::from_static("/"),
+            );
+            if let Ok(v) = axum::http::HeaderValue::from_str(&cookie) {
+                h.insert(axum::http::header::SET_COOKIE, v);
+            }
+            h.insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        None => error(
+            StatusCode::FORBIDDEN,
+            "this sign-in link was used already or has expired (they are good once, for two minutes): run `robbie-mesh dashboard` again",
+        ),
     }
 }
 

@@ -5,6 +5,7 @@
 //! → [`events`] and the loopback [`api`]. The binary in `main.rs` is a thin CLI over
 //! [`service::run`] and the API.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -108,6 +108,14 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Open the dashboard in your browser, signed in (a one-time link).
+    Dashboard {
+        /// Only print the link (for a browser on another machine, through a tunnel).
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Drop a tunnel's SSH session and connect again now.
     Reconnect {
         tunnel: String,
@@ -244,6 +252,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(file),
         Command::Status { json, api } => status(json, &api),
         Command::Reconnect { tunnel, api } => reconnect(&tunnel, &api),
+        Command::Dashboard { print, api } => dashboard(print, &api),
         Command::Pin { service, node, api } => pin(&service, Some(&node), &api),
         Command::Unpin { service, api } => pin(&service, None, &api),
         Command::Sync {
@@ -541,9 +550,13 @@ fn api_call_json(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let token = api_token(arg);
     rt.block_on(async {
         let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
         let mut req = client.request(method, format!("http://{addr}{path}"));
+        if let Ok(t) = &token {
+            req = req.bearer_auth(t);
+        }
         if let Some(body) = json {
             req = req.json(&body);
         }
@@ -555,8 +568,61 @@ fn api_call_json(
             }
         })?;
         let status = resp.status();
-        Ok((status, resp.text().await?))
+        let text = resp.text().await?;
+        // Without a readable token, say why rather than the API's generic refusal.
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            if let Err(why) = &token {
+                bail!("{why}");
+            }
+        }
+        Ok((status, text))
     })
+}
+
+/// The API token for the service this CLI talks to: `$ROBBIE_MESH_TOKEN`, or
+/// the file next to its store (from the same config the service reads).
+fn api_token(arg: &ApiArg) -> Result<String, String> {
+    let store = arg
+        .config
+        .clone()
+        .or_else(config::default_path)
+        .filter(|p| p.exists())
+        .and_then(|p| config::load(&p).ok())
+        .map_or_else(config::default_store_path, |c| c.store.path);
+    robbie_mesh::access::client_token(&store)
+}
+
+/// `dashboard`: a one-time sign-in link, opened in the browser.
+fn dashboard(print: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
+    let (code, text) = api_call(api, reqwest::Method::POST, "/v1/auth/link")?;
+    if !code.is_success() {
+        bail!("API answered {code}: {text}");
+    }
+    let link: robbie_mesh::api::SignInLink =
+        serde_json::from_str(&text).context("the API answered something that is not a link")?;
+    println!("{}", link.url);
+    if print {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    match std::process::Command::new(opener)
+        .arg(&link.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => {
+            eprintln!("opened in your browser (the link works once, for two minutes)")
+        }
+        _ => eprintln!(
+            "open that link in a browser on this machine (it works once, for two minutes)"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
@@ -715,11 +781,13 @@ fn sync_verify(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let token = api_token(api).map_err(|why| anyhow::anyhow!("{why}"))?;
     let (code, text) = rt.block_on(async {
         let r = reqwest::Client::builder()
             .timeout(timeout)
             .build()?
             .post(format!("http://{addr}/v1/sync/verify"))
+            .bearer_auth(&token)
             .json(&serde_json::json!({ "repair": repair }))
             .send()
             .await

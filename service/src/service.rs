@@ -40,6 +40,8 @@ pub struct Service {
     /// Settles once every listener has tried to bind.
     pub startup: crate::startup::Startup,
     pub started: std::time::Instant,
+    /// The API token and the browsers' sign-in codes.
+    pub access: Arc<crate::access::Access>,
 }
 
 impl Service {
@@ -95,6 +97,7 @@ impl Service {
             None => watch::channel(None).1,
         };
         Service {
+            access: Arc::new(crate::access::Access::open(&config.store.path)),
             started: std::time::Instant::now(),
             startup,
             shutdown: cancel.clone(),

@@ -14,22 +14,31 @@ pub struct Client {
 }
 
 impl Client {
-    /// `$ROBBIE_MESH_API` (host:port), else the config's `[api] listen`, else the default.
+    /// `$ROBBIE_MESH_API` (host:port), else the config's `[api] listen`, else the
+    /// default; the API token (for pin and reconnect) from `$ROBBIE_MESH_TOKEN`
+    /// or the file next to the config's store.
     pub fn from_env() -> Client {
-        let addr = std::env::var("ROBBIE_MESH_API").ok().unwrap_or_else(|| {
-            robbie_mesh::config::default_path()
-                .filter(|p| p.exists())
-                .and_then(|p| robbie_mesh::config::load(&p).ok())
-                .map_or_else(
-                    || robbie_mesh::config::Config::local_only().api.listen,
-                    |c| c.api.listen,
-                )
-                .to_string()
-        });
+        let config = robbie_mesh::config::default_path()
+            .filter(|p| p.exists())
+            .and_then(|p| robbie_mesh::config::load(&p).ok())
+            .unwrap_or_else(robbie_mesh::config::Config::local_only);
+        let addr = std::env::var("ROBBIE_MESH_API")
+            .ok()
+            .unwrap_or_else(|| config.api.listen.to_string());
+        let mut headers = reqwest::header::HeaderMap::new();
+        match robbie_mesh::access::client_token(&config.store.path) {
+            Ok(token) => {
+                if let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+                    headers.insert(reqwest::header::AUTHORIZATION, v);
+                }
+            }
+            Err(why) => tracing::warn!("pin and reconnect will be refused: {why}"),
+        }
         Client {
             base: format!("http://{addr}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
+                .default_headers(headers)
                 .build()
                 .unwrap_or_default(),
             stream: reqwest::Client::new(),

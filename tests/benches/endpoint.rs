@@ -343,7 +343,7 @@ async fn failover_round(load_during: bool) -> Failover {
     let route_is = |node: &'static str| {
         let status = status.clone();
         async move {
-            reqwest::get(&status)
+            mesh_tests::get(&status)
                 .await
                 .ok()?
                 .text()

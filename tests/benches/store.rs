@@ -100,7 +100,7 @@ impl Node {
         Node {
             _proc: Proc(child),
             api: format!("http://127.0.0.1:{api_port}"),
-            client: reqwest::blocking::Client::new(),
+            client: mesh_tests::blocking_http_builder().build().expect("client"),
         }
     }
 

@@ -114,7 +114,7 @@ async fn targets(sshd: &Sshd, ssh_port: u16, stub: &OllamaStub) -> Targets {
         || "ssh -L / endpoint".into(),
     );
     // The endpoint serves once its candidate is up.
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
     let url = format!("http://127.0.0.1:{endpoint}");
     let end = Instant::now() + DEADLINE;
     while client
@@ -157,7 +157,7 @@ async fn main() {
         let t = targets(&sshd, port, &stub).await;
         let mut warm = Vec::new();
         for (_, url) in &t.rows {
-            let client = reqwest::Client::new();
+            let client = mesh_tests::http();
             ttft(&client, url).await;
             let mut v: Vec<Duration> = Vec::with_capacity(WARM);
             for _ in 0..WARM {
@@ -174,7 +174,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_secs(6)).await;
             for k in 0..n {
                 let i = (slot + k) % n;
-                let fresh = reqwest::Client::builder()
+                let fresh = mesh_tests::http_builder()
                     .pool_max_idle_per_host(0)
                     .build()
                     .expect("client");

@@ -94,6 +94,52 @@ where
     }
 }
 
+/// The API token every service and client of a test run shares:
+/// `$ROBBIE_MESH_TOKEN` (tests/run.sh makes one per run), set here if missing
+/// so that services started later, in this process or as children, use it.
+pub fn token() -> String {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| match std::env::var("ROBBIE_MESH_TOKEN") {
+            Ok(t) if t.len() >= 16 => t,
+            _ => {
+                let t = format!("test-token-{}-{}", std::process::id(), free_port());
+                std::env::set_var("ROBBIE_MESH_TOKEN", &t);
+                t
+            }
+        })
+        .clone()
+}
+
+/// A client that sends the API token (every test's API calls go through one).
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token())).expect("token"),
+    );
+    reqwest::Client::builder().default_headers(headers)
+}
+
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("client")
+}
+
+/// A blocking client that sends the API token.
+pub fn blocking_http_builder() -> reqwest::blocking::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token())).expect("token"),
+    );
+    reqwest::blocking::Client::builder().default_headers(headers)
+}
+
+/// `reqwest::get` with the API token.
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().get(url).send().await
+}
+
 /// A robbie-mesh service running in this process, stopped on drop.
 pub struct Mesh {
     pub service: Service,
@@ -118,6 +164,7 @@ impl Mesh {
 
     /// A service whose wall-clock watch the test fires by hand.
     pub async fn start_with_clock(mut cfg: Config, clock: ClockWatch) -> Mesh {
+        token();
         // The service's logs, shown with a failing test (ROBBIE_MESH_LOG=debug for more).
         let filter = tracing_subscriber::EnvFilter::try_from_env("ROBBIE_MESH_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,russh=error"));
@@ -213,7 +260,7 @@ impl Mesh {
     }
 
     pub async fn api_get(&self, path: &str) -> serde_json::Value {
-        reqwest::get(format!("http://{}{path}", self.api))
+        get(format!("http://{}{path}", self.api))
             .await
             .expect("api get")
             .json()

@@ -308,7 +308,7 @@ async fn a_200_ms_link_keeps_its_route_under_steady_load() {
     })
     .await
     .expect("the route goes to aurora within 20 s");
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
     let url = format!("http://127.0.0.1:{endpoint}/api/generate");
     let end = std::time::Instant::now() + Duration::from_secs(secs);
     let (mut served, mut failed, mut slowest) = (0usize, Vec::new(), Duration::ZERO);

@@ -20,6 +20,7 @@ fn bin() -> PathBuf {
 /// A command with a private HOME, so no user config is found.
 fn cmd(home: &std::path::Path) -> Command {
     let mut c = Command::new(bin());
+    c.env("ROBBIE_MESH_TOKEN", mesh_tests::token());
     c.env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env("XDG_DATA_HOME", home.join(".local/share"))
@@ -120,6 +121,92 @@ fn local_only_without_config_then_sigterm_within_2s() {
         1,
         "one line says local-only mode:\n{log}"
     );
+}
+
+/// The API token on a first run, as a user meets it: the service writes it
+/// (0600) next to its store; the CLI finds it there for a control call and for
+/// `dashboard --print`, whose link signs a browser in once.
+#[test]
+fn the_first_run_makes_a_private_token_that_the_cli_uses() {
+    let home = tempfile::tempdir().expect("home");
+    let api = free_port();
+    let api_arg = format!("127.0.0.1:{api}");
+    let svc = Service(
+        cmd(home.path())
+            .env_remove("ROBBIE_MESH_TOKEN")
+            .args(["run"])
+            .env("ROBBIE_MESH_API", &api_arg)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    wait_for(DEADLINE, || listening(api), || "API did not come up".into());
+    let token = home.path().join(".local/share/robbie-mesh/api-token");
+    let meta = std::fs::metadata(&token).expect("the token file");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let out = run(cmd(home.path()).env_remove("ROBBIE_MESH_TOKEN").args([
+        "dashboard",
+        "--print",
+        "--api",
+        &api_arg,
+    ]));
+    let link = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{link} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(link.contains("/login?code="), "{link}");
+    let login = |url: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", api)).expect("connect");
+        let path = url.split_once(&api_arg).map_or("/", |(_, p)| p);
+        std::io::Write::write_all(
+            &mut s,
+            format!("GET {path} HTTP/1.1\r\nHost: {api_arg}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("write");
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut s, &mut answer).ok();
+        answer
+    };
+    let first = login(&link);
+    assert!(first.starts_with("HTTP/1.1 303"), "{first}");
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains("set-cookie: robbie_mesh_session="),
+        "{first}"
+    );
+    assert!(
+        login(&link).starts_with("HTTP/1.1 403"),
+        "a link works once"
+    );
+
+    // A control call passes the token check (the tunnel is unknown: 404, not 401).
+    let out = run(cmd(home.path()).env_remove("ROBBIE_MESH_TOKEN").args([
+        "reconnect",
+        "nope",
+        "--api",
+        &api_arg,
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(!err.contains("needs the API token"), "{err}");
+    assert!(err.contains("nope"), "{err}");
+    // Without the token (another user, say), the refusal says where it is.
+    let other = tempfile::tempdir().expect("another home");
+    let out = run(cmd(other.path()).env_remove("ROBBIE_MESH_TOKEN").args([
+        "reconnect",
+        "nope",
+        "--api",
+        &api_arg,
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("no API token at"), "{err}");
+    let _ = stop(svc, Signal::SIGTERM);
 }
 
 #[test]
@@ -281,7 +368,7 @@ fn status_shows_services_first_and_node_reports_its_gpu() {
 
     let node: serde_json::Value = rt
         .block_on(async {
-            reqwest::get(format!("http://127.0.0.1:{api}/v1/node"))
+            mesh_tests::get(format!("http://127.0.0.1:{api}/v1/node"))
                 .await?
                 .json()
                 .await

@@ -22,7 +22,7 @@ async fn the_dashboard_follows_a_failover_live() {
     mesh.wait_route("aurora", Duration::from_secs(10)).await;
 
     // The page is served by the API, with a strict content security policy.
-    let index = reqwest::get(format!("http://{}/", mesh.api))
+    let index = mesh_tests::get(format!("http://{}/", mesh.api))
         .await
         .expect("GET /");
     assert_eq!(index.status(), 200);

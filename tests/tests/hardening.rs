@@ -253,7 +253,7 @@ async fn request_bodies_share_a_memory_budget() {
         .write_all(b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 40000000\r\n\r\n")
         .expect("write");
     first.write_all(&vec![b'a'; 1 << 20]).expect("write");
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
     let url = format!("http://127.0.0.1:{port}/y");
     let second = std::sync::Arc::new(std::sync::Mutex::new(None));
     // The first request's head is read before its body: poll until its share is taken.
@@ -313,7 +313,7 @@ async fn request_bodies_share_a_memory_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_takes_a_large_message_and_names_its_limit() {
     let mesh = Mesh::start("node = \"here\"\n").await;
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
     let base = format!("http://{}", mesh.api);
     let c: serde_json::Value = client
         .post(format!("{base}/v1/conversations"))
@@ -359,7 +359,7 @@ async fn the_store_takes_a_large_message_and_names_its_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_in_local_only_mode_describe_the_process() {
     let mesh = Mesh::start("node = \"here\"\n").await;
-    let text = reqwest::get(format!("http://{}/metrics", mesh.api))
+    let text = mesh_tests::get(format!("http://{}/metrics", mesh.api))
         .await
         .expect("metrics")
         .text()
@@ -518,7 +518,7 @@ async fn a_leaking_client_does_not_take_the_mesh_down() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status: serde_json::Value = reqwest::get(format!("http://{api_addr}/v1/status"))
+    let status: serde_json::Value = mesh_tests::get(format!("http://{api_addr}/v1/status"))
         .await
         .expect("status")
         .json()
@@ -558,7 +558,7 @@ async fn a_leaking_client_does_not_take_the_mesh_down() {
 
     // Twenty 60 MB bodies at once: 503 beyond the budget, memory bounded.
     let before = peak_rss(pid);
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
     let url = format!("http://{ep_addr}/upload");
     let body = axum::body::Bytes::from(vec![b'x'; 60_000_000]);
     let sends: Vec<_> = (0..20)
@@ -615,7 +615,7 @@ async fn a_hostile_page_in_chromium_gets_nothing() {
     mesh.wait_up("echo").await;
     mesh_tests::wait_listening(ep, "endpoint");
     // Straight from this machine the endpoint answers (it is not simply down).
-    let tags = reqwest::get(format!("http://127.0.0.1:{ep}/api/tags"))
+    let tags = mesh_tests::get(format!("http://127.0.0.1:{ep}/api/tags"))
         .await
         .expect("tags");
     assert_eq!(tags.status(), 200);
@@ -660,5 +660,115 @@ async fn a_hostile_page_in_chromium_gets_nothing() {
         !conversations.to_string().contains("pwned"),
         "{conversations}"
     );
+    mesh.stop().await;
+}
+
+/// The API token: conversations and every state-changing call need it (the
+/// read-only status does not); a browser signs in with a one-time link that
+/// sets an HTTP-only, SameSite=Strict cookie, and then its state-changing
+/// calls must carry the API's own Origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_and_controls_need_the_token_or_a_signed_in_browser() {
+    let sshd = mesh_tests::sshd::Sshd::start();
+    let (mesh, _) = mesh_tests::echo_mesh(&sshd).await;
+    let base = format!("http://{}", mesh.api);
+    let anyone = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for (method, path) in [
+        ("GET", "/v1/conversations"),
+        ("POST", "/v1/conversations"),
+        ("POST", "/v1/tunnels/echo/reconnect"),
+        ("POST", "/v1/services/x/pin"),
+        ("POST", "/v1/sync"),
+        ("POST", "/v1/auth/link"),
+    ] {
+        let r = anyone
+            .request(method.parse().expect("method"), format!("{base}{path}"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 401, "{method} {path}");
+        assert!(r.headers().contains_key("www-authenticate"));
+        let text = r.text().await.unwrap_or_default();
+        assert!(text.contains("needs the API token"), "{text}");
+    }
+    for open in ["/health", "/v1/status", "/v1/tunnels", "/metrics", "/"] {
+        let r = anyone
+            .get(format!("{base}{open}"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200, "{open} stays open on loopback");
+    }
+    let wrong = anyone
+        .get(format!("{base}/v1/conversations"))
+        .bearer_auth("not-the-token-at-all")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(wrong.status(), 401);
+
+    // The CLI's way: the token.
+    let link: serde_json::Value = mesh_tests::http()
+        .post(format!("{base}/v1/auth/link"))
+        .send()
+        .await
+        .expect("link")
+        .json()
+        .await
+        .expect("json");
+    let url = link["url"].as_str().expect("url").to_string();
+    assert!(url.contains("/login?code="), "{url}");
+    // A browser follows it once: a cookie, and the dashboard.
+    let signed = anyone.get(&url).send().await.expect("login");
+    assert_eq!(signed.status(), 303);
+    assert_eq!(signed.headers()["location"], "/");
+    let cookie = signed.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    let again = anyone.get(&url).send().await.expect("login");
+    assert_eq!(again.status(), 403, "a link works once");
+    let session = cookie.split(';').next().expect("name=value").to_string();
+    let read = anyone
+        .get(format!("{base}/v1/conversations"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(read.status(), 200);
+    let no_origin = anyone
+        .post(format!("{base}/v1/conversations"))
+        .header("cookie", &session)
+        .json(&serde_json::json!({"title": "t"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        no_origin.status(),
+        403,
+        "a browser's change carries its Origin"
+    );
+    let own = anyone
+        .post(format!("{base}/v1/conversations"))
+        .header("cookie", &session)
+        .header("origin", &base)
+        .json(&serde_json::json!({"title": "from the dashboard"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(own.status(), 201);
+    // And the CLI's token does the same without a browser.
+    let r = mesh_tests::http()
+        .post(format!("{base}/v1/tunnels/echo/reconnect"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 202);
     mesh.stop().await;
 }

@@ -136,7 +136,7 @@ async fn identities_only_offers_just_the_configured_key_like_openssh() {
                 .spawn()
                 .expect("robbie-mesh"),
         );
-        let client = reqwest::Client::new();
+        let client = mesh_tests::http();
         eventually(Duration::from_secs(20), "the tunnel up", || async {
             let Ok(r) = client
                 .get(format!("http://127.0.0.1:{api}/v1/tunnels"))

@@ -385,11 +385,11 @@ fn the_hub_unit_carries_a_tunnel_under_its_full_hardening() {
         "the PostgreSQL probe answered: {services}"
     );
     let created = sb.ok(
-        "curl -sf -H 'Content-Type: application/json' -d '{\"title\":\"from the hub\"}' \
+        "curl -sf -H \"Authorization: Bearer $(cat /var/lib/robbie-mesh/api-token)\" -H 'Content-Type: application/json' -d '{\"title\":\"from the hub\"}' \
          http://127.0.0.1:8007/v1/conversations",
     );
     assert!(created.contains("from the hub"), "{created}");
-    let listed = sb.ok("curl -sf http://127.0.0.1:8007/v1/conversations");
+    let listed = sb.ok("curl -sf -H \"Authorization: Bearer $(cat /var/lib/robbie-mesh/api-token)\" http://127.0.0.1:8007/v1/conversations");
     assert!(
         listed.contains("from the hub"),
         "the store was written: {listed}"
@@ -615,11 +615,11 @@ fn the_service_deb_installs_upgrades_removes_and_purges() {
     sb.write("/etc/robbie-mesh/config.toml", &config(11434), "0644");
     sb.ok("systemctl enable --now robbie-mesh");
     sb.ok(
-        "for t in one two three; do curl -sf -H 'Content-Type: application/json' \
+        "for t in one two three; do curl -sf -H \"Authorization: Bearer $(cat /var/lib/robbie-mesh/api-token)\" -H 'Content-Type: application/json' \
          -d \"{\\\"title\\\":\\\"$t\\\"}\" http://127.0.0.1:8007/v1/conversations >/dev/null; done",
     );
     let count = || {
-        let list = sb.ok("curl -sf http://127.0.0.1:8007/v1/conversations");
+        let list = sb.ok("curl -sf -H \"Authorization: Bearer $(cat /var/lib/robbie-mesh/api-token)\" http://127.0.0.1:8007/v1/conversations");
         list.matches("\"title\"").count()
     };
     assert_eq!(count(), 3);
@@ -903,7 +903,7 @@ fn readme_install_aurora_as_written() {
         s.contains("1/1 tunnels up")
     });
     let created = sb.ok(
-        "curl -sf -H 'Content-Type: application/json' -d '{\"title\":\"kept\"}' http://127.0.0.1:8007/v1/conversations",
+        "curl -sf -H \"Authorization: Bearer $(cat /var/lib/robbie-mesh/api-token)\" -H 'Content-Type: application/json' -d '{\"title\":\"kept\"}' http://127.0.0.1:8007/v1/conversations",
     );
     assert!(created.contains("kept"), "{created}");
 

@@ -74,7 +74,7 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
     let ask = |model: &'static str| {
         let url = format!("http://127.0.0.1:{endpoint}/api/generate");
         async move {
-            let r = reqwest::Client::new()
+            let r = mesh_tests::http()
                 .post(url)
                 .json(&json!({"model": model, "prompt": "hi"}))
                 .send()

@@ -49,7 +49,7 @@ async fn connected_only_while_needed() {
     // Aurora fails: RunPod is connected and serves.
     *aurora.fail_with.lock().expect("lock") = Some(500);
     mesh.wait_route("runpod", Duration::from_secs(15)).await;
-    let r = reqwest::Client::new()
+    let r = mesh_tests::http()
         .post(format!("http://127.0.0.1:{endpoint}/api/generate"))
         .json(&json!({"model": "llama3.2:3b", "prompt": "hi"}))
         .send()
@@ -81,7 +81,7 @@ async fn a_pin_or_a_model_only_it_has_connects_it() {
     let runpod = OllamaStub::start("runpod", &["llama3.2:3b", "llama3.1:405b"]).await;
     let (mesh, endpoint) = aurora_with_runpod_on_demand(&sshd, &aurora, &runpod).await;
     mesh.wait_route("aurora", Duration::from_secs(10)).await;
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
     let api = format!("http://{}", mesh.api);
 
     // A pin connects it, and the route follows.
@@ -141,7 +141,7 @@ async fn a_release_lets_the_request_in_flight_finish_and_takes_no_new_one() {
     let slow = tokio::spawn({
         let url = url.clone();
         async move {
-            let r = reqwest::Client::new()
+            let r = mesh_tests::http()
                 .post(url)
                 .json(&json!({"model": "llama3.2:3b", "prompt": "slow"}))
                 .send()
@@ -165,7 +165,7 @@ async fn a_release_lets_the_request_in_flight_finish_and_takes_no_new_one() {
         .await;
     eprintln!("while releasing: {state:?}");
     // New requests go elsewhere meanwhile.
-    let r = reqwest::Client::new()
+    let r = mesh_tests::http()
         .post(&url)
         .json(&json!({"model": "llama3.2:3b", "prompt": "hi"}))
         .send()

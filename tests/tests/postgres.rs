@@ -136,7 +136,7 @@ async fn connections_leave_the_replica_when_the_primary_is_back() {
     mesh.wait_route("vengeance", Duration::from_secs(15)).await;
 
     // A conversation written meanwhile waits for the primary (sync reads the replica).
-    let api = reqwest::Client::new();
+    let api = mesh_tests::http();
     let conv: serde_json::Value = api
         .post(format!("http://{}/v1/conversations", mesh.api))
         .json(&serde_json::json!({"title": "while the primary was away"}))

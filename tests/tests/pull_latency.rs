@@ -138,7 +138,7 @@ async fn a_paced_request_reuses_the_warm_connection() {
     };
     for i in 0..4 {
         let before = total().await;
-        let fresh = reqwest::Client::builder()
+        let fresh = mesh_tests::http_builder()
             .pool_max_idle_per_host(0)
             .build()
             .expect("client");

@@ -124,7 +124,7 @@ async fn a_replica_bootstrapped_through_the_tunnel_streams_survives_a_cut_and_ca
     let st = |m: &Mesh| {
         let m = m.api.to_string();
         async move {
-            reqwest::get(format!("http://{m}/v1/status"))
+            mesh_tests::get(format!("http://{m}/v1/status"))
                 .await
                 .expect("status")
                 .json::<serde_json::Value>()

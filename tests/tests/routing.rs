@@ -39,7 +39,7 @@ async fn setup() -> Setup {
 impl Setup {
     /// A streamed generate; returns the node header and the NDJSON lines.
     async fn generate(&self, model: &str) -> (String, Vec<Value>) {
-        let resp = reqwest::Client::new()
+        let resp = mesh_tests::http()
             .post(format!("{}/api/generate", self.endpoint))
             .json(&json!({"model": model, "prompt": "hi"}))
             .send()
@@ -76,7 +76,7 @@ async fn fails_over_and_back_after_the_hold_down() {
 
     // Aurora's SSH session dies; every request from now on succeeds, on book.
     let mut events = s.mesh.service.events.subscribe();
-    let mut sse = reqwest::get(format!("http://{}/v1/events", s.mesh.api))
+    let mut sse = mesh_tests::get(format!("http://{}/v1/events", s.mesh.api))
         .await
         .expect("GET /v1/events");
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
@@ -156,7 +156,7 @@ async fn model_pin_and_mid_stream_failure() {
     assert_eq!(s.generate("llama3.2:3b").await.0, "aurora");
 
     // Pinned to book, through the API; unpinned, back to aurora.
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
     let pin = format!("http://{}/v1/services/ollama/pin", s.mesh.api);
     let r: Value = client
         .post(&pin)
@@ -196,7 +196,7 @@ async fn model_pin_and_mid_stream_failure() {
     );
 
     // /metrics counts it all, per node.
-    let metrics = reqwest::get(format!("http://{}/metrics", s.mesh.api))
+    let metrics = mesh_tests::get(format!("http://{}/metrics", s.mesh.api))
         .await
         .expect("metrics")
         .text()

@@ -12,7 +12,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method, format!("http://{}{path}", mesh.api));
+    let mut req = mesh_tests::http().request(method, format!("http://{}{path}", mesh.api));
     if let Some(b) = body {
         req = req.json(&b);
     }

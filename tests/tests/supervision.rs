@@ -141,7 +141,7 @@ async fn refused_remote_forward_is_visible_and_retried() {
 async fn reconnect_through_the_api() {
     let sshd = Sshd::start();
     let (mesh, _) = echo_mesh(&sshd).await;
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
     let r = client
         .post(format!("http://{}/v1/tunnels/echo/reconnect", mesh.api))
         .send()
@@ -172,7 +172,7 @@ async fn reconnect_through_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_refuses_foreign_hosts_and_cross_site_posts() {
     let mesh = Mesh::start("node = \"book\"\n").await;
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
     let url = |p: &str| format!("http://{}{p}", mesh.api);
     // DNS rebinding: a page on evil.example resolved to 127.0.0.1.
     let r = client

@@ -154,8 +154,8 @@ async fn airplane_writes_reach_postgres_exactly_once_and_aurora_rows_come_down()
     let book = Mesh::start(&node_config("robbiebook1", &primary, Some(&sshd))).await;
     let aurora = Mesh::start(&node_config("aurora", &primary, None)).await;
     let (b, a) = (
-        Api(&book, reqwest::Client::new()),
-        Api(&aurora, reqwest::Client::new()),
+        Api(&book, mesh_tests::http()),
+        Api(&aurora, mesh_tests::http()),
     );
 
     let conv = b.conversation("trip notes").await;
@@ -271,8 +271,8 @@ async fn two_writers_apart_converge() {
     let book = Mesh::start(&node_config("robbiebook1", &primary, Some(&sshd_b))).await;
     let veng = Mesh::start(&node_config("vengeance", &primary, Some(&sshd_v))).await;
     let (b, v) = (
-        Api(&book, reqwest::Client::new()),
-        Api(&veng, reqwest::Client::new()),
+        Api(&book, mesh_tests::http()),
+        Api(&veng, mesh_tests::http()),
     );
 
     let conv = b.conversation("shared").await;
@@ -383,7 +383,7 @@ async fn a_row_committed_late_with_a_lower_change_id_is_not_skipped() {
     assert!(low < high);
 
     let mesh = Mesh::start(&node_config("robbiebook1", &primary, None)).await;
-    let b = Api(&mesh, reqwest::Client::new());
+    let b = Api(&mesh, mesh_tests::http());
     // A full round happens while the early transaction is still open.
     b.wait_synced("a sync round").await;
     let first = b.sync_state().await["last_sync"].clone();

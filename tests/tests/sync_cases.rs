@@ -290,7 +290,7 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
     let store = dir.path().join("book.db");
     let text = node_config("robbiebook1", primary.port, None, &store, "");
     let book = Mesh::start(&text).await;
-    let b = Api(&book, reqwest::Client::new());
+    let b = Api(&book, mesh_tests::http());
     let conv = b.conversation("poison").await;
     for (path, body, field) in [
         (
@@ -347,7 +347,7 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
     }
     let (_, hub) = other_device_rows(primary.port, 3);
     let book = Mesh::start(&text).await;
-    let b = Api(&book, reqwest::Client::new());
+    let b = Api(&book, mesh_tests::http());
     eventually(
         Duration::from_secs(20),
         "the rest synced, the bad row set aside",
@@ -419,7 +419,7 @@ async fn a_store_file_restored_from_a_copy_becomes_a_new_device_and_loses_nothin
     let store = dir.path().join("book.db");
     let text = node_config("robbiebook1", primary.port, None, &store, "");
     let book = Mesh::start(&text).await;
-    let b = Api(&book, reqwest::Client::new());
+    let b = Api(&book, mesh_tests::http());
     let conv = b.conversation("restored").await;
     for i in 0..10 {
         b.say(&conv, &format!("before the backup {i}")).await;
@@ -430,7 +430,7 @@ async fn a_store_file_restored_from_a_copy_becomes_a_new_device_and_loses_nothin
     copy_store(&store, &dir.path().join("backup.db"));
 
     let book = Mesh::start(&text).await;
-    let b = Api(&book, reqwest::Client::new());
+    let b = Api(&book, mesh_tests::http());
     let mut later = BTreeSet::new();
     for i in 0..300 {
         later.insert(b.say(&conv, &format!("after the backup {i}")).await);
@@ -441,7 +441,7 @@ async fn a_store_file_restored_from_a_copy_becomes_a_new_device_and_loses_nothin
     // The laptop's disk is restored from the backup.
     copy_store(&dir.path().join("backup.db"), &store);
     let book = Mesh::start(&text).await;
-    let b = Api(&book, reqwest::Client::new());
+    let b = Api(&book, mesh_tests::http());
     let mut newest = BTreeSet::new();
     for i in 0..5 {
         newest.insert(b.say(&conv, &format!("after the restore {i}")).await);
@@ -478,7 +478,7 @@ async fn a_primary_replaced_by_a_dump_is_noticed_and_every_row_comes_through() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("book.db");
     let book = Mesh::start(&node_config("robbiebook1", port, None, &store, "")).await;
-    let b = Api(&book, reqwest::Client::new());
+    let b = Api(&book, mesh_tests::http());
     let conv = b.conversation("moving house").await;
     for i in 0..20 {
         b.say(&conv, &format!("on the old primary {i}")).await;
@@ -575,6 +575,7 @@ fn spawn_with_clock(cfg: &Path, offset: Option<&str>, api: u16, failpoint: Optio
         .args(["run", "--config"])
         .arg(cfg)
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("ROBBIE_MESH_TOKEN", mesh_tests::token())
         .env("ROBBIE_MESH_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -600,7 +601,7 @@ fn with_api(text: &str, dir: &Path, name: &str) -> (std::path::PathBuf, u16) {
 }
 
 async fn conversation_of(api: u16, id: &str) -> Value {
-    reqwest::get(format!("http://127.0.0.1:{api}/v1/conversations/{id}"))
+    mesh_tests::get(format!("http://127.0.0.1:{api}/v1/conversations/{id}"))
         .await
         .expect("get")
         .json()
@@ -621,7 +622,7 @@ async fn a_slow_clock_still_wins_with_the_newer_edit_and_a_rename_and_an_archive
         "",
     ))
     .await;
-    let v = Api(&veng, reqwest::Client::new());
+    let v = Api(&veng, mesh_tests::http());
     let (book_cfg, book_api) = with_api(
         &node_config(
             "robbiebook1",
@@ -634,7 +635,7 @@ async fn a_slow_clock_still_wins_with_the_newer_edit_and_a_rename_and_an_archive
         "book.toml",
     );
     let mut book = spawn_with_clock(&book_cfg, Some("-120s"), book_api, None);
-    let http = reqwest::Client::new();
+    let http = mesh_tests::http();
 
     let conv = v.conversation("first").await;
     v.wait_synced("pushed").await;
@@ -758,7 +759,7 @@ async fn a_device_that_vanishes_mid_push_does_not_stall_the_others() {
         "book.toml",
     );
     let mut lid = spawn_with_clock(&lid_cfg, None, lid_api, Some("sync-before-commit@1:stop"));
-    let http = reqwest::Client::new();
+    let http = mesh_tests::http();
     let c: Value = http
         .post(format!("http://127.0.0.1:{lid_api}/v1/conversations"))
         .json(&json!({"title": "lid"}))
@@ -792,7 +793,7 @@ async fn a_device_that_vanishes_mid_push_does_not_stall_the_others() {
         "",
     ))
     .await;
-    let v = Api(&veng, reqwest::Client::new());
+    let v = Api(&veng, mesh_tests::http());
     let (hub_conv, hub) = other_device_rows(primary.port, 5);
     let waited = eventually(
         Duration::from_secs(15),
@@ -838,7 +839,7 @@ async fn large_messages_go_in_batches_bounded_by_bytes() {
         "",
     ))
     .await;
-    let b = Api(&book, reqwest::Client::new());
+    let b = Api(&book, mesh_tests::http());
     let conv = b.conversation("long answers").await;
     let big = "x".repeat(3 << 19);
     for _ in 0..12 {
@@ -863,7 +864,7 @@ async fn large_messages_go_in_batches_bounded_by_bytes() {
         "",
     ))
     .await;
-    let v = Api(&veng, reqwest::Client::new());
+    let v = Api(&veng, mesh_tests::http());
     eventually(Duration::from_secs(30), "vengeance pulled them", || async {
         v.ids(&conv).await.len() == 12
     })
@@ -885,7 +886,7 @@ async fn the_retry_delay_holds_while_local_writes_keep_coming() {
     .replace("database = \"postgres\"", "database = \"nowhere\"")
     .replace("retry = \"300ms\"", "");
     let book = Mesh::start(&text).await;
-    let b = Api(&book, reqwest::Client::new());
+    let b = Api(&book, mesh_tests::http());
     let conv = b.conversation("busy").await;
     let attempts = || {
         primary
@@ -920,7 +921,7 @@ async fn sync_verify_finds_a_row_missing_on_each_side_and_repairs_both() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("b.db");
     let book = Mesh::start(&node_config("robbiebook1", primary.port, None, &store, "")).await;
-    let b = Api(&book, reqwest::Client::new());
+    let b = Api(&book, mesh_tests::http());
     let conv = b.conversation("checked").await;
     let mut mine = Vec::new();
     for i in 0..5 {
@@ -944,6 +945,7 @@ async fn sync_verify_finds_a_row_missing_on_each_side_and_repairs_both() {
 
     let verify = |repair: bool| {
         let mut c = Command::new(bin());
+        c.env("ROBBIE_MESH_TOKEN", mesh_tests::token());
         c.args(["sync", "--verify", "--api", &book.api.to_string()]);
         if repair {
             c.arg("--repair");

@@ -43,6 +43,7 @@ struct Service {
 impl Service {
     fn start(cfg: &Path, api_port: u16, failpoint: Option<String>) -> Service {
         let mut c = Command::new(bin());
+        c.env("ROBBIE_MESH_TOKEN", mesh_tests::token());
         c.args(["run", "--config"])
             .arg(cfg)
             .env("ROBBIE_MESH_LOG", "error")
@@ -176,7 +177,7 @@ fn a_crash_campaign_loses_and_duplicates_nothing() {
         "interval = \"200ms\"\nretry = \"100ms\"\nbatch = 5\n",
     );
 
-    let client = reqwest::blocking::Client::builder()
+    let client = mesh_tests::blocking_http_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");
@@ -362,7 +363,7 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
     burn_xids_to(primary.port, 960);
     let xid_start = next_xid(primary.port);
     let dir = tempfile::tempdir().expect("tempdir");
-    let client = reqwest::blocking::Client::builder()
+    let client = mesh_tests::blocking_http_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");

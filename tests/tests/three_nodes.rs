@@ -227,7 +227,7 @@ impl Load {
         );
         let (endpoint, stop2, done2) = (endpoint.to_string(), stop.clone(), done.clone());
         let task = tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = mesh_tests::http();
             let (mut failed, mut served) = (Vec::new(), Vec::new());
             while !stop2.load(Ordering::Relaxed) {
                 match generate(&client, &endpoint, "llama3.2:3b").await {
@@ -263,7 +263,7 @@ impl Load {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_mesh_then_aurora_cut_off_then_back_after_the_hold_down() {
     let m = three_nodes().await;
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
 
     // Test 1, full mesh: aurora serves robbiebook1.
     let (node, lines) = generate(&client, &m.endpoint, "llama3.2:3b")
@@ -371,7 +371,7 @@ async fn full_mesh_then_aurora_cut_off_then_back_after_the_hold_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn airplane_mode_serves_the_local_ollama_and_a_node_dying_mid_stream_says_so() {
     let m = three_nodes().await;
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
 
     // Aurora's Ollama dies mid-answer: Ollama's error line, never a fake done:true.
     let ctl = format!(
@@ -468,7 +468,7 @@ impl Paced {
         let stop = Arc::new(AtomicBool::new(false));
         let (endpoint, stop2) = (endpoint.to_string(), stop.clone());
         let task = tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = mesh_tests::http();
             let mut running = Vec::new();
             let mut tick = tokio::time::interval(every);
             while !stop2.load(Ordering::Relaxed) {
@@ -556,7 +556,7 @@ async fn route_changes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_cut_under_load_costs_at_most_two_and_a_half_seconds_and_traffic_comes_back() {
     let m = three_nodes().await;
-    let client = reqwest::Client::new();
+    let client = mesh_tests::http();
     let every = Duration::from_millis(50);
 
     // Normal time, on aurora.

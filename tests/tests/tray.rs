@@ -241,7 +241,7 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
     // A click on "book" in the menu pins Ollama to book.
     host.click("book (").await;
     let status_url = format!("http://{}/v1/status", mesh.api);
-    let client = reqwest::Client::builder()
+    let client = mesh_tests::http_builder()
         .timeout(Duration::from_secs(2))
         .build()
         .expect("client");
