@@ -130,6 +130,7 @@ function eventText(e) {
     case "health": return `${e.service} on ${e.node}: ${e.health}${e.reason ? ` (${e.reason})` : ""}`;
     case "tunnel": return `tunnel ${e.tunnel}: ${e.state.state ?? e.state}${e.state.reason ? ` (${e.state.reason})` : ""}`;
     case "host_key_alarm": return `host key alarm for ${e.peer}: ${e.message}`;
+    case "internal_error": return `internal error: ${e.task} failed (${e.error}); started again`;
     default: return JSON.stringify(e);
   }
 }
@@ -175,7 +176,7 @@ function listen() {
   const es = new EventSource("/v1/events");
   es.onopen = () => { setLive("live", "live"); soon(); };
   es.onerror = () => setLive("down", "reconnecting…");
-  for (const type of ["route", "health", "tunnel", "host_key_alarm"]) {
+  for (const type of ["route", "health", "tunnel", "host_key_alarm", "internal_error"]) {
     es.addEventListener(type, (m) => { addEvent(JSON.parse(m.data)); soon(); });
   }
 }

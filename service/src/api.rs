@@ -46,6 +46,9 @@ pub struct Status {
     pub tunnels: Vec<TunnelStatus>,
     pub services: Vec<ServiceStatus>,
     pub store: StoreStatus,
+    /// Tasks that failed of a bug and were started again (newest last).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub internal_errors: Vec<crate::task::InternalError>,
 }
 
 /// The local store and its sync.
@@ -389,6 +392,7 @@ async fn status(State(s): State<Service>) -> Json<Status> {
         })
         .collect();
     Json(Status {
+        internal_errors: crate::task::recent(),
         node: s.config.node.clone(),
         mode: if s.is_local_only() {
             "local-only".into()

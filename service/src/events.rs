@@ -27,6 +27,12 @@ pub enum EventKind {
         health: crate::health::Health,
         reason: String,
     },
+    /// A task failed of a bug and was started again (`crate::task`).
+    InternalError {
+        task: String,
+        error: String,
+        restarts: u32,
+    },
     /// Where a service's requests go changed (failover, failback, pin).
     Route {
         service: String,

@@ -2,22 +2,33 @@
 //! N-th time the code passes the point named NAME abort the process on the spot (as
 //! a power cut would: no destructors, no flushing); `NAME@N:stop` makes the process
 //! stop itself there instead (SIGSTOP: a laptop whose lid closed mid-transaction),
-//! until a SIGCONT. Unset, a point costs one load.
+//! until a SIGCONT; `NAME@N:panic` panics there (a bug: what the code around it
+//! must survive). Unset, a point costs one load.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-fn armed() -> Option<&'static (String, u64, bool)> {
-    static ARMED: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Abort,
+    Stop,
+    Panic,
+}
+
+fn armed() -> Option<&'static (String, u64, Action)> {
+    static ARMED: OnceLock<Option<(String, u64, Action)>> = OnceLock::new();
     ARMED
         .get_or_init(|| {
             let v = std::env::var("ROBBIE_MESH_FAILPOINT").ok()?;
-            let (v, stop) = match v.strip_suffix(":stop") {
-                Some(v) => (v.to_string(), true),
-                None => (v, false),
+            let (v, action) = if let Some(v) = v.strip_suffix(":stop") {
+                (v.to_string(), Action::Stop)
+            } else if let Some(v) = v.strip_suffix(":panic") {
+                (v.to_string(), Action::Panic)
+            } else {
+                (v, Action::Abort)
             };
             let (name, n) = v.split_once('@').unwrap_or((v.as_str(), "1"));
-            Some((name.to_string(), n.parse().ok()?, stop))
+            Some((name.to_string(), n.parse().ok()?, action))
         })
         .as_ref()
 }
@@ -25,15 +36,19 @@ fn armed() -> Option<&'static (String, u64, bool)> {
 /// Passes the point `name`; aborts if it is the armed one's N-th pass.
 pub fn hit(name: &str) {
     static PASSES: AtomicU64 = AtomicU64::new(0);
-    if let Some((armed, n, stop)) = armed() {
+    if let Some((armed, n, action)) = armed() {
         if armed == name && PASSES.fetch_add(1, Ordering::Relaxed) + 1 == *n {
-            if *stop {
-                eprintln!("failpoint {name}@{n}: stopping");
-                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
-                return;
+            match action {
+                Action::Stop => {
+                    eprintln!("failpoint {name}@{n}: stopping");
+                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+                }
+                Action::Panic => panic!("failpoint {name}@{n}"),
+                Action::Abort => {
+                    eprintln!("failpoint {name}@{n}: aborting");
+                    std::process::abort();
+                }
             }
-            eprintln!("failpoint {name}@{n}: aborting");
-            std::process::abort();
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod ssh;
 pub mod sshkeys;
 pub mod startup;
 pub mod store;
+pub mod task;
 pub mod tunnel;
 pub mod ui;
 pub mod units;

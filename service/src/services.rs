@@ -402,8 +402,14 @@ pub fn spawn(
                         events: events.clone(),
                     };
                     let span = tracing::info_span!("probe", service = %svc.name, node = %c.node);
+                    let probe_cancel = cancel.clone();
                     tracker.spawn(tracing::Instrument::instrument(
-                        prober.run(cancel.clone()),
+                        crate::task::restarting(
+                            format!("the probe of {} on {}", svc.name, c.node),
+                            events.clone(),
+                            cancel.clone(),
+                            move || prober.clone().run(probe_cancel.clone()),
+                        ),
                         span,
                     ));
                     handle
@@ -424,17 +430,19 @@ pub fn spawn(
                 startup.pending(),
                 cancel.clone(),
             ));
-            tracker.spawn(watch_route(
-                handle.clone(),
-                changed,
+            let (h, ev, c) = (handle.clone(), events.clone(), cancel.clone());
+            tracker.spawn(crate::task::restarting(
+                format!("the route watcher of {}", svc.name),
                 events.clone(),
                 cancel.clone(),
+                move || watch_route(h.clone(), changed.clone(), ev.clone(), c.clone()),
             ));
             handle
         })
         .collect()
 }
 
+#[derive(Clone)]
 struct Prober {
     handle: Arc<CandidateHandle>,
     service: ServiceConfig,

@@ -772,3 +772,88 @@ async fn conversations_and_controls_need_the_token_or_a_signed_in_browser() {
     assert_eq!(r.status(), 202);
     mesh.stop().await;
 }
+
+/// A bug in a peer's supervisor (a panic, injected with a failpoint once its
+/// first session is up): its tunnel does not stay "up" with nobody behind it.
+/// Status shows it down with the reason, the log says so, and the supervisor
+/// starts over: the tunnel comes back and carries bytes, the service never
+/// stopped answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_supervisor_that_panics_is_restarted_and_says_so() {
+    let sshd = mesh_tests::sshd::Sshd::start();
+    let (peer, local) = mesh_tests::echo_peer(&sshd).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = free_port();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node = \"book\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[store]\npath = \"{}\"\n{peer}",
+            dir.path().join("store.db").display()
+        ),
+    )
+    .expect("config");
+    let log_path = dir.path().join("service.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut child = std::process::Command::new(mesh_tests::workspace_bin("robbie-mesh"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("ROBBIE_MESH_FAILPOINT", "supervisor-session@1:panic")
+        .env("ROBBIE_MESH_TOKEN", mesh_tests::token())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start");
+    let url = format!("http://127.0.0.1:{api}/v1/tunnels");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let restarted = "the supervisor of peer aurora failed (failpoint supervisor-session@1); starting it again (restart 1)";
+    mesh_tests::eventually(
+        Duration::from_secs(20),
+        "the tunnel back up after the restart",
+        || {
+            let (url, seen, log_path) = (url.clone(), seen.clone(), log_path.clone());
+            async move {
+                let Ok(r) = mesh_tests::get(&url).await else {
+                    return false;
+                };
+                let Ok(v) = r.json::<serde_json::Value>().await else {
+                    return false;
+                };
+                let t = &v["tunnels"][0];
+                if let Some(reason) = t["reason"]
+                    .as_str()
+                    .filter(|r| r.contains("internal error"))
+                {
+                    *seen.lock().expect("lock") = Some(reason.to_string());
+                }
+                t["state"] == "up"
+                    && std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains(restarted))
+            }
+        },
+    )
+    .await;
+    let reason = seen.lock().expect("lock").take();
+    assert_eq!(
+        reason.as_deref(),
+        Some("internal error, restarted (1): failpoint supervisor-session@1"),
+        "status showed why the tunnel was down"
+    );
+    let status: serde_json::Value = mesh_tests::get(format!("http://127.0.0.1:{api}/v1/status"))
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        status["internal_errors"][0]["task"], "the supervisor of peer aurora",
+        "{status}"
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", local)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(b"still here").expect("write");
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"still here");
+    let _ = child.kill();
+    let _ = child.wait();
+}

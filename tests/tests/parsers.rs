@@ -142,3 +142,121 @@ proptest! {
         prop_assert_eq!(r.user.unwrap_or_else(mesh_tests::whoami), field("user"), "{}", text);
     }
 }
+
+/// A config using every kind of field, for mutation.
+const CONFIG: &str = r#"node = "book"
+nodes = [ { node = "aurora", address = "127.0.0.1:22007" } ]
+[api]
+listen = "127.0.0.1:8007"
+[limits]
+idle = "60s"
+body_memory = "256MiB"
+[[peer]]
+name = "aurora"
+ssh = "root@127.0.0.1:2222"
+identity = ["agent", "~/.ssh/id_ed25519"]
+known_hosts = "~/.ssh/known_hosts"
+keepalive = { interval = "5s", count = 3 }
+backoff = { initial = "500ms", max = "30s" }
+connect_timeout = "10s"
+  [[peer.forward]]
+  name = "ollama"
+  local = "127.0.0.1:21434"
+  remote = "127.0.0.1:11434"
+[[service]]
+name = "ollama"
+kind = "ollama"
+listen = "127.0.0.1:11434"
+hold_down = "30s"
+hosts = ["ollama.home.arpa"]
+vram = { "llama3.1:70b" = "40GiB" }
+probe = { local_interval = "2s", remote_interval = "5s", timeout = "2s" }
+candidates = [ { node = "aurora", tunnel = "ollama" }, { node = "book", address = "127.0.0.1:11435" } ]
+"#;
+
+/// Every error says where: the file, and a line or a field.
+fn located(errors: &robbie_mesh::config::ConfigErrors) -> Result<(), String> {
+    for e in &errors.0 {
+        let shown = e.to_string();
+        if !shown.starts_with("t.toml")
+            || (e.location.is_none() && e.field.is_empty())
+            || e.message.is_empty()
+        {
+            return Err(format!("an error without its place: {shown:?} ({e:?})"));
+        }
+        if shown.len() > 2000 {
+            return Err(format!("an error echoing {} bytes", shown.len()));
+        }
+    }
+    Ok(())
+}
+
+/// What the running service does with a config's durations: deadlines from
+/// now, back-offs grown to their cap, keepalive windows. None may panic.
+fn exercise(cfg: &robbie_mesh::config::Config) {
+    let now = std::time::Instant::now();
+    for p in &cfg.peers {
+        let _ = now + p.keepalive.interval * p.keepalive.count;
+        let _ = now + p.connect_timeout;
+        let mut b = robbie_mesh::tunnel::Backoff::new(p.backoff);
+        for _ in 0..64 {
+            let _ = now + b.next_delay();
+        }
+    }
+    for s in &cfg.services {
+        let _ =
+            now + s.hold_down + s.probe.timeout + s.probe.local_interval + s.probe.remote_interval;
+    }
+    let _ = now + cfg.limits.idle;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Random edits of a full config: never a panic, every error located, and
+    /// whatever is accepted can run.
+    #[test]
+    fn mutated_configs_never_panic_and_errors_say_where(
+        edits in proptest::collection::vec((0..CONFIG.len(), any::<u8>()), 0..6),
+    ) {
+        let text = String::from_utf8_lossy(&mutate(CONFIG, &edits)).into_owned();
+        match robbie_mesh::config::parse(&text, "t.toml") {
+            Ok(cfg) => exercise(&cfg),
+            Err(e) => prop_assert_eq!(located(&e), Ok(())),
+        }
+    }
+
+    /// Any string in any duration field: accepted only within bounds, never a
+    /// panic later.
+    #[test]
+    fn any_duration_in_any_field_is_refused_or_safe(
+        value in prop_oneof![
+            "[0-9]{1,25}(ns|us|ms|s|m|h|d|w|y|)",
+            "[0-9 .a-z]{0,12}",
+            Just("500000000000y".to_string()),
+            Just("18446744073709551615s".to_string()),
+            Just("0s".to_string()),
+        ],
+        field in 0..8usize,
+        count in any::<u32>(),
+    ) {
+        let fields = [
+            ("keepalive = { interval = \"5s\", count = 3 }", format!("keepalive = {{ interval = \"{value}\", count = 3 }}")),
+            ("backoff = { initial = \"500ms\", max = \"30s\" }", format!("backoff = {{ initial = \"{value}\", max = \"30s\" }}")),
+            ("backoff = { initial = \"500ms\", max = \"30s\" }", format!("backoff = {{ initial = \"500ms\", max = \"{value}\" }}")),
+            ("connect_timeout = \"10s\"", format!("connect_timeout = \"{value}\"")),
+            ("hold_down = \"30s\"", format!("hold_down = \"{value}\"")),
+            ("idle = \"60s\"", format!("idle = \"{value}\"")),
+            ("timeout = \"2s\"", format!("timeout = \"{value}\"")),
+            ("local_interval = \"2s\"", format!("local_interval = \"{value}\"")),
+        ];
+        let (from, to) = &fields[field];
+        let text = CONFIG
+            .replacen(from, to, 1)
+            .replacen("count = 3", &format!("count = {count}"), 1);
+        match robbie_mesh::config::parse(&text, "t.toml") {
+            Ok(cfg) => exercise(&cfg),
+            Err(e) => prop_assert_eq!(located(&e), Ok(())),
+        }
+    }
+}

@@ -186,7 +186,7 @@ fn bad_durations_and_counts() {
         .any(|e| e.field == "peer[0].keepalive.interval" && e.message.contains("not a duration")));
     assert!(errs
         .iter()
-        .any(|e| e.field == "peer[0].keepalive.count" && e.message.contains("at least 1")));
+        .any(|e| e.field == "peer[0].keepalive.count" && e.message.contains("between 1 and 100")));
 }
 
 #[test]

@@ -958,11 +958,11 @@ fn validate_keepalive(c: &mut Checker<'_>, k: Option<&RawKeepalive>, field: &str
         d.interval,
     );
     let count = match &k.count {
-        Some(n) if *n.get_ref() == 0 => {
+        Some(n) if !(1..=100).contains(n.get_ref()) => {
             c.err(
                 Some(n.span()),
                 format!("{field}.keepalive.count"),
-                "must be at least 1",
+                "must be between 1 and 100 (the session is declared dead after this many unanswered keepalives)",
             );
             d.count
         }

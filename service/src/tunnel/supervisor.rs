@@ -112,7 +112,7 @@ impl PeerSupervisor {
             cancel,
         };
         let span = tracing::info_span!("peer", name = %sup.peer.name);
-        tracker.spawn(tracing::Instrument::instrument(sup.run(), span));
+        tracker.spawn(tracing::Instrument::instrument(sup.supervise(), span));
         handle
     }
 
@@ -122,7 +122,38 @@ impl PeerSupervisor {
         }
     }
 
-    async fn run(mut self) {
+    /// Runs the peer until the service stops. A panic in it (a bug) does not
+    /// leave its tunnels showing a stale state with nobody behind them: they
+    /// are marked down with the reason (in status and as events), it is
+    /// logged, and the peer starts over a second later.
+    async fn supervise(mut self) {
+        use futures_util::FutureExt;
+        let mut restarts = 0u32;
+        loop {
+            let outcome = std::panic::AssertUnwindSafe(self.run())
+                .catch_unwind()
+                .await;
+            let Err(panic) = outcome else { return };
+            restarts += 1;
+            let what = crate::task::panic_text(&*panic);
+            crate::task::report(
+                &format!("the supervisor of peer {}", self.peer.name),
+                &what,
+                restarts,
+                &self.events,
+            );
+            let _ = self.session.send(None);
+            self.set_session(TunnelState::Down {
+                reason: format!("internal error, restarted ({restarts}): {what}"),
+            });
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn run(&mut self) {
         let mut backoff = Backoff::new(self.peer.backoff);
         self.clock.mark_unchanged();
         while !self.cancel.is_cancelled() {
@@ -154,6 +185,7 @@ impl PeerSupervisor {
                     e.to_string()
                 }
                 Ok(session) => {
+                    crate::failpoint::hit("supervisor-session");
                     // A reconnect asked for while connecting is served by this session.
                     let _ = futures_util::FutureExt::now_or_never(self.reconnect.notified());
                     if self.ever_up {
