@@ -1,6 +1,6 @@
 //! The one event bus: every state change worth telling a user about (a tunnel going
-//! up or down, a host-key alarm) is published here once, and the API, the logs and
-//! later the tray read it. A slow subscriber loses old events, never blocks a sender.
+//! up or down, a host-key alarm, a route change, a task restarted after a bug) is
+//! published here once, and the API's event stream (the dashboard, the tray) reads it. A slow subscriber loses old events, never blocks a sender.
 
 use std::time::SystemTime;
 

@@ -1,9 +1,12 @@
-//! robbie-mesh: keeps SSH `-L`/`-R` forwards to a few machines alive in-process and
-//! (in later layers) routes local service endpoints to the best machine that is up.
+//! robbie-mesh: keeps SSH `-L`/`-R` forwards to a few machines alive in-process,
+//! probes what is behind them, routes each service's local endpoint to the best
+//! node that is up, and keeps conversations in a local store that syncs with a
+//! PostgreSQL primary.
 //!
-//! State flows one way: [`config`] → [`tunnel`] supervisors (over [`ssh`] sessions)
-//! → [`events`] and the loopback [`api`]. The binary in `main.rs` is a thin CLI over
-//! [`service::run`] and the API.
+//! State flows one way: [`config`] → [`tunnel`] supervisors (over [`ssh`]
+//! sessions) → probes and [`health`] → [`route`] → [`proxy`] endpoints, with
+//! [`events`] and the loopback [`api`] reporting it; [`service`] wires it all.
+//! `ARCHITECTURE.md` at the top of the repository has the map.
 
 pub mod access;
 pub mod api;

@@ -50,6 +50,7 @@ pub fn spawn(
     this_node: &str,
     remotes: &[Candidate],
     tunnels: &dyn Fn(&str) -> Option<Arc<Tunnel>>,
+    events: &crate::events::EventBus,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> watch::Receiver<NodeMap> {
@@ -98,12 +99,20 @@ pub fn spawn(
         .unwrap_or_else(|_| reqwest::Client::new());
     for remote in remotes.iter().filter(|r| r.node != this_node) {
         let tunnel = remote.tunnel.as_deref().and_then(tunnels);
-        tracker.spawn(fetch_loop(
-            remote.clone(),
-            tunnel,
-            http.clone(),
-            tx.clone(),
+        let (remote, http, tx, c) = (remote.clone(), http.clone(), tx.clone(), cancel.clone());
+        tracker.spawn(crate::task::restarting(
+            format!("the inventory fetch of {}", remote.node),
+            events.clone(),
             cancel.clone(),
+            move || {
+                fetch_loop(
+                    remote.clone(),
+                    tunnel.clone(),
+                    http.clone(),
+                    tx.clone(),
+                    c.clone(),
+                )
+            },
         ));
     }
     rx

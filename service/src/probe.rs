@@ -4,8 +4,9 @@
 //!   and `/api/ps` (loaded models and how much of each sits in VRAM) when asked;
 //!   never `/api/generate`, which would load a model;
 //! - `http`: `GET` the configured path; 2xx is up, 429/503 is busy;
-//! - `postgres`: the protocol's SSLRequest, which any PostgreSQL answers with one
-//!   byte before authentication (the role check needs credentials: not yet);
+//! - `postgres`: a real login (as `probe.user`, with the keychain's password if one
+//!   is needed) and `SELECT pg_is_in_recovery()`, which tells a primary from a
+//!   replica; a server that answers but refuses the login is degraded;
 //! - `tcp`: a connect.
 //!
 //! Through a `-L` forward the local connect always succeeds, so only these service

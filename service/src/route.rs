@@ -1,5 +1,5 @@
 //! Choosing the node for a request: pure functions over a snapshot of the
-//! candidates, so the rules (DESIGN §3, Routing) are unit-tested without I/O.
+//! candidates, so the rules (ARCHITECTURE.md, "Liveness and failover") are unit-tested without I/O.
 //!
 //! Order: a user's pin first; then every eligible candidate — up, not ejected, and
 //! having the requested model when models are known — online before degraded,

@@ -75,7 +75,14 @@ impl Service {
                 .find(|t| t.name() == name)
                 .cloned()
         };
-        let nodes = crate::nodes::spawn(&config.node, &config.nodes, &tunnel, tracker, cancel);
+        let nodes = crate::nodes::spawn(
+            &config.node,
+            &config.nodes,
+            &tunnel,
+            &events,
+            tracker,
+            cancel,
+        );
         let services =
             crate::services::spawn(&config, &tunnel, &nodes, &events, tracker, &startup, cancel);
         let store = Store::open(&config.store.path, &config.node).map_err(|e| {

@@ -1,7 +1,7 @@
 //! The configured services at run time: one prober task per candidate (a node's
 //! instance of a service), each publishing its layered health on a `watch` channel.
 //!
-//! Layers, as DESIGN §3 asks: a candidate behind a `-L` tunnel is offline at once
+//! Layers (ARCHITECTURE.md, "Liveness and failover"): a candidate behind a `-L` tunnel is offline at once
 //! while that tunnel's SSH session is not up (with the tunnel's reason); otherwise
 //! its service probe decides, through the rise/fall hysteresis of `health`.
 

@@ -1,6 +1,6 @@
 //! One client that stops reading must not stall anything else on the same SSH
 //! session: not the other connections (of the same forward or another), not the
-//! keepalives. russh alone freezes the whole session in this case (DESIGN §3).
+//! keepalives. russh alone freezes the whole session in this case (ARCHITECTURE.md, "Decisions": the patched russh).
 
 use std::time::{Duration, Instant};
 

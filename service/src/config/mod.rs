@@ -136,10 +136,12 @@ impl ServiceKind {
     ];
 
     pub fn as_str(self) -> &'static str {
-        ServiceKind::ALL
-            .iter()
-            .find(|(_, k)| *k == self)
-            .map_or("tcp", |(n, _)| n)
+        match self {
+            ServiceKind::Ollama => "ollama",
+            ServiceKind::Http => "http",
+            ServiceKind::Postgres => "postgres",
+            ServiceKind::Tcp => "tcp",
+        }
     }
 }
 

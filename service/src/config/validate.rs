@@ -353,8 +353,13 @@ fn validate_service(
             Some(rs.kind.span()),
             format!("{field}.kind"),
             format!(
-                "`{}` is not a service kind; use \"ollama\", \"http\", \"postgres\" or \"tcp\"",
-                cut(rs.kind.get_ref())
+                "`{}` is not a service kind; use one of {}",
+                cut(rs.kind.get_ref()),
+                ServiceKind::ALL
+                    .iter()
+                    .map(|(n, _)| format!("\"{n}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         );
     }

@@ -94,7 +94,10 @@ fn bind_problem(service: &ServiceHandle, e: &std::io::Error) -> String {
              candidate, address \"127.0.0.1:11435\"); robbie-mesh takes {addr} as soon as it is free"
         ),
         ServiceKind::Postgres => "a local PostgreSQL probably runs there: move it to port 5433 (postgresql.conf `port`) and list it as this node's candidate".to_string(),
-        _ => format!("stop what holds it (`ss -ltnp 'sport = :{}'` shows it) or change `listen`", addr.port()),
+        ServiceKind::Http | ServiceKind::Tcp => format!(
+            "stop what holds it (`ss -ltnp 'sport = :{}'` shows it) or change `listen`",
+            addr.port()
+        ),
     };
     format!("cannot listen on {addr} for {name}: address already in use; {hint}")
 }

@@ -172,19 +172,43 @@ pub fn start(
         }
     });
     if let Some(cfg) = cfg {
-        tracker.spawn(
-            Syncer {
-                store,
-                cfg,
-                status: tx,
-                client: None,
-                server: None,
-                password: None,
-                warned: None,
-                held_checked: None,
+        let mut syncer = Syncer {
+            store,
+            cfg,
+            status: tx,
+            client: None,
+            server: None,
+            password: None,
+            warned: None,
+            held_checked: None,
+        };
+        // A panic in a round (a bug) does not end sync: it is reported
+        // (`crate::task`), shown as the last error, and sync starts over on a
+        // new connection a second later.
+        tracker.spawn(async move {
+            use futures_util::FutureExt;
+            let mut verify_rx = verify_rx;
+            let mut restarts = 0u32;
+            loop {
+                let run = syncer.run(kick.clone(), &mut verify_rx, events.clone(), cancel.clone());
+                let Err(panic) = std::panic::AssertUnwindSafe(run).catch_unwind().await else {
+                    return;
+                };
+                restarts += 1;
+                let what = crate::task::panic_text(&*panic);
+                crate::task::report("sync", &what, restarts, &events);
+                syncer.client = None;
+                syncer.server = None;
+                syncer.status.send_modify(|s| {
+                    s.state = SyncState::Waiting;
+                    s.last_error = Some(format!("internal error, restarted ({restarts}): {what}"));
+                });
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
-            .run(kick, verify_rx, events, cancel),
-        );
+        });
     }
     handle
 }
@@ -212,9 +236,9 @@ enum Wake {
 
 impl Syncer {
     async fn run(
-        mut self,
+        &mut self,
         kick: Arc<Notify>,
-        mut verify_rx: mpsc::Receiver<VerifyRequest>,
+        verify_rx: &mut mpsc::Receiver<VerifyRequest>,
         events: EventBus,
         cancel: CancellationToken,
     ) {
@@ -488,6 +512,7 @@ impl Syncer {
     /// Push everything pending, then pull everything new (the pull runs even if
     /// the push failed, unless the connection is gone).
     async fn round(&mut self) -> Result<(), SyncError> {
+        crate::failpoint::hit("sync-round");
         self.connect().await?;
         self.status.send_modify(|s| s.state = SyncState::Syncing);
         // A standby may have been promoted since the connect (a writable primary
