@@ -36,7 +36,7 @@ pub struct TunnelList {
 }
 
 /// `GET /v1/status`: everything a user or the tray needs in one answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
     pub mode: String,
@@ -47,12 +47,12 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     pub store: StoreStatus,
     /// Tasks that failed of a bug and were started again (newest last).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub internal_errors: Vec<crate::task::InternalError>,
 }
 
 /// The local store and its sync.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct StoreStatus {
     pub path: String,
     /// Why the store is not open, if it is not.
@@ -61,7 +61,7 @@ pub struct StoreStatus {
     pub replica: Option<crate::store::replica::ReplicaStatus>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
     pub kind: ServiceKind,

@@ -16,7 +16,7 @@ pub const FALL: u32 = 3;
 /// hovers at the threshold does not flip the route back and forth.
 pub const DEGRADE_AFTER: u32 = 2;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     Online,
@@ -34,11 +34,14 @@ pub enum Observation {
 }
 
 /// A candidate's health state, its reason and since when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct HealthState {
     pub health: Health,
     pub reason: String,
-    #[serde(serialize_with = "crate::util::ser_time")]
+    #[serde(
+        serialize_with = "crate::util::ser_time",
+        deserialize_with = "crate::util::de_time"
+    )]
     pub since: SystemTime,
     #[serde(skip)]
     probed: bool,

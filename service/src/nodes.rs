@@ -19,12 +19,15 @@ use crate::tunnel::Tunnel;
 const REFRESH: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct NodeEntry {
     pub inventory: Option<NodeInventory>,
     /// Why the last fetch failed, if it did (the inventory kept is the last good one).
     pub error: Option<String>,
-    #[serde(serialize_with = "crate::util::ser_time")]
+    #[serde(
+        serialize_with = "crate::util::ser_time",
+        deserialize_with = "crate::util::de_time"
+    )]
     pub updated: SystemTime,
 }
 

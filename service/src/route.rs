@@ -51,7 +51,7 @@ pub struct Needs {
 }
 
 /// One entry of the ordered candidate list, with why it is where it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Choice {
     /// Index into the service's candidates (its priority order).
     pub index: usize,
@@ -59,7 +59,7 @@ pub struct Choice {
     pub why: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Plan {
     pub order: Vec<Choice>,
     /// Nothing was eligible: every candidate is tried in priority order.

@@ -29,7 +29,7 @@ const PS_EVERY: Duration = Duration::from_secs(5);
 const RECHECK: Duration = Duration::from_millis(500);
 
 /// One candidate as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CandidateStatus {
     pub node: String,
     pub address: String,

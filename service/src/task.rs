@@ -18,9 +18,12 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{EventBus, EventKind};
 
 /// One task's failure, as `/v1/status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct InternalError {
-    #[serde(serialize_with = "crate::util::ser_time")]
+    #[serde(
+        serialize_with = "crate::util::ser_time",
+        deserialize_with = "crate::util::de_time"
+    )]
     pub at: SystemTime,
     pub task: String,
     pub error: String,

@@ -1,4 +1,4 @@
-//! Small helpers shared by several modules: time formatting for JSON.
+//! Small helpers shared by several modules: times in JSON (RFC 3339, both ways).
 
 use std::time::SystemTime;
 
@@ -16,6 +16,17 @@ pub fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Resul
         Some(t) => s.serialize_str(&rfc3339(*t)),
         None => s.serialize_none(),
     }
+}
+
+pub fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+}
+
+pub fn de_opt_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    let s = <Option<String> as serde::Deserialize>::deserialize(d)?;
+    s.map(|s| humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// A PostgreSQL client error in full: the server's own words, or the connection

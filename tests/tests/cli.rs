@@ -142,6 +142,8 @@ fn the_first_run_makes_a_private_token_that_the_cli_uses() {
     );
     wait_for(DEADLINE, || listening(api), || "API did not come up".into());
     let token = home.path().join(".local/share/robbie-mesh/api-token");
+    // (the API's socket is bound before the service writes its token)
+    wait_for(DEADLINE, || token.exists(), || "no token file".into());
     let meta = std::fs::metadata(&token).expect("the token file");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ReplicaConfig, ServiceKind};
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ReplicaStatus {
     pub address: String,
     /// `streaming`, `disconnected` (serving reads, catching up once the primary is

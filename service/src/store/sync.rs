@@ -61,13 +61,16 @@ pub enum SyncState {
 }
 
 /// What the sync task is doing, for `/v1/status` and `robbie-mesh status`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SyncStatus {
     pub state: SyncState,
     pub device: String,
     /// Rows written here and not yet acknowledged by the primary.
     pub pending: u64,
-    #[serde(serialize_with = "crate::util::ser_opt_time")]
+    #[serde(
+        serialize_with = "crate::util::ser_opt_time",
+        deserialize_with = "crate::util::de_opt_time"
+    )]
     pub last_sync: Option<SystemTime>,
     pub last_error: Option<String>,
     pub pushed: u64,

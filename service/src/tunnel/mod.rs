@@ -26,7 +26,7 @@ pub use clock::{ClockWatch, WallClockJump};
 pub use supervisor::{PeerHandle, PeerSupervisor};
 
 /// What a tunnel is doing now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TunnelState {
     /// Opening the SSH session (or, for `-R`, asking the server to listen).
@@ -38,7 +38,10 @@ pub enum TunnelState {
     /// Not forwarding; the next attempt is at `until`.
     Waiting {
         reason: String,
-        #[serde(serialize_with = "crate::util::ser_time")]
+        #[serde(
+            serialize_with = "crate::util::ser_time",
+            deserialize_with = "crate::util::de_time"
+        )]
         until: SystemTime,
     },
 }
