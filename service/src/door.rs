@@ -230,26 +230,24 @@ impl Door {
     /// An HTTP endpoint's door (`what` names it in logs): at its cap, the
     /// connection idle the longest is closed to make room.
     pub fn http(what: impl Into<String>) -> Door {
-        let s = shares();
-        Door::new(
-            what.into(),
-            Arc::new(Semaphore::new(s.per_listener)),
-            s.per_listener,
-            Some(s.clients.clone()),
-            true,
-        )
+        Door::shared(what.into(), true)
     }
 
     /// A TCP endpoint's or a forward's door: at its cap, new connections are
     /// closed on arrival (a byte stream says nothing of being idle).
     pub fn tcp(what: impl Into<String>) -> Door {
+        Door::shared(what.into(), false)
+    }
+
+    /// A door drawing from the endpoints' and forwards' share.
+    fn shared(what: String, evicts: bool) -> Door {
         let s = shares();
         Door::new(
-            what.into(),
+            what,
             Arc::new(Semaphore::new(s.per_listener)),
             s.per_listener,
             Some(s.clients.clone()),
-            false,
+            evicts,
         )
     }
 

@@ -140,6 +140,20 @@ pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Respons
     http().get(url).send().await
 }
 
+/// Creates a conversation through the API at `api` (host:port); its id.
+pub async fn create_conversation(api: impl std::fmt::Display, title: &str) -> String {
+    let c: serde_json::Value = http()
+        .post(format!("http://{api}/v1/conversations"))
+        .json(&serde_json::json!({ "title": title }))
+        .send()
+        .await
+        .expect("create a conversation")
+        .json()
+        .await
+        .expect("its JSON");
+    c["id"].as_str().expect("its id").to_string()
+}
+
 /// A robbie-mesh service running in this process, stopped on drop.
 pub struct Mesh {
     pub service: Service,

@@ -759,16 +759,7 @@ async fn a_device_that_vanishes_mid_push_does_not_stall_the_others() {
         "book.toml",
     );
     let mut lid = spawn_with_clock(&lid_cfg, None, lid_api, Some("sync-before-commit@1:stop"));
-    let http = mesh_tests::http();
-    let c: Value = http
-        .post(format!("http://127.0.0.1:{lid_api}/v1/conversations"))
-        .json(&json!({"title": "lid"}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
+    let id = mesh_tests::create_conversation(format!("127.0.0.1:{lid_api}"), "lid").await;
     let pid = nix::unistd::Pid::from_raw(lid.id() as i32);
     wait_for(
         DEADLINE,
@@ -808,7 +799,6 @@ async fn a_device_that_vanishes_mid_push_does_not_stall_the_others() {
 
     // The laptop wakes up and pushes its conversation, once.
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
-    let id = c["id"].as_str().expect("id").to_string();
     eventually(
         Duration::from_secs(20),
         "the laptop's row on the primary",
@@ -1008,17 +998,7 @@ async fn a_sync_round_that_panics_is_restarted_and_loses_nothing() {
         "book.toml",
     );
     let mut child = spawn_with_clock(&cfg, None, api, Some("sync-round@1:panic"));
-    let http = mesh_tests::http();
-    let c: Value = http
-        .post(format!("http://127.0.0.1:{api}/v1/conversations"))
-        .json(&json!({"title": "through a restart"}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
-    let id = c["id"].as_str().expect("id").to_string();
+    let id = mesh_tests::create_conversation(format!("127.0.0.1:{api}"), "through a restart").await;
     eventually(
         Duration::from_secs(20),
         "the row on the primary",
