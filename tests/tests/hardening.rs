@@ -343,6 +343,12 @@ async fn the_store_takes_a_large_message_and_names_its_limit() {
         .await
         .expect("append");
     assert_eq!(r.status(), 413);
+    // The body was not read to its end: the client is told not to reuse the
+    // connection (it had reused it, and the next request failed).
+    assert_eq!(
+        r.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     let text = r.text().await.unwrap_or_default();
     assert!(text.contains("8 MiB"), "{text}");
     let model = "m".repeat(5000);

@@ -318,13 +318,17 @@ async fn handle(ep: Endpoint, req: hyper::Request<Incoming>) -> Response {
     let (body, _budget) = match read_body(body, declared, &ep.limits).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
-            return ollama_error(
+            let mut r = ollama_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the request body is over {} MiB, the most an endpoint takes",
                     MAX_BODY >> 20
                 ),
-            )
+            );
+            // The rest of the body is not read: the connection ends with this answer.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
         Err(BodyError::Busy) => {
             let mut r = ollama_error(

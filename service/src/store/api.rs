@@ -82,7 +82,17 @@ struct Fail(StatusCode, String);
 
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
-        error(self.0, self.1)
+        let too_large = self.0 == StatusCode::PAYLOAD_TOO_LARGE;
+        let mut r = error(self.0, self.1);
+        if too_large {
+            // The rest of the body was not read: this connection cannot carry
+            // another request, and the client must not try.
+            r.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        r
     }
 }
 
