@@ -172,6 +172,7 @@ pub fn start_with_clock(
     let tracker = TaskTracker::new();
     let service = Service::start(config, &clock, &tracker, &shutdown);
     let api_task = tokio::spawn(crate::api::serve(api, service.clone(), shutdown.clone()));
+    let store = service.store.clone();
     let done = async move {
         let api_result = match api_task.await {
             Ok(r) => r,
@@ -184,6 +185,16 @@ pub fn start_with_clock(
             .is_err()
         {
             tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+        }
+        // Closed even if a task is still stuck: a stopped service leaves a store file
+        // that can be copied as it is (a backup, a restore).
+        if let Ok(store) = store {
+            if let Err(e) = tokio::task::spawn_blocking(move || store.close())
+                .await
+                .unwrap_or_else(|e| Err(crate::store::StoreError::Worker(e.to_string())))
+            {
+                tracing::warn!("closing the store: {e}");
+            }
         }
         api_result
     };

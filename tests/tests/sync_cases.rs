@@ -399,17 +399,20 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
 // ---------------------------------------------------------------------------
 // Identity on both ends.
 
+/// Copies a stopped node's store as a backup tool would: the database file alone
+/// (a stopped service leaves no log beside it to copy).
 fn copy_store(from: &Path, to: &Path) {
-    for ext in ["", "-wal", "-shm"] {
-        let (a, b) = (
-            format!("{}{ext}", from.display()),
-            format!("{}{ext}", to.display()),
-        );
-        let _ = std::fs::remove_file(&b);
-        if Path::new(&a).exists() {
-            std::fs::copy(&a, &b).expect("copy");
-        }
+    let wal = format!("{}-wal", from.display());
+    assert!(
+        std::fs::metadata(&wal)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true),
+        "a stopped service left {wal} with rows in it"
+    );
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", to.display()));
     }
+    std::fs::copy(from, to).expect("copy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

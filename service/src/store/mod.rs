@@ -92,6 +92,8 @@ pub enum StoreError {
     NoConversation(String),
     #[error("the store's worker failed: {0}")]
     Worker(String),
+    #[error("the local store {0} is closed (the service is stopping)")]
+    Closed(PathBuf),
     #[error("{0}")]
     Invalid(String),
 }
@@ -110,7 +112,10 @@ pub struct Store {
 
 struct Inner {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    /// `None` once [`Store::close`] has run.
+    conn: Mutex<Option<Connection>>,
+    /// The thread of `checkpoint_aside`; it ends with `conn`.
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     node: String,
     /// One per SQLite file; replaced when the file turns out to be a restored or
     /// copied one (see `outbox::become_new_device`).
@@ -149,7 +154,7 @@ impl Store {
         )
         .map_err(sql)?;
         schema::migrate(&mut conn, path)?;
-        checkpoint_aside(&mut conn, path)?;
+        let checkpointer = checkpoint_aside(&mut conn, path)?;
         let device = match meta(&conn, "device_id").map_err(sql)? {
             Some(d) => d,
             None => {
@@ -165,7 +170,8 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                conn: Mutex::new(conn),
+                conn: Mutex::new(Some(conn)),
+                checkpointer: Mutex::new(Some(checkpointer)),
                 node: node.to_string(),
                 device: Mutex::new(device),
                 hlc: Mutex::new(Hlc::new(last)),
@@ -210,7 +216,10 @@ impl Store {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn, &inner)
+            let conn = conn
+                .as_mut()
+                .ok_or_else(|| StoreError::Closed(inner.path.clone()))?;
+            f(conn, &inner)
         })
         .await
         .unwrap_or_else(|e| Err(StoreError::Worker(e.to_string())))
@@ -222,10 +231,45 @@ impl Store {
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn).map_err(|source| StoreError::Sqlite {
+        let conn = conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Closed(self.inner.path.clone()))?;
+        f(conn).map_err(|source| StoreError::Sqlite {
             path: self.inner.path.clone(),
             source,
         })
+    }
+
+    /// Checkpoints the WAL into the database file and closes it: when this returns,
+    /// the file alone holds every committed row and may be copied or backed up.
+    /// Later calls on any clone of this store fail with [`StoreError::Closed`].
+    /// The service calls it once its tasks have stopped.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let conn = self
+            .inner
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(conn) = conn else { return Ok(()) };
+        let sql = |source| StoreError::Sqlite {
+            path: self.inner.path.clone(),
+            source,
+        };
+        let checkpointed = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        let closed = conn.close().map_err(|(_, e)| sql(e));
+        // Its connection, the last one, is closed when it returns.
+        let checkpointer = self
+            .inner
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = checkpointer {
+            let _ = t.join();
+        }
+        checkpointed.map_err(sql)?;
+        closed
     }
 
     pub async fn create_conversation(&self, title: &str) -> Result<Conversation, StoreError> {
@@ -484,11 +528,14 @@ impl Inner {
 /// three, 17). The hook replaces SQLite's automatic checkpoint; the thread runs a
 /// passive one (it never blocks the writer) once the log holds
 /// `CHECKPOINT_PAGES`, and ends with the connection.
-fn checkpoint_aside(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+fn checkpoint_aside(
+    conn: &mut Connection,
+    path: &Path,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
     const CHECKPOINT_PAGES: std::ffi::c_int = 1000;
     let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
     let file = path.to_path_buf();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("store-checkpoint".into())
         .spawn(move || {
             let path = file;
@@ -523,7 +570,8 @@ fn checkpoint_aside(conn: &mut Connection, path: &Path) -> Result<(), StoreError
     .map_err(|source| StoreError::Sqlite {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    Ok(thread)
 }
 
 /// Text every store accepts: PostgreSQL cannot store a NUL character, so a row

@@ -240,3 +240,36 @@ async fn the_store_is_its_owners_alone_whatever_the_umask() {
     Store::open(&old, "book").expect("open");
     assert_eq!(mode(&old), 0o600, "made private");
 }
+
+#[tokio::test]
+async fn a_closed_store_is_one_file_that_a_copy_carries_whole_and_later_calls_fail() {
+    let (dir, s) = store();
+    let c = s.create_conversation("kept").await.expect("create");
+    for i in 0..50 {
+        s.append_message(&c.id, "user", format!("m{i}"), None)
+            .await
+            .expect("append");
+    }
+    let other = s.clone();
+    s.close().expect("close");
+    s.close().expect("a second close does nothing");
+    let wal = dir.path().join("s.db-wal");
+    assert!(
+        std::fs::metadata(&wal)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true),
+        "the log was checkpointed into the file"
+    );
+    assert!(matches!(
+        other.create_conversation("late").await,
+        Err(StoreError::Closed(_))
+    ));
+    // The database file alone, as a backup tool would copy it.
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(dir.path().join("s.db"), &copy).expect("copy");
+    let back = Store::open(&copy, "book").expect("open the copy");
+    let n: i64 = back
+        .with_blocking(|c| c.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)))
+        .expect("count");
+    assert_eq!(n, 50);
+}
