@@ -4,12 +4,12 @@
 
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::tunnel::TunnelState;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     /// A tunnel's state changed.
@@ -42,9 +42,12 @@ pub enum EventKind {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
-    #[serde(serialize_with = "crate::util::ser_time")]
+    #[serde(
+        serialize_with = "crate::util::ser_time",
+        deserialize_with = "crate::util::de_time"
+    )]
     pub at: SystemTime,
     #[serde(flatten)]
     pub kind: EventKind,

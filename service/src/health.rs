@@ -25,6 +25,16 @@ pub enum Health {
     Offline,
 }
 
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Online => "online",
+            Health::Degraded => "degraded",
+            Health::Offline => "offline",
+        }
+    }
+}
+
 /// What one probe saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {

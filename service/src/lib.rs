@@ -4,13 +4,17 @@
 //! PostgreSQL primary.
 //!
 //! State flows one way: [`config`] → [`tunnel`] supervisors (over [`ssh`]
-//! sessions) → probes and [`health`] → [`route`] → [`proxy`] endpoints, with
-//! [`events`] and the loopback [`api`] reporting it; [`service`] wires it all.
-//! `ARCHITECTURE.md` at the top of the repository has the map.
+//! sessions) → [`kinds`]' probes and [`health`] → [`route`] → [`services`] →
+//! [`proxy`] endpoints, with [`events`] and the loopback [`api`] reporting it;
+//! [`runtime`] wires it all and [`app`] puts the API on top; [`client`] is the
+//! API's one client (the [`cli`], the tray, the tests). `ARCHITECTURE.md` at the
+//! top of the repository has the map.
 
 pub mod access;
 pub mod api;
+pub mod app;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod door;
 pub mod events;
@@ -18,13 +22,13 @@ pub mod failpoint;
 pub mod health;
 pub mod install;
 pub mod inventory;
-pub mod keys;
+pub mod keychain;
+pub mod kinds;
 pub mod nodes;
 pub mod notify;
-pub mod probe;
 pub mod proxy;
 pub mod route;
-pub mod service;
+pub mod runtime;
 pub mod services;
 pub mod ssh;
 pub mod sshkeys;
@@ -32,6 +36,5 @@ pub mod startup;
 pub mod store;
 pub mod task;
 pub mod tunnel;
-pub mod ui;
 pub mod units;
 pub mod util;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 use crate::route::Needs;
-use crate::service::Service;
+use crate::runtime::Service;
 use crate::store::sync::SyncState;
 
 /// How often the status line is refreshed (and, at most, the watchdog pinged).

@@ -17,8 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Candidate, ServiceConfig};
 use crate::events::{EventBus, EventKind};
 use crate::health::{HealthState, Observation};
+use crate::kinds::{self, OllamaInfo, OllamaWants, PgRole};
 use crate::nodes::NodeMap;
-use crate::probe::{self, OllamaInfo, OllamaWants, PgRole};
 use crate::route::{self, Ejection, Explain, Needs, Plan, View};
 use crate::tunnel::Tunnel;
 
@@ -347,18 +347,17 @@ impl ServiceHandle {
     }
 }
 
-/// Starts the probers of every candidate of every service.
+/// Starts the probers of every candidate of every service, and each service's
+/// route watcher (its endpoint is started by the caller: `crate::proxy::serve`).
 pub fn spawn(
     config: &crate::config::Config,
     tunnels: &dyn Fn(&str) -> Option<Arc<Tunnel>>,
     nodes: &watch::Receiver<NodeMap>,
     events: &EventBus,
     tracker: &TaskTracker,
-    startup: &crate::startup::Startup,
     cancel: &CancellationToken,
 ) -> Vec<Arc<ServiceHandle>> {
     let services = &config.services;
-    let shared = crate::proxy::Limits::new(&config.limits);
     // No keep-alive: an idle probe connection would hold an on-demand tunnel open.
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -424,12 +423,6 @@ pub fn spawn(
                 route_changes: std::sync::atomic::AtomicU64::new(0),
                 nodes: nodes.clone(),
             });
-            tracker.spawn(crate::proxy::serve(
-                handle.clone(),
-                shared.clone(),
-                startup.pending(),
-                cancel.clone(),
-            ));
             let (h, ev, c) = (handle.clone(), events.clone(), cancel.clone());
             tracker.spawn(crate::task::restarting(
                 format!("the route watcher of {}", svc.name),
@@ -458,15 +451,13 @@ impl Prober {
         let interval = self.service.probe.interval(&self.handle.config);
         // After traffic saw a failure, probe at RECHECK until FALL probes have run.
         let mut quick = 0;
-        // PostgreSQL: the probe's password, if the user stored one.
-        let pg_password = if self.service.kind == crate::config::ServiceKind::Postgres {
-            let account = crate::keys::postgres_account(&self.service.name);
-            tokio::task::spawn_blocking(move || crate::keys::get(&account).ok().flatten())
+        // What the probe logs in with (PostgreSQL: a password the user stored).
+        let secret = {
+            let (kind, name) = (kinds::of(self.service.kind), self.service.name.clone());
+            tokio::task::spawn_blocking(move || kind.probe_secret(&name))
                 .await
                 .ok()
                 .flatten()
-        } else {
-            None
         };
         loop {
             // Lower layer first: no session, no service.
@@ -503,9 +494,16 @@ impl Prober {
                 tags: tags_at.is_none_or(|t| t.elapsed() >= TAGS_EVERY),
                 ps: ps_at.is_none_or(|t| t.elapsed() >= PS_EVERY),
             };
+            let probe = kinds::Probe {
+                addr: &self.handle.config.address,
+                cfg: &self.service.probe,
+                http: &self.http,
+                ollama: wants,
+                secret: secret.as_deref(),
+            };
             let outcome = tokio::select! {
                 () = cancel.cancelled() => return,
-                o = probe::probe(self.service.kind, &self.handle.config.address, &self.service.probe, &self.http, wants, pg_password.as_deref()) => o,
+                o = kinds::probe(self.service.kind, &probe) => o,
             };
             if let Some(u) = &outcome.ollama {
                 if u.models.is_some() {
@@ -534,7 +532,7 @@ impl Prober {
                     }
                 }
                 let observation = match (outcome.observation, &s.ollama) {
-                    (Observation::Ok, Some(info)) => match probe::vram_shortfall(&info.loaded) {
+                    (Observation::Ok, Some(info)) => match kinds::vram_shortfall(&info.loaded) {
                         Some(why) => Observation::Degraded(why),
                         None => Observation::Ok,
                     },

@@ -1,7 +1,7 @@
 //! SSH keys kept in the OS keychain, managed by name: generate an ed25519 key,
 //! import a key file, list, delete, and show the public half as an
 //! `authorized_keys` line. The private key goes to the keychain entry
-//! [`keys::key_account`] — the entry `identity = ["keychain:NAME"]` logs in with —
+//! [`keychain::key_account`] — the entry `identity = ["keychain:NAME"]` logs in with —
 //! so the tray app, the CLI and the service share one naming. The list of names
 //! and public lines is kept in the keychain too (entry `ssh-key-index`), since a
 //! keychain cannot be enumerated portably.
@@ -13,7 +13,7 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{HashAlg, PrivateKey};
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{self, KeychainError};
+use crate::keychain::{self, KeychainError};
 
 const INDEX: &str = "ssh-key-index";
 
@@ -44,13 +44,13 @@ pub enum KeyError {
 }
 
 fn index() -> Result<Vec<StoredKey>, KeyError> {
-    Ok(keys::get(INDEX)?
+    Ok(keychain::get(INDEX)?
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default())
 }
 
 fn save_index(list: &[StoredKey]) -> Result<(), KeyError> {
-    keys::set(
+    keychain::set(
         INDEX,
         &serde_json::to_string(list).unwrap_or_else(|_| "[]".into()),
     )?;
@@ -74,7 +74,8 @@ fn check_name(name: &str) -> Result<(), KeyError> {
 fn store(name: &str, mut key: PrivateKey) -> Result<StoredKey, KeyError> {
     check_name(name)?;
     let mut list = index()?;
-    if list.iter().any(|k| k.name == name) || keys::get(&keys::key_account(name))?.is_some() {
+    if list.iter().any(|k| k.name == name) || keychain::get(&keychain::key_account(name))?.is_some()
+    {
         return Err(KeyError::Exists(name.to_string()));
     }
     if key.comment().is_empty() {
@@ -92,7 +93,7 @@ fn store(name: &str, mut key: PrivateKey) -> Result<StoredKey, KeyError> {
         public,
         fingerprint: key.public_key().fingerprint(HashAlg::Sha256).to_string(),
     };
-    keys::set(&keys::key_account(name), &pem)?;
+    keychain::set(&keychain::key_account(name), &pem)?;
     list.push(stored.clone());
     save_index(&list)?;
     Ok(stored)
@@ -154,10 +155,10 @@ pub fn delete(name: &str) -> Result<(), KeyError> {
     let mut list = index()?;
     let before = list.len();
     list.retain(|k| k.name != name);
-    if before == list.len() && keys::get(&keys::key_account(name))?.is_none() {
+    if before == list.len() && keychain::get(&keychain::key_account(name))?.is_none() {
         return Err(KeyError::Missing(name.to_string()));
     }
-    keys::delete(&keys::key_account(name))?;
+    keychain::delete(&keychain::key_account(name))?;
     save_index(&list)
 }
 

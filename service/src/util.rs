@@ -75,3 +75,15 @@ pub fn process_figures() -> ProcessFigures {
         resident_bytes,
     }
 }
+
+/// `127.0.0.1:8007`, `localhost:8007`, `[::1]:8007` (port optional).
+pub fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

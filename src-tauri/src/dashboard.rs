@@ -1,5 +1,6 @@
 //! The dashboard window, in a process of its own (`robbie-mesh-tray --dashboard`),
-//! started by the tray when the user opens it. The tray itself never loads a web
+//! started by the tray when the user opens it ([`open`], the tray's side; [`run`],
+//! the window's). The tray itself never loads a web
 //! page, so the process that runs all day stays small; the window's WebKit
 //! processes live only while the dashboard is open (or hidden for a little while).
 //!
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use tauri::{AppHandle, Manager, WebviewUrl, WebviewWindowBuilder, WindowEvent};
 
-use crate::client::Client;
+use crate::Tray;
 
 const LABEL: &str = "dashboard";
 
@@ -42,7 +43,7 @@ static SHOWN: AtomicU64 = AtomicU64::new(0);
 /// `from_tray`: started by the tray, which it then follows (see the module's doc);
 /// otherwise (`robbie-mesh-tray --dashboard` by hand) it is a plain window.
 pub fn run(from_tray: bool) -> std::process::ExitCode {
-    let url = Client::from_env().dashboard_url();
+    let url = robbie_mesh::client::Client::for_config(None, None).url("/");
     let app = tauri::Builder::default()
         .setup(move |app| {
             let url = url
@@ -116,4 +117,58 @@ fn exit_later(app: AppHandle, after: Duration) {
             app.exit(0);
         }
     });
+}
+
+// --- The tray's side ---------------------------------------------------------
+
+/// Shows the dashboard: tells its process to show the window, or starts one.
+pub fn open(app: &AppHandle) {
+    use std::io::Write;
+    let state = app.state::<Tray>();
+    let mut running = state.dashboard.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, stdin)) = running.as_mut() {
+        // Fails once the process has ended: then a new one.
+        if stdin
+            .write_all(b"show\n")
+            .and_then(|()| stdin.flush())
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return tracing::warn!("cannot open the dashboard: {e}"),
+    };
+    let child = std::process::Command::new(exe)
+        .args(["--dashboard", "--from-tray"])
+        .env("ROBBIE_MESH_API", state.client.addr())
+        .stdin(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => return tracing::warn!("cannot open the dashboard: {e}"),
+    };
+    let pid = child.id();
+    *running = child.stdin.take().map(|stdin| (pid, stdin));
+    // Reaps it when it ends, and forgets it.
+    let app = app.clone();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+        let state = app.state::<Tray>();
+        let mut running = state.dashboard.lock().unwrap_or_else(|p| p.into_inner());
+        if running.as_ref().is_some_and(|(p, _)| *p == pid) {
+            *running = None;
+        }
+    });
+}
+
+/// Ends the dashboard with the tray: its stdin closes, and it exits.
+pub fn close(app: &AppHandle) {
+    let state = app.state::<Tray>();
+    state
+        .dashboard
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
 }

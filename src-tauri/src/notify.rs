@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use robbie_mesh::api::wire::EventKind;
 use tokio::sync::mpsc;
 
 /// How long after the first of a burst the notification goes out.
@@ -55,26 +56,38 @@ impl Notifier {
 }
 
 /// What an event says to the user, if it is worth a notification.
-pub fn for_event(kind: &str, e: &serde_json::Value) -> Option<(String, String)> {
-    let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-    match kind {
-        "route" => {
-            let service = s("service");
+pub fn for_event(e: &EventKind) -> Option<(String, String)> {
+    match e {
+        EventKind::Route {
+            service,
+            from,
+            to,
+            reason,
+        } => {
+            // The first route after start-up is not news.
+            if from.is_none() && to.is_some() {
+                return None;
+            }
             let mut name = service.chars();
             let service = name
                 .next()
                 .map(|c| c.to_uppercase().collect::<String>() + name.as_str())
                 .unwrap_or_default();
-            let to = e["to"].as_str().unwrap_or("nothing (no node is up)");
-            // The first route after start-up is not news.
-            if e["from"].is_null() && !e["to"].is_null() {
-                return None;
-            }
-            Some((format!("{service} → {to}"), s("reason")))
+            let to = to.as_deref().unwrap_or("nothing (no node is up)");
+            Some((format!("{service} → {to}"), reason.clone()))
         }
-        "host_key_alarm" => Some((format!("Host key alarm: {}", s("peer")), s("message"))),
-        _ => None,
+        EventKind::HostKeyAlarm { peer, message } => {
+            Some((format!("Host key alarm: {peer}"), message.clone()))
+        }
+        EventKind::Tunnel { .. } | EventKind::Health { .. } | EventKind::InternalError { .. } => {
+            None
+        }
     }
+}
+
+/// A notification the user asked for (never muted, never merged).
+pub fn show_now(summary: String, body: String) {
+    tauri::async_runtime::spawn_blocking(move || show(&summary, &body));
 }
 
 /// Shows one notification now (blocking: call it off the UI thread).

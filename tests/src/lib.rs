@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use robbie_mesh::config::Config;
-use robbie_mesh::service::Service;
+use robbie_mesh::runtime::Service;
 use robbie_mesh::tunnel::{ClockWatch, Tunnel, TunnelState};
 use tokio_util::sync::CancellationToken;
 
@@ -140,18 +140,19 @@ pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Respons
     http().get(url).send().await
 }
 
+/// The typed client (`robbie_mesh::client`) of the API at `api` (host:port),
+/// with the run's token: what the CLI and the tray use.
+pub fn client(api: impl std::fmt::Display) -> robbie_mesh::client::Client {
+    robbie_mesh::client::Client::new(api, Ok(token()))
+}
+
 /// Creates a conversation through the API at `api` (host:port); its id.
 pub async fn create_conversation(api: impl std::fmt::Display, title: &str) -> String {
-    let c: serde_json::Value = http()
-        .post(format!("http://{api}/v1/conversations"))
-        .json(&serde_json::json!({ "title": title }))
-        .send()
+    client(api)
+        .create_conversation(title)
         .await
         .expect("create a conversation")
-        .json()
-        .await
-        .expect("its JSON");
-    c["id"].as_str().expect("its id").to_string()
+        .id
 }
 
 /// A robbie-mesh service running in this process, stopped on drop.
@@ -198,7 +199,7 @@ impl Mesh {
         });
         let shutdown = CancellationToken::new();
         let (service, done) =
-            robbie_mesh::service::start_with_clock(cfg, listener, shutdown.clone(), clock);
+            robbie_mesh::app::start_with_clock(cfg, listener, shutdown.clone(), clock);
         Mesh {
             service,
             api,
@@ -260,19 +261,35 @@ impl Mesh {
         self.wait_state(name, DEADLINE, TunnelState::is_up).await.1
     }
 
-    /// Who serves the first service now (`null` when nothing is up).
-    pub async fn route(&self) -> serde_json::Value {
-        self.api_get("/v1/status").await["services"][0]["route"].clone()
+    /// The typed client of this service's API.
+    pub fn client(&self) -> robbie_mesh::client::Client {
+        client(self.api)
+    }
+
+    /// `GET /v1/status`, typed.
+    pub async fn status(&self) -> robbie_mesh::api::wire::Status {
+        self.client().status().await.expect("status")
+    }
+
+    /// Who serves the first service now (`None` when nothing is up).
+    pub async fn route(&self) -> Option<String> {
+        self.status()
+            .await
+            .services
+            .first()
+            .and_then(|s| s.route.clone())
     }
 
     /// Waits until the first service is routed to `node`; how long it took.
     pub async fn wait_route(&self, node: &str, deadline: Duration) -> Duration {
         eventually(deadline, &format!("route to {node}"), || async {
-            self.route().await == node
+            self.route().await.as_deref() == Some(node)
         })
         .await
     }
 
+    /// An answer as JSON, for the tests of the wire format itself (the others
+    /// read typed answers through [`Mesh::client`]).
     pub async fn api_get(&self, path: &str) -> serde_json::Value {
         get(format!("http://{}{path}", self.api))
             .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 use mesh_tests::servers::echo;
 use mesh_tests::sshd::{keygen_with, Sshd};
 use mesh_tests::{free_port, trust, wait_for, whoami, Mesh, DEADLINE};
-use robbie_mesh::keys;
+use robbie_mesh::keychain as keys;
 
 struct Agent {
     child: Child,

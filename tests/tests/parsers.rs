@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 use proptest::prelude::*;
+use robbie_mesh::config::ssh_config::SshConfigFile;
 use robbie_mesh::ssh::known_hosts::{HostKeyVerdict, KnownHosts};
-use robbie_mesh::ssh::ssh_config::SshConfigFile;
 use russh::keys::PublicKey;
 
 const ED1: &str =

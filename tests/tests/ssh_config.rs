@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use robbie_mesh::ssh::ssh_config::SshConfigFile;
+use robbie_mesh::config::ssh_config::SshConfigFile;
 
 /// `ssh -G -F config host`: keyword → values (lines of the same keyword joined).
 fn ssh_g(config: &Path, host: &str) -> std::collections::HashMap<String, String> {

@@ -83,7 +83,11 @@ async fn a_stalled_reader_does_not_stall_the_session() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     for name in ["hose", "echo"] {
         let st = mesh.tunnel(name).status();
-        assert_eq!(st.state, "up", "{name}: {st:?}");
+        assert_eq!(
+            st.state,
+            robbie_mesh::api::wire::TunnelPhase::Up,
+            "{name}: {st:?}"
+        );
         assert_eq!(st.reconnects, 0, "{name} reconnected: {st:?}");
     }
     drop(stalled);

@@ -444,8 +444,8 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
 /// MESH_TESTS_REQUIRE_KEYCHAIN=1.
 fn keychain_usable() -> bool {
     let required = std::env::var("MESH_TESTS_REQUIRE_KEYCHAIN").is_ok_and(|v| v == "1");
-    let probe = robbie_mesh::keys::set("robbie-mesh-test-probe", "x")
-        .and_then(|()| robbie_mesh::keys::delete("robbie-mesh-test-probe"));
+    let probe = robbie_mesh::keychain::set("robbie-mesh-test-probe", "x")
+        .and_then(|()| robbie_mesh::keychain::delete("robbie-mesh-test-probe"));
     match probe {
         Ok(()) => true,
         Err(e) if required => panic!("the OS keychain is required here but failed: {e}"),

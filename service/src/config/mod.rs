@@ -8,6 +8,7 @@
 //! at once rather than the first only.
 
 mod raw;
+pub mod ssh_config;
 mod validate;
 
 use std::fmt;
@@ -304,7 +305,7 @@ pub enum IdentitySource {
         only: Option<Vec<PathBuf>>,
     },
     /// A private key stored in the OS keychain under this entry name
-    /// (see [`crate::keys::keychain_entry`]).
+    /// (see [`crate::keychain::keychain_entry`]).
     Keychain { entry: String },
     /// A private key file; a passphrase, if needed, comes from the keychain.
     File { path: PathBuf },
@@ -379,7 +380,7 @@ impl Default for Backoff {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ForwardKind {
     /// `ssh -L`: listen here, connect from the server.

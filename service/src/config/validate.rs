@@ -18,7 +18,7 @@ use super::{
     ForwardKind, HostPort, IdentitySource, Keepalive, PeerConfig, ProbeConfig, ReplicaConfig,
     ServiceConfig, ServiceKind, SshServer, SshTarget, StoreConfig, SyncConfig, DEFAULT_API_LISTEN,
 };
-use crate::ssh::ssh_config::{Proxy, Resolved, SshConfigFile};
+use crate::config::ssh_config::{Proxy, Resolved, SshConfigFile};
 
 /// What validation needs from the machine; tests build their own.
 #[derive(Debug, Clone)]

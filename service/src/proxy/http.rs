@@ -204,7 +204,7 @@ fn host_refusal(service: &crate::config::ServiceConfig, headers: &HeaderMap) -> 
     let Ok(host) = host.to_str() else {
         return Some("the Host header is not readable text".into());
     };
-    if crate::api::is_loopback_authority(host) {
+    if crate::util::is_loopback_authority(host) {
         return None;
     }
     let name = host
@@ -534,7 +534,6 @@ pub fn retry_rule(
     method: &axum::http::Method,
     f: Failure,
 ) -> (bool, String) {
-    use crate::config::ServiceKind;
     match f {
         Failure::Timeout => (
             false,
@@ -543,8 +542,8 @@ pub fn retry_rule(
         Failure::Connect => (true, "retried: the request never reached it".into()),
         Failure::Status(429 | 503) => (true, "retried: it refused to take the request".into()),
         Failure::Status(_) | Failure::Unanswered => {
-            if svc.kind == ServiceKind::Ollama {
-                (true, "retried: Ollama requests have no side effects".into())
+            if let Some(note) = crate::kinds::of(svc.kind).retry_note() {
+                (true, note.into())
             } else if method.is_idempotent() {
                 (true, format!("retried: {method} is idempotent"))
             } else if svc.retry_non_idempotent {

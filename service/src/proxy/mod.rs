@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServiceKind;
+use crate::kinds::Endpoint;
 use crate::services::ServiceHandle;
 use crate::tunnel::Backoff;
 
@@ -73,13 +73,13 @@ pub async fn serve(
     service.set_endpoint_problem(None);
     drop(starting);
     tracing::info!(service = %service.config.name, "endpoint listening on {addr}");
-    match service.config.kind {
-        ServiceKind::Ollama | ServiceKind::Http => {
+    match crate::kinds::of(service.config.kind).endpoint() {
+        Endpoint::Http => {
             http::Endpoint::new(service.clone(), limits)
                 .serve(listener, cancel)
                 .await
         }
-        ServiceKind::Postgres | ServiceKind::Tcp => tcp::serve(listener, service, cancel).await,
+        Endpoint::Tcp | Endpoint::Postgres => tcp::serve(listener, service, cancel).await,
     }
 }
 
@@ -88,16 +88,6 @@ fn bind_problem(service: &ServiceHandle, e: &std::io::Error) -> String {
     if e.kind() != std::io::ErrorKind::AddrInUse {
         return format!("cannot listen on {addr} for {name}: {e}");
     }
-    let hint = match service.config.kind {
-        ServiceKind::Ollama => format!(
-            "a local Ollama probably runs there: move it with OLLAMA_HOST=127.0.0.1:11435 (list it as this node's \
-             candidate, address \"127.0.0.1:11435\"); robbie-mesh takes {addr} as soon as it is free"
-        ),
-        ServiceKind::Postgres => "a local PostgreSQL probably runs there: move it to port 5433 (postgresql.conf `port`) and list it as this node's candidate".to_string(),
-        ServiceKind::Http | ServiceKind::Tcp => format!(
-            "stop what holds it (`ss -ltnp 'sport = :{}'` shows it) or change `listen`",
-            addr.port()
-        ),
-    };
+    let hint = crate::kinds::of(service.config.kind).port_taken_hint(addr);
     format!("cannot listen on {addr} for {name}: address already in use; {hint}")
 }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServiceKind;
+use crate::kinds::Endpoint;
 use crate::route::Needs;
 use crate::services::ServiceHandle;
 
@@ -49,7 +49,8 @@ async fn connection(
     let plan = service.route(&Needs::default());
     // Through a -L tunnel a connect always succeeds, so "try everyone" (panic mode)
     // would hand a PostgreSQL client a dead end: refuse it with a clear error instead.
-    let order = if plan.panic && service.config.kind == ServiceKind::Postgres {
+    let postgres = crate::kinds::of(service.config.kind).endpoint() == Endpoint::Postgres;
+    let order = if plan.panic && postgres {
         failures.extend(
             service
                 .candidates
@@ -73,8 +74,7 @@ async fn connection(
                 let _ = upstream.set_nodelay(true);
                 let _in_flight = cand.begin_request();
                 let mut health = cand.subscribe();
-                let on_replica = service.config.kind == ServiceKind::Postgres
-                    && cand.view().read_only == Some(true);
+                let on_replica = postgres && cand.view().read_only == Some(true);
                 let copy = async {
                     if on_replica {
                         if until_primary_is_back(client, upstream, &service, choice.index).await {
@@ -108,7 +108,7 @@ async fn connection(
         failures.join("; ")
     );
     tracing::warn!(service = %service.config.name, "refused a connection from {from}: {why}");
-    if service.config.kind == ServiceKind::Postgres {
+    if postgres {
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
             pg_refuse(client, &format!("robbie-mesh: {why}")),

@@ -12,7 +12,7 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg};
 
 use super::{MeshHandler, SshError};
 use crate::config::{IdentitySource, SshServer};
-use crate::keys;
+use crate::keychain;
 
 type Handle = client::Handle<MeshHandler>;
 
@@ -222,11 +222,11 @@ async fn rsa_hash(handle: &Handle, is_rsa: bool) -> Result<Option<HashAlg>, SshE
 
 /// The private key stored in the keychain as `entry`.
 fn keychain_key(entry: String) -> impl FnOnce() -> Result<PrivateKey, String> {
-    move || match keys::private_key(&entry).map(zeroize::Zeroizing::new) {
+    move || match keychain::private_key(&entry).map(zeroize::Zeroizing::new) {
         Ok(pem) => {
             russh::keys::decode_secret_key(&pem, None).map_err(|e| format!("unreadable key: {e}"))
         }
-        Err(keys::KeychainError::NotFound(_)) => Err("no such entry".into()),
+        Err(keychain::KeychainError::NotFound(_)) => Err("no such entry".into()),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -262,8 +262,8 @@ fn load_file(path: &std::path::Path) -> Result<PrivateKey, String> {
     match russh::keys::decode_secret_key(&text, None) {
         Ok(k) => Ok(k),
         Err(russh::keys::Error::KeyIsEncrypted) => {
-            let account = keys::passphrase_account(path);
-            let pass = match keys::get(&account) {
+            let account = keychain::passphrase_account(path);
+            let pass = match keychain::get(&account) {
                 Ok(Some(p)) => zeroize::Zeroizing::new(p),
                 Ok(None) => {
                     return Err(format!(

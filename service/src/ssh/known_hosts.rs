@@ -13,7 +13,7 @@ use base64::Engine;
 use hmac::{KeyInit, Mac};
 use russh::keys::PublicKey;
 
-use super::ssh_config::wildcard_match;
+use crate::config::ssh_config::wildcard_match;
 
 /// The verdict on a server's host key.
 #[derive(Debug, Clone, PartialEq, Eq)]

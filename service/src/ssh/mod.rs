@@ -8,7 +8,6 @@
 pub mod auth;
 pub mod known_hosts;
 mod socket;
-pub mod ssh_config;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -99,18 +98,18 @@ impl SshError {
 }
 
 /// Where the server's `forwarded-tcpip` channels go: (bind address, port) as we asked
-/// sshd to listen, to the local target and the accounting of that `-R` tunnel.
+/// sshd to listen, to whoever asked for that `-R` forward. The SSH layer only
+/// finds the route and hands the channel over; what to do with it (connect the
+/// local target, count bytes) is the caller's (`crate::tunnel`).
 #[derive(Default)]
 pub struct ReverseRoutes {
     routes: Mutex<HashMap<(String, u32), Arc<ReverseRoute>>>,
 }
 
-pub struct ReverseRoute {
-    pub local: HostPort,
-    pub counters: Arc<crate::tunnel::Counters>,
-    /// Ends this forward's connections at shutdown.
-    pub cancel: tokio_util::sync::CancellationToken,
-}
+/// Takes a channel the server opened for one `-R` forward, and the handle that
+/// accepts or rejects it; called on the session's task, so it must not block.
+pub type ReverseRoute =
+    dyn Fn(russh::Channel<client::Msg>, client::ChannelOpenHandle) + Send + Sync;
 
 impl ReverseRoutes {
     pub fn insert(&self, bind: &HostPort, route: Arc<ReverseRoute>) {
@@ -261,7 +260,7 @@ impl client::Handler for MeshHandler {
             drop(reply); // rejects
             return Ok(());
         };
-        tokio::spawn(crate::tunnel::pipe::serve_reverse(channel, reply, route));
+        route(channel, reply);
         Ok(())
     }
 }

@@ -101,7 +101,7 @@ pub async fn connect(
             pg.host(s.address.ip().to_string()).port(s.address.port()).user(&s.user).dbname(&s.database);
             let password = std::env::var("PGPASSWORD")
                 .ok()
-                .or_else(|| crate::keys::get(&crate::keys::postgres_account(&s.service)).ok().flatten());
+                .or_else(|| crate::keychain::get(&crate::keychain::postgres_account(&s.service)).ok().flatten());
             if let Some(p) = password {
                 pg.password(p);
             }

@@ -9,7 +9,6 @@
 //! rusqlite is blocking: every call runs on tokio's blocking pool, holding the one
 //! connection's lock only inside that closure.
 
-pub mod api;
 pub mod cli;
 pub mod hlc;
 mod outbox;

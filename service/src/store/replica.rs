@@ -16,18 +16,53 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ReplicaConfig, ServiceKind};
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaState {
+    /// Receiving the primary's WAL.
+    Streaming,
+    /// Serving reads, catching up once the primary is reachable.
+    Disconnected,
+    /// The standby does not answer (or its state cannot be read).
+    #[default]
+    Down,
+    /// Promoted, or the address is the primary's.
+    #[serde(rename = "not a standby")]
+    NotAStandby,
+}
+
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ReplicaStatus {
     pub address: String,
-    /// `streaming`, `disconnected` (serving reads, catching up once the primary is
-    /// reachable), `down` (the standby does not answer), `not a standby`.
-    pub state: String,
+    pub state: ReplicaState,
     pub lag_bytes: Option<i64>,
     pub lag_seconds: Option<f64>,
     pub replay_lsn: Option<String>,
     pub error: Option<String>,
-    /// One line for `robbie-mesh status`.
+    /// [`ReplicaStatus::summary`], for the dashboard.
     pub summary: String,
+}
+
+impl ReplicaStatus {
+    /// One line for `robbie-mesh status` and the dashboard.
+    pub fn summary(&self) -> String {
+        let error = self.error.as_deref().unwrap_or("no answer");
+        match self.state {
+            ReplicaState::Streaming => format!(
+                "streaming, {} bytes / {:.1} s behind",
+                self.lag_bytes.unwrap_or(0),
+                self.lag_seconds.unwrap_or(0.0)
+            ),
+            ReplicaState::Disconnected => {
+                "disconnected from the primary: serving reads, catches up when the tunnel is back"
+                    .into()
+            }
+            ReplicaState::NotAStandby => {
+                "not a standby (promoted, or the address is the primary's)".into()
+            }
+            ReplicaState::Down => format!("down: {error}"),
+        }
+    }
 }
 
 /// Watches the standby every 2 s.
@@ -71,10 +106,9 @@ async fn check(cfg: &ReplicaConfig) -> ReplicaStatus {
             client
         }
         Err(e) => {
-            let e = crate::util::pg_error(&e);
-            st.summary = format!("down: {e}");
-            st.state = "down".into();
-            st.error = Some(e);
+            st.state = ReplicaState::Down;
+            st.error = Some(crate::util::pg_error(&e));
+            st.summary = st.summary();
             return st;
         }
     };
@@ -97,27 +131,20 @@ async fn check(cfg: &ReplicaConfig) -> ReplicaStatus {
             st.lag_bytes = r.get(3);
             st.lag_seconds = r.get(4);
             st.state = match (standby, receiver.as_deref()) {
-                (false, _) => "not a standby".into(),
-                (true, Some("streaming")) => "streaming".into(),
-                (true, _) => "disconnected".into(),
-            };
-            st.summary = match st.state.as_str() {
-                "streaming" => format!(
-                    "streaming, {} bytes / {:.1} s behind",
-                    st.lag_bytes.unwrap_or(0),
-                    st.lag_seconds.unwrap_or(0.0)
-                ),
-                "disconnected" => "disconnected from the primary: serving reads, catches up when the tunnel is back".into(),
-                _ => "not a standby (promoted, or the address is the primary's)".into(),
+                (false, _) => ReplicaState::NotAStandby,
+                (true, Some("streaming")) => ReplicaState::Streaming,
+                (true, _) => ReplicaState::Disconnected,
             };
         }
         Err(e) => {
-            let e = crate::util::pg_error(&e);
-            st.summary = format!("cannot read its state: {e}");
-            st.state = "down".into();
-            st.error = Some(e);
+            st.state = ReplicaState::Down;
+            st.error = Some(format!(
+                "cannot read its state: {}",
+                crate::util::pg_error(&e)
+            ));
         }
     }
+    st.summary = st.summary();
     st
 }
 

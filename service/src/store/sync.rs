@@ -60,6 +60,17 @@ pub enum SyncState {
     Waiting,
 }
 
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Off => "off",
+            SyncState::Idle => "idle",
+            SyncState::Syncing => "syncing",
+            SyncState::Waiting => "waiting",
+        }
+    }
+}
+
 /// What the sync task is doing, for `/v1/status` and `robbie-mesh status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SyncStatus {
@@ -380,9 +391,9 @@ impl Syncer {
         // The keychain is asked once, and again only after a refused login (not
         // on every retry while the primary is unreachable).
         if self.password.is_none() {
-            let account = crate::keys::postgres_account(&self.cfg.service);
+            let account = crate::keychain::postgres_account(&self.cfg.service);
             let read =
-                tokio::task::spawn_blocking(move || crate::keys::get(&account).ok().flatten())
+                tokio::task::spawn_blocking(move || crate::keychain::get(&account).ok().flatten())
                     .await;
             self.password = Some(read.ok().flatten());
         }

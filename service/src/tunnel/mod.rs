@@ -52,11 +52,16 @@ impl TunnelState {
     }
 
     pub fn label(&self) -> &'static str {
+        self.phase().as_str()
+    }
+
+    /// The state without its reason and time, as `/v1/tunnels` reports it.
+    pub fn phase(&self) -> TunnelPhase {
         match self {
-            TunnelState::Connecting => "connecting",
-            TunnelState::Up => "up",
-            TunnelState::Down { .. } => "down",
-            TunnelState::Waiting { .. } => "waiting",
+            TunnelState::Connecting => TunnelPhase::Connecting,
+            TunnelState::Up => TunnelPhase::Up,
+            TunnelState::Down { .. } => TunnelPhase::Down,
+            TunnelState::Waiting { .. } => TunnelPhase::Waiting,
         }
     }
 
@@ -64,6 +69,28 @@ impl TunnelState {
         match self {
             TunnelState::Down { reason } | TunnelState::Waiting { reason, .. } => Some(reason),
             _ => None,
+        }
+    }
+}
+
+/// [`TunnelState`] on the wire: its reason and retry time are fields of their own
+/// in [`TunnelStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelPhase {
+    Connecting,
+    Up,
+    Down,
+    Waiting,
+}
+
+impl TunnelPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelPhase::Connecting => "connecting",
+            TunnelPhase::Up => "up",
+            TunnelPhase::Down => "down",
+            TunnelPhase::Waiting => "waiting",
         }
     }
 }
@@ -94,12 +121,12 @@ pub struct Counters {
 pub struct TunnelStatus {
     pub name: String,
     pub peer: String,
-    pub kind: String,
+    pub kind: ForwardKind,
     /// `-L`: the address we listen on; `-R`: what we connect to.
     pub local: String,
     /// `-L`: what the server connects to; `-R`: what the server listens on.
     pub remote: String,
-    pub state: String,
+    pub state: TunnelPhase,
     pub reason: Option<String>,
     pub retry_at: Option<String>,
     pub since: String,
@@ -274,13 +301,10 @@ impl Tunnel {
         TunnelStatus {
             name: self.name().to_string(),
             peer: self.peer.clone(),
-            kind: match self.config.kind {
-                ForwardKind::Local => "local".into(),
-                ForwardKind::Remote => "remote".into(),
-            },
+            kind: self.config.kind,
             local,
             remote,
-            state: snap.state.label().to_string(),
+            state: snap.state.phase(),
             reason: snap.state.reason().map(str::to_string),
             retry_at: match &snap.state {
                 TunnelState::Waiting { until, .. } => Some(crate::util::rfc3339(*until)),

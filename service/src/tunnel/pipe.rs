@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Counters, Tunnel};
 use crate::config::Backoff as BackoffConfig;
-use crate::ssh::{ReverseRoute, Session};
+use crate::config::HostPort;
+use crate::ssh::Session;
 
 /// A channel open unanswered after this long asks the session to prove it is
 /// alive (a frozen or vanished peer is then found within a second more; a slow,
@@ -165,10 +166,18 @@ async fn forward_local(
 
 /// The local half of a `-R` connection: connect to the target first, then accept the
 /// server's channel (or refuse it, so the remote client sees the failure at once).
+/// Where one `-R` forward's connections go, and its accounting.
+pub struct ReverseTarget {
+    pub local: HostPort,
+    pub counters: Arc<Counters>,
+    /// Ends this forward's connections at shutdown.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
 pub async fn serve_reverse(
     channel: Channel<Msg>,
     reply: ChannelOpenHandle,
-    route: Arc<ReverseRoute>,
+    route: Arc<ReverseTarget>,
 ) {
     let target = (route.local.host.as_str(), route.local.port);
     match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(target)).await {

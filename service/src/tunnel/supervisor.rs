@@ -257,12 +257,15 @@ impl PeerSupervisor {
         let deadline = self.peer.connect_timeout;
         let mut registered = Ok(());
         for t in &remotes {
-            let route = ReverseRoute {
+            let route = Arc::new(pipe::ReverseTarget {
                 local: t.config.local.clone(),
                 counters: t.counters.clone(),
                 cancel: session_cancel.clone(),
-            };
-            self.reverse.insert(&t.config.remote, Arc::new(route));
+            });
+            let serve: Arc<ReverseRoute> = Arc::new(move |channel, reply| {
+                tokio::spawn(pipe::serve_reverse(channel, reply, route.clone()));
+            });
+            self.reverse.insert(&t.config.remote, serve);
             match tokio::time::timeout(deadline, request_remote(&session, t, self.ever_up)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(why)) => {

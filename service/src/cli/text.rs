@@ -4,8 +4,10 @@
 use std::fmt::Write;
 use std::time::SystemTime;
 
+use crate::api::wire::Status;
 use crate::config::{Config, ForwardKind};
-use crate::tunnel::TunnelStatus;
+use crate::store::sync::SyncState;
+use crate::tunnel::{TunnelPhase, TunnelStatus};
 
 /// A short summary of what `robbie-mesh run` would do with this config.
 pub fn config_summary(cfg: &Config) -> String {
@@ -101,42 +103,29 @@ pub fn config_summary(cfg: &Config) -> String {
 }
 
 /// The services part of `status`: for each, where requests go now, then every
-/// candidate with its health (the `GET /v1/status` JSON).
-pub fn services_text(status: &serde_json::Value) -> String {
+/// candidate with its health.
+pub fn services_text(status: &Status) -> String {
     let mut out = String::new();
-    let empty = Vec::new();
-    for s in status["services"].as_array().unwrap_or(&empty) {
-        let name = s["name"].as_str().unwrap_or("?");
-        let route = match s["route"].as_str() {
+    for s in &status.services {
+        let route = match &s.route {
             Some(node) => format!("-> {node}"),
             None => "-> nothing is up (requests try every node)".into(),
         };
-        let pinned = s["pinned"]
-            .as_str()
+        let pinned = s
+            .pinned
+            .as_ref()
             .map_or(String::new(), |p| format!(" [pinned: {p}]"));
-        let _ = writeln!(
-            out,
-            "{name:<10} {:<22} {route}{pinned}",
-            s["listen"].as_str().unwrap_or("")
-        );
-        if s["endpoint"] != "listening" {
-            let _ = writeln!(
-                out,
-                "    endpoint: {}",
-                s["endpoint"].as_str().unwrap_or("")
-            );
+        let _ = writeln!(out, "{:<10} {:<22} {route}{pinned}", s.name, s.listen);
+        if s.endpoint != "listening" {
+            let _ = writeln!(out, "    endpoint: {}", s.endpoint);
         }
-        for c in s["candidates"].as_array().unwrap_or(&empty) {
-            let mut line = format!(
-                "    {:<12} {:<9}",
-                c["node"].as_str().unwrap_or("?"),
-                c["health"].as_str().unwrap_or("?")
-            );
-            if let Some(ms) = c["latency_ms"].as_f64() {
+        for c in &s.candidates {
+            let mut line = format!("    {:<12} {:<9}", c.node, c.health.health.as_str());
+            if let Some(ms) = c.latency_ms {
                 line.push_str(&format!(" {ms:>6.1} ms"));
             }
-            if let Some(r) = c["reason"].as_str().filter(|r| !r.is_empty()) {
-                line.push_str(&format!("  {r}"));
+            if !c.health.reason.is_empty() {
+                line.push_str(&format!("  {}", c.health.reason));
             }
             let _ = writeln!(out, "{}", line.trim_end());
         }
@@ -145,61 +134,48 @@ pub fn services_text(status: &serde_json::Value) -> String {
 }
 
 /// The store part of `status`: where it is, what is pending, when it last synced.
-pub fn store_text(status: &serde_json::Value) -> String {
-    let st = &status["store"];
-    let sync = &st["sync"];
-    let mut out = format!("store      {}", st["path"].as_str().unwrap_or("?"));
-    if let Some(e) = st["error"].as_str() {
+pub fn store_text(status: &Status) -> String {
+    let st = &status.store;
+    let sync = &st.sync;
+    let mut out = format!("store      {}", st.path);
+    if let Some(e) = &st.error {
         let _ = writeln!(out, "\n    not open: {e}");
         return out;
     }
-    let pending = sync["pending"].as_u64().unwrap_or(0);
-    match sync["state"].as_str() {
-        Some("off") => {
-            let _ = write!(
-                out,
-                "\n    {pending} rows kept here only (no [store.sync] configured)"
-            );
-        }
-        Some(state) => {
-            let last = sync["last_sync"]
-                .as_str()
-                .map_or("never".to_string(), |t| format!("last sync {t}"));
-            let _ = write!(out, "\n    {state}: {pending} rows pending, {last}");
-            if let Some(e) = sync["last_error"].as_str() {
-                let _ = write!(out, "\n    {e}");
-            }
-            if let Some(h) = sync["held_back"].as_str() {
-                let _ = write!(out, "\n    {h}");
-            }
-            if let Some(n) = sync["notice"].as_str() {
-                let _ = write!(out, "\n    {n}");
-            }
-            let rejected = sync["rejected"].as_u64().unwrap_or(0);
-            if rejected > 0 {
-                let _ = write!(
-                    out,
-                    "\n    {rejected} rows refused by the primary, kept here and set aside:"
-                );
-                for r in sync["rejected_rows"].as_array().into_iter().flatten() {
-                    let _ = write!(
-                        out,
-                        "\n      {} {}: {}",
-                        r["kind"].as_str().unwrap_or("?"),
-                        r["id"].as_str().unwrap_or("?"),
-                        r["reason"].as_str().unwrap_or("?")
-                    );
-                }
-            }
-        }
-        None => {}
-    }
-    if let Some(r) = st["replica"].as_object() {
+    let pending = sync.pending;
+    if sync.state == SyncState::Off {
         let _ = write!(
             out,
-            "\n    replica: {}",
-            r.get("summary").and_then(|v| v.as_str()).unwrap_or("?")
+            "\n    {pending} rows kept here only (no [store.sync] configured)"
         );
+    } else {
+        let last = sync.last_sync.map_or("never".to_string(), |t| {
+            format!("last sync {}", crate::util::rfc3339(t))
+        });
+        let _ = write!(
+            out,
+            "\n    {}: {pending} rows pending, {last}",
+            sync.state.as_str()
+        );
+        for line in [&sync.last_error, &sync.held_back, &sync.notice]
+            .into_iter()
+            .flatten()
+        {
+            let _ = write!(out, "\n    {line}");
+        }
+        if sync.rejected > 0 {
+            let _ = write!(
+                out,
+                "\n    {} rows refused by the primary, kept here and set aside:",
+                sync.rejected
+            );
+            for r in &sync.rejected_rows {
+                let _ = write!(out, "\n      {} {}: {}", r.kind, r.id, r.reason);
+            }
+        }
+    }
+    if let Some(r) = &st.replica {
+        let _ = write!(out, "\n    replica: {}", r.summary());
     }
     out.push('\n');
     out
@@ -216,7 +192,10 @@ pub fn tunnel_table(node: &str, tunnels: &[TunnelStatus], now: SystemTime) -> St
         out,
         "{node}: {} tunnel(s), {} up",
         tunnels.len(),
-        tunnels.iter().filter(|t| t.state == "up").count()
+        tunnels
+            .iter()
+            .filter(|t| t.state == TunnelPhase::Up)
+            .count()
     );
     let rows: Vec<[String; 7]> = tunnels
         .iter()
@@ -224,13 +203,12 @@ pub fn tunnel_table(node: &str, tunnels: &[TunnelStatus], now: SystemTime) -> St
             [
                 t.name.clone(),
                 t.peer.clone(),
-                if t.kind == "local" {
-                    "-L".into()
-                } else {
-                    "-R".into()
+                match t.kind {
+                    ForwardKind::Local => "-L".into(),
+                    ForwardKind::Remote => "-R".into(),
                 },
                 format!("{} -> {}", t.local, t.remote),
-                t.state.to_uppercase(),
+                t.state.as_str().to_uppercase(),
                 ago(&t.since, now),
                 format!("{} / {}", bytes(t.bytes_received), bytes(t.bytes_sent)),
             ]
@@ -323,10 +301,10 @@ mod tests {
         let t = TunnelStatus {
             name: "aurora-L21434".into(),
             peer: "aurora".into(),
-            kind: "local".into(),
+            kind: ForwardKind::Local,
             local: "127.0.0.1:21434".into(),
             remote: "127.0.0.1:11434".into(),
-            state: "waiting".into(),
+            state: TunnelPhase::Waiting,
             reason: Some("host key changed".into()),
             retry_at: None,
             since: crate::util::rfc3339(now - std::time::Duration::from_secs(125)),

@@ -7,12 +7,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::service::Service;
+use crate::runtime::Service;
 
-const INDEX: &str = include_str!("../../ui/index.html");
-const APP_JS: &str = include_str!("../../ui/app.js");
-const STYLE: &str = include_str!("../../ui/style.css");
-const ICON: &str = include_str!("../../ui/icon.svg");
+const INDEX: &str = include_str!("../../../ui/index.html");
+const APP_JS: &str = include_str!("../../../ui/app.js");
+const STYLE: &str = include_str!("../../../ui/style.css");
+const ICON: &str = include_str!("../../../ui/icon.svg");
 
 /// Only our own files run on the page; it talks only to this API.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";

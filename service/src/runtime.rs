@@ -1,11 +1,12 @@
-//! The running service: one supervisor per peer, the clock watcher and the API, all
-//! under one cancellation token and task tracker. [`run`] takes the API listener
-//! already bound and a shutdown token, so tests bind port 0 and stop it cleanly.
+//! The composition root: [`Service::start`] builds every part of a node from its
+//! `Config` (one supervisor per peer, the node map, the services' probers, route
+//! watchers and endpoints, the store, sync and the replica watch) under one
+//! cancellation token and task tracker. The only module that imports every
+//! layer; `crate::app` puts the API on top.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -83,8 +84,17 @@ impl Service {
             tracker,
             cancel,
         );
-        let services =
-            crate::services::spawn(&config, &tunnel, &nodes, &events, tracker, &startup, cancel);
+        let services = crate::services::spawn(&config, &tunnel, &nodes, &events, tracker, cancel);
+        // Their endpoints, sharing one budget of connections and body memory.
+        let limits = crate::proxy::Limits::new(&config.limits);
+        for s in &services {
+            tracker.spawn(crate::proxy::serve(
+                s.clone(),
+                limits.clone(),
+                startup.pending(),
+                cancel.clone(),
+            ));
+        }
         let store = Store::open(&config.store.path, &config.node).map_err(|e| {
             tracing::error!("{e}; conversations are unavailable until it is fixed (set [store] path in the config)");
             e.to_string()
@@ -133,70 +143,4 @@ impl Service {
     pub fn is_local_only(&self) -> bool {
         self.config.peers.is_empty()
     }
-}
-
-/// Runs the service until `shutdown` is cancelled, then stops every task within
-/// [`SHUTDOWN_GRACE`]. The API listener is closed when this returns.
-pub async fn run(
-    config: Config,
-    api: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    start(config, api, shutdown).1.await
-}
-
-/// Starts the service and returns at once: its handle, and a future that completes
-/// (listeners closed, tasks stopped) after `shutdown` is cancelled.
-pub fn start(
-    config: Config,
-    api: TcpListener,
-    shutdown: CancellationToken,
-) -> (
-    Service,
-    impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
-) {
-    let clock = ClockWatch::spawn(shutdown.child_token());
-    start_with_clock(config, api, shutdown, clock)
-}
-
-/// [`start`] with a given wall-clock watch (tests fire it to simulate a wake).
-pub fn start_with_clock(
-    config: Config,
-    api: TcpListener,
-    shutdown: CancellationToken,
-    clock: ClockWatch,
-) -> (
-    Service,
-    impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
-) {
-    let tracker = TaskTracker::new();
-    let service = Service::start(config, &clock, &tracker, &shutdown);
-    let api_task = tokio::spawn(crate::api::serve(api, service.clone(), shutdown.clone()));
-    let store = service.store.clone();
-    let done = async move {
-        let api_result = match api_task.await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(format!("API task failed: {e}"))),
-        };
-        shutdown.cancel();
-        tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
-        }
-        // Closed even if a task is still stuck: a stopped service leaves a store file
-        // that can be copied as it is (a backup, a restore).
-        if let Ok(store) = store {
-            if let Err(e) = tokio::task::spawn_blocking(move || store.close())
-                .await
-                .unwrap_or_else(|e| Err(crate::store::StoreError::Worker(e.to_string())))
-            {
-                tracing::warn!("closing the store: {e}");
-            }
-        }
-        api_result
-    };
-    (service, done)
 }

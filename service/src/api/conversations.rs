@@ -1,4 +1,4 @@
-//! The store's part of the loopback API, for the programs on this node. Always
+//! The conversations part of the loopback API, for the programs on this node. Always
 //! answered from the local SQLite file, so it works in airplane mode:
 //!
 //! - `GET  /v1/conversations?archived=true&before=ID&limit=N` (newest first)
@@ -10,22 +10,21 @@
 //! - `POST /v1/sync/verify` `{"repair"?: bool}`: compares this device with the
 //!   primary (and repairs); answers the report.
 
+use super::error;
+use super::wire::{ConversationPatch, NewConversation, NewMessage, Page, VerifyRequest};
+use crate::runtime::Service;
+use crate::store::{Store, StoreError, MAX_CONTENT};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-
-use super::{Store, StoreError};
-use crate::api::error;
-use crate::service::Service;
 
 /// The largest request body the store's calls take: a message's content at
-/// its largest ([`super::MAX_CONTENT`]) with room for JSON's escapes of
+/// its largest ([`MAX_CONTENT`]) with room for JSON's escapes of
 /// newlines and quotes, and its other fields.
-pub const MAX_BODY: usize = 2 * super::MAX_CONTENT + (1 << 20);
+pub const MAX_BODY: usize = 2 * MAX_CONTENT + (1 << 20);
 
 pub fn routes() -> Router<Service> {
     Router::new()
@@ -38,43 +37,6 @@ pub fn routes() -> Router<Service> {
         .route("/v1/sync", post(sync_now))
         .route("/v1/sync/verify", post(verify))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-}
-
-#[derive(Deserialize)]
-pub struct Page {
-    #[serde(default)]
-    archived: bool,
-    before: Option<String>,
-    after: Option<String>,
-    limit: Option<usize>,
-}
-
-impl Page {
-    fn limit(&self) -> usize {
-        self.limit.unwrap_or(100).clamp(1, 1000)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewConversation {
-    #[serde(default)]
-    title: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConversationPatch {
-    title: Option<String>,
-    archived: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewMessage {
-    role: String,
-    content: String,
-    model: Option<String>,
 }
 
 /// A refusal: its status and what to say.
@@ -113,7 +75,7 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Fail> {
                 format!(
                     "the request body is over {} MiB; a message's content may be up to {} MiB",
                     MAX_BODY >> 20,
-                    super::MAX_CONTENT >> 20
+                    MAX_CONTENT >> 20
                 ),
             );
         }
@@ -193,13 +155,6 @@ async fn append(
         st.append_message(&id, &b.role, b.content, b.model).await,
         true,
     ))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyRequest {
-    #[serde(default)]
-    repair: bool,
 }
 
 async fn verify(State(s): State<Service>, b: Option<Json<VerifyRequest>>) -> Response {
