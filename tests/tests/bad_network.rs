@@ -205,8 +205,8 @@ async fn a_slow_link_carries_a_large_download_in_one_session_and_other_connectio
     let mesh = Mesh::start(&cfg).await;
     mesh.wait_up("bulk").await;
     let (n, secs, ok, tried, slowest) = download_with_echoes(bulk, echo).await;
-    let tunnels = mesh.api_get("/v1/tunnels").await;
-    let reconnects = tunnels["tunnels"][0]["reconnects"].as_u64().unwrap_or(99);
+    let tunnels = mesh.client().tunnels().await.expect("tunnels");
+    let reconnects = tunnels.tunnels[0].reconnects;
     eprintln!(
         "robbie-mesh, 200 kB/s link, keepalive 1 s × 3: {n} of {total} bytes in {secs:.1} s ({:.0} kB/s), \
          {reconnects} reconnects; second connection: {ok}/{tried} echoes, slowest {slowest:?}",
@@ -345,8 +345,8 @@ async fn a_200_ms_link_keeps_its_route_under_steady_load() {
             _ => {}
         }
     }
-    let st = mesh.api_get("/v1/status").await;
-    let latency = st["services"][0]["candidates"][0]["latency_ms"].clone();
+    let st = mesh.status().await;
+    let latency = st.services[0].candidates[0].latency_ms.unwrap_or(f64::NAN);
     eprintln!(
         "200 ms link, {secs} s of steady load: {served} requests served by aurora, {} elsewhere or failed, slowest {slowest:?}; \
          probe latency now {latency} ms; route and health changes: {changes:?}",

@@ -255,8 +255,9 @@ fn sigint_closes_every_listener_and_status_shows_tunnels() {
     );
     let out =
         run(cmd(home.path()).args(["status", "--json", "--api", &format!("127.0.0.1:{api}")]));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
-    assert_eq!(json["tunnels"][0]["name"], "echo");
+    let json: robbie_mesh::api::wire::Status =
+        serde_json::from_slice(&out.stdout).expect("--json prints the status");
+    assert_eq!(json.tunnels[0].name, "echo");
 
     let (took, _) = stop(svc, Signal::SIGINT);
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
@@ -368,19 +369,15 @@ fn status_shows_services_first_and_node_reports_its_gpu() {
         "the taken port is explained:\n{text}"
     );
 
-    let node: serde_json::Value = rt
-        .block_on(async {
-            mesh_tests::get(format!("http://127.0.0.1:{api}/v1/node"))
-                .await?
-                .json()
-                .await
-        })
-        .expect("GET /v1/node");
-    assert_eq!(node["node"], "book");
-    assert_eq!(node["gpus"][0]["name"], "NVIDIA GeForce RTX 4090");
-    assert_eq!(node["gpus"][0]["vram_bytes"], 24564u64 * 1024 * 1024);
-    assert_eq!(node["gpu_source"], "nvidia-smi");
-    assert!(node["cpu"]["cores"].as_u64().unwrap_or(0) >= 1);
+    let node = rt
+        .block_on(mesh_tests::client(format!("127.0.0.1:{api}")).node())
+        .expect("GET /v1/node")
+        .expect("this node's inventory");
+    assert_eq!(node.node, "book");
+    assert_eq!(node.gpus[0].name, "NVIDIA GeForce RTX 4090");
+    assert_eq!(node.gpus[0].vram_bytes, 24564u64 * 1024 * 1024);
+    assert_eq!(node.gpu_source, "nvidia-smi");
+    assert!(node.cpu.cores >= 1);
 
     // pin / unpin from the command line.
     let out = run(cmd(home.path())

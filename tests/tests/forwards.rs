@@ -29,16 +29,17 @@ async fn local_forward_carries_http() {
     assert_eq!(body, "hello from aurora: /api/tags");
 
     // The API reports the tunnel, its addresses and the bytes it moved.
-    let list = mesh.api_get("/v1/tunnels").await;
-    let t = &list["tunnels"][0];
-    assert_eq!(t["name"], "web");
-    assert_eq!(t["peer"], "aurora");
-    assert_eq!(t["kind"], "local");
-    assert_eq!(t["state"], "up");
-    assert_eq!(t["local"], format!("127.0.0.1:{local}"));
-    assert!(t["bytes_sent"].as_u64().unwrap_or(0) > 0, "{t}");
-    assert!(t["bytes_received"].as_u64().unwrap_or(0) > 0, "{t}");
-    assert_eq!(mesh.api_get("/health").await["status"], "ok");
+    let client = mesh.client();
+    let list = client.tunnels().await.expect("tunnels");
+    let t = &list.tunnels[0];
+    assert_eq!(t.name, "web");
+    assert_eq!(t.peer, "aurora");
+    assert_eq!(t.kind, robbie_mesh::api::wire::ForwardKind::Local);
+    assert_eq!(t.state, robbie_mesh::api::wire::TunnelPhase::Up);
+    assert_eq!(t.local, format!("127.0.0.1:{local}"));
+    assert!(t.bytes_sent > 0, "{t:?}");
+    assert!(t.bytes_received > 0, "{t:?}");
+    assert_eq!(client.health().await.expect("health").status, "ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

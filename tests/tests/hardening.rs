@@ -315,30 +315,23 @@ async fn request_bodies_share_a_memory_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_takes_a_large_message_and_names_its_limit() {
     let mesh = Mesh::start("node = \"here\"\n").await;
-    let client = mesh_tests::http();
-    let base = format!("http://{}", mesh.api);
-    let c: serde_json::Value = client
-        .post(format!("{base}/v1/conversations"))
-        .json(&serde_json::json!({"title": "big"}))
-        .send()
+    let client = mesh.client();
+    let id = client.create_conversation("big").await.expect("create").id;
+    let message = |content: String| robbie_mesh::api::wire::NewMessage {
+        role: "user".into(),
+        content,
+        model: None,
+    };
+    let m = client
+        .append_message(&id, &message("x".repeat(3 << 20)))
         .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
-    let id = c["id"].as_str().expect("id");
-    let big = "x".repeat(3 << 20);
+        .expect("a 3 MB message");
+    assert_eq!(m.content.len(), 3 << 20);
+    // Over the limit: sent by hand, to see the answer's headers.
+    let path = format!("/v1/conversations/{id}/messages");
     let r = client
-        .post(format!("{base}/v1/conversations/{id}/messages"))
-        .json(&serde_json::json!({"role": "user", "content": big}))
-        .send()
-        .await
-        .expect("append");
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
-    let huge = "x".repeat(20 << 20);
-    let r = client
-        .post(format!("{base}/v1/conversations/{id}/messages"))
-        .json(&serde_json::json!({"role": "user", "content": huge}))
+        .request(reqwest::Method::POST, &path)
+        .json(&message("x".repeat(20 << 20)))
         .send()
         .await
         .expect("append");
@@ -351,14 +344,13 @@ async fn the_store_takes_a_large_message_and_names_its_limit() {
     );
     let text = r.text().await.unwrap_or_default();
     assert!(text.contains("8 MiB"), "{text}");
-    let model = "m".repeat(5000);
-    let r = client
-        .post(format!("{base}/v1/conversations/{id}/messages"))
-        .json(&serde_json::json!({"role": "user", "content": "hi", "model": model}))
-        .send()
+    let mut long_model = message("hi".into());
+    long_model.model = Some("m".repeat(5000));
+    let e = client
+        .append_message(&id, &long_model)
         .await
-        .expect("append");
-    assert_eq!(r.status(), 400);
+        .expect_err("a 5000-byte model name");
+    assert_eq!(e.status(), Some(400), "{e}");
     mesh.stop().await;
 }
 
@@ -526,13 +518,8 @@ async fn a_leaking_client_does_not_take_the_mesh_down() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status: serde_json::Value = mesh_tests::get(format!("http://{api_addr}/v1/status"))
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
-    let health = &status["services"][0]["candidates"][0]["health"];
+    let status = mesh_tests::client(api_addr).status().await.expect("status");
+    let health = status.services[0].candidates[0].health.health;
     // Every idle connection was closed by now (2 s idle; refused ones at once).
     let mut still_open = 0;
     for mut s in idle {
@@ -549,7 +536,7 @@ async fn a_leaking_client_does_not_take_the_mesh_down() {
     let log = std::fs::read_to_string(dir.path().join("service.log")).unwrap_or_default();
     let accept_warnings = log.matches("cannot accept").count();
     eprintln!(
-        "flood: /health worst {worst_health:?}; tunnel {tunnel_ok} ok / {tunnel_failed} failed; probe {health}; \
+        "flood: /health worst {worst_health:?}; tunnel {tunnel_ok} ok / {tunnel_failed} failed; probe {health:?}; \
          idle still open {still_open} of 1100; slowloris reconnected {reopened} times; accept warnings {accept_warnings}"
     );
     assert!(
@@ -557,7 +544,7 @@ async fn a_leaking_client_does_not_take_the_mesh_down() {
         "/health took {worst_health:?}"
     );
     assert_eq!(tunnel_failed, 0, "requests through the tunnel failed");
-    assert_eq!(health, "online", "{status}");
+    assert_eq!(health, robbie_mesh::api::wire::Health::Online, "{status:?}");
     assert_eq!(still_open, 0, "idle connections outlived the idle limit");
     assert!(
         accept_warnings <= 2,
@@ -661,12 +648,16 @@ async fn a_hostile_page_in_chromium_gets_nothing() {
     // robbie-mesh that refused them.
     assert_eq!(seen["cross_port"]["reconnect"]["type"], "opaque", "{seen}");
     // Nothing happened on the API's side.
-    let tunnels = mesh.api_get("/v1/tunnels").await;
-    assert_eq!(tunnels["tunnels"][0]["reconnects"], 0, "{tunnels}");
-    let conversations = mesh.api_get("/v1/conversations").await;
+    let client = mesh.client();
+    let tunnels = client.tunnels().await.expect("tunnels");
+    assert_eq!(tunnels.tunnels[0].reconnects, 0, "{tunnels:?}");
+    let conversations = client
+        .conversations(&robbie_mesh::api::wire::Page::default())
+        .await
+        .expect("conversations");
     assert!(
-        !conversations.to_string().contains("pwned"),
-        "{conversations}"
+        !conversations.iter().any(|c| c.title == "pwned"),
+        "{conversations:?}"
     );
     mesh.stop().await;
 }
@@ -812,7 +803,7 @@ async fn a_peer_supervisor_that_panics_is_restarted_and_says_so() {
         .stderr(log)
         .spawn()
         .expect("start");
-    let url = format!("http://127.0.0.1:{api}/v1/tunnels");
+    let url = format!("127.0.0.1:{api}");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let restarted = "the supervisor of peer aurora failed (failpoint supervisor-session@1); starting it again (restart 1)";
     mesh_tests::eventually(
@@ -821,20 +812,16 @@ async fn a_peer_supervisor_that_panics_is_restarted_and_says_so() {
         || {
             let (url, seen, log_path) = (url.clone(), seen.clone(), log_path.clone());
             async move {
-                let Ok(r) = mesh_tests::get(&url).await else {
+                let Ok(v) = mesh_tests::client(&url).tunnels().await else {
                     return false;
                 };
-                let Ok(v) = r.json::<serde_json::Value>().await else {
+                let Some(t) = v.tunnels.first() else {
                     return false;
                 };
-                let t = &v["tunnels"][0];
-                if let Some(reason) = t["reason"]
-                    .as_str()
-                    .filter(|r| r.contains("internal error"))
-                {
-                    *seen.lock().expect("lock") = Some(reason.to_string());
+                if let Some(reason) = t.reason.as_ref().filter(|r| r.contains("internal error")) {
+                    *seen.lock().expect("lock") = Some(reason.clone());
                 }
-                t["state"] == "up"
+                t.state == robbie_mesh::api::wire::TunnelPhase::Up
                     && std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains(restarted))
             }
         },

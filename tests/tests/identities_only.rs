@@ -136,17 +136,16 @@ async fn identities_only_offers_just_the_configured_key_like_openssh() {
                 .spawn()
                 .expect("robbie-mesh"),
         );
-        let client = mesh_tests::http();
         eventually(Duration::from_secs(20), "the tunnel up", || async {
-            let Ok(r) = client
-                .get(format!("http://127.0.0.1:{api}/v1/tunnels"))
-                .send()
+            let Ok(v) = mesh_tests::client(format!("127.0.0.1:{api}"))
+                .tunnels()
                 .await
             else {
                 return false;
             };
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            v["tunnels"][0]["state"] == "up"
+            v.tunnels
+                .first()
+                .is_some_and(|t| t.state == robbie_mesh::api::wire::TunnelPhase::Up)
         })
         .await;
         let ours = refused_since(&sshd, mark);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use mesh_tests::ollama::OllamaStub;
 use mesh_tests::sshd::Sshd;
 use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
+use robbie_mesh::api::wire::Health;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -64,9 +65,15 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
         Duration::from_secs(15),
         "vengeance's GPU known on book",
         || async {
-            let st = mesh.api_get("/v1/status").await;
-            st["nodes"]["vengeance"]["inventory"]["gpus"][0]["name"] == "NVIDIA GeForce RTX 4090"
-                && st["services"][0]["candidates"][1]["health"] == "online"
+            let st = mesh.status().await;
+            let gpu = st
+                .nodes
+                .get("vengeance")
+                .and_then(|e| e.inventory.as_ref())
+                .and_then(|i| i.gpus.first())
+                .map(|g| g.name.clone());
+            gpu.as_deref() == Some("NVIDIA GeForce RTX 4090")
+                && st.services[0].candidates[1].health.health == Health::Online
         },
     )
     .await;
@@ -93,14 +100,9 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
         "vengeance",
         "20 GiB needed: only vengeance's GPU has it"
     );
-    let st = mesh.api_get("/v1/status").await;
-    assert!(
-        st["nodes"]["book"]["inventory"]["cpu"]["cores"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1,
-        "{st}"
-    );
+    let st = mesh.status().await;
+    let book = st.nodes.get("book").and_then(|e| e.inventory.as_ref());
+    assert!(book.is_some_and(|i| i.cpu.cores >= 1), "{book:?}");
     let _ = vengeance.kill();
     let _ = vengeance.wait();
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use mesh_tests::postgres::{psql, Postgres};
 use mesh_tests::sshd::Sshd;
 use mesh_tests::{eventually, free_port, peer_toml, trust, wait_for, Mesh};
+use robbie_mesh::api::wire::{PgRole, SyncState};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn psql_reaches_the_primary_then_the_replica() {
@@ -35,11 +36,11 @@ async fn psql_reaches_the_primary_then_the_replica() {
     );
     let mesh = Mesh::start(&cfg).await;
     eventually(Duration::from_secs(15), "route to the primary", || async {
-        let st = mesh.api_get("/v1/status").await;
-        let s = &st["services"][0];
-        s["route"] == "aurora"
-            && s["candidates"][0]["postgres_role"] == "replica"
-            && s["candidates"][1]["postgres_role"] == "primary"
+        let st = mesh.status().await;
+        let s = &st.services[0];
+        s.route.as_deref() == Some("aurora")
+            && s.candidates[0].postgres_role == Some(PgRole::Replica)
+            && s.candidates[1].postgres_role == Some(PgRole::Primary)
     })
     .await;
 
@@ -74,19 +75,19 @@ async fn psql_reaches_the_primary_then_the_replica() {
     assert_eq!(out, "t|1", "the replica, with the row");
     let (ok, _, err) = q("INSERT INTO notes VALUES ('x')").await.expect("psql");
     assert!(!ok && err.contains("read-only"), "{err}");
-    let st = mesh.api_get("/v1/status").await;
+    let st = mesh.status().await;
+    let plan = &st.services[0].plan;
     assert!(
-        st["services"][0]["plan"]["order"][0]["why"]
-            .as_str()
-            .unwrap_or("")
-            .contains("replica (read-only)"),
-        "{st}"
+        plan.order
+            .first()
+            .is_some_and(|c| c.why.contains("replica (read-only)")),
+        "{plan:?}"
     );
 
     // Nothing left: psql is told why, by a FATAL error.
     drop(replica);
     eventually(Duration::from_secs(15), "no route", || async {
-        mesh.api_get("/v1/status").await["services"][0]["route"].is_null()
+        mesh.route().await.is_none()
     })
     .await;
     let (ok, _, err) = q("SELECT 1").await.expect("psql");
@@ -136,22 +137,17 @@ async fn connections_leave_the_replica_when_the_primary_is_back() {
     mesh.wait_route("vengeance", Duration::from_secs(15)).await;
 
     // A conversation written meanwhile waits for the primary (sync reads the replica).
-    let api = mesh_tests::http();
-    let conv: serde_json::Value = api
-        .post(format!("http://{}/v1/conversations", mesh.api))
-        .json(&serde_json::json!({"title": "while the primary was away"}))
-        .send()
+    let conv = mesh
+        .client()
+        .create_conversation("while the primary was away")
         .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
+        .expect("create");
     eventually(
         Duration::from_secs(10),
         "sync waiting with the row pending",
         || async {
-            let s = mesh.api_get("/v1/status").await["store"]["sync"].clone();
-            s["state"] == "waiting" && s["pending"] == 1
+            let s = mesh.status().await.store.sync;
+            s.state == SyncState::Waiting && s.pending == 1
         },
     )
     .await;
@@ -211,7 +207,7 @@ async fn connections_leave_the_replica_when_the_primary_is_back() {
         .await
         .expect("writable again");
     // And sync went back to the primary by itself and pushed the pending row.
-    let id = conv["id"].as_str().expect("id").to_string();
+    let id = conv.id;
     let port = primary.port;
     eventually(
         Duration::from_secs(15),

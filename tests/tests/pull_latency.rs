@@ -131,11 +131,8 @@ async fn a_paced_request_reuses_the_warm_connection() {
     );
     let mesh = Mesh::start(&cfg).await;
     mesh.wait_route("aurora", Duration::from_secs(15)).await;
-    let total = || async {
-        mesh.api_get("/v1/tunnels").await["tunnels"][0]["connections_total"]
-            .as_u64()
-            .unwrap_or(0)
-    };
+    let total =
+        || async { mesh.client().tunnels().await.expect("tunnels").tunnels[0].connections_total };
     for i in 0..4 {
         let before = total().await;
         let fresh = mesh_tests::http_builder()

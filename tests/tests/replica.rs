@@ -9,6 +9,7 @@ use std::time::Duration;
 use mesh_tests::postgres::{as_postgres, psql, Postgres};
 use mesh_tests::sshd::Sshd;
 use mesh_tests::{eventually, free_port, peer_toml, trust, wait_for, Mesh, DEADLINE};
+use robbie_mesh::api::wire::ReplicaState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_bootstrapped_through_the_tunnel_streams_survives_a_cut_and_catches_up() {
@@ -124,13 +125,13 @@ async fn a_replica_bootstrapped_through_the_tunnel_streams_survives_a_cut_and_ca
     let st = |m: &Mesh| {
         let m = m.api.to_string();
         async move {
-            mesh_tests::get(format!("http://{m}/v1/status"))
+            mesh_tests::client(m)
+                .status()
                 .await
                 .expect("status")
-                .json::<serde_json::Value>()
-                .await
-                .expect("json")["store"]["replica"]
-                .clone()
+                .store
+                .replica
+                .unwrap_or_default()
         }
     };
     eventually(
@@ -138,7 +139,7 @@ async fn a_replica_bootstrapped_through_the_tunnel_streams_survives_a_cut_and_ca
         "replica streaming with no lag",
         || async {
             let r = st(&mesh).await;
-            r["state"] == "streaming" && r["lag_bytes"] == 0
+            r.state == ReplicaState::Streaming && r.lag_bytes == Some(0)
         },
     )
     .await;
@@ -146,7 +147,7 @@ async fn a_replica_bootstrapped_through_the_tunnel_streams_survives_a_cut_and_ca
     // The tunnel is cut: reads go on, status says disconnected, writes pile up on the primary.
     sshd.kill();
     eventually(Duration::from_secs(15), "replica disconnected", || async {
-        st(&mesh).await["state"] == "disconnected"
+        st(&mesh).await.state == ReplicaState::Disconnected
     })
     .await;
     for i in 0..20 {
@@ -182,7 +183,7 @@ async fn a_replica_bootstrapped_through_the_tunnel_streams_survives_a_cut_and_ca
         caught_up.elapsed()
     );
     eventually(Duration::from_secs(10), "streaming again", || async {
-        st(&mesh).await["state"] == "streaming"
+        st(&mesh).await.state == ReplicaState::Streaming
     })
     .await;
 

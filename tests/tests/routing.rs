@@ -125,8 +125,8 @@ async fn fails_over_and_back_after_the_hold_down() {
     // Aurora is back: traffic stays on book for the 3 s hold-down, then returns.
     s.sshd.restart();
     eventually(Duration::from_secs(15), "aurora online", || async {
-        let st = s.mesh.api_get("/v1/status").await;
-        st["services"][0]["candidates"][0]["health"] == "online"
+        let st = s.mesh.status().await;
+        st.services[0].candidates[0].health.health == robbie_mesh::api::wire::Health::Online
     })
     .await;
     let online_at = Instant::now();
@@ -146,37 +146,27 @@ async fn model_pin_and_mid_stream_failure() {
     let s = setup().await;
     // Only book has qwen3: it serves it while aurora is up.
     eventually(Duration::from_secs(10), "models known", || async {
-        let st = s.mesh.api_get("/v1/status").await;
-        st["services"][0]["candidates"][1]["ollama"]["models"]
-            .as_array()
-            .is_some_and(|m| m.len() == 2)
+        let st = s.mesh.status().await;
+        st.services[0].candidates[1]
+            .ollama
+            .as_ref()
+            .is_some_and(|o| o.models.len() == 2)
     })
     .await;
     assert_eq!(s.generate("qwen3:8b").await.0, "book");
     assert_eq!(s.generate("llama3.2:3b").await.0, "aurora");
 
     // Pinned to book, through the API; unpinned, back to aurora.
-    let client = mesh_tests::http();
-    let pin = format!("http://{}/v1/services/ollama/pin", s.mesh.api);
-    let r: Value = client
-        .post(&pin)
-        .json(&json!({"node": "book"}))
-        .send()
-        .await
-        .expect("pin")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(r["route"], "book");
+    let client = s.mesh.client();
+    let r = client.pin("ollama", Some("book")).await.expect("pin");
+    assert_eq!(r.route.as_deref(), Some("book"));
     assert_eq!(s.generate("llama3.2:3b").await.0, "book");
     let bad = client
-        .post(&pin)
-        .json(&json!({"node": "nowhere"}))
-        .send()
+        .pin("ollama", Some("nowhere"))
         .await
-        .expect("pin");
-    assert_eq!(bad.status(), 400);
-    client.delete(&pin).send().await.expect("unpin");
+        .expect_err("no such node");
+    assert_eq!(bad.status(), Some(400), "{bad}");
+    client.pin("ollama", None).await.expect("unpin");
     assert_eq!(s.generate("llama3.2:3b").await.0, "aurora");
 
     // Aurora dies mid-answer: the client gets Ollama's error line, not done:true.

@@ -95,13 +95,13 @@ async fn taken_local_port_is_a_visible_state_and_is_retried() {
         })
         .await;
     assert!(matches!(state, TunnelState::Down { .. }), "{state:?}");
-    let api = mesh.api_get("/v1/tunnels").await;
+    let api = mesh.client().tunnels().await.expect("tunnels");
     assert!(
-        api["tunnels"][0]["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("already in use"),
-        "{api}"
+        api.tunnels[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("already in use")),
+        "{api:?}"
     );
 
     drop(squatter);
@@ -156,17 +156,13 @@ async fn reconnect_through_the_api() {
         async move { t.status().reconnects >= 1 && t.snapshot().state.is_up() }
     })
     .await;
-    let r = client
-        .post(format!("http://{}/v1/tunnels/nope/reconnect", mesh.api))
-        .send()
+    let e = mesh
+        .client()
+        .reconnect("nope")
         .await
-        .expect("post");
-    assert_eq!(r.status(), 404);
-    let body: serde_json::Value = r.json().await.expect("json");
-    assert!(
-        body["error"].as_str().unwrap_or("").contains("nope"),
-        "{body}"
-    );
+        .expect_err("no such tunnel");
+    assert_eq!(e.status(), Some(404));
+    assert!(e.to_string().contains("nope"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +194,8 @@ async fn api_refuses_foreign_hosts_and_cross_site_posts() {
         .await
         .expect("post");
     assert_eq!(r.status(), 404);
-    assert_eq!(mesh.api_get("/health").await["mode"], "local-only");
+    let health = mesh.client().health().await.expect("health");
+    assert_eq!(health.mode, robbie_mesh::api::wire::Mode::LocalOnly);
 }
 
 /// Slow keepalives (3 s × 5: a frozen server would go unnoticed for 18 s), so the

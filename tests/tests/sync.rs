@@ -8,7 +8,10 @@ use std::time::Duration;
 use mesh_tests::postgres::{psql, Postgres};
 use mesh_tests::sshd::Sshd;
 use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
-use serde_json::{json, Value};
+use robbie_mesh::api::wire::{
+    Conversation, ConversationPatch, Message, NewMessage, Page, SyncState, SyncStatus,
+};
+use robbie_mesh::client::Client;
 
 /// A node whose store syncs through a `postgres` endpoint: through `sshd`'s tunnel
 /// to the primary when given, else straight to it (the hub itself).
@@ -41,79 +44,71 @@ fn node_config(node: &str, primary: &Postgres, via: Option<&Sshd>) -> String {
     )
 }
 
-struct Api<'a>(&'a Mesh, reqwest::Client);
+/// One node's API, through the typed client.
+struct Api(Client);
 
-impl Api<'_> {
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let r = self
-            .1
-            .post(format!("http://{}{path}", self.0.api))
-            .json(&body)
-            .send()
-            .await
-            .expect("post");
-        assert!(r.status().is_success(), "POST {path}: {}", r.status());
-        r.json().await.expect("json")
-    }
-
-    async fn patch(&self, path: &str, body: Value) -> Value {
-        let r = self
-            .1
-            .patch(format!("http://{}{path}", self.0.api))
-            .json(&body)
-            .send()
-            .await
-            .expect("patch");
-        assert!(r.status().is_success(), "PATCH {path}: {}", r.status());
-        r.json().await.expect("json")
+impl Api {
+    fn of(mesh: &Mesh) -> Api {
+        Api(mesh.client())
     }
 
     async fn conversation(&self, title: &str) -> String {
-        self.post("/v1/conversations", json!({ "title": title }))
-            .await["id"]
-            .as_str()
-            .expect("id")
-            .to_string()
+        self.0.create_conversation(title).await.expect("create").id
+    }
+
+    async fn get(&self, conv: &str) -> Conversation {
+        self.0.conversation(conv).await.expect("conversation")
+    }
+
+    async fn rename(&self, conv: &str, title: &str, archived: Option<bool>) {
+        let patch = ConversationPatch {
+            title: Some(title.to_string()),
+            archived,
+        };
+        self.0
+            .update_conversation(conv, &patch)
+            .await
+            .expect("patch");
     }
 
     async fn say(&self, conv: &str, content: &str) -> String {
-        let m = self
-            .post(
-                &format!("/v1/conversations/{conv}/messages"),
-                json!({"role": "user", "content": content}),
-            )
-            .await;
-        m["id"].as_str().expect("id").to_string()
+        let m = NewMessage {
+            role: "user".into(),
+            content: content.into(),
+            model: None,
+        };
+        self.0.append_message(conv, &m).await.expect("append").id
     }
 
-    async fn messages(&self, conv: &str) -> Vec<Value> {
-        let mut all = Vec::new();
-        let mut after = String::new();
+    /// Every message, read in pages of 7.
+    async fn messages(&self, conv: &str) -> Vec<Message> {
+        let mut all: Vec<Message> = Vec::new();
         loop {
-            let q = if after.is_empty() {
-                "?limit=7".to_string()
-            } else {
-                format!("?limit=7&after={after}")
+            let page = Page {
+                after: all.last().map(|m| m.id.clone()),
+                limit: Some(7),
+                ..Page::default()
             };
-            let page = self
-                .0
-                .api_get(&format!("/v1/conversations/{conv}/messages{q}"))
-                .await;
-            let page = page.as_array().expect("a page").clone();
-            let Some(last) = page.last() else { return all };
-            after = last["id"].as_str().expect("id").to_string();
+            let page = self.0.messages(conv, &page).await.expect("a page");
+            if page.is_empty() {
+                return all;
+            }
             all.extend(page);
         }
     }
 
-    async fn sync_state(&self) -> Value {
-        self.0.api_get("/v1/status").await["store"]["sync"].clone()
+    async fn sync_now(&self) {
+        self.0.sync_now().await.expect("sync");
+    }
+
+    async fn sync_state(&self) -> SyncStatus {
+        self.0.status().await.expect("status").store.sync
     }
 
     async fn wait_synced(&self, what: &str) {
         eventually(Duration::from_secs(20), what, || async {
             let s = self.sync_state().await;
-            s["pending"] == 0 && s["state"] == "idle" && !s["last_sync"].is_null()
+            s.pending == 0 && s.state == SyncState::Idle && s.last_sync.is_some()
         })
         .await;
     }
@@ -153,10 +148,7 @@ async fn airplane_writes_reach_postgres_exactly_once_and_aurora_rows_come_down()
     let mut sshd = Sshd::start();
     let book = Mesh::start(&node_config("robbiebook1", &primary, Some(&sshd))).await;
     let aurora = Mesh::start(&node_config("aurora", &primary, None)).await;
-    let (b, a) = (
-        Api(&book, mesh_tests::http()),
-        Api(&aurora, mesh_tests::http()),
-    );
+    let (b, a) = (Api::of(&book), Api::of(&aurora));
 
     let conv = b.conversation("trip notes").await;
     b.say(&conv, "written online").await;
@@ -169,25 +161,21 @@ async fn airplane_writes_reach_postgres_exactly_once_and_aurora_rows_come_down()
     // Airplane mode: the tunnel is gone; writes still answer at once, locally.
     sshd.kill();
     eventually(Duration::from_secs(10), "sync waiting", || async {
-        b.sync_state().await["state"] == "waiting"
+        b.sync_state().await.state == SyncState::Waiting
     })
     .await;
     let mut offline = Vec::new();
     for i in 0..50 {
         offline.push(b.say(&conv, &format!("offline {i}")).await);
     }
-    b.patch(
-        &format!("/v1/conversations/{conv}"),
-        json!({"title": "trip notes (plane)"}),
-    )
-    .await;
+    b.rename(&conv, "trip notes (plane)", None).await;
     assert_eq!(
         b.messages(&conv).await.len(),
         51,
         "paged reads see every local row"
     );
     eventually(Duration::from_secs(5), "pending shown", || async {
-        b.sync_state().await["pending"] == 51
+        b.sync_state().await.pending == 51
     })
     .await;
     assert_eq!(
@@ -232,20 +220,15 @@ async fn airplane_writes_reach_postgres_exactly_once_and_aurora_rows_come_down()
         ),
         "trip notes (plane)"
     );
-    let listed = book.api_get("/v1/conversations").await;
-    let titles: Vec<&str> = listed
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(|c| c["title"].as_str())
-        .collect();
+    let listed = b.0.conversations(&Page::default()).await.expect("list");
+    let titles: Vec<&str> = listed.iter().map(|c| c.title.as_str()).collect();
     assert!(
         titles.contains(&"from the hub"),
         "aurora's conversation came down: {titles:?}"
     );
     let hub_msgs = b.messages(&a_conv).await;
     assert_eq!(hub_msgs.len(), 5, "and its messages");
-    assert!(hub_msgs.iter().all(|m| m["node"] == "aurora"));
+    assert!(hub_msgs.iter().all(|m| m.node == "aurora"));
     // And book's offline rows reached aurora through the primary.
     eventually(
         Duration::from_secs(10),
@@ -254,7 +237,7 @@ async fn airplane_writes_reach_postgres_exactly_once_and_aurora_rows_come_down()
     )
     .await;
     // A second round changes nothing.
-    b.post("/v1/sync", json!({})).await;
+    b.sync_now().await;
     b.wait_synced("idle again").await;
     assert_eq!(
         pg(primary.port, "SELECT count(*) FROM robbie.messages"),
@@ -270,15 +253,12 @@ async fn two_writers_apart_converge() {
     let mut sshd_v = Sshd::start();
     let book = Mesh::start(&node_config("robbiebook1", &primary, Some(&sshd_b))).await;
     let veng = Mesh::start(&node_config("vengeance", &primary, Some(&sshd_v))).await;
-    let (b, v) = (
-        Api(&book, mesh_tests::http()),
-        Api(&veng, mesh_tests::http()),
-    );
+    let (b, v) = (Api::of(&book), Api::of(&veng));
 
     let conv = b.conversation("shared").await;
     b.wait_synced("pushed").await;
     eventually(Duration::from_secs(10), "vengeance has it", || async {
-        v.0.api_get(&format!("/v1/conversations/{conv}")).await["id"] == conv.as_str()
+        v.0.conversation(&conv).await.is_ok_and(|c| c.id == conv)
     })
     .await;
 
@@ -289,17 +269,9 @@ async fn two_writers_apart_converge() {
         b.say(&conv, &format!("book {i}")).await;
         v.say(&conv, &format!("vengeance {i}")).await;
     }
-    b.patch(
-        &format!("/v1/conversations/{conv}"),
-        json!({"title": "renamed on book"}),
-    )
-    .await;
+    b.rename(&conv, "renamed on book", None).await;
     tokio::time::sleep(Duration::from_millis(5)).await; // vengeance's rename is the later one
-    v.patch(
-        &format!("/v1/conversations/{conv}"),
-        json!({"title": "renamed on vengeance", "archived": true}),
-    )
-    .await;
+    v.rename(&conv, "renamed on vengeance", Some(true)).await;
 
     sshd_b.restart();
     sshd_v.restart();
@@ -307,26 +279,22 @@ async fn two_writers_apart_converge() {
     v.wait_synced("vengeance synced").await;
     // One more round each, so each has pulled what the other pushed last.
     for n in [&b, &v] {
-        n.post("/v1/sync", json!({})).await;
+        n.sync_now().await;
     }
     for (api, who) in [(&b, "book"), (&v, "vengeance")] {
         eventually(
             Duration::from_secs(10),
             &format!("{who} converged"),
             || async {
-                let c = api.0.api_get(&format!("/v1/conversations/{conv}")).await;
-                c["title"] == "renamed on vengeance"
-                    && c["archived"] == true
+                let c = api.get(&conv).await;
+                c.title == "renamed on vengeance"
+                    && c.archived
                     && api.messages(&conv).await.len() == 20
             },
         )
         .await;
     }
-    let ids = |m: Vec<Value>| {
-        m.iter()
-            .map(|m| m["id"].as_str().unwrap_or_default().to_string())
-            .collect::<Vec<_>>()
-    };
+    let ids = |m: Vec<Message>| m.into_iter().map(|m| m.id).collect::<Vec<_>>();
     assert_eq!(
         ids(b.messages(&conv).await),
         ids(v.messages(&conv).await),
@@ -383,29 +351,26 @@ async fn a_row_committed_late_with_a_lower_change_id_is_not_skipped() {
     assert!(low < high);
 
     let mesh = Mesh::start(&node_config("robbiebook1", &primary, None)).await;
-    let b = Api(&mesh, mesh_tests::http());
+    let b = Api::of(&mesh);
     // A full round happens while the early transaction is still open.
     b.wait_synced("a sync round").await;
-    let first = b.sync_state().await["last_sync"].clone();
-    b.post("/v1/sync", json!({})).await;
+    let first = b.sync_state().await.last_sync;
+    b.sync_now().await;
     eventually(Duration::from_secs(10), "another round", || async {
-        b.sync_state().await["last_sync"] != first
+        b.sync_state().await.last_sync != first
     })
     .await;
     tx.commit().await.expect("commit the early one");
-    b.post("/v1/sync", json!({})).await;
+    b.sync_now().await;
     eventually(Duration::from_secs(10), "both rows pulled", || async {
-        let r = mesh
-            .api_get(&format!("/v1/conversations/{conv}/messages"))
-            .await;
-        r.as_array().is_some_and(|m| m.len() == 2)
+        b.messages(&conv).await.len() == 2
     })
     .await;
     let contents: Vec<String> = b
         .messages(&conv)
         .await
-        .iter()
-        .filter_map(|m| m["content"].as_str().map(str::to_string))
+        .into_iter()
+        .map(|m| m.content)
         .collect();
     assert!(
         contents.contains(&"early".to_string()) && contents.contains(&"late".to_string()),

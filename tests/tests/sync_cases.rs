@@ -14,8 +14,11 @@ use mesh_tests::postgres::{burn_xids_to, client_args, psql, Postgres};
 use mesh_tests::sshd::Sshd;
 use mesh_tests::{eventually, free_port, peer_toml, trust, wait_for, Mesh, DEADLINE};
 use proptest::prelude::*;
+use robbie_mesh::api::wire::{
+    Conversation, ConversationPatch, NewMessage, Page, SyncState, SyncStatus,
+};
+use robbie_mesh::client::Client;
 use robbie_mesh::store::primary::{self, Rows, Table};
-use serde_json::{json, Value};
 
 fn bin() -> std::path::PathBuf {
     mesh_tests::workspace_bin("robbie-mesh")
@@ -68,84 +71,61 @@ fn migrated() -> Postgres {
     primary
 }
 
-struct Api<'a>(&'a Mesh, reqwest::Client);
+/// One node's API, through the typed client.
+struct Api(Client);
 
-impl Api<'_> {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.0.api)
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .1
-            .request(method, self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let code = r.status().as_u16();
-        (code, r.json().await.unwrap_or(Value::Null))
+impl Api {
+    fn of(mesh: &Mesh) -> Api {
+        Api(mesh.client())
     }
 
     async fn conversation(&self, title: &str) -> String {
-        let (code, c) = self
-            .send(
-                reqwest::Method::POST,
-                "/v1/conversations",
-                json!({ "title": title }),
-            )
-            .await;
-        assert_eq!(code, 201, "{c}");
-        c["id"].as_str().expect("id").to_string()
+        self.0.create_conversation(title).await.expect("create").id
     }
 
     async fn say(&self, conv: &str, content: &str) -> String {
-        let (code, m) = self
-            .send(
-                reqwest::Method::POST,
-                &format!("/v1/conversations/{conv}/messages"),
-                json!({"role": "user", "content": content}),
-            )
-            .await;
-        assert_eq!(code, 201, "{m}");
-        m["id"].as_str().expect("id").to_string()
+        self.0
+            .append_message(conv, &message(content, None))
+            .await
+            .expect("append")
+            .id
     }
 
     async fn ids(&self, conv: &str) -> BTreeSet<String> {
         let mut all = BTreeSet::new();
-        let mut after = String::new();
+        let mut after = None;
         loop {
-            let q = if after.is_empty() {
-                "?limit=1000".to_string()
-            } else {
-                format!("?limit=1000&after={after}")
+            let page = Page {
+                after,
+                limit: Some(1000),
+                ..Page::default()
             };
-            let page = self
-                .0
-                .api_get(&format!("/v1/conversations/{conv}/messages{q}"))
-                .await;
-            let page = page.as_array().cloned().unwrap_or_default();
+            let page = self.0.messages(conv, &page).await.unwrap_or_default();
             let Some(last) = page.last() else { return all };
-            after = last["id"].as_str().expect("id").to_string();
-            all.extend(
-                page.iter()
-                    .filter_map(|m| m["id"].as_str().map(str::to_string)),
-            );
+            after = Some(last.id.clone());
+            all.extend(page.into_iter().map(|m| m.id));
         }
     }
 
-    async fn sync(&self) -> Value {
-        self.0.api_get("/v1/status").await["store"]["sync"].clone()
+    async fn sync(&self) -> SyncStatus {
+        self.0.status().await.expect("status").store.sync
     }
 
     async fn wait_synced(&self, what: &str) {
-        self.send(reqwest::Method::POST, "/v1/sync", json!({}))
-            .await;
+        self.0.sync_now().await.expect("sync");
         eventually(Duration::from_secs(30), what, || async {
             let s = self.sync().await;
-            s["pending"] == 0 && s["state"] == "idle" && !s["last_sync"].is_null()
+            s.pending == 0 && s.state == SyncState::Idle && s.last_sync.is_some()
         })
         .await;
+    }
+}
+
+fn message(content: &str, model: Option<&str>) -> NewMessage {
+    NewMessage {
+        role: "user".into(),
+        content: content.into(),
+        model: model.map(str::to_string),
     }
 }
 
@@ -290,38 +270,38 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
     let store = dir.path().join("book.db");
     let text = node_config("robbiebook1", primary.port, None, &store, "");
     let book = Mesh::start(&text).await;
-    let b = Api(&book, mesh_tests::http());
+    let b = Api::of(&book);
     let conv = b.conversation("poison").await;
-    for (path, body, field) in [
+    let refusals = [
+        (b.0.create_conversation("a\u{0}b").await.map(drop), "title"),
         (
-            "/v1/conversations".to_string(),
-            json!({"title": "a\u{0}b"}),
-            "title",
-        ),
-        (
-            format!("/v1/conversations/{conv}/messages"),
-            json!({"role": "user", "content": "a\u{0}b"}),
+            b.0.append_message(&conv, &message("a\u{0}b", None))
+                .await
+                .map(drop),
             "content",
         ),
         (
-            format!("/v1/conversations/{conv}/messages"),
-            json!({"role": "user", "content": "ok", "model": "m\u{0}"}),
+            b.0.append_message(&conv, &message("ok", Some("m\u{0}")))
+                .await
+                .map(drop),
             "model",
         ),
-    ] {
-        let (code, e) = b.send(reqwest::Method::POST, &path, body).await;
-        assert_eq!(code, 400, "{field}: {e}");
-        let why = e["error"].as_str().unwrap_or_default();
+    ];
+    for (answer, field) in refusals {
+        let e = answer.expect_err(field);
+        assert_eq!(e.status(), Some(400), "{field}: {e}");
+        let why = e.to_string();
         assert!(why.starts_with(field) && why.contains("NUL"), "{why}");
     }
-    let (code, _) = b
-        .send(
-            reqwest::Method::PATCH,
-            &format!("/v1/conversations/{conv}"),
-            json!({"title": "x\u{0}"}),
-        )
-        .await;
-    assert_eq!(code, 400);
+    let patch = ConversationPatch {
+        title: Some("x\u{0}".into()),
+        archived: None,
+    };
+    let e =
+        b.0.update_conversation(&conv, &patch)
+            .await
+            .expect_err("NUL");
+    assert_eq!(e.status(), Some(400), "{e}");
     b.wait_synced("the conversation pushed").await;
     book.stop().await;
 
@@ -347,13 +327,13 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
     }
     let (_, hub) = other_device_rows(primary.port, 3);
     let book = Mesh::start(&text).await;
-    let b = Api(&book, mesh_tests::http());
+    let b = Api::of(&book);
     eventually(
         Duration::from_secs(20),
         "the rest synced, the bad row set aside",
         || async {
             let s = b.sync().await;
-            s["pending"] == 0 && s["rejected"] == 1
+            s.pending == 0 && s.rejected == 1
         },
     )
     .await;
@@ -363,27 +343,23 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
     );
     assert_eq!(on_primary, "before,after");
     let s = b.sync().await;
-    let reason = s["rejected_rows"][0]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
     assert!(
-        s["rejected_rows"][0]["id"] == "00000000-0000-7000-8000-000000000002"
-            && reason.contains("0x00"),
-        "{s}"
+        s.rejected_rows.first().is_some_and(|r| {
+            r.id == "00000000-0000-7000-8000-000000000002" && r.reason.contains("0x00")
+        }),
+        "{s:?}"
     );
     // The pull went on: the hub's rows are here.
-    let pulled = book.api_get("/v1/conversations?limit=100").await;
+    let page = Page {
+        limit: Some(100),
+        ..Page::default()
+    };
+    let pulled = b.0.conversations(&page).await.expect("list");
     let hub_conv = pulled
-        .as_array()
-        .expect("list")
         .iter()
-        .find(|c| c["title"] == "from the hub")
+        .find(|c| c.title == "from the hub")
         .expect("the hub's conversation");
-    assert_eq!(
-        b.ids(hub_conv["id"].as_str().expect("id")).await.len(),
-        hub.len()
-    );
+    assert_eq!(b.ids(&hub_conv.id).await.len(), hub.len());
     // And `robbie-mesh status` says it.
     let out = Command::new(bin())
         .args(["status", "--api", &book.api.to_string()])
@@ -422,18 +398,18 @@ async fn a_store_file_restored_from_a_copy_becomes_a_new_device_and_loses_nothin
     let store = dir.path().join("book.db");
     let text = node_config("robbiebook1", primary.port, None, &store, "");
     let book = Mesh::start(&text).await;
-    let b = Api(&book, mesh_tests::http());
+    let b = Api::of(&book);
     let conv = b.conversation("restored").await;
     for i in 0..10 {
         b.say(&conv, &format!("before the backup {i}")).await;
     }
     b.wait_synced("first rows").await;
-    let device = b.sync().await["device"].clone();
+    let device = b.sync().await.device;
     book.stop().await;
     copy_store(&store, &dir.path().join("backup.db"));
 
     let book = Mesh::start(&text).await;
-    let b = Api(&book, mesh_tests::http());
+    let b = Api::of(&book);
     let mut later = BTreeSet::new();
     for i in 0..300 {
         later.insert(b.say(&conv, &format!("after the backup {i}")).await);
@@ -444,7 +420,7 @@ async fn a_store_file_restored_from_a_copy_becomes_a_new_device_and_loses_nothin
     // The laptop's disk is restored from the backup.
     copy_store(&dir.path().join("backup.db"), &store);
     let book = Mesh::start(&text).await;
-    let b = Api(&book, mesh_tests::http());
+    let b = Api::of(&book);
     let mut newest = BTreeSet::new();
     for i in 0..5 {
         newest.insert(b.say(&conv, &format!("after the restore {i}")).await);
@@ -461,13 +437,12 @@ async fn a_store_file_restored_from_a_copy_becomes_a_new_device_and_loses_nothin
         "315"
     );
     let s = b.sync().await;
-    assert_ne!(s["device"], device, "a new device id");
+    assert_ne!(s.device, device, "a new device id");
     assert!(
-        s["notice"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("restored from a backup"),
-        "{s}"
+        s.notice
+            .as_deref()
+            .is_some_and(|n| n.contains("restored from a backup")),
+        "{s:?}"
     );
     let here = b.ids(&conv).await;
     assert!(later.is_subset(&here) && newest.is_subset(&here));
@@ -481,7 +456,7 @@ async fn a_primary_replaced_by_a_dump_is_noticed_and_every_row_comes_through() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("book.db");
     let book = Mesh::start(&node_config("robbiebook1", port, None, &store, "")).await;
-    let b = Api(&book, mesh_tests::http());
+    let b = Api::of(&book);
     let conv = b.conversation("moving house").await;
     for i in 0..20 {
         b.say(&conv, &format!("on the old primary {i}")).await;
@@ -538,11 +513,10 @@ async fn a_primary_replaced_by_a_dump_is_noticed_and_every_row_comes_through() {
     .await;
     let s = b.sync().await;
     assert!(
-        s["notice"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("replaced or restored"),
-        "{s}"
+        s.notice
+            .as_deref()
+            .is_some_and(|n| n.contains("replaced or restored")),
+        "{s:?}"
     );
     let on_new: BTreeSet<String> = pg(
         new.port,
@@ -603,13 +577,19 @@ fn with_api(text: &str, dir: &Path, name: &str) -> (std::path::PathBuf, u16) {
     (path, api)
 }
 
-async fn conversation_of(api: u16, id: &str) -> Value {
-    mesh_tests::get(format!("http://127.0.0.1:{api}/v1/conversations/{id}"))
+/// The conversation as the service at 127.0.0.1:`api` has it, if it has it.
+async fn conversation_of(api: u16, id: &str) -> Option<Conversation> {
+    mesh_tests::client(format!("127.0.0.1:{api}"))
+        .conversation(id)
         .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json")
+        .ok()
+}
+
+fn rename(title: &str) -> ConversationPatch {
+    ConversationPatch {
+        title: Some(title.into()),
+        archived: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -625,7 +605,7 @@ async fn a_slow_clock_still_wins_with_the_newer_edit_and_a_rename_and_an_archive
         "",
     ))
     .await;
-    let v = Api(&veng, mesh_tests::http());
+    let v = Api::of(&veng);
     let (book_cfg, book_api) = with_api(
         &node_config(
             "robbiebook1",
@@ -638,35 +618,31 @@ async fn a_slow_clock_still_wins_with_the_newer_edit_and_a_rename_and_an_archive
         "book.toml",
     );
     let mut book = spawn_with_clock(&book_cfg, Some("-120s"), book_api, None);
-    let http = mesh_tests::http();
+    let book_client = mesh_tests::client(format!("127.0.0.1:{book_api}"));
 
     let conv = v.conversation("first").await;
     v.wait_synced("pushed").await;
     eventually(Duration::from_secs(20), "the book has it", || async {
-        conversation_of(book_api, &conv).await["title"] == "first"
+        conversation_of(book_api, &conv)
+            .await
+            .is_some_and(|c| c.title == "first")
     })
     .await;
     // Vengeance renames; then the book, whose clock is 2 minutes slow, renames later.
-    v.send(
-        reqwest::Method::PATCH,
-        &format!("/v1/conversations/{conv}"),
-        json!({"title": "vengeance's"}),
-    )
-    .await;
+    v.0.update_conversation(&conv, &rename("vengeance's"))
+        .await
+        .expect("rename");
     v.wait_synced("rename pushed").await;
     eventually(Duration::from_secs(20), "the book sees it", || async {
-        conversation_of(book_api, &conv).await["title"] == "vengeance's"
+        conversation_of(book_api, &conv)
+            .await
+            .is_some_and(|c| c.title == "vengeance's")
     })
     .await;
-    let r = http
-        .patch(format!(
-            "http://127.0.0.1:{book_api}/v1/conversations/{conv}"
-        ))
-        .json(&json!({"title": "the book's, newer"}))
-        .send()
+    book_client
+        .update_conversation(&conv, &rename("the book's, newer"))
         .await
-        .expect("patch");
-    assert!(r.status().is_success());
+        .expect("rename on the book");
     eventually(
         Duration::from_secs(20),
         "the newer edit everywhere",
@@ -675,29 +651,27 @@ async fn a_slow_clock_still_wins_with_the_newer_edit_and_a_rename_and_an_archive
                 primary.port,
                 &format!("SELECT title FROM robbie.conversations WHERE id = '{conv}'"),
             ) == "the book's, newer"
-                && v.0.api_get(&format!("/v1/conversations/{conv}")).await["title"]
-                    == "the book's, newer"
+                && v.0
+                    .conversation(&conv)
+                    .await
+                    .is_ok_and(|c| c.title == "the book's, newer")
         },
     )
     .await;
 
     // A rename on the book races an archive on vengeance (offline): both survive.
     sshd.kill();
-    v.send(
-        reqwest::Method::PATCH,
-        &format!("/v1/conversations/{conv}"),
-        json!({"archived": true}),
-    )
-    .await;
-    let r = http
-        .patch(format!(
-            "http://127.0.0.1:{book_api}/v1/conversations/{conv}"
-        ))
-        .json(&json!({"title": "renamed while it was archived"}))
-        .send()
+    let archive = ConversationPatch {
+        title: None,
+        archived: Some(true),
+    };
+    v.0.update_conversation(&conv, &archive)
         .await
-        .expect("patch");
-    assert!(r.status().is_success());
+        .expect("archive");
+    book_client
+        .update_conversation(&conv, &rename("renamed while it was archived"))
+        .await
+        .expect("rename on the book");
     eventually(
         Duration::from_secs(20),
         "the rename on the primary",
@@ -714,7 +688,7 @@ async fn a_slow_clock_still_wins_with_the_newer_edit_and_a_rename_and_an_archive
         Duration::from_secs(30),
         "both edits on all three",
         || async {
-            let here = v.0.api_get(&format!("/v1/conversations/{conv}")).await;
+            let here = v.0.conversation(&conv).await.ok();
             let there = conversation_of(book_api, &conv).await;
             let on_primary = pg(
                 primary.port,
@@ -722,11 +696,11 @@ async fn a_slow_clock_still_wins_with_the_newer_edit_and_a_rename_and_an_archive
                     "SELECT title || '|' || archived FROM robbie.conversations WHERE id = '{conv}'"
                 ),
             );
-            eprintln!("vengeance {here}\nbook {there}\nprimary {on_primary}");
-            [here, there]
-                .iter()
-                .all(|c| c["title"] == "renamed while it was archived" && c["archived"] == true)
-                && on_primary == "renamed while it was archived|true"
+            eprintln!("vengeance {here:?}\nbook {there:?}\nprimary {on_primary}");
+            [here, there].iter().all(|c| {
+                c.as_ref()
+                    .is_some_and(|c| c.title == "renamed while it was archived" && c.archived)
+            }) && on_primary == "renamed while it was archived|true"
         },
     )
     .await;
@@ -787,7 +761,7 @@ async fn a_device_that_vanishes_mid_push_does_not_stall_the_others() {
         "",
     ))
     .await;
-    let v = Api(&veng, mesh_tests::http());
+    let v = Api::of(&veng);
     let (hub_conv, hub) = other_device_rows(primary.port, 5);
     let waited = eventually(
         Duration::from_secs(15),
@@ -832,7 +806,7 @@ async fn large_messages_go_in_batches_bounded_by_bytes() {
         "",
     ))
     .await;
-    let b = Api(&book, mesh_tests::http());
+    let b = Api::of(&book);
     let conv = b.conversation("long answers").await;
     let big = "x".repeat(3 << 19);
     for _ in 0..12 {
@@ -857,7 +831,7 @@ async fn large_messages_go_in_batches_bounded_by_bytes() {
         "",
     ))
     .await;
-    let v = Api(&veng, mesh_tests::http());
+    let v = Api::of(&veng);
     eventually(Duration::from_secs(30), "vengeance pulled them", || async {
         v.ids(&conv).await.len() == 12
     })
@@ -879,7 +853,7 @@ async fn the_retry_delay_holds_while_local_writes_keep_coming() {
     .replace("database = \"postgres\"", "database = \"nowhere\"")
     .replace("retry = \"300ms\"", "");
     let book = Mesh::start(&text).await;
-    let b = Api(&book, mesh_tests::http());
+    let b = Api::of(&book);
     let conv = b.conversation("busy").await;
     let attempts = || {
         primary
@@ -914,7 +888,7 @@ async fn sync_verify_finds_a_row_missing_on_each_side_and_repairs_both() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("b.db");
     let book = Mesh::start(&node_config("robbiebook1", primary.port, None, &store, "")).await;
-    let b = Api(&book, mesh_tests::http());
+    let b = Api::of(&book);
     let conv = b.conversation("checked").await;
     let mut mine = Vec::new();
     for i in 0..5 {
@@ -1013,16 +987,15 @@ async fn a_sync_round_that_panics_is_restarted_and_loses_nothing() {
         },
     )
     .await;
-    let status: Value = mesh_tests::get(format!("http://127.0.0.1:{api}/v1/status"))
+    let status = mesh_tests::client(format!("127.0.0.1:{api}"))
+        .status()
         .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(status["internal_errors"][0]["task"], "sync", "{status}");
-    assert_eq!(
-        status["internal_errors"][0]["error"], "failpoint sync-round@1",
-        "{status}"
+        .expect("status");
+    let first = status.internal_errors.first();
+    assert!(
+        first.is_some_and(|e| e.task == "sync" && e.error == "failpoint sync-round@1"),
+        "{:?}",
+        status.internal_errors
     );
     stop_group(&mut child);
 }

@@ -15,6 +15,7 @@ use mesh_tests::postgres::{
     book_syncing_to, burn_xids_to, migrate, next_xid, node_syncing_to, psql, Postgres,
 };
 use mesh_tests::sshd::Sshd;
+use robbie_mesh::api::wire::{Conversation, Message, NewConversation};
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 200;
@@ -97,7 +98,7 @@ fn say(client: &reqwest::blocking::Client, api: &str, conv: &str, content: &str)
     if r.status() != 201 {
         return None;
     }
-    r.json::<Value>().ok()?["id"].as_str().map(str::to_string)
+    r.json::<Message>().ok().map(|m| m.id)
 }
 
 /// (id, content) of every message in the local store, through `robbie-mesh db export`.
@@ -194,14 +195,16 @@ fn a_crash_campaign_loses_and_duplicates_nothing() {
     let mut rng = Rng(seed);
     let conv = {
         let s = Service::start(&cfg, api, None);
-        let c: Value = client
+        let c: Conversation = client
             .post(format!("{}/v1/conversations", s.api))
-            .json(&json!({"title": "campaign"}))
+            .json(&NewConversation {
+                title: "campaign".into(),
+            })
             .send()
             .expect("create")
             .json()
-            .expect("json");
-        c["id"].as_str().expect("id").to_string()
+            .expect("a conversation");
+        c.id
     };
     let mut acked = Vec::new();
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
@@ -407,14 +410,16 @@ fn two_devices_crash_campaign_each_ends_with_every_row() {
     for d in devices.iter_mut() {
         let (cfg, api) = config(d, 50, &primary);
         let s = Service::start(&cfg, api, None);
-        let c: Value = client
+        let c: Conversation = client
             .post(format!("{}/v1/conversations", s.api))
-            .json(&json!({"title": format!("started on {}", d.node)}))
+            .json(&NewConversation {
+                title: format!("started on {}", d.node),
+            })
             .send()
             .expect("create")
             .json()
-            .expect("json");
-        d.conv = c["id"].as_str().expect("id").to_string();
+            .expect("a conversation");
+        d.conv = c.id;
         sync_wait(api);
     }
     let convs = [devices[0].conv.clone(), devices[1].conv.clone()];

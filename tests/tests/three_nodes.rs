@@ -25,6 +25,7 @@ use mesh_tests::netns::{Netns, Proc};
 use mesh_tests::ollama::OllamaStub;
 use mesh_tests::sshd::Sshd;
 use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
+use robbie_mesh::api::wire::Health;
 use robbie_mesh::events::EventKind;
 use serde_json::{json, Value};
 
@@ -141,8 +142,10 @@ async fn three_nodes() -> Mesh3 {
 }
 
 impl Mesh3 {
-    async fn health(&self, i: usize) -> Value {
-        self.mesh.api_get("/v1/status").await["services"][0]["candidates"][i]["health"].clone()
+    async fn health(&self, i: usize) -> Health {
+        self.mesh.status().await.services[0].candidates[i]
+            .health
+            .health
     }
 
     /// The reason of the next route event to `to` (the event follows the route's
@@ -279,10 +282,11 @@ async fn full_mesh_then_aurora_cut_off_then_back_after_the_hold_down() {
         Duration::from_secs(10),
         "vengeance's models known",
         || async {
-            let st = m.mesh.api_get("/v1/status").await;
-            st["services"][0]["candidates"][1]["ollama"]["models"]
-                .as_array()
-                .is_some_and(|v| v.len() == 2)
+            let st = m.mesh.status().await;
+            st.services[0].candidates[1]
+                .ollama
+                .as_ref()
+                .is_some_and(|o| o.models.len() == 2)
         },
     )
     .await;
@@ -292,8 +296,12 @@ async fn full_mesh_then_aurora_cut_off_then_back_after_the_hold_down() {
     assert_eq!(node, "vengeance");
     // Vengeance's GPU is known on robbiebook1, from its own robbie-mesh across the tunnel.
     eventually(Duration::from_secs(15), "vengeance's inventory", || async {
-        let st = m.mesh.api_get("/v1/status").await;
-        st["nodes"]["vengeance"]["inventory"]["gpus"][0]["name"] == "NVIDIA GeForce RTX 4090"
+        let st = m.mesh.status().await;
+        st.nodes
+            .get("vengeance")
+            .and_then(|e| e.inventory.as_ref())
+            .and_then(|i| i.gpus.first())
+            .is_some_and(|g| g.name == "NVIDIA GeForce RTX 4090")
     })
     .await;
 
@@ -335,7 +343,7 @@ async fn full_mesh_then_aurora_cut_off_then_back_after_the_hold_down() {
     // Aurora is reachable again: vengeance keeps the traffic for the hold-down.
     m.aurora.ns.heal();
     eventually(Duration::from_secs(20), "aurora online", || async {
-        m.health(0).await == "online"
+        m.health(0).await == Health::Online
     })
     .await;
     let online_at = Instant::now();
@@ -426,11 +434,12 @@ async fn airplane_mode_serves_the_local_ollama_and_a_node_dying_mid_stream_says_
         failed.len()
     );
     assert_eq!(served.last().map(String::as_str), Some("robbiebook1"));
-    let st = m.mesh.api_get("/v1/status").await;
+    let st = m.mesh.status().await;
     for (i, node) in ["aurora", "vengeance"].iter().enumerate() {
         assert_eq!(
-            st["services"][0]["candidates"][i]["health"], "offline",
-            "{node}: {st}"
+            st.services[0].candidates[i].health.health,
+            Health::Offline,
+            "{node}: {st:?}"
         );
     }
 
@@ -618,7 +627,7 @@ async fn a_silent_cut_under_load_costs_at_most_two_and_a_half_seconds_and_traffi
     // no ejection left over from the outage.
     m.aurora.ns.heal();
     eventually(Duration::from_secs(20), "aurora online", || async {
-        m.health(0).await == "online"
+        m.health(0).await == Health::Online
     })
     .await;
     let online = Instant::now();
@@ -697,23 +706,25 @@ async fn a_flapping_node_is_ejected_longer_and_says_why() {
     let m = three_nodes().await;
     let load = Paced::start(&m.endpoint, Duration::from_millis(50));
     let aurora_skipped = || async {
-        let st = m.mesh.api_get("/v1/status").await;
-        st["services"][0]["plan"]["skipped"]
-            .as_array()
-            .and_then(|s| s.iter().find(|c| c["node"] == "aurora"))
-            .and_then(|c| c["why"].as_str().map(str::to_string))
+        let st = m.mesh.status().await;
+        st.services[0]
+            .plan
+            .skipped
+            .iter()
+            .find(|c| c.node == "aurora")
+            .map(|c| c.why.clone())
     };
     let mut flapping = None;
     for round in 1..=4 {
         m.aurora.ns.cut();
         eventually(Duration::from_secs(10), "aurora offline", || async {
-            m.health(0).await == "offline"
+            m.health(0).await == Health::Offline
         })
         .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         m.aurora.ns.heal();
         eventually(Duration::from_secs(20), "aurora online again", || async {
-            m.health(0).await == "online"
+            m.health(0).await == Health::Online
         })
         .await;
         let why = aurora_skipped().await;

@@ -240,23 +240,18 @@ async fn the_tray_shows_the_current_resource_notifies_and_pins() {
 
     // A click on "book" in the menu pins Ollama to book.
     host.click("book (").await;
-    let status_url = format!("http://{}/v1/status", mesh.api);
-    let client = mesh_tests::http_builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("client");
+    let client = mesh.client().with_timeout(Duration::from_secs(2));
     eventually(
         Duration::from_secs(5),
         "pinned through the tray",
         || async {
-            let st: Value = match client.get(&status_url).send().await {
-                Ok(r) => r.json().await.unwrap_or_default(),
+            match client.status().await {
+                Ok(st) => st.services[0].pinned.as_deref() == Some("book"),
                 Err(e) => {
                     eprintln!("status: {e}");
-                    Value::Null
+                    false
                 }
-            };
-            st["services"][0]["pinned"] == "book"
+            }
         },
     )
     .await;
