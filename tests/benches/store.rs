@@ -90,6 +90,7 @@ struct Node {
 impl Node {
     fn start(cfg: &std::path::Path, api_port: u16) -> Node {
         let child = Command::new(release_bin())
+            .env("ROBBIE_MESH_TOKEN", mesh_tests::token())
             .args(["run", "--config"])
             .arg(cfg)
             .env("ROBBIE_MESH_LOG", "error")

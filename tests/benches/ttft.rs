@@ -84,6 +84,7 @@ async fn targets(sshd: &Sshd, ssh_port: u16, stub: &OllamaStub) -> Targets {
     .expect("config");
     let mesh = Proc(
         Command::new(release_bin())
+            .env("ROBBIE_MESH_TOKEN", mesh_tests::token())
             .args(["run", "--config"])
             .arg(&cfg)
             .env("ROBBIE_MESH_LOG", "error")
