@@ -23,6 +23,9 @@
 //!   request's head longer than `[limits] idle` — a keep-alive connection
 //!   nobody uses, a head sent a byte at a time (slowloris), a connection that
 //!   never sends anything.
+//!
+//! Longer than most files on purpose: one admission policy for every listener, with
+//! its accounting.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +43,23 @@ pub const API_SHARE: usize = 64;
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
 static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Connections the kernel completes and holds for a listener before it accepts
+/// them (capped by `net.core.somaxconn`): a flood of connects from a leaking
+/// program must not make a new client's SYN wait for a retransmission (1 s).
+const BACKLOG: u32 = 4096;
+
+/// Binds a listener the way every door wants it: `SO_REUSEADDR` as tokio's own
+/// bind sets it, and the deep accept queue above.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Connections every listener together closed on arrival for being over a cap.
 pub fn refused_total() -> u64 {

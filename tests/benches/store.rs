@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use mesh_tests::postgres::{bin_dir, book_syncing_to, client_args, migrate, psql, Postgres};
 use mesh_tests::release_bin;
 use mesh_tests::sshd::Sshd;
-use serde_json::{json, Value};
+use robbie_mesh::api::wire::{
+    Conversation, NewConversation, NewMessage, Status, SyncState, SyncStatus, VerifyReport,
+    VerifyRequest,
+};
 
 const APPENDS: usize = 2_000;
 const QUEUED: usize = 100_000;
@@ -105,22 +108,22 @@ impl Node {
         }
     }
 
-    fn sync_state(&self) -> Value {
-        let st: Value = self
+    fn sync_state(&self) -> SyncStatus {
+        let st: Status = self
             .client
             .get(format!("{}/v1/status", self.api))
             .send()
             .expect("status")
             .json()
-            .expect("json");
-        st["store"]["sync"].clone()
+            .expect("the status");
+        st.store.sync
     }
 
     /// Asks for a round and times it until `done(sync status)` and nothing is pending.
-    fn sync_round(&self, what: &str, done: impl Fn(&Value) -> bool) -> Duration {
-        let base: Value = self.sync_state();
-        let offset = |k: &str| base[k].as_u64().unwrap_or(0);
-        let (pushed0, pulled0) = (offset("pushed"), offset("pulled"));
+    /// `done` sees the rows pushed and pulled since the round was asked for.
+    fn sync_round(&self, what: &str, done: impl Fn(&SyncStatus) -> bool) -> Duration {
+        let base = self.sync_state();
+        let (pushed0, pulled0) = (base.pushed, base.pulled);
         let t = Instant::now();
         self.client
             .post(format!("{}/v1/sync", self.api))
@@ -128,37 +131,36 @@ impl Node {
             .expect("kick");
         loop {
             let mut s = self.sync_state();
-            s["pushed"] = json!(s["pushed"].as_u64().unwrap_or(0) - pushed0);
-            s["pulled"] = json!(s["pulled"].as_u64().unwrap_or(0) - pulled0);
+            s.pushed -= pushed0;
+            s.pulled -= pulled0;
             // The round is over: another last_sync, and idle.
             if done(&s)
-                && s["pending"] == 0
-                && s["state"] == "idle"
-                && s["last_sync"] != base["last_sync"]
+                && s.pending == 0
+                && s.state == SyncState::Idle
+                && s.last_sync != base.last_sync
             {
                 return t.elapsed();
             }
-            assert!(t.elapsed() < Duration::from_secs(300), "{what}: {s}");
+            assert!(t.elapsed() < Duration::from_secs(300), "{what}: {s:?}");
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 
     /// Waits until nothing is pending and a round finished after `since`.
     fn wait_synced(&self, what: &str) {
-        let since = humantime::format_rfc3339_millis(
-            std::time::SystemTime::now() - Duration::from_millis(1),
-        )
-        .to_string();
+        let since = std::time::SystemTime::now() - Duration::from_millis(1);
         let end = Instant::now() + Duration::from_secs(300);
         loop {
             let s = self.sync_state();
-            if s["pending"] == 0
-                && s["state"] == "idle"
-                && s["last_sync"].as_str().is_some_and(|t| t >= since.as_str())
+            // The API's times are whole milliseconds.
+            if s.pending == 0
+                && s.state == SyncState::Idle
+                && s.last_sync
+                    .is_some_and(|t| t + Duration::from_millis(1) >= since)
             {
                 return;
             }
-            assert!(Instant::now() < end, "{what}: never in sync: {s}");
+            assert!(Instant::now() < end, "{what}: never in sync: {s:?}");
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -176,22 +178,28 @@ fn main() {
     println!();
     // 1. Appends through the API, each durable before it is answered.
     let node = Node::start(&cfg, api);
-    let conv: Value = node
+    let conv: Conversation = node
         .client
         .post(format!("{}/v1/conversations", node.api))
-        .json(&json!({"title": "bench"}))
+        .json(&NewConversation {
+            title: "bench".into(),
+        })
         .send()
         .expect("create")
         .json()
-        .expect("json");
-    let conv = conv["id"].as_str().expect("id").to_string();
+        .expect("a conversation");
+    let conv = conv.id;
     let mut lat = Vec::with_capacity(APPENDS);
     for i in 0..APPENDS {
         let t = Instant::now();
         let r = node
             .client
             .post(format!("{}/v1/conversations/{conv}/messages", node.api))
-            .json(&json!({"role": "user", "content": format!("append {i}: a typical short chat line")}))
+            .json(&NewMessage {
+                role: "user".into(),
+                content: format!("append {i}: a typical short chat line"),
+                model: None,
+            })
             .send()
             .expect("append");
         assert_eq!(r.status(), 201);
@@ -207,9 +215,7 @@ fn main() {
     let node = Node::start(&cfg, api);
     node.wait_synced("started");
     queue_offline(&store_path, "robbiebook1", &conv, QUEUED, "queued");
-    let push = node.sync_round("100k pushed", |s| {
-        s["pushed"].as_u64().unwrap_or(0) >= QUEUED as u64
-    });
+    let push = node.sync_round("100k pushed", |s| s.pushed >= QUEUED as u64);
     let on_primary: usize = psql(primary.port, "SELECT count(*) FROM robbie.messages")
         .1
         .parse()
@@ -232,13 +238,9 @@ fn main() {
              SELECT gen_random_uuid(), '{conv}', 'assistant', 'from aurora ' || g, 'aurora', g, 'aurora-device' FROM generate_series(1, {NEW}) g"
         );
         assert!(psql(primary.port, &insert).0);
-        let pull = node.sync_round("1000 pulled", |s| {
-            s["pulled"].as_u64().unwrap_or(0) >= NEW as u64
-        });
+        let pull = node.sync_round("1000 pulled", |s| s.pulled >= NEW as u64);
         queue_offline(&store_path, "robbiebook1", &conv, NEW, &format!("new{run}"));
-        let push_new = node.sync_round("1000 pushed", |s| {
-            s["pushed"].as_u64().unwrap_or(0) >= NEW as u64
-        });
+        let push_new = node.sync_round("1000 pushed", |s| s.pushed >= NEW as u64);
         let bin = bin_dir();
         let t = Instant::now();
         assert!(psql(primary.port, "DROP DATABASE IF EXISTS seedcopy").0);
@@ -277,23 +279,23 @@ fn main() {
 
     // 4. `sync --verify` over the whole store, both directions.
     let t = Instant::now();
-    let report: Value = node
+    let report: VerifyReport = node
         .client
         .post(format!("{}/v1/sync/verify", node.api))
         .timeout(Duration::from_secs(300))
-        .json(&json!({}))
+        .json(&VerifyRequest::default())
         .send()
         .expect("verify")
         .json()
-        .expect("json");
+        .expect("a report");
     let took = t.elapsed();
-    assert_eq!(report["missing_on_primary"]["count"], 0, "{report}");
-    assert_eq!(report["missing_here"]["count"], 0, "{report}");
+    assert_eq!(report.missing_on_primary.count, 0, "{report:?}");
+    assert_eq!(report.missing_here.count, 0, "{report:?}");
     println!(
         "sync --verify of {} messages here against {} on the primary: {:.2} s (of which the comparison {} ms)   (goal: seconds)",
-        report["messages"]["here"],
-        report["messages"]["primary"],
+        report.messages.here,
+        report.messages.primary,
         took.as_secs_f64(),
-        report["elapsed_ms"]
+        report.elapsed_ms
     );
 }

@@ -138,7 +138,7 @@ pub fn run(
     }
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.api.listen).await.with_context(|| {
+        let listener = crate::door::bind(cfg.api.listen).with_context(|| {
             format!(
                 "cannot listen on {} for the API (is robbie-mesh already running? try `robbie-mesh status`; or set [api] listen)",
                 cfg.api.listen

@@ -6,6 +6,10 @@
 //! resolves `~/.ssh/config` aliases and applies defaults. Every problem is reported
 //! with the file, line, column and field it concerns, and all problems are reported
 //! at once rather than the first only.
+//!
+//! Longer than most files on purpose: it is the whole validated vocabulary, one
+//! documented type per section; reading (`raw.rs`) and checking (`validate/`) live
+//! apart.
 
 mod raw;
 pub mod ssh_config;
@@ -118,32 +122,35 @@ fn systemd_directory(var: &str) -> Option<PathBuf> {
     (!first.is_empty()).then(|| PathBuf::from(first))
 }
 
-/// What a service speaks, which decides how it is probed and proxied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ServiceKind {
-    Ollama,
-    Http,
-    Postgres,
-    Tcp,
+/// Declares [`ServiceKind`] from one list: each kind's variant and its name in the
+/// config file (what a kind does is its module in `crate::kinds`).
+macro_rules! service_kinds {
+    ($($variant:ident => $name:literal),+ $(,)?) => {
+        /// What a service speaks, which decides how it is probed and proxied.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        pub enum ServiceKind {
+            $(#[serde(rename = $name)] $variant,)+
+        }
+
+        impl ServiceKind {
+            /// Every kind, with its name in the config file.
+            pub const ALL: &'static [(&'static str, ServiceKind)] =
+                &[$(($name, ServiceKind::$variant),)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ServiceKind::$variant => $name,)+
+                }
+            }
+        }
+    };
 }
 
-impl ServiceKind {
-    pub const ALL: [(&'static str, ServiceKind); 4] = [
-        ("ollama", ServiceKind::Ollama),
-        ("http", ServiceKind::Http),
-        ("postgres", ServiceKind::Postgres),
-        ("tcp", ServiceKind::Tcp),
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceKind::Ollama => "ollama",
-            ServiceKind::Http => "http",
-            ServiceKind::Postgres => "postgres",
-            ServiceKind::Tcp => "tcp",
-        }
-    }
+service_kinds! {
+    Ollama => "ollama",
+    Http => "http",
+    Postgres => "postgres",
+    Tcp => "tcp",
 }
 
 /// A stable local endpoint and, in priority order, the nodes that can serve it.

@@ -10,8 +10,9 @@
 //! elsewhere whatever its method. Everything else (health hysteresis, routing,
 //! the endpoints themselves) is the same for every kind.
 //!
-//! Adding a kind: a module here implementing [`Kind`], its variant and name in
-//! `config::ServiceKind`, its arm in [`of`], and a line in the README.
+//! Adding a kind: a module here implementing [`Kind`], its line in the
+//! `service_kinds!` list (`config/mod.rs`), its arm in [`of`], and a line in the
+//! README.
 
 mod http;
 mod ollama;

@@ -10,7 +10,6 @@ mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::kinds::Endpoint;
@@ -54,7 +53,7 @@ pub async fn serve(
         max: Duration::from_secs(10),
     });
     let listener = loop {
-        match TcpListener::bind(addr).await {
+        match crate::door::bind(addr) {
             Ok(l) => break l,
             Err(e) => {
                 let why = bind_problem(&service, &e);

@@ -4,6 +4,9 @@
 //!
 //! A session is a [`Session`]: the russh handle plus what the supervisor needs to
 //! know about it. Keepalives and reconnects are the supervisor's job (`tunnel`).
+//!
+//! Longer than most files on purpose: one session from dial to authenticated, jump
+//! hosts included, in the order it happens.
 
 pub mod auth;
 pub mod known_hosts;

@@ -8,6 +8,10 @@
 //!
 //! rusqlite is blocking: every call runs on tokio's blocking pool, holding the one
 //! connection's lock only inside that closure.
+//!
+//! Longer than most files on purpose: the store's one connection and every local
+//! read and write on it, so that each transaction can be read whole; what sync adds
+//! to the file is in `outbox.rs`.
 
 pub mod cli;
 pub mod hlc;

@@ -5,6 +5,9 @@
 //! on its text: "1000" sorts before "728"), and every comparison of a clock stamp
 //! uses the "C" collation (byte order, as SQLite compares them), whatever the
 //! database's default collation.
+//!
+//! Longer than most files on purpose: every statement sync runs on the primary,
+//! with the schema it runs against, so the SQL can be read as one.
 
 use std::time::Duration;
 

@@ -8,6 +8,9 @@
 //! message by message. Conversations' titles and archive flags are compared too.
 //! Rows still queued here (on their way) and rows the primary refused (set aside)
 //! are reported as such, not as missing.
+//!
+//! Longer than most files on purpose: comparing and repairing both sides share
+//! their row summaries and must agree on them.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -88,7 +88,7 @@ async fn bind_with_retry(
 ) -> Option<TcpListener> {
     let mut backoff = Backoff::new(backoff);
     loop {
-        match TcpListener::bind(addr).await {
+        match crate::door::bind(addr) {
             Ok(l) => {
                 tunnel.set_problem(None);
                 return Some(l);

@@ -2,6 +2,9 @@
 //! forwards, hands the session to the `-L` accept loops, sends keepalives, and on any
 //! failure tears the session down and reconnects with backoff. It is the only writer
 //! of its tunnels' session state.
+//!
+//! Longer than most files on purpose: one state machine per peer; split, its states
+//! and their transitions would be read across files.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

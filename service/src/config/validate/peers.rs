@@ -1,4 +1,7 @@
 //! Validation of `[[peer]]`: the SSH target (with `~/.ssh/config`), identities, known hosts, jump hosts, keepalive, backoff and forwards.
+//!
+//! Longer than most files on purpose: a peer's SSH target, identities, known hosts
+//! and jump chain are resolved together from `~/.ssh/config`.
 
 use super::*;
 

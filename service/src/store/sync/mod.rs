@@ -22,6 +22,10 @@
 //!
 //! This file: the task, its status and its handle, one round; `session.rs`:
 //! connecting and reconciling; `transfer.rs`: push and pull.
+//!
+//! Longer than most files on purpose: the task's loop, its status and one round
+//! belong together; connecting and the transfers are in `session.rs` and
+//! `transfer.rs`.
 
 mod session;
 mod transfer;

@@ -8,6 +8,12 @@
 //! failure cannot be hidden: a streaming (NDJSON) answer ends with Ollama's own
 //! `{"error": …}` line — never a made-up `done: true` — and anything else is cut.
 //! A client that goes away drops the upstream request at once.
+//!
+//! `headers.rs`: which headers go on; `retry.rs`: when an attempt runs again;
+//! `relay.rs`: the answer on its way back.
+//!
+//! Longer than most files on purpose: `handle` is one request's whole life (read,
+//! route, attempt, retry, answer).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +29,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::upstream::{Lease, SendError, Upstream};
+
+mod headers;
+mod relay;
+mod retry;
+
 use crate::route::Needs;
 use crate::services::{RequestGuard, ServiceHandle};
+pub(crate) use headers::strip_hop_by_hop;
+use headers::{forward_headers, host_refusal};
+use relay::Relay;
+pub use retry::{retry_rule, Failure};
 
 /// The largest request body buffered for retries (prompts with images included).
 pub const MAX_BODY: usize = crate::config::MAX_REQUEST_BODY as usize;
@@ -134,90 +149,6 @@ fn requested_model(body: &[u8]) -> Option<String> {
     }
     let m: WithModel = serde_json::from_slice(body).ok()?;
     m.model.or(m.name).filter(|s| !s.is_empty())
-}
-
-/// Headers about one connection, never passed on (RFC 9110 §7.6.1), besides
-/// those a message's `Connection` header names. No protocol switch (`Upgrade`)
-/// is offered through an endpoint.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// This endpoint's own headers: whatever a client or a backend sends under
-/// these names is dropped, so that `x-robbie-node` always tells the truth.
-const OWN_PREFIX: &str = "x-robbie-";
-
-/// Removes the hop-by-hop headers (the fixed ones and those named in
-/// `Connection` or `Proxy-Connection`) and any `x-robbie-*` header.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = ["connection", "proxy-connection"]
-        .iter()
-        .flat_map(|h| headers.get_all(*h).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
-    for h in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
-        headers.remove(h);
-    }
-    let own: Vec<_> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(OWN_PREFIX))
-        .cloned()
-        .collect();
-    for k in own {
-        headers.remove(k);
-    }
-}
-
-/// The client's headers that go on to the backend: hyper sets the length; the
-/// `Host` (checked to be a loopback name or one the service allows) goes on
-/// as the client sent it, so a backend's own check of it still means something.
-fn forward_headers(from: &HeaderMap) -> HeaderMap {
-    let mut to = from.clone();
-    strip_hop_by_hop(&mut to);
-    to.remove(header::CONTENT_LENGTH);
-    to
-}
-
-/// A page in a browser can reach 127.0.0.1 under a name it controls (DNS
-/// rebinding): only a loopback `Host`, or a name the service lists in
-/// `hosts`, is served — exactly one, readable.
-fn host_refusal(service: &crate::config::ServiceConfig, headers: &HeaderMap) -> Option<String> {
-    let mut all = headers.get_all(header::HOST).iter();
-    let (Some(host), None) = (all.next(), all.next()) else {
-        return Some("a request needs exactly one Host header".into());
-    };
-    let Ok(host) = host.to_str() else {
-        return Some("the Host header is not readable text".into());
-    };
-    if crate::util::is_loopback_authority(host) {
-        return None;
-    }
-    let name = host
-        .rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(name, _)| name);
-    if service.hosts.iter().any(|h| h.eq_ignore_ascii_case(name)) {
-        return None;
-    }
-    Some(format!(
-        "Host `{}` is not a loopback name; list it in the service's `hosts` if clients really use it",
-        crate::config::cut(host)
-    ))
 }
 
 /// Why a request body could not be buffered.
@@ -499,68 +430,6 @@ async fn first_byte<F: std::future::Future>(
     }
 }
 
-/// What went wrong with one attempt, for the retry rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The connection could not be made: the request never left.
-    Connect,
-    /// The connection closed, or the answer was unreadable, before any of it
-    /// reached the client: the request may have reached the node.
-    Unanswered,
-    /// No answer's head within `FIRST_BYTE_TIMEOUT` from a node that is alive.
-    Timeout,
-    Status(u16),
-}
-
-impl From<&SendError> for Failure {
-    fn from(e: &SendError) -> Failure {
-        match e {
-            SendError::Connect(_) => Failure::Connect,
-            SendError::Exchange(_) => Failure::Unanswered,
-        }
-    }
-}
-
-/// Whether a failed attempt may run again on the next node, and the rule that
-/// says so (shown in `x-robbie-tried`). Running a request twice must be harmless:
-/// - never after the first-byte timeout (the node is alive, just slow);
-/// - always when the request never reached the node (connect refused), or the
-///   node refused to process it (429, 503);
-/// - otherwise (closed unanswered, 502, 504): for Ollama (generation has no side
-///   effects) and idempotent methods; for a POST or PATCH to an `http` service only
-///   when the service sets `retry_non_idempotent`.
-pub fn retry_rule(
-    svc: &crate::config::ServiceConfig,
-    method: &axum::http::Method,
-    f: Failure,
-) -> (bool, String) {
-    match f {
-        Failure::Timeout => (
-            false,
-            "not retried: the node is alive, and running it elsewhere could run it twice".into(),
-        ),
-        Failure::Connect => (true, "retried: the request never reached it".into()),
-        Failure::Status(429 | 503) => (true, "retried: it refused to take the request".into()),
-        Failure::Status(_) | Failure::Unanswered => {
-            if let Some(note) = crate::kinds::of(svc.kind).retry_note() {
-                (true, note.into())
-            } else if method.is_idempotent() {
-                (true, format!("retried: {method} is idempotent"))
-            } else if svc.retry_non_idempotent {
-                (
-                    true,
-                    "retried: the service sets retry_non_idempotent".into(),
-                )
-            } else {
-                (
-                    false,
-                    format!("not retried: a {method} may already have run there (set retry_non_idempotent to allow)"),
-                )
-            }
-        }
-    }
-}
-
 /// The answer when a failed attempt may not run elsewhere: 502 (504 after the
 /// first-byte timeout) with every attempt and its rule.
 fn not_retried(ep: &Endpoint, failures: &[String]) -> Response {
@@ -628,105 +497,6 @@ fn respond(
         lease,
     };
     Response::from_parts(head, Body::new(body))
-}
-
-/// The upstream answer on its way to the client: frames pass through as they come.
-/// A failure, or `IDLE_TIMEOUT` without a frame, ends it with Ollama's error line
-/// (NDJSON) or a cut connection, and counts against the node. The idle timer is
-/// armed only while the upstream keeps the relay waiting.
-struct Relay {
-    inner: UpstreamBody,
-    idle: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    ndjson: bool,
-    node: String,
-    /// Held until the answer ends (the candidate's requests in flight).
-    in_flight: Option<RequestGuard>,
-    /// The upstream connection, back to its pool once the answer was read to the end.
-    lease: Option<Lease>,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        // An answer with nothing left to read (a bodiless one, say) may never be
-        // polled to its end.
-        if self.in_flight.is_some() && hyper::body::Body::is_end_stream(&self.inner) {
-            if let Some(lease) = self.lease.take() {
-                lease.release();
-            }
-        }
-    }
-}
-
-impl Relay {
-    /// The answer failed after it began: the error line, or an error that cuts it.
-    fn fail(&mut self, msg: String) -> Option<Result<hyper::body::Frame<Bytes>, std::io::Error>> {
-        tracing::warn!("{msg}");
-        if let Some(g) = self.in_flight.take() {
-            g.candidate().request_failed();
-        }
-        if self.ndjson {
-            let line = format!("{}\n", serde_json::json!({ "error": msg }));
-            Some(Ok(hyper::body::Frame::data(Bytes::from(line))))
-        } else {
-            Some(Err(std::io::Error::other(msg)))
-        }
-    }
-}
-
-impl hyper::body::Body for Relay {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        if this.in_flight.is_none() {
-            return Poll::Ready(None); // ended (after an error line)
-        }
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.idle = None;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(None) => {
-                this.in_flight = None;
-                if let Some(lease) = this.lease.take() {
-                    lease.release();
-                }
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let msg = format!("{} failed mid-answer: {e}", this.node);
-                Poll::Ready(this.fail(msg))
-            }
-            Poll::Pending => {
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(IDLE_TIMEOUT)));
-                if std::future::Future::poll(idle.as_mut(), cx).is_ready() {
-                    let msg = format!(
-                        "{} sent nothing for {} s",
-                        this.node,
-                        IDLE_TIMEOUT.as_secs()
-                    );
-                    return Poll::Ready(this.fail(msg));
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.in_flight.is_none() || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        // An error line may follow only a chunked answer, whose size is unknown.
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]
