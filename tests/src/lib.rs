@@ -2,6 +2,7 @@
 //! servers on free ports, and a robbie-mesh service run in-process against them.
 //! Everything waits by polling with a deadline; nothing sleeps for readiness.
 
+pub mod api;
 pub mod delay;
 pub mod netns;
 pub mod ollama;

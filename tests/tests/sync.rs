@@ -5,13 +5,11 @@
 
 use std::time::Duration;
 
+use mesh_tests::api::Api;
 use mesh_tests::postgres::{psql, Postgres};
 use mesh_tests::sshd::Sshd;
 use mesh_tests::{eventually, free_port, peer_toml, trust, Mesh};
-use robbie_mesh::api::wire::{
-    Conversation, ConversationPatch, Message, NewMessage, Page, SyncState, SyncStatus,
-};
-use robbie_mesh::client::Client;
+use robbie_mesh::api::wire::{Message, Page, SyncState};
 
 /// A node whose store syncs through a `postgres` endpoint: through `sshd`'s tunnel
 /// to the primary when given, else straight to it (the hub itself).
@@ -42,76 +40,6 @@ fn node_config(node: &str, primary: &Postgres, via: Option<&Sshd>) -> String {
          candidates = [{candidate}]\nprobe = {{ local_interval = \"200ms\", remote_interval = \"200ms\" }}\n\
          [store.sync]\nservice = \"postgres\"\ndatabase = \"postgres\"\nuser = \"postgres\"\ninterval = \"1s\"\nretry = \"300ms\"\n"
     )
-}
-
-/// One node's API, through the typed client.
-struct Api(Client);
-
-impl Api {
-    fn of(mesh: &Mesh) -> Api {
-        Api(mesh.client())
-    }
-
-    async fn conversation(&self, title: &str) -> String {
-        self.0.create_conversation(title).await.expect("create").id
-    }
-
-    async fn get(&self, conv: &str) -> Conversation {
-        self.0.conversation(conv).await.expect("conversation")
-    }
-
-    async fn rename(&self, conv: &str, title: &str, archived: Option<bool>) {
-        let patch = ConversationPatch {
-            title: Some(title.to_string()),
-            archived,
-        };
-        self.0
-            .update_conversation(conv, &patch)
-            .await
-            .expect("patch");
-    }
-
-    async fn say(&self, conv: &str, content: &str) -> String {
-        let m = NewMessage {
-            role: "user".into(),
-            content: content.into(),
-            model: None,
-        };
-        self.0.append_message(conv, &m).await.expect("append").id
-    }
-
-    /// Every message, read in pages of 7.
-    async fn messages(&self, conv: &str) -> Vec<Message> {
-        let mut all: Vec<Message> = Vec::new();
-        loop {
-            let page = Page {
-                after: all.last().map(|m| m.id.clone()),
-                limit: Some(7),
-                ..Page::default()
-            };
-            let page = self.0.messages(conv, &page).await.expect("a page");
-            if page.is_empty() {
-                return all;
-            }
-            all.extend(page);
-        }
-    }
-
-    async fn sync_now(&self) {
-        self.0.sync_now().await.expect("sync");
-    }
-
-    async fn sync_state(&self) -> SyncStatus {
-        self.0.status().await.expect("status").store.sync
-    }
-
-    async fn wait_synced(&self, what: &str) {
-        eventually(Duration::from_secs(20), what, || async {
-            let s = self.sync_state().await;
-            s.pending == 0 && s.state == SyncState::Idle && s.last_sync.is_some()
-        })
-        .await;
-    }
 }
 
 fn pg(port: u16, sql: &str) -> String {
@@ -170,7 +98,7 @@ async fn airplane_writes_reach_postgres_exactly_once_and_aurora_rows_come_down()
     }
     b.rename(&conv, "trip notes (plane)", None).await;
     assert_eq!(
-        b.messages(&conv).await.len(),
+        b.messages(&conv, 7).await.len(),
         51,
         "paged reads see every local row"
     );
@@ -226,14 +154,14 @@ async fn airplane_writes_reach_postgres_exactly_once_and_aurora_rows_come_down()
         titles.contains(&"from the hub"),
         "aurora's conversation came down: {titles:?}"
     );
-    let hub_msgs = b.messages(&a_conv).await;
+    let hub_msgs = b.messages(&a_conv, 7).await;
     assert_eq!(hub_msgs.len(), 5, "and its messages");
     assert!(hub_msgs.iter().all(|m| m.node == "aurora"));
     // And book's offline rows reached aurora through the primary.
     eventually(
         Duration::from_secs(10),
         "aurora pulled book's rows",
-        || async { a.messages(&conv).await.len() == 51 },
+        || async { a.messages(&conv, 7).await.len() == 51 },
     )
     .await;
     // A second round changes nothing.
@@ -289,15 +217,15 @@ async fn two_writers_apart_converge() {
                 let c = api.get(&conv).await;
                 c.title == "renamed on vengeance"
                     && c.archived
-                    && api.messages(&conv).await.len() == 20
+                    && api.messages(&conv, 7).await.len() == 20
             },
         )
         .await;
     }
     let ids = |m: Vec<Message>| m.into_iter().map(|m| m.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(b.messages(&conv).await),
-        ids(v.messages(&conv).await),
+        ids(b.messages(&conv, 7).await),
+        ids(v.messages(&conv, 7).await),
         "the same messages in the same order"
     );
     assert_eq!(
@@ -363,11 +291,11 @@ async fn a_row_committed_late_with_a_lower_change_id_is_not_skipped() {
     tx.commit().await.expect("commit the early one");
     b.sync_now().await;
     eventually(Duration::from_secs(10), "both rows pulled", || async {
-        b.messages(&conv).await.len() == 2
+        b.messages(&conv, 7).await.len() == 2
     })
     .await;
     let contents: Vec<String> = b
-        .messages(&conv)
+        .messages(&conv, 7)
         .await
         .into_iter()
         .map(|m| m.content)

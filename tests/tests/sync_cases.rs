@@ -10,14 +10,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use mesh_tests::api::Api;
 use mesh_tests::postgres::{burn_xids_to, client_args, psql, Postgres};
 use mesh_tests::sshd::Sshd;
 use mesh_tests::{eventually, free_port, peer_toml, trust, wait_for, Mesh, DEADLINE};
 use proptest::prelude::*;
-use robbie_mesh::api::wire::{
-    Conversation, ConversationPatch, NewMessage, Page, SyncState, SyncStatus,
-};
-use robbie_mesh::client::Client;
+use robbie_mesh::api::wire::{Conversation, ConversationPatch, NewMessage, Page};
 use robbie_mesh::store::primary::{self, Rows, Table};
 
 fn bin() -> std::path::PathBuf {
@@ -69,56 +67,6 @@ fn migrated() -> Postgres {
     let primary = Postgres::primary();
     mesh_tests::postgres::migrate(&bin(), &primary.url());
     primary
-}
-
-/// One node's API, through the typed client.
-struct Api(Client);
-
-impl Api {
-    fn of(mesh: &Mesh) -> Api {
-        Api(mesh.client())
-    }
-
-    async fn conversation(&self, title: &str) -> String {
-        self.0.create_conversation(title).await.expect("create").id
-    }
-
-    async fn say(&self, conv: &str, content: &str) -> String {
-        self.0
-            .append_message(conv, &message(content, None))
-            .await
-            .expect("append")
-            .id
-    }
-
-    async fn ids(&self, conv: &str) -> BTreeSet<String> {
-        let mut all = BTreeSet::new();
-        let mut after = None;
-        loop {
-            let page = Page {
-                after,
-                limit: Some(1000),
-                ..Page::default()
-            };
-            let page = self.0.messages(conv, &page).await.unwrap_or_default();
-            let Some(last) = page.last() else { return all };
-            after = Some(last.id.clone());
-            all.extend(page.into_iter().map(|m| m.id));
-        }
-    }
-
-    async fn sync(&self) -> SyncStatus {
-        self.0.status().await.expect("status").store.sync
-    }
-
-    async fn wait_synced(&self, what: &str) {
-        self.0.sync_now().await.expect("sync");
-        eventually(Duration::from_secs(30), what, || async {
-            let s = self.sync().await;
-            s.pending == 0 && s.state == SyncState::Idle && s.last_sync.is_some()
-        })
-        .await;
-    }
 }
 
 fn message(content: &str, model: Option<&str>) -> NewMessage {
@@ -332,7 +280,7 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
         Duration::from_secs(20),
         "the rest synced, the bad row set aside",
         || async {
-            let s = b.sync().await;
+            let s = b.sync_state().await;
             s.pending == 0 && s.rejected == 1
         },
     )
@@ -342,7 +290,7 @@ async fn a_nul_is_refused_at_the_api_and_a_row_the_primary_refuses_is_set_aside(
         "SELECT string_agg(content, ',' ORDER BY id) FROM robbie.messages WHERE device <> 'other'",
     );
     assert_eq!(on_primary, "before,after");
-    let s = b.sync().await;
+    let s = b.sync_state().await;
     assert!(
         s.rejected_rows.first().is_some_and(|r| {
             r.id == "00000000-0000-7000-8000-000000000002" && r.reason.contains("0x00")
@@ -404,7 +352,7 @@ async fn a_store_file_restored_from_a_copy_becomes_a_new_device_and_loses_nothin
         b.say(&conv, &format!("before the backup {i}")).await;
     }
     b.wait_synced("first rows").await;
-    let device = b.sync().await.device;
+    let device = b.sync_state().await.device;
     book.stop().await;
     copy_store(&store, &dir.path().join("backup.db"));
 
@@ -436,7 +384,7 @@ async fn a_store_file_restored_from_a_copy_becomes_a_new_device_and_loses_nothin
         pg(primary.port, "SELECT count(*) FROM robbie.messages"),
         "315"
     );
-    let s = b.sync().await;
+    let s = b.sync_state().await;
     assert_ne!(s.device, device, "a new device id");
     assert!(
         s.notice
@@ -511,7 +459,7 @@ async fn a_primary_replaced_by_a_dump_is_noticed_and_every_row_comes_through() {
         },
     )
     .await;
-    let s = b.sync().await;
+    let s = b.sync_state().await;
     assert!(
         s.notice
             .as_deref()
