@@ -18,6 +18,8 @@ use crate::tunnel::Tunnel;
 
 const REFRESH: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first retry after a failed fetch.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct NodeEntry {
@@ -130,7 +132,11 @@ async fn fetch_loop(
 ) {
     let mut tunnel_rx = tunnel.as_ref().map(|t| t.subscribe());
     let url = format!("http://{}/v1/node", remote.address);
+    // After a failed fetch (the other node still starting, its API not up yet
+    // behind a tunnel that is), again soon: 1 s, doubling up to REFRESH.
+    let mut retry = RETRY_FIRST;
     loop {
+        let mut wait = REFRESH;
         let up = tunnel_rx
             .as_mut()
             .is_none_or(|rx| rx.borrow_and_update().state.is_up());
@@ -159,15 +165,20 @@ async fn fetch_loop(
                     Ok(inv) => {
                         entry.inventory = Some(inv);
                         entry.error = None;
+                        retry = RETRY_FIRST;
                     }
-                    Err(e) => entry.error = Some(e),
+                    Err(e) => {
+                        entry.error = Some(e);
+                        wait = retry;
+                        retry = (retry * 2).min(REFRESH);
+                    }
                 }
                 entry.updated = SystemTime::now();
             });
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(REFRESH) => {}
+            () = tokio::time::sleep(wait) => {}
             () = crate::tunnel::state_changed(tunnel_rx.as_mut()) => {}
         }
     }

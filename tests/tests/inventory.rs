@@ -106,3 +106,63 @@ async fn a_big_model_goes_to_the_node_with_the_big_gpu() {
     let _ = vengeance.kill();
     let _ = vengeance.wait();
 }
+
+/// A node whose API is not up yet when this one first asks (its tunnel came up
+/// first, or it is still starting): its hardware is asked for again within
+/// seconds, not at the next 30 s refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_api_starts_late_is_known_within_seconds() {
+    let port = free_port();
+    let mesh = Mesh::start(&format!(
+        "node = \"book\"\nnodes = [ {{ node = \"late\", address = \"127.0.0.1:{port}\" }} ]\n"
+    ))
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the first fetch refused",
+        || async {
+            mesh.status()
+                .await
+                .nodes
+                .get("late")
+                .is_some_and(|e| e.error.is_some() && e.inventory.is_none())
+        },
+    )
+    .await;
+    // Its API comes up, answering with an inventory (this node's own, renamed).
+    let mut inventory = mesh
+        .client()
+        .node()
+        .await
+        .expect("GET /v1/node")
+        .expect("this node's inventory");
+    inventory.node = "late".into();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the late node's port");
+    let app = axum::Router::new().route(
+        "/v1/node",
+        axum::routing::get(move || {
+            let inventory = inventory.clone();
+            async move { axum::Json(inventory) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let took = eventually(
+        Duration::from_secs(20),
+        "the late node's inventory",
+        || async {
+            mesh.status()
+                .await
+                .nodes
+                .get("late")
+                .is_some_and(|e| e.inventory.as_ref().is_some_and(|i| i.node == "late"))
+        },
+    )
+    .await;
+    assert!(
+        took < Duration::from_secs(10),
+        "known {took:?} after its API came up"
+    );
+    mesh.stop().await;
+}
