@@ -1,7 +1,7 @@
 //! Health of one candidate (a node's instance of a service), with hysteresis:
 //! HAProxy-style rise/fall counts, so one lost probe does not flap a route and one
 //! lucky probe does not bring back a sick node. Pure logic, no I/O: the prober
-//! (`probe`) feeds it observations, the router reads the state.
+//! (`services::prober`, through `kinds`) feeds it observations, the router reads the state.
 
 use std::time::SystemTime;
 
