@@ -369,19 +369,15 @@ impl Sse {
     fn next_event(&mut self) -> Option<Result<Event>> {
         while let Some(end) = self.buf.find("\n\n") {
             let block: String = self.buf.drain(..end + 2).collect();
-            let (mut kind, mut data) = ("message", String::new());
+            let (mut lagged, mut data) = (false, String::new());
             for line in block.lines() {
                 if let Some(k) = line.strip_prefix("event:") {
-                    kind = if k.trim() == "lagged" {
-                        "lagged"
-                    } else {
-                        "event"
-                    };
+                    lagged = k.trim() == "lagged";
                 } else if let Some(d) = line.strip_prefix("data:") {
                     data.push_str(d.trim_start());
                 }
             }
-            if kind == "lagged" || data.is_empty() {
+            if lagged || data.is_empty() {
                 continue;
             }
             return Some(
