@@ -323,6 +323,11 @@ impl Door {
 
     /// Permits for one more connection: at once, or (HTTP) after closing the
     /// connection idle the longest; `None` if the cap is held by busy ones.
+    ///
+    /// Waiting for a closed connection's permits is a wake-up, not a poll: a
+    /// burst of hundreds of arrivals at the cap (a slowloris reconnecting) is
+    /// admitted in microseconds each, so a real client queued behind it in the
+    /// listen backlog is not kept waiting.
     async fn admit(&self) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
         if let Some(p) = self.try_permits() {
             return Some(p);
@@ -335,13 +340,16 @@ impl Door {
             if !self.evict_one() {
                 return None;
             }
-            let deadline = Instant::now() + Duration::from_millis(50);
-            while Instant::now() < deadline {
-                tokio::task::yield_now().await;
-                if let Some(p) = self.try_permits() {
-                    return Some(p);
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            let permits = async {
+                let own = self.own.clone().acquire_owned().await.ok()?;
+                let shared = match &self.shared {
+                    Some(s) => Some(s.clone().acquire_owned().await.ok()?),
+                    None => None,
+                };
+                Some((own, shared))
+            };
+            if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(50), permits).await {
+                return Some(p);
             }
         }
         None
@@ -365,6 +373,10 @@ impl Door {
                     }
                     match self.admit().await {
                         Some((own, shared)) => {
+                            // A connection whose request header has all arrived is
+                            // about to be busy: not the idle one to close for the
+                            // next arrival, however many come before it is read.
+                            let waiting = self.evicts && request_waiting(&stream);
                             let close = tokio_util::sync::CancellationToken::new();
                             let mut open = lock(&self.open);
                             let id = open.next;
@@ -372,7 +384,7 @@ impl Door {
                             open.conns.insert(
                                 id,
                                 Conn {
-                                    idle_since: Some(Instant::now()),
+                                    idle_since: (!waiting).then(Instant::now),
                                     busy: 0,
                                     close: close.clone(),
                                 },
@@ -431,6 +443,19 @@ impl Door {
 
 /// Serves one admitted HTTP connection until it ends or its door closes it to
 /// make room; the ticket goes with it.
+/// Whether a whole HTTP request header is already waiting to be read (a peek:
+/// nothing is consumed). A slowloris, by its nature, never has one.
+fn request_waiting(stream: &TcpStream) -> bool {
+    let mut storage = [0u8; 2048];
+    let mut buf = tokio::io::ReadBuf::new(&mut storage);
+    // Nothing there yet is `Pending`: a look, never a wait.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match stream.poll_peek(&mut cx, &mut buf) {
+        std::task::Poll::Ready(Ok(_)) => buf.filled().windows(4).any(|w| w == b"\r\n\r\n"),
+        _ => false,
+    }
+}
+
 pub async fn serve_until_closed<F: std::future::Future>(conn: F, ticket: Ticket) {
     let closed = ticket.closed();
     tokio::select! {
@@ -532,5 +557,43 @@ mod tests {
         .expect("refused in time");
         fourth.abort();
         drop((busy, h2));
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_request_has_arrived_is_not_the_one_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let door = Door::new("test".into(), Arc::new(Semaphore::new(2)), 2, None, true);
+        let hold = |ticket: Ticket| {
+            tokio::spawn(async move {
+                ticket.closed().cancelled().await;
+                drop(ticket);
+            })
+        };
+        use tokio::io::AsyncWriteExt;
+        // The older connection's request is already there when it is accepted…
+        let mut c1 = TcpStream::connect(addr).await.expect("connect");
+        c1.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let (_s1, _, t1) = door.accept(&listener).await;
+        // …the newer one has sent half a header, as a slowloris does.
+        let mut c2 = TcpStream::connect(addr).await.expect("connect");
+        c2.write_all(b"GET / HTTP/1.1\r\nX-a: ")
+            .await
+            .expect("write");
+        let (_s2, _, t2) = door.accept(&listener).await;
+        let (first, second) = (t1.closed(), t2.closed());
+        let (_h1, h2) = (hold(t1), hold(t2));
+        let _c3 = TcpStream::connect(addr).await.expect("connect");
+        let _t3 = tokio::time::timeout(Duration::from_secs(5), door.accept(&listener))
+            .await
+            .expect("admitted in time");
+        assert!(second.is_cancelled(), "the half-sent one made room");
+        assert!(
+            !first.is_cancelled(),
+            "the one with its request waiting was kept"
+        );
+        h2.await.expect("task");
     }
 }
