@@ -24,6 +24,7 @@ pub mod install;
 pub mod inventory;
 pub mod keychain;
 pub mod kinds;
+pub mod mesh;
 pub mod nodes;
 pub mod notify;
 pub mod proxy;

@@ -314,6 +314,108 @@ fn check_config_reports_line_and_field_or_a_summary() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
 }
 
+/// `init --mesh` on the seed's mesh writes exactly `examples/`'s files, into
+/// the default config location when no `--out` is given; `check-config` on the
+/// three says they fit together, and names the node and port when they do not;
+/// a mesh whose configs would not fit writes nothing.
+#[test]
+fn init_writes_each_nodes_config_from_the_mesh_and_check_config_compares_them() {
+    let home = tempfile::tempdir().expect("home");
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mesh = examples.join("mesh.toml");
+    let mut written = Vec::new();
+    for node in ["aurora", "vengeance", "robbiebook1"] {
+        let out_file = home.path().join(format!("{node}.toml"));
+        let out = run(cmd(home.path())
+            .args(["init", "--mesh"])
+            .arg(&mesh)
+            .args(["--node", node, "--out"])
+            .arg(&out_file));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("Wrote {}", out_file.display())),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&out_file).expect("written"),
+            std::fs::read_to_string(examples.join(format!("{node}.toml"))).expect("example"),
+            "examples/{node}.toml is init's output"
+        );
+        written.push(out_file);
+    }
+    // Without --out: the default config; a second run changes nothing, a
+    // different node's config is not written over it without --force.
+    let default = home.path().join(".config/robbie-mesh/config.toml");
+    let init = |node: &str, force: bool| {
+        let mut c = cmd(home.path());
+        c.args(["init", "--mesh"]).arg(&mesh).args(["--node", node]);
+        if force {
+            c.arg("--force");
+        }
+        run(&mut c)
+    };
+    assert!(init("vengeance", false).status.success());
+    assert!(default.exists());
+    let again = init("vengeance", false);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("unchanged"));
+    let other = init("aurora", false);
+    assert_eq!(other.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("exists and differs"));
+    assert!(std::fs::read_to_string(&default)
+        .expect("config")
+        .contains("node = \"vengeance\""));
+
+    let out = run(cmd(home.path()).arg("check-config").args(&written));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("they fit together"));
+    // Aurora's config edited by hand to look for Vengeance's Ollama elsewhere.
+    let aurora = std::fs::read_to_string(&written[0]).expect("aurora");
+    std::fs::write(
+        &written[0],
+        aurora.replace("127.0.0.1:22434", "127.0.0.1:22435"),
+    )
+    .expect("edit");
+    let out = run(cmd(home.path()).arg("check-config").args(&written));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("aurora: expects vengeance's ollama at 127.0.0.1:22435, but vengeance's config publishes nothing there"),
+        "{err}"
+    );
+
+    // A mesh whose nodes share a port block: nothing written, the clash named.
+    let broken = home.path().join("mesh.toml");
+    let text = std::fs::read_to_string(&mesh).expect("mesh");
+    std::fs::write(
+        &broken,
+        text.replace(
+            "name = \"robbiebook1\"\n",
+            "name = \"robbiebook1\"\nblock = 22\n",
+        ),
+    )
+    .expect("write");
+    let target = home.path().join("book.toml");
+    let out = run(cmd(home.path())
+        .args(["init", "--mesh"])
+        .arg(&broken)
+        .args(["--node", "robbiebook1", "--out"])
+        .arg(&target));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("aurora: 127.0.0.1:22007 is where vengeance's api-to-aurora and robbiebook1's api-to-aurora all land"), "{err}");
+    assert!(err.contains("nothing written"), "{err}");
+    assert!(!target.exists());
+}
+
 #[test]
 fn status_shows_services_first_and_node_reports_its_gpu() {
     let rt = tokio::runtime::Runtime::new().expect("rt");

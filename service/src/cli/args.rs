@@ -74,8 +74,27 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
     },
-    /// Validate a config file and summarise what would run.
-    CheckConfig { file: Option<PathBuf> },
+    /// Validate a config file and summarise what would run; given several
+    /// nodes' files, also whether they fit together (every forward reaches what
+    /// it is meant to, every reverse forward lands where the other node expects).
+    CheckConfig { files: Vec<PathBuf> },
+    /// Write this node's config: from a mesh description (`--mesh mesh.toml`,
+    /// one file for every node, see examples/mesh.toml) with the port plan applied.
+    Init {
+        /// The mesh description.
+        #[arg(long, value_name = "FILE")]
+        mesh: PathBuf,
+        /// Which node of it this machine is (default: the host name).
+        #[arg(long)]
+        node: Option<String>,
+        /// Where to write (`-`: standard output); default the config's usual
+        /// place ($ROBBIE_MESH_CONFIG or ~/.config/robbie-mesh/config.toml).
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Replace an existing config that differs.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the tunnels of the running service.
     Status {
         /// Print the API's JSON instead of a table.

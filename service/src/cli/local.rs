@@ -10,6 +10,47 @@ use super::args::{DbCommand, KeysCommand, ReplicaCommand, ServiceCommand};
 use super::run::load_config;
 use crate::config::{self, Config};
 
+/// `check-config [FILE...]`: one file as below; several (one per node) each
+/// checked, then checked against each other.
+pub fn check_configs(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    if files.len() < 2 {
+        return check_config(files.into_iter().next());
+    }
+    let mut configs = Vec::new();
+    let mut bad = false;
+    for path in &files {
+        match config::load(path) {
+            Ok(cfg) => {
+                println!("{}: node {}, valid", path.display(), cfg.node);
+                configs.push(cfg);
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                bad = true;
+            }
+        }
+    }
+    if bad {
+        eprintln!("fix the files above first; then whether they fit together is checked");
+        return Ok(ExitCode::from(2));
+    }
+    let found = crate::mesh::agree::check(&configs);
+    if found.is_empty() {
+        println!(
+            "they fit together: every forward reaches what it is meant to, every reverse forward lands where the other node expects it"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &found {
+        eprintln!("{f}");
+    }
+    eprintln!(
+        "{} disagreement(s) between the nodes' configs: with a mesh description, `robbie-mesh init --mesh FILE --node NAME` writes configs that agree",
+        found.len()
+    );
+    Ok(ExitCode::from(2))
+}
+
 pub fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     // A file named on the command line must exist, as `run --config` requires.
     if let Some(named) = &file {

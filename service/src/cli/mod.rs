@@ -7,9 +7,11 @@
 //!   `reconnect`, `sync`, `dashboard`) through [`crate::client`];
 //! - [`local`]: commands that work on this machine without it (`check-config`,
 //!   `db`, `keys`, `service`, `man`);
+//! - [`init`]: `init`, a node's config written from the mesh description;
 //! - [`text`]: what they print, as pure functions the tests check.
 
 pub mod args;
+mod init;
 mod local;
 mod remote;
 mod run;
@@ -31,7 +33,13 @@ pub fn main() -> ExitCode {
             listen,
             log_file,
         } => run::run(config, listen, log_file.as_deref()),
-        Command::CheckConfig { file } => local::check_config(file),
+        Command::CheckConfig { files } => local::check_configs(files),
+        Command::Init {
+            mesh,
+            node,
+            out,
+            force,
+        } => init::from_mesh(&mesh, node.as_deref(), out.as_deref(), force),
         Command::Status { json, api } => remote::status(json, &api),
         Command::Reconnect { tunnel, api } => remote::reconnect(&tunnel, &api),
         Command::Dashboard { print, api } => remote::dashboard(print, &api),

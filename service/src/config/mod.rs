@@ -13,7 +13,7 @@
 
 mod raw;
 pub mod ssh_config;
-mod validate;
+pub(crate) mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -485,7 +485,7 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl ConfigErrors {
-    fn single(file: &str, message: String) -> Self {
+    pub(crate) fn single(file: &str, message: String) -> Self {
         ConfigErrors(vec![ConfigError {
             file: file.to_string(),
             location: None,
@@ -549,11 +549,16 @@ pub(crate) fn parse_with(
     file: &str,
     env: &validate::Env,
 ) -> Result<Config, ConfigErrors> {
-    let raw = deserialize(text, file)?;
+    let raw: raw::RawConfig = deserialize(text, file)?;
     validate::validate(raw, text, file, env)
 }
 
-fn deserialize(text: &str, file: &str) -> Result<raw::RawConfig, ConfigErrors> {
+/// Deserializes a TOML file into `T`; an error names the file, line, column and
+/// field (the mesh description is read the same way).
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigErrors> {
     let to_error = |span: Option<std::ops::Range<usize>>, field: String, message: String| {
         ConfigErrors(vec![ConfigError {
             file: file.to_string(),
