@@ -157,7 +157,22 @@ mod platform {
     }
 }
 
+#[cfg(target_os = "linux")]
+pub use platform::state;
 pub use platform::{install, status, uninstall};
+
+/// A unit's state as its service manager says (`doctor`).
+#[derive(Debug, Clone)]
+pub struct UnitState {
+    pub scope: Scope,
+    /// enabled, disabled, …
+    pub enabled: String,
+    /// active, failed, inactive, activating, …
+    pub active: String,
+    pub sub: String,
+    /// Its status line (`sd_notify STATUS=`).
+    pub status: String,
+}
 
 /// Whether the user service is set to start at login (the tray's check mark):
 /// the user unit enabled (systemd), the app's LaunchAgent registered or the

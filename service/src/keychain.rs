@@ -22,6 +22,8 @@ pub enum KeychainError {
     NotFound(String),
     #[error("no keychain here: {0}")]
     Unavailable(String),
+    #[error("the keychain is locked: a key in it cannot be read without a password prompt nobody may see")]
+    Locked,
     #[error("keychain entry `{entry}`: {source}")]
     Keyring {
         entry: String,
@@ -77,6 +79,31 @@ fn session_bus() -> Result<(), KeychainError> {
          an ssh-agent, or under systemd `credential:NAME`"
             .into(),
     ))
+}
+
+/// Whether the keychain can be used without a password prompt: `Ok(())`, or
+/// why not ("locked", no session bus, no Secret Service). Asks the Secret
+/// Service for its default collection's lock (Linux); elsewhere reads an entry
+/// that does not exist, which answers only if the keychain is usable.
+pub fn usable() -> Result<(), KeychainError> {
+    session_bus()?;
+    #[cfg(target_os = "linux")]
+    {
+        use dbus_secret_service::{EncryptionType, SecretService};
+        let unavailable = |e: dbus_secret_service::Error| {
+            KeychainError::Unavailable(format!("the Secret Service does not answer: {e}"))
+        };
+        let ss = SecretService::connect(EncryptionType::Plain).map_err(unavailable)?;
+        let collection = ss.get_any_collection().map_err(unavailable)?;
+        if collection.is_locked().map_err(unavailable)? {
+            return Err(KeychainError::Locked);
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        get("robbie-mesh doctor: no such entry").map(|_| ())
+    }
 }
 
 /// Reads a secret; `Ok(None)` when there is no such entry.

@@ -16,6 +16,7 @@ pub mod app;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod doctor;
 pub mod door;
 pub mod events;
 pub mod failpoint;

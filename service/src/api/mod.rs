@@ -115,6 +115,7 @@ async fn health(State(s): State<Service>) -> Json<HealthReply> {
         version: env!("CARGO_PKG_VERSION").into(),
         mode: mode(&s),
         config: s.config.source.as_ref().map(|p| p.display().to_string()),
+        time: Some(std::time::SystemTime::now()),
     })
 }
 

@@ -50,6 +50,16 @@ pub struct HealthReply {
     pub version: String,
     pub mode: Mode,
     pub config: Option<String>,
+    /// This node's clock when it answered (`doctor` compares the nodes' clocks:
+    /// sync's last-writer-wins trusts them to agree within a minute). Absent
+    /// from versions before it.
+    #[serde(
+        default,
+        serialize_with = "crate::util::ser_opt_time",
+        deserialize_with = "crate::util::de_opt_time",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub time: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -78,6 +78,17 @@ pub enum Command {
     /// nodes' files, also whether they fit together (every forward reaches what
     /// it is meant to, every reverse forward lands where the other node expects).
     CheckConfig { files: Vec<PathBuf> },
+    /// Check everything this node needs — config, service, each peer (name,
+    /// TCP, host key, login, forwards), endpoints' ports, keychain, clocks,
+    /// primary, replica, disk, service unit — each ✓ or ✗ with the fix; exit
+    /// status 1 if any failed.
+    Doctor {
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Write this node's config: from a mesh description (`--mesh mesh.toml`,
     /// one file for every node, see examples/mesh.toml) with the port plan applied.
     Init {

@@ -34,6 +34,7 @@ pub fn main() -> ExitCode {
             log_file,
         } => run::run(config, listen, log_file.as_deref()),
         Command::CheckConfig { files } => local::check_configs(files),
+        Command::Doctor { json, api } => remote::doctor(json, &api),
         Command::Init {
             mesh,
             node,

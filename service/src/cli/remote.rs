@@ -19,6 +19,25 @@ fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyho
         .block_on(f)
 }
 
+/// `doctor`: every check at once, ✓/✗ with the fix; exit status 1 if any failed.
+pub fn doctor(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
+    let report = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(crate::doctor::run(api.config.as_deref(), api.api));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 pub fn status(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
     let client = api.client();
     block_on(async {

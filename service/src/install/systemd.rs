@@ -119,6 +119,37 @@ pub fn install(scope: Scope, program: Option<PathBuf>) -> Result<(), InstallErro
     Ok(())
 }
 
+/// The unit as systemd sees it, for `doctor`: `None` when systemd does not
+/// know it in that scope (not installed, or no systemd).
+pub fn state(scope: Scope) -> Option<UnitState> {
+    systemd().ok()?;
+    let out = ask(
+        "systemctl",
+        &scoped(
+            scope,
+            &[
+                "show",
+                "-p",
+                "LoadState,UnitFileState,ActiveState,SubState,StatusText",
+                UNIT,
+            ],
+        ),
+    );
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or("")
+            .to_string()
+    };
+    (field("LoadState") == "loaded").then(|| UnitState {
+        scope,
+        enabled: field("UnitFileState"),
+        active: field("ActiveState"),
+        sub: field("SubState"),
+        status: field("StatusText"),
+    })
+}
+
 fn scoped<'a>(scope: Scope, args: &[&'a str]) -> Vec<&'a str> {
     let mut all = Vec::new();
     if scope == Scope::User {

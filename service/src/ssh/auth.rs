@@ -16,12 +16,21 @@ use crate::keychain;
 
 type Handle = client::Handle<MeshHandler>;
 
+/// How a session logged in: the identity the server accepted, and what was
+/// tried before it and why it did not serve (for `doctor`).
+#[derive(Debug, Clone, Default)]
+pub struct Login {
+    pub user: String,
+    pub with: String,
+    pub before: Vec<String>,
+}
+
 /// Logs in to `server` with its identities, in order (`peer` names the peer in logs).
 pub async fn authenticate(
     handle: &mut Handle,
     server: &SshServer,
     peer: &str,
-) -> Result<(), SshError> {
+) -> Result<Login, SshError> {
     let user = server.target.user.clone();
     let mut tried = Vec::new();
     // The agent offers the keys of these files first, as ssh does.
@@ -62,7 +71,11 @@ pub async fn authenticate(
                     // that is not there under a system service, say).
                     tracing::info!(peer = %peer, "authenticated as {user} with {source}, after: {}", tried.join(", "));
                 }
-                return Ok(());
+                return Ok(Login {
+                    user,
+                    with: source.to_string(),
+                    before: tried,
+                });
             }
             Outcome::Refused(n) => tried.push(format!(
                 "{source} ({n} key{} refused)",

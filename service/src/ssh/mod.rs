@@ -287,6 +287,8 @@ pub struct Session {
     server: String,
     /// The jump host's session this one runs through: kept while this one lives.
     via: Option<Box<Session>>,
+    /// How it logged in.
+    pub login: auth::Login,
 }
 
 impl Session {
@@ -461,8 +463,9 @@ where
                     .take()
                     .unwrap_or_else(|| protocol_error(&addr, e))
             })?;
-        auth::authenticate(&mut handle, server, &peer.name).await?;
+        let login = auth::authenticate(&mut handle, server, &peer.name).await?;
         Ok(Session {
+            login,
             handle,
             closed,
             ended,

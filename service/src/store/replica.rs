@@ -88,7 +88,7 @@ pub fn watch(
     rx
 }
 
-async fn check(cfg: &ReplicaConfig) -> ReplicaStatus {
+pub async fn check(cfg: &ReplicaConfig) -> ReplicaStatus {
     let mut st = ReplicaStatus {
         address: cfg.address.to_string(),
         ..Default::default()
