@@ -144,6 +144,48 @@ function addEvent(e) {
   while (list.children.length > 100) list.lastChild.remove();
 }
 
+// The doctor's last findings: the failed ones first, each with its fix.
+function doctor(report, why) {
+  const rows = [];
+  if (!report) {
+    rows.push(el("div", { class: "muted" }, why || "Not run yet: “Check now”, or `robbie-mesh doctor` in a terminal."));
+  } else {
+    const failed = report.findings.filter((f) => f.verdict === "fail");
+    rows.push(el("div", { "data-doctor": report.ok ? "ok" : "failed" },
+      el("strong", {}, report.ok ? "✓ all checks passed" : `✗ ${failed.length} of ${report.findings.length} checks failed`),
+      " ", el("span", { class: "muted" }, el("time", { dateTime: report.at }, ago(report.at)))));
+    const order = [...failed, ...report.findings.filter((f) => f.verdict !== "fail")];
+    for (const f of order) {
+      const mark = f.verdict === "pass" ? "✓" : f.verdict === "fail" ? "✗" : "-";
+      rows.push(el("div", { "data-verdict": f.verdict },
+        `${mark} ${f.check}: ${f.detail}`,
+        f.fix ? el("div", { class: "why" }, `fix: ${f.fix}`) : null));
+    }
+  }
+  $("#doctor .rows").replaceChildren(...rows);
+}
+
+async function loadDoctor() {
+  try {
+    const r = await fetch("/v1/doctor", { cache: "no-store" });
+    if (r.ok) doctor((await r.json()).report);
+  } catch { /* the banner says the service is down */ }
+}
+
+async function runDoctor() {
+  const b = $("#doctor-run");
+  b.disabled = true;
+  b.textContent = "Checking…";
+  try {
+    const r = await fetch("/v1/doctor", { method: "POST", cache: "no-store" });
+    if (r.status === 401) doctor(null, "Sign in to run it from here: `robbie-mesh dashboard` opens this page signed in.");
+    else if (r.ok) doctor(await r.json());
+  } finally {
+    b.disabled = false;
+    b.textContent = "Check now";
+  }
+}
+
 let refreshing = null;
 async function refresh() {
   try {
@@ -153,6 +195,7 @@ async function refresh() {
     $("#node").textContent = `${st.node} · ${st.mode}`;
     $("#down").hidden = true;
     services(st); nodes(st); tunnels(st); store(st);
+    $("#setup").hidden = !(st.mode === "local-only" && st.services.length === 0);
     document.body.dataset.loaded = "1";
   } catch {
     $("#down").hidden = false;
@@ -182,5 +225,7 @@ function listen() {
 }
 
 refresh();
+loadDoctor();
 listen();
-setInterval(refresh, 5000);
+setInterval(() => { refresh(); loadDoctor(); }, 5000);
+$("#doctor-run").addEventListener("click", runDoctor);

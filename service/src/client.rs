@@ -202,6 +202,23 @@ impl Client {
         self.get("/health").await
     }
 
+    /// The last `doctor` findings the service keeps.
+    pub async fn doctor(&self) -> Result<Option<Report>> {
+        Ok(self.get::<DoctorReply>("/v1/doctor").await?.report)
+    }
+
+    /// Runs every check in the service, now.
+    pub async fn run_doctor(&self) -> Result<Report> {
+        self.call(Method::POST, "/v1/doctor", None::<&()>).await
+    }
+
+    /// Hands the service findings made here, for its dashboard.
+    pub async fn keep_doctor(&self, report: &Report) -> Result<()> {
+        self.send(self.request(Method::PUT, "/v1/doctor").json(report))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn status(&self) -> Result<Status> {
         self.get("/v1/status").await
     }

@@ -43,6 +43,9 @@ pub struct Service {
     pub started: std::time::Instant,
     /// The API token and the browsers' sign-in codes.
     pub access: Arc<crate::access::Access>,
+    /// The last `doctor` findings (run here, or sent by `robbie-mesh doctor`),
+    /// for the dashboard.
+    pub doctor: Arc<std::sync::Mutex<Option<crate::doctor::Report>>>,
 }
 
 impl Service {
@@ -115,6 +118,7 @@ impl Service {
         };
         Service {
             access: Arc::new(crate::access::Access::open(&config.store.path)),
+            doctor: Arc::default(),
             started: std::time::Instant::now(),
             startup,
             shutdown: cancel.clone(),

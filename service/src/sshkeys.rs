@@ -162,6 +162,69 @@ pub fn delete(name: &str) -> Result<(), KeyError> {
     save_index(&list)
 }
 
+/// The key in the file at `path` (an OpenSSH private key, not encrypted), made
+/// there first if there is none: a new ed25519 key, mode 0600, its public half
+/// beside it (`.pub`), its directory made with mode 0700, as `ssh-keygen` does.
+pub fn file_key(path: &Path, comment: &str) -> Result<StoredKey, KeyError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let file = |why: String| KeyError::File {
+        path: path.display().to_string(),
+        why,
+    };
+    let key = if path.exists() {
+        crate::ssh::auth::unprotected(path).map_err(file)?;
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?,
+        );
+        let key = PrivateKey::from_openssh(text.as_str())
+            .map_err(|e| file(format!("not an OpenSSH private key ({e})")))?;
+        if key.is_encrypted() {
+            return Err(file(
+                "encrypted: robbie-mesh needs its passphrase in the keychain (`robbie-mesh keys import`) or an ssh-agent holding it"
+                    .into(),
+            ));
+        }
+        key
+    } else {
+        let seed: [u8; 32] = rand::random();
+        let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+        key.set_comment(comment);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| file(e.to_string()))?;
+        }
+        let pem = key
+            .to_openssh(LineEnding::LF)
+            .map_err(|e| KeyError::Crypto(e.to_string()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| file(e.to_string()))?;
+        f.write_all(pem.as_bytes())
+            .map_err(|e| file(e.to_string()))?;
+        key
+    };
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| KeyError::Crypto(e.to_string()))?;
+    let pub_path = std::path::PathBuf::from(format!("{}.pub", path.display()));
+    if !pub_path.exists() {
+        std::fs::write(&pub_path, format!("{public}\n")).map_err(|e| file(e.to_string()))?;
+    }
+    Ok(StoredKey {
+        name: path.display().to_string(),
+        public,
+        fingerprint: key.public_key().fingerprint(HashAlg::Sha256).to_string(),
+    })
+}
+
 #[cfg(test)]
 mod import_tests {
     use std::os::unix::fs::PermissionsExt;
@@ -179,3 +242,4 @@ mod import_tests {
         assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
     }
 }
+

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use robbie_mesh::api::wire::Status;
+use robbie_mesh::api::wire::{Mode, Status};
 use robbie_mesh::sshkeys::StoredKey;
 use tauri::menu::{CheckMenuItem, IsMenuItem, Menu, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::{AppHandle, Manager, Wry};
@@ -132,6 +132,12 @@ pub fn lines(st: Option<&Status>, muted: bool, at_login: bool, keys: &[StoredKey
         None => out.push(Line::label(
             "Service not running — start it with `robbie-mesh run`",
         )),
+        Some(st) if st.mode == Mode::LocalOnly && st.services.is_empty() => {
+            // A fresh install: say what to do, not an empty menu.
+            out.push(Line::label("Not connected to other machines yet:"));
+            out.push(Line::label("    run `robbie-mesh init` in a terminal"));
+            out.push(Line::label("    (then `robbie-mesh doctor` checks it all)"));
+        }
         Some(st) => {
             for s in &st.services {
                 let route = s.route.as_deref().unwrap_or("nothing is up");
@@ -158,7 +164,10 @@ pub fn lines(st: Option<&Status>, muted: bool, at_login: bool, keys: &[StoredKey
             out.push(Line::act(Action::ReconnectAll, "Reconnect all"));
         }
     }
-    out.push(Line::act(Action::OpenDashboard, "Open dashboard"));
+    out.push(Line::act(
+        Action::OpenDashboard,
+        "Open dashboard (status, doctor's findings)",
+    ));
     out.push(Line::Separator);
     out.push(Line::label("SSH keys (in the keychain)"));
     for k in keys {
@@ -303,6 +312,25 @@ fn pin(client: robbie_mesh::client::Client, service: String, node: Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_install_says_to_run_init() {
+        let st: Status = serde_json::from_value(serde_json::json!({
+            "node": "book", "mode": "local-only", "inventory": null, "nodes": {},
+            "services": [], "tunnels": [],
+            "store": {"path": "s.db", "error": null, "replica": null,
+                "sync": {"state": "off", "device": "d", "pending": 0, "last_sync": null,
+                    "last_error": null, "pushed": 0, "pulled": 0, "rejected": 0,
+                    "rejected_rows": [], "notice": null, "held_back": null}},
+        }))
+        .expect("a status");
+        let text = format!("{:?}", lines(Some(&st), false, false, &[]));
+        assert!(
+            text.contains("run `robbie-mesh init` in a terminal"),
+            "{text}"
+        );
+        assert!(!text.contains("Reconnect all"), "{text}");
+    }
 
     #[test]
     fn every_action_reads_back_from_its_id_and_labels_read_as_none() {

@@ -26,6 +26,17 @@ pub struct Netns {
 impl Netns {
     /// A fresh namespace, linked to this one by a /30.
     pub fn create(label: &str) -> Netns {
+        Netns::create_in(label, None)
+    }
+
+    /// A fresh namespace linked to `parent` (not to this one): a machine only
+    /// `parent` can reach, as a server on a network of its own. `host_if` and
+    /// `host_ip` are then in `parent`.
+    pub fn create_behind(parent: &Netns, label: &str) -> Netns {
+        Netns::create_in(label, Some(&parent.name))
+    }
+
+    fn create_in(label: &str, parent: Option<&str>) -> Netns {
         assert!(
             nix::unistd::geteuid().is_root(),
             "the multi-node tests put each node in its own network namespace, which needs root (CI runs as root)"
@@ -46,7 +57,16 @@ impl Netns {
             ip,
         };
         ip_cmd(&["netns", "add", &ns.name]);
-        ip_cmd(&[
+        // The host end's commands run in `parent` when there is one.
+        let host = |args: &[&str]| match parent {
+            Some(p) => {
+                let mut all = vec!["-n", p];
+                all.extend_from_slice(args);
+                ip_cmd(&all);
+            }
+            None => ip_cmd(args),
+        };
+        host(&[
             "link",
             "add",
             &ns.host_if,
@@ -58,14 +78,14 @@ impl Netns {
             "netns",
             &ns.name,
         ]);
-        ip_cmd(&[
+        host(&[
             "addr",
             "add",
             &format!("{}/30", ns.host_ip),
             "dev",
             &ns.host_if,
         ]);
-        ip_cmd(&["link", "set", &ns.host_if, "up"]);
+        host(&["link", "set", &ns.host_if, "up"]);
         ip_cmd(&[
             "-n",
             &ns.name,

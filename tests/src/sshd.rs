@@ -57,6 +57,8 @@ pub struct Sshd {
     /// Debian's defaults for dead clients (no ClientAliveInterval): a session whose
     /// client vanished lives on until TCP gives up.
     stock: bool,
+    /// Not reachable from the test's namespace: readiness is read from its log.
+    hidden: bool,
     /// More sshd_config lines (see [`Sshd::configure`]).
     extra: String,
 }
@@ -84,6 +86,12 @@ impl Sshd {
 
     /// On a free port of a namespace's own loopback: reachable only from inside
     /// the namespace (a server behind a jump host), not from this one.
+    /// In a namespace linked behind another one (`Netns::create_behind`):
+    /// reachable from that one only, so its log says when it listens.
+    pub fn start_behind(ns: &Netns) -> Sshd {
+        Sshd::start_at_hidden(ns.ip.into(), 22, Some(ns.name.clone()), false, true)
+    }
+
     pub fn start_in_loopback(ns: &Netns) -> Sshd {
         Sshd::start_at(
             Ipv4Addr::LOCALHOST.into(),
@@ -94,6 +102,17 @@ impl Sshd {
     }
 
     fn start_at(ip: IpAddr, port: u16, netns: Option<String>, stock: bool) -> Sshd {
+        let hidden = netns.is_some() && ip.is_loopback();
+        Sshd::start_at_hidden(ip, port, netns, stock, hidden)
+    }
+
+    fn start_at_hidden(
+        ip: IpAddr,
+        port: u16,
+        netns: Option<String>,
+        stock: bool,
+        hidden: bool,
+    ) -> Sshd {
         let dir = tempfile::tempdir().expect("tempdir");
         // sshd's privilege separation needs this directory.
         let _ = std::fs::create_dir_all("/run/sshd");
@@ -114,6 +133,7 @@ impl Sshd {
             client_key,
             child: None,
             stock,
+            hidden,
             extra: String::new(),
         };
         s.write_config();
@@ -152,8 +172,9 @@ impl Sshd {
     }
 
     fn spawn(&mut self) {
-        // A namespace's loopback cannot be dialled from here: its log says when.
-        let hidden = self.netns.is_some() && self.ip.is_loopback();
+        // A namespace's loopback (or one behind another) cannot be dialled
+        // from here: its log says when.
+        let hidden = self.hidden;
         let listening = format!("Server listening on {} port {}.", self.ip, self.port);
         let times =
             |log: &Path| std::fs::read_to_string(log).map_or(0, |l| l.matches(&listening).count());

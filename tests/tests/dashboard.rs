@@ -97,3 +97,71 @@ async fn the_dashboard_follows_a_failover_live() {
         artifacts.display()
     );
 }
+
+/// A fresh install (no config: local-only) in real headless Chromium: the page
+/// says what to run first instead of showing nothing; then findings that
+/// `robbie-mesh doctor` handed the service show up — failed first, each with
+/// its fix — without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fresh_install_says_what_next_and_shows_the_doctors_findings() {
+    let mesh = Mesh::start("node = \"fresh\"\n").await;
+    let artifacts = mesh_tests::artifacts_dir();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/fresh.mjs");
+    let mut node = Command::new("node")
+        .arg(&script)
+        .arg(format!("http://{}/", mesh.api))
+        .arg(&artifacts)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node (nodejs; tests/setup.sh installs it with playwright-core and chromium)");
+    let mut stdin = node.stdin.take().expect("stdin");
+    let mut rx = mesh_tests::lines_of(node.stdout.take().expect("stdout"));
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "(browser script ended)".into())
+    }
+    let setup = next(&mut rx).await;
+    assert!(
+        setup.starts_with("SETUP \"This machine runs alone") && setup.contains("robbie-mesh init"),
+        "{setup}"
+    );
+
+    // What `robbie-mesh doctor` hands the running service.
+    let report = robbie_mesh::doctor::Report {
+        ok: false,
+        at: std::time::SystemTime::now(),
+        findings: vec![
+            robbie_mesh::doctor::Finding::pass("config", "no config file: local-only mode"),
+            robbie_mesh::doctor::Finding::fail(
+                "endpoint ollama (127.0.0.1:11434)",
+                "taken, held by PID 42 (ollama)",
+                "move it with OLLAMA_HOST=127.0.0.1:11435",
+            ),
+        ],
+    };
+    mesh.client().keep_doctor(&report).await.expect("PUT /v1/doctor");
+    assert_eq!(
+        mesh.client().doctor().await.expect("GET /v1/doctor").map(|r| r.findings.len()),
+        Some(2)
+    );
+    writeln!(stdin, "go").expect("tell the script");
+    let doctor = next(&mut rx).await;
+    let rows: Vec<String> = doctor
+        .strip_prefix("DOCTOR ")
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("{doctor}"));
+    assert!(rows[0].contains("✗ 1 of 2 checks failed"), "{rows:?}");
+    assert!(
+        rows[1].contains("✗ endpoint ollama") && rows[1].contains("fix: move it with OLLAMA_HOST"),
+        "the failed one first, with its fix: {rows:?}"
+    );
+    let errors = next(&mut rx).await;
+    assert_eq!(errors, "ERRORS []", "the page logged errors");
+    drop(stdin);
+    let _ = tokio::task::spawn_blocking(move || node.wait()).await;
+}

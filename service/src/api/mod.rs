@@ -53,6 +53,10 @@ pub fn router(service: Service) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/tunnels/{name}/reconnect", post(reconnect))
         .route("/v1/services/{name}/pin", post(pin).delete(unpin))
+        .route(
+            "/v1/doctor",
+            get(doctor_last).post(doctor_run).put(doctor_keep),
+        )
         .merge(conversations::routes())
         .merge(ui::routes())
         .fallback(|| async {
@@ -264,4 +268,24 @@ async fn pin(
 
 async fn unpin(State(s): State<Service>, Path(name): Path<String>) -> Response {
     set_pin(&s, &name, None)
+}
+
+/// `GET /v1/doctor`: the last findings.
+async fn doctor_last(State(s): State<Service>) -> Json<DoctorReply> {
+    let report = s.doctor.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Json(DoctorReply { report })
+}
+
+/// `POST /v1/doctor`: every check now, as this service sees it; kept for the
+/// dashboard.
+async fn doctor_run(State(s): State<Service>) -> Json<Report> {
+    let report = crate::doctor::run(s.config.source.as_deref(), Some(s.config.api.listen)).await;
+    *s.doctor.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+    Json(report)
+}
+
+/// `PUT /v1/doctor`: findings `robbie-mesh doctor` made, kept for the dashboard.
+async fn doctor_keep(State(s): State<Service>, Json(report): Json<Report>) -> StatusCode {
+    *s.doctor.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+    StatusCode::NO_CONTENT
 }

@@ -205,3 +205,11 @@ pub struct VerifyRequest {
     #[serde(default)]
     pub repair: bool,
 }
+
+pub use crate::doctor::{Finding, Report, Verdict};
+
+/// `GET /v1/doctor`: the last findings, if `doctor` has run since the start.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DoctorReply {
+    pub report: Option<Report>,
+}

@@ -90,14 +90,39 @@ pub enum Command {
         api: ApiArg,
     },
     /// Write this node's config: from a mesh description (`--mesh mesh.toml`,
-    /// one file for every node, see examples/mesh.toml) with the port plan applied.
+    /// one file for every node, see examples/mesh.toml) with the port plan
+    /// applied; or, without one, by asking (every question is also a flag):
+    /// the node's name, its peers, its key, each peer's host key, and what each
+    /// peer runs (asked of the peer through SSH).
     Init {
         /// The mesh description.
         #[arg(long, value_name = "FILE")]
-        mesh: PathBuf,
-        /// Which node of it this machine is (default: the host name).
+        mesh: Option<PathBuf>,
+        /// Which node this machine is (default: the host name).
         #[arg(long)]
         node: Option<String>,
+        /// A peer to dial: NAME=user@host[:port], or a ~/.ssh/config Host alias
+        /// (its name then); repeat for several.
+        #[arg(long, value_name = "PEER", conflicts_with = "mesh")]
+        peer: Vec<String>,
+        /// Only these services (default: every one a peer or this machine runs:
+        /// ollama, gpu-api, postgres).
+        #[arg(long, value_name = "NAME", conflicts_with = "mesh")]
+        service: Vec<String>,
+        /// The key this machine logs in with: `keychain` (a new key in the OS
+        /// keychain; the default in a desktop session), `file` (a new
+        /// ~/.ssh/robbie-mesh_ed25519; the default elsewhere) or the path of an
+        /// existing private key.
+        #[arg(long, value_name = "KIND", conflicts_with = "mesh")]
+        key: Option<String>,
+        /// Trust a peer's host key with this fingerprint (SHA256:…, as
+        /// `ssh-keygen -lf` shows it on the server): what a script answers to
+        /// the fingerprint question. Never trusted without it or a yes.
+        #[arg(long, value_name = "FINGERPRINT", conflicts_with = "mesh")]
+        accept_host_key: Vec<String>,
+        /// Install and start the service once the config is written.
+        #[arg(long, conflicts_with = "mesh")]
+        install: bool,
         /// Where to write (`-`: standard output); default the config's usual
         /// place ($ROBBIE_MESH_CONFIG or ~/.config/robbie-mesh/config.toml).
         #[arg(long, short, value_name = "FILE")]

@@ -17,7 +17,8 @@ fn configs(mesh: &Mesh, source: &str) -> Result<Vec<(String, String)>, Vec<Strin
     let mut parsed = Vec::new();
     let mut problems = Vec::new();
     for n in mesh.mesh_nodes() {
-        let text = render::render(mesh, &plan::plan(mesh, n), source);
+        let how = format!("robbie-mesh init --mesh {source} --node {}", n.name);
+        let text = render::render(mesh, &plan::plan(mesh, n), &how, true);
         match config::parse(&text, &format!("{}'s config", n.name)) {
             Ok(cfg) => parsed.push(cfg),
             Err(e) => problems.extend(e.0.iter().map(|e| e.to_string())),
@@ -59,6 +60,64 @@ fn which<'m>(mesh: &'m Mesh, node: Option<&str>) -> anyhow::Result<&'m str> {
             names.join(", ")
         ),
     }
+}
+
+/// What [`write`] did.
+pub enum Written {
+    To(std::path::PathBuf),
+    Stdout,
+    Unchanged,
+    /// A different config is there and `--force` was not given (said why).
+    Refused,
+}
+
+/// Writes `node`'s config `text` to `out` (`-`: standard output; default: the
+/// config's usual place): whole or not at all, never over a different one
+/// without `force`. `source` names where it came from, for messages.
+pub fn write(
+    text: &str,
+    out: Option<&Path>,
+    force: bool,
+    node: &str,
+    source: &str,
+) -> anyhow::Result<Written> {
+    let path = match out {
+        Some(p) if p == Path::new("-") => {
+            std::io::stdout().write_all(text.as_bytes())?;
+            return Ok(Written::Stdout);
+        }
+        Some(p) => p.to_path_buf(),
+        None => config::default_path()
+            .context("no default config location on this system: give --out FILE")?,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(old) if old == *text => {
+            println!(
+                "{} is already {node}'s config from {source}: unchanged",
+                path.display()
+            );
+            return Ok(Written::Unchanged);
+        }
+        Ok(_) if !force => {
+            eprintln!(
+                "{} exists and differs from what {source} gives {node}; see the new one with `--out -`, replace it with --force",
+                path.display()
+            );
+            return Ok(Written::Refused);
+        }
+        _ => {}
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // Written whole or not at all: a new file renamed over the old one.
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("Wrote {} for {node}:", path.display());
+    print!("{}", super::text::config_summary(&cfg));
+    Ok(Written::To(path))
 }
 
 pub fn from_mesh(
@@ -104,45 +163,12 @@ pub fn from_mesh(
         .context("the node's config")?
         .1;
 
-    let path = match out {
-        Some(p) if p == Path::new("-") => {
-            std::io::stdout().write_all(text.as_bytes())?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        Some(p) => p.to_path_buf(),
-        None => config::default_path()
-            .context("no default config location on this system: give --out FILE")?,
+    let path = match write(text, out, force, name, &mesh_file.display().to_string())? {
+        Written::To(p) => p,
+        Written::Stdout | Written::Unchanged => return Ok(ExitCode::SUCCESS),
+        Written::Refused => return Ok(ExitCode::from(2)),
     };
-    match std::fs::read_to_string(&path) {
-        Ok(old) if old == *text => {
-            println!(
-                "{} is already {name}'s config from {}: unchanged",
-                path.display(),
-                mesh_file.display()
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        Ok(_) if !force => {
-            eprintln!(
-                "{} exists and differs from what {} gives {name}; see the new one with `--out -`, replace it with --force",
-                path.display(),
-                mesh_file.display()
-            );
-            return Ok(ExitCode::from(2));
-        }
-        _ => {}
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    // Written whole or not at all: a new file renamed over the old one.
-    let tmp = path.with_extension("toml.new");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("Wrote {} for {name}:", path.display());
-    print!("{}", super::text::config_summary(&cfg));
     println!("\nNext:");
     let mut step = 1;
     for p in &cfg.peers {

@@ -7,7 +7,8 @@
 //!   `reconnect`, `sync`, `dashboard`) through [`crate::client`];
 //! - [`local`]: commands that work on this machine without it (`check-config`,
 //!   `db`, `keys`, `service`, `man`);
-//! - [`init`]: `init`, a node's config written from the mesh description;
+//! - [`init`]: `init --mesh`, a node's config written from the mesh description;
+//! - [`setup`]: `init` without one, by questions (each also a flag);
 //! - [`text`]: what they print, as pure functions the tests check.
 
 pub mod args;
@@ -15,6 +16,7 @@ mod init;
 mod local;
 mod remote;
 mod run;
+mod setup;
 pub mod text;
 
 use std::process::ExitCode;
@@ -36,11 +38,32 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { files } => local::check_configs(files),
         Command::Doctor { json, api } => remote::doctor(json, &api),
         Command::Init {
-            mesh,
+            mesh: Some(mesh),
             node,
             out,
             force,
+            ..
         } => init::from_mesh(&mesh, node.as_deref(), out.as_deref(), force),
+        Command::Init {
+            mesh: None,
+            node,
+            peer,
+            service,
+            key,
+            accept_host_key,
+            install,
+            out,
+            force,
+        } => setup::init(setup::Answers {
+            node,
+            peers: peer,
+            services: service,
+            key,
+            accept_host_key,
+            install,
+            out,
+            force,
+        }),
         Command::Status { json, api } => remote::status(json, &api),
         Command::Reconnect { tunnel, api } => remote::reconnect(&tunnel, &api),
         Command::Dashboard { print, api } => remote::dashboard(print, &api),

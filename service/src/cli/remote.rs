@@ -25,7 +25,12 @@ pub fn doctor(json: bool, api: &ApiArg) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(crate::doctor::run(api.config.as_deref(), api.api));
+        .block_on(async {
+            let report = crate::doctor::run(api.config.as_deref(), api.api).await;
+            // The running service keeps them for its dashboard (when it runs).
+            let _ = api.client().keep_doctor(&report).await;
+            report
+        });
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

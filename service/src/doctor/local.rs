@@ -191,60 +191,10 @@ pub fn endpoint(svc: &ServiceConfig, running: Option<&Running>) -> Finding {
 
 /// ", held by PID 1234 (ollama)" when this machine says who listens there.
 fn held_by(addr: SocketAddr) -> String {
-    match port_owner(addr.port()) {
+    match crate::util::port_owner(addr.port()) {
         Some(who) => format!(", held by {who}"),
         None => String::new(),
     }
-}
-
-/// Who listens on a TCP port of this machine (Linux: `/proc`): "PID 1234 (ollama)".
-pub fn port_owner(port: u16) -> Option<String> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            // local_address is HEX_IP:HEX_PORT; state 0A is LISTEN.
-            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
-            else {
-                continue;
-            };
-            let p = local
-                .rsplit(':')
-                .next()
-                .and_then(|h| u16::from_str_radix(h, 16).ok());
-            if p == Some(port) && *state == "0A" {
-                inodes.push(format!("socket:[{inode}]"));
-            }
-        }
-    }
-    if inodes.is_empty() {
-        return None;
-    }
-    for proc in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = proc
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path()) {
-                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
-                    let comm =
-                        std::fs::read_to_string(proc.path().join("comm")).unwrap_or_default();
-                    return Some(format!("PID {pid} ({})", comm.trim()));
-                }
-            }
-        }
-    }
-    Some("another user's process (run `sudo ss -ltnp` to see it)".to_string())
 }
 
 /// The OS keychain, when an identity (or the store's PostgreSQL password) is
@@ -307,7 +257,8 @@ pub fn disk(cfg: &Config) -> Finding {
             #[allow(clippy::unnecessary_cast)]
             let total = st.blocks() as u64 * st.fragment_size() as u64;
             let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
-            if free < (1 << 30) || (total > 0 && free * 100 / total < 3) {
+            // What matters is room for the store to grow, not a percentage.
+            if free < (1 << 30) {
                 Finding::fail(
                     "disk",
                     format!(
@@ -412,14 +363,16 @@ pub async fn primary(cfg: &Config, running: bool) -> Vec<Finding> {
     let connect = crate::store::cli::connect(None, Some(sync));
     let client = match tokio::time::timeout(std::time::Duration::from_secs(4), connect).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return vec![Finding::fail(
-            name,
-            format!("{e:#}"),
-            format!(
+        Ok(Err(e)) => {
+            return vec![Finding::fail(
+                name,
+                format!("{e:#}"),
+                format!(
                 "the {} endpoint reaches no primary: see its candidates in `robbie-mesh status`",
                 sync.service
             ),
-        )],
+            )]
+        }
         Err(_) => {
             return vec![Finding::fail(
                 name,

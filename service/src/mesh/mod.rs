@@ -12,6 +12,7 @@
 //!   node expects it — whether `init` wrote them or a person edited them.
 
 pub mod agree;
+pub mod discover;
 pub mod plan;
 pub mod render;
 #[cfg(test)]
@@ -40,7 +41,7 @@ pub struct MeshService {
 }
 
 /// The services every mesh knows without being told.
-fn builtin_services() -> Vec<MeshService> {
+pub fn builtin_services() -> Vec<MeshService> {
     vec![
         MeshService {
             name: "ollama".into(),
@@ -89,6 +90,9 @@ pub struct MeshNode {
     pub priority: Vec<(String, Vec<String>)>,
     /// Its local store's file, when not the default.
     pub store: Option<String>,
+    /// The identities it logs in to its peers with, when not the defaults
+    /// (the agent, the keychain entry named after the peer, the key files).
+    pub identity: Option<Vec<String>>,
 }
 
 impl MeshNode {
@@ -494,6 +498,7 @@ fn validate(raw: RawMesh, c: &mut Check) -> Mesh {
             replica,
             priority: Vec::new(),
             store: rn.store.clone(),
+            identity: None,
         });
     }
 

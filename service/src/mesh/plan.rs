@@ -137,9 +137,10 @@ pub fn plan(mesh: &Mesh, node: &MeshNode) -> NodePlan {
         peers.push(PeerPlan {
             name: target.name.clone(),
             ssh: target.ssh.clone().unwrap_or_default(),
-            identity: node
-                .headless
-                .then(|| vec![format!("credential:{}", target.name)]),
+            identity: node.identity.clone().or_else(|| {
+                node.headless
+                    .then(|| vec![format!("credential:{}", target.name)])
+            }),
             on_demand: target.on_demand.clone(),
             forwards,
             reverses,

@@ -29,21 +29,26 @@ fn forward(out: &mut String, table: &str, f: &Forward, first: (&str, u16), secon
     let _ = writeln!(out, "  {} = {}", second.0, addr(second.1));
 }
 
-/// The config file of `plan`'s node; `source` names the mesh file in its header.
-pub fn render(mesh: &Mesh, plan: &NodePlan, source: &str) -> String {
+/// The config file of `plan`'s node; `how` is the command that wrote it (its
+/// header says so), `from_mesh` whether a mesh file was its source.
+pub fn render(mesh: &Mesh, plan: &NodePlan, how: &str, from_mesh: bool) -> String {
     let mut out = String::new();
     let node = mesh.node(&plan.node);
-    let _ = writeln!(
-        out,
-        "# {}: written by `robbie-mesh init --mesh {source} --node {}`.",
-        plan.node, plan.node
-    );
-    let _ = writeln!(
-        out,
-        "# Change the mesh file and run it again rather than editing ports here: the\n\
-         # other nodes' configs are written from the same file and must agree with this\n\
-         # one (`robbie-mesh check-config` on all of them says whether they do).\n#"
-    );
+    let _ = writeln!(out, "# {}: written by `{how}`.", plan.node);
+    if from_mesh {
+        let _ = writeln!(
+            out,
+            "# Change the mesh file and run it again rather than editing ports here: the\n\
+             # other nodes' configs are written from the same file and must agree with this\n\
+             # one (`robbie-mesh check-config` on all of them says whether they do).\n#"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "# From what its peers answered when it was written; edit freely, then\n\
+             # `robbie-mesh check-config` and `robbie-mesh doctor`.\n#"
+        );
+    }
     if let Some(n) = node {
         let _ = writeln!(
             out,
@@ -86,11 +91,13 @@ pub fn render(mesh: &Mesh, plan: &NodePlan, source: &str) -> String {
         let _ = writeln!(out, "\n[[peer]]\nname = {}", q(&p.name));
         let _ = writeln!(out, "ssh = {}", q(&p.ssh));
         if let Some(ids) = &p.identity {
-            let _ = writeln!(
-                out,
-                "# A system service has no agent or keychain: the key is an encrypted systemd\n\
-                 # credential (installers/README.md, \"The hub\")."
-            );
+            if ids.iter().any(|i| i.starts_with("credential:")) {
+                let _ = writeln!(
+                    out,
+                    "# A system service has no agent or keychain: the key is an encrypted systemd\n\
+                     # credential (installers/README.md, \"Aurora\")."
+                );
+            }
             let list: Vec<String> = ids.iter().map(|i| q(i)).collect();
             let _ = writeln!(out, "identity = [{}]", list.join(", "));
         }

@@ -21,7 +21,8 @@ fn seed() -> Mesh {
 
 fn config_of(mesh: &Mesh, node: &str) -> crate::config::Config {
     let n = mesh.node(node).expect("node");
-    let text = render::render(mesh, &plan::plan(mesh, n), "mesh.toml");
+    let how = format!("robbie-mesh init --mesh mesh.toml --node {node}");
+    let text = render::render(mesh, &plan::plan(mesh, n), &how, true);
     crate::config::parse_with(&text, &format!("{node} (generated)"), &env())
         .unwrap_or_else(|e| panic!("{e}\n{text}"))
 }

@@ -55,7 +55,13 @@ pub enum SshError {
         line: usize,
     },
     #[error("host key for {name} is unknown ({fingerprint}); add it to known_hosts (ssh-keyscan -p PORT HOST) or set accept_new = true for this peer")]
-    HostKeyUnknown { name: String, fingerprint: String },
+    HostKeyUnknown {
+        name: String,
+        fingerprint: String,
+        /// The key the server offered: what `init` records once the user has
+        /// confirmed its fingerprint.
+        key: Box<PublicKey>,
+    },
     #[error("cannot read known_hosts file {file}: {why}; no host key is trusted until it can be read (fix its permissions, or point known_hosts at a file)")]
     KnownHostsUnreadable { file: String, why: String },
     #[error("authentication as {user} failed; tried {tried}")]
@@ -220,6 +226,7 @@ impl client::Handler for MeshHandler {
             HostKeyVerdict::Unknown => SshError::HostKeyUnknown {
                 name: name.clone(),
                 fingerprint: fingerprint(server_public_key),
+                key: Box::new(server_public_key.clone()),
             },
             HostKeyVerdict::Unreadable { file, why } => SshError::KnownHostsUnreadable {
                 file: file.display().to_string(),

@@ -1,0 +1,209 @@
+//! A new user's first run, scripted with flags only: on a machine of its own
+//! (a network namespace) with an empty home directory, `robbie-mesh init`
+//! against a real sshd it has never connected to (on a network behind it).
+//! The host key's fingerprint is shown and nothing is trusted until it is
+//! confirmed; the key's authorized_keys line and the command to install it are
+//! printed; once installed, init asks the peer what it runs, notices the local
+//! Ollama in the endpoint's way, writes the config; that config runs, its
+//! tunnel comes up, and a request to the Ollama endpoint is served by the
+//! peer's Ollama — then `doctor` finds nothing wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use mesh_tests::netns::{Netns, Proc};
+use mesh_tests::sshd::Sshd;
+use mesh_tests::{wait_for, whoami};
+
+fn bin() -> PathBuf {
+    mesh_tests::workspace_bin("robbie-mesh")
+}
+
+/// `robbie-mesh ARGS` on `desk` as its user would run it: their empty home,
+/// no D-Bus session (a fresh server login), no terminal.
+fn on_desk(desk: &Netns, home: &Path, args: &[&str]) -> Command {
+    let mut c = desk.command(bin());
+    c.env_clear()
+        .env("HOME", home)
+        .env("USER", whoami())
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .args(args)
+        .stdin(Stdio::null());
+    c
+}
+
+fn show(what: &str, out: &Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("--- {what} (exit {:?}):\n{text}", out.status.code());
+    text
+}
+
+#[test]
+fn from_an_empty_home_to_a_served_request() {
+    let desk = Netns::create("desk");
+    let hub = Netns::create_behind(&desk, "hub");
+    let sshd = Sshd::start_behind(&hub);
+    let stub = Path::new(env!("CARGO_BIN_EXE_ollama-stub"));
+    let _hub_ollama = hub.spawn_ready(
+        stub,
+        &[
+            "--node",
+            "hub",
+            "--listen",
+            "127.0.0.1:11435",
+            "llama3.1:8b",
+        ],
+        "listening on",
+    );
+    let home = tempfile::tempdir().expect("home");
+    let target = format!("hub={}@{}", whoami(), sshd.addr().ip());
+    let init = |extra: &[&str]| {
+        let mut args = vec!["init", "--node", "desk", "--peer", &target, "--key", "file"];
+        args.extend_from_slice(extra);
+        on_desk(&desk, home.path(), &args)
+            .output()
+            .expect("robbie-mesh init")
+    };
+    let known_hosts = home.path().join(".ssh/known_hosts");
+    let config = home.path().join(".config/robbie-mesh/config.toml");
+    let fingerprint = {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(sshd.dir.path().join("host_ed25519.pub"))
+            .output()
+            .expect("ssh-keygen -lf");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .expect("fingerprint")
+            .to_string()
+    };
+
+    // Never connected: the fingerprint is shown, and nothing trusted unasked.
+    let out = init(&[]);
+    let text = show("init, first", &out);
+    assert!(!out.status.success());
+    assert!(
+        text.contains(&fingerprint),
+        "the server's fingerprint: {text}"
+    );
+    assert!(
+        text.contains(&format!("--accept-host-key {fingerprint}")),
+        "what to run once it is checked: {text}"
+    );
+    assert!(!known_hosts.exists() && !config.exists());
+
+    // A fingerprint that is not the server's: refused, still nothing trusted.
+    let out = init(&[
+        "--accept-host-key",
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ]);
+    let text = show("init, wrong fingerprint", &out);
+    assert!(!out.status.success());
+    assert!(text.contains("which no --accept-host-key names"), "{text}");
+    assert!(!known_hosts.exists() && !config.exists());
+
+    // Confirmed: recorded; the key is new there, so its line and how to
+    // install it are printed, and no config is written yet.
+    let out = init(&["--accept-host-key", &fingerprint]);
+    let text = show("init, confirmed", &out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let recorded = std::fs::read_to_string(&known_hosts).expect("known_hosts");
+    let host_key = sshd.known_hosts_line();
+    let key_part = host_key.split_once(' ').expect("line").1;
+    assert!(recorded.contains(key_part), "{recorded}");
+    let line = text
+        .lines()
+        .skip_while(|l| !l.contains("Its authorized_keys line"))
+        .nth(1)
+        .expect("the key's line")
+        .trim()
+        .to_string();
+    assert!(line.starts_with("ssh-ed25519 "), "{line}");
+    assert!(
+        text.contains(&format!(
+            "ssh-copy-id -i ~/.ssh/robbie-mesh_ed25519.pub {}@{}",
+            whoami(),
+            sshd.addr().ip()
+        )),
+        "{text}"
+    );
+    assert!(!config.exists());
+
+    // The user installs it (as ssh-copy-id would), and a local Ollama sits on
+    // 11434, where the endpoint goes.
+    sshd.authorize(&line);
+    let mut local_ollama = desk.spawn_ready(
+        stub,
+        &["--node", "desk", "--listen", "127.0.0.1:11434", "tinyllama"],
+        "listening on",
+    );
+    let out = init(&["--accept-host-key", &fingerprint]);
+    let text = show("init, key installed", &out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Logged in to hub"), "{text}");
+    assert!(
+        text.contains("ollama answers on its 127.0.0.1:11435"),
+        "{text}"
+    );
+    assert!(
+        text.contains("A local ollama listens on 127.0.0.1:11434")
+            && text.contains("OLLAMA_HOST=127.0.0.1:11435"),
+        "how to move the local Ollama: {text}"
+    );
+    let written = std::fs::read_to_string(&config).expect("config written");
+    assert!(written.contains("name = \"hub-ollama\""), "{written}");
+    local_ollama.kill();
+
+    let out = on_desk(&desk, home.path(), &["check-config"])
+        .output()
+        .expect("check-config");
+    let text = show("check-config", &out);
+    assert!(out.status.success(), "{text}");
+
+    // The written config runs: the tunnel comes up, the endpoint serves.
+    let log = std::fs::File::create(home.path().join("service.log")).expect("log");
+    let _service = Proc(
+        on_desk(&desk, home.path(), &["run"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("robbie-mesh run"),
+    );
+    let last = std::cell::RefCell::new(String::new());
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            let out = desk
+                .command("curl")
+                .args(["-si", "--max-time", "3", "http://127.0.0.1:11434/api/tags"])
+                .output()
+                .expect("curl");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let served = text.contains("llama3.1:8b");
+            *last.borrow_mut() = text;
+            served
+        },
+        || {
+            format!(
+                "no request served through the endpoint; last answer:\n{}\nlog:\n{}",
+                last.borrow(),
+                std::fs::read_to_string(home.path().join("service.log")).unwrap_or_default()
+            )
+        },
+    );
+    let last = last.into_inner();
+    assert!(last.to_lowercase().contains("x-robbie-node: hub"), "{last}");
+
+    // And doctor agrees.
+    let out = on_desk(&desk, home.path(), &["doctor"])
+        .output()
+        .expect("doctor");
+    let text = show("doctor", &out);
+    assert!(out.status.success(), "{text}");
+}
