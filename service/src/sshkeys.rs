@@ -242,4 +242,3 @@ mod import_tests {
         assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
     }
 }
-

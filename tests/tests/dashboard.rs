@@ -31,65 +31,32 @@ async fn the_dashboard_follows_a_failover_live() {
         .is_ok_and(|c| c.contains("script-src 'self'")));
 
     let artifacts = mesh_tests::artifacts_dir();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/dashboard.mjs");
-    let mut node = Command::new("node")
-        .arg(&script)
-        .arg(format!("http://{}/", mesh.api))
-        .arg(&artifacts)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node (nodejs; tests/setup.sh installs it with playwright-core and chromium)");
-    let mut stdin = node.stdin.take().expect("stdin");
-    let mut rx = mesh_tests::lines_of(node.stdout.take().expect("stdout"));
-    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-        tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "(browser script ended)".into())
-    }
-    let ready = next(&mut rx).await;
+    let mut browser = Browser::start("dashboard.mjs", mesh.api, &artifacts);
+    let ready = browser.next().await;
     assert_eq!(ready, "READY aurora", "the page shows who serves Ollama");
 
     sshd.kill();
-    writeln!(stdin, "go").expect("tell the script");
-    let changed = next(&mut rx).await;
+    browser.tell();
+    let changed = browser.next().await;
     let parts: Vec<&str> = changed.split_whitespace().collect();
     assert_eq!(parts.first(), Some(&"CHANGED"), "{changed}");
     let ms: u64 = parts[1].parse().expect("ms");
     assert_eq!(&parts[2..], ["book", "same-page"], "{changed}");
     assert!(ms <= 2000, "the page took {ms} ms to show the failover");
-    let timeline = next(&mut rx).await;
+    let timeline = browser.next().await;
     assert!(
         timeline.contains("ollama → book: aurora offline"),
         "{timeline}"
     );
-    let narrow = next(&mut rx).await;
+    let narrow = browser.next().await;
     let width: u32 = narrow
         .strip_prefix("NARROW ")
         .and_then(|w| w.parse().ok())
         .unwrap_or(9999);
     assert!(width <= 360, "at 360 px the page is {width} px wide");
-    let errors = next(&mut rx).await;
+    let errors = browser.next().await;
     assert_eq!(errors, "ERRORS []", "the page logged errors");
-    drop(stdin);
-    let status = tokio::task::spawn_blocking(move || {
-        let end = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(st)) = node.try_wait() {
-                return st.success();
-            }
-            if std::time::Instant::now() > end {
-                let _ = node.kill();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .expect("join");
+    let status = browser.finish().await;
     assert!(status, "the browser script did not finish cleanly");
     assert!(artifacts.join("dashboard-after.png").exists());
     eprintln!(
@@ -106,26 +73,8 @@ async fn the_dashboard_follows_a_failover_live() {
 async fn a_fresh_install_says_what_next_and_shows_the_doctors_findings() {
     let mesh = Mesh::start("node = \"fresh\"\n").await;
     let artifacts = mesh_tests::artifacts_dir();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/fresh.mjs");
-    let mut node = Command::new("node")
-        .arg(&script)
-        .arg(format!("http://{}/", mesh.api))
-        .arg(&artifacts)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node (nodejs; tests/setup.sh installs it with playwright-core and chromium)");
-    let mut stdin = node.stdin.take().expect("stdin");
-    let mut rx = mesh_tests::lines_of(node.stdout.take().expect("stdout"));
-    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-        tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "(browser script ended)".into())
-    }
-    let setup = next(&mut rx).await;
+    let mut browser = Browser::start("fresh.mjs", mesh.api, &artifacts);
+    let setup = browser.next().await;
     assert!(
         setup.starts_with("SETUP \"This machine runs alone") && setup.contains("robbie-mesh init"),
         "{setup}"
@@ -144,13 +93,20 @@ async fn a_fresh_install_says_what_next_and_shows_the_doctors_findings() {
             ),
         ],
     };
-    mesh.client().keep_doctor(&report).await.expect("PUT /v1/doctor");
+    mesh.client()
+        .keep_doctor(&report)
+        .await
+        .expect("PUT /v1/doctor");
     assert_eq!(
-        mesh.client().doctor().await.expect("GET /v1/doctor").map(|r| r.findings.len()),
+        mesh.client()
+            .doctor()
+            .await
+            .expect("GET /v1/doctor")
+            .map(|r| r.findings.len()),
         Some(2)
     );
-    writeln!(stdin, "go").expect("tell the script");
-    let doctor = next(&mut rx).await;
+    browser.tell();
+    let doctor = browser.next().await;
     let rows: Vec<String> = doctor
         .strip_prefix("DOCTOR ")
         .and_then(|j| serde_json::from_str(j).ok())
@@ -160,8 +116,77 @@ async fn a_fresh_install_says_what_next_and_shows_the_doctors_findings() {
         rows[1].contains("✗ endpoint ollama") && rows[1].contains("fix: move it with OLLAMA_HOST"),
         "the failed one first, with its fix: {rows:?}"
     );
-    let errors = next(&mut rx).await;
+    let errors = browser.next().await;
     assert_eq!(errors, "ERRORS []", "the page logged errors");
-    drop(stdin);
-    let _ = tokio::task::spawn_blocking(move || node.wait()).await;
+    assert!(
+        browser.finish().await,
+        "the browser script did not finish cleanly"
+    );
+}
+
+/// A browser script of `tests/ui/` driving the dashboard at `api`, talking in
+/// lines: what it saw on its stdout, "go" on its stdin.
+struct Browser {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Browser {
+    fn start(script: &str, api: std::net::SocketAddr, artifacts: &std::path::Path) -> Browser {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("ui")
+            .join(script);
+        let mut child = Command::new("node")
+            .arg(&script)
+            .arg(format!("http://{api}/"))
+            .arg(artifacts)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node (nodejs; tests/setup.sh installs it with playwright-core and chromium)");
+        let stdin = child.stdin.take();
+        let lines = mesh_tests::lines_of(child.stdout.take().expect("stdout"));
+        Browser {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Its next line (within a minute).
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(60), self.lines.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "(browser script ended)".into())
+    }
+
+    /// The test has done what the script waits for.
+    fn tell(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "go").expect("tell the script");
+    }
+
+    /// Whether it ended cleanly within 20 s.
+    async fn finish(mut self) -> bool {
+        drop(self.stdin.take());
+        tokio::task::spawn_blocking(move || {
+            let end = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(st)) = self.child.try_wait() {
+                    return st.success();
+                }
+                if std::time::Instant::now() > end {
+                    let _ = self.child.kill();
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .expect("join")
+    }
 }

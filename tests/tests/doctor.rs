@@ -372,20 +372,7 @@ async fn doctor_finds_each_fault_with_its_fix() {
     offset.store(-2, Ordering::Relaxed);
 
     // The primary on an old schema.
-    let psql = mesh_tests::postgres::bin_dir().join("psql");
-    let out = Command::new(psql)
-        .args(mesh_tests::postgres::client_args(node.pg.port, "postgres"))
-        .args([
-            "-c",
-            "UPDATE robbie.schema_version SET version = version - 1",
-        ])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    shift_schema_version(node.pg.port, -1);
     let (report, _) = doctor(&good, &[]);
     let f = only_failure(&report, "primary");
     assert!(
@@ -395,19 +382,7 @@ async fn doctor_finds_each_fault_with_its_fix() {
             .contains("robbie-mesh db migrate"),
         "{f:?}"
     );
-    let out = Command::new(mesh_tests::postgres::bin_dir().join("psql"))
-        .args(mesh_tests::postgres::client_args(node.pg.port, "postgres"))
-        .args([
-            "-c",
-            "UPDATE robbie.schema_version SET version = version + 1",
-        ])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    shift_schema_version(node.pg.port, 1);
 
     // The service not running.
     drop(service);
@@ -437,6 +412,23 @@ async fn doctor_finds_each_fault_with_its_fix() {
         Verdict::Skip,
         "{}",
         report.text()
+    );
+}
+
+/// Moves the primary's robbie schema version by `by` (an older primary: -1).
+fn shift_schema_version(port: u16, by: i32) {
+    let out = Command::new(mesh_tests::postgres::bin_dir().join("psql"))
+        .args(mesh_tests::postgres::client_args(port, "postgres"))
+        .args([
+            "-c",
+            &format!("UPDATE robbie.schema_version SET version = version + ({by})"),
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

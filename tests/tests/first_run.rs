@@ -23,13 +23,17 @@ fn bin() -> PathBuf {
 /// `robbie-mesh ARGS` on `desk` as its user would run it: their empty home,
 /// no D-Bus session (a fresh server login), no terminal.
 fn on_desk(desk: &Netns, home: &Path, args: &[&str]) -> Command {
-    let mut c = desk.command(bin());
+    let mut c = as_user(desk.command(bin()), home);
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+/// Their environment: their home, no D-Bus session.
+fn as_user(mut c: Command, home: &Path) -> Command {
     c.env_clear()
         .env("HOME", home)
         .env("USER", whoami())
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-        .args(args)
-        .stdin(Stdio::null());
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
     c
 }
 
@@ -206,4 +210,79 @@ fn from_an_empty_home_to_a_served_request() {
         .expect("doctor");
     let text = show("doctor", &out);
     assert!(out.status.success(), "{text}");
+}
+
+/// The same first run answered on a terminal (a pty, as a person types): the
+/// name, the peer, "y" to the fingerprint, Enter once the key is installed,
+/// the endpoints offered, "n" to installing the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answering_the_questions_on_a_terminal() {
+    use std::io::Write;
+    let desk = Netns::create("tty-desk");
+    let hub = Netns::create_behind(&desk, "tty-hub");
+    let sshd = Sshd::start_behind(&hub);
+    let stub = Path::new(env!("CARGO_BIN_EXE_ollama-stub"));
+    let _hub_ollama = hub.spawn_ready(
+        stub,
+        &[
+            "--node",
+            "hub",
+            "--listen",
+            "127.0.0.1:11435",
+            "llama3.1:8b",
+        ],
+        "listening on",
+    );
+    let home = tempfile::tempdir().expect("home");
+    let command = format!("{} init --key file", bin().display());
+    // `script` gives it a terminal, as a person's shell would.
+    let mut child = as_user(desk.command("script"), home.path())
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("script (util-linux)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = mesh_tests::lines_of(child.stdout.take().expect("stdout"));
+    // Typed ahead, as a person would answer each question in turn.
+    write!(stdin, "desk\nhub={}@{}\n\ny\n", whoami(), sshd.addr().ip()).expect("type");
+    let mut seen = String::new();
+    let mut key_line = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while key_line.is_none() || !seen.contains("does not accept this key yet") {
+        let line = tokio::time::timeout_at(deadline, lines.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("init stopped before asking for the key:\n{seen}"));
+        let line = line.trim_end_matches('\r').to_string();
+        if line.trim_start().starts_with("ssh-ed25519 ") && key_line.is_none() {
+            key_line = Some(line.trim().to_string());
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    assert!(seen.contains("Is it the same? Trust it"), "{seen}");
+    sshd.authorize(key_line.as_deref().expect("key line"));
+    // Enter (installed), the endpoints offered, no service install.
+    write!(stdin, "\n\nn\n").expect("type");
+    drop(stdin);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    while let Ok(line) = lines.try_recv() {
+        seen.push_str(line.trim_end_matches('\r'));
+        seen.push('\n');
+    }
+    eprintln!("--- init on a terminal:\n{seen}");
+    assert!(status.success(), "{seen}");
+    assert!(seen.contains("Endpoints to set up here"), "{seen}");
+    let written = std::fs::read_to_string(home.path().join(".config/robbie-mesh/config.toml"))
+        .expect("config");
+    assert!(
+        written.contains("node = \"desk\"") && written.contains("name = \"hub-ollama\""),
+        "{written}"
+    );
 }

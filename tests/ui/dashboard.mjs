@@ -6,25 +6,12 @@
 // CHANGED <ms> <route> when the page shows another node — without a reload — and
 // NARROW <scrollWidth> for the 360 px tray-popover layout. Screenshots go to
 // ARTIFACT_DIR.
-import { createRequire } from "node:module";
 import readline from "node:readline";
+import { open, out } from "./chromium.mjs";
 
-const require = createRequire(`${process.env.MESH_PLAYWRIGHT ?? "/var/cache/robbie-mesh/node"}/`);
-const { chromium } = require("playwright-core");
 const [url, artifacts] = process.argv.slice(2);
-const out = (line) => process.stdout.write(`${line}\n`);
-
-const browser = await chromium.launch({
-  executablePath: process.env.MESH_CHROMIUM ?? "/usr/bin/chromium",
-  // Not the session keyring: the tests own it (and Chromium has no passwords to keep).
-  args: ["--no-sandbox", "--disable-gpu", "--password-store=basic"],
-});
+const { browser, page, errors } = await open(url);
 try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
-  await page.goto(url);
   const route = page.locator('[data-service="ollama"] .route');
   await page.waitForFunction(() => document.querySelector('[data-service="ollama"] .route')?.dataset.node, null, { timeout: 15000 });
   await page.waitForFunction(() => document.querySelector("#live")?.dataset.state === "live", null, { timeout: 15000 });

@@ -4,24 +4,12 @@
 // line on stdin (the test has handed the service doctor's findings) and prints
 // DOCTOR <json of the doctor section's rows> once they show (no reload), then
 // ERRORS <json>.
-import { createRequire } from "node:module";
 import readline from "node:readline";
+import { open, out } from "./chromium.mjs";
 
-const require = createRequire(`${process.env.MESH_PLAYWRIGHT ?? "/var/cache/robbie-mesh/node"}/`);
-const { chromium } = require("playwright-core");
 const [url, artifacts] = process.argv.slice(2);
-const out = (line) => process.stdout.write(`${line}\n`);
-
-const browser = await chromium.launch({
-  executablePath: process.env.MESH_CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--password-store=basic"],
-});
+const { browser, page, errors } = await open(url);
 try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
-  await page.goto(url);
   await page.waitForFunction(() => document.body.dataset.loaded === "1", null, { timeout: 15000 });
   const setup = page.locator("#setup");
   out(`SETUP ${JSON.stringify((await setup.isVisible()) ? (await setup.textContent()).replace(/\s+/g, " ").trim() : null)}`);

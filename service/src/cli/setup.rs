@@ -225,6 +225,13 @@ async fn run(a: Answers) -> anyhow::Result<ExitCode> {
         "This machine logs in with the key {} ({identity}). Its authorized_keys line:\n  {}",
         stored.fingerprint, stored.public
     );
+    if identity.starts_with('~') && nix::unistd::geteuid().is_root() {
+        println!(
+            "  (For the system service, which cannot read home directories, keep it as an encrypted credential: \
+             `sudo systemd-creds encrypt --name=NAME {identity} /etc/robbie-mesh/NAME.cred` and `identity = [\"credential:NAME\"]`; \
+             installers/README.md, \"Aurora\", step 3.)"
+        );
+    }
 
     // The peers as the service will see them (aliases resolved, defaults).
     let mut text = format!("node = {}\n", toml::Value::String(node.clone()));
@@ -352,8 +359,34 @@ async fn run(a: Answers) -> anyhow::Result<ExitCode> {
             priority.entry(s.clone()).or_default().push(node.clone());
         }
     }
+    // Which of them to reach (asked when not given as --service).
+    let mut offered: Vec<String> = services
+        .iter()
+        .filter(|s| priority.contains_key(&s.name))
+        .map(|s| s.name.clone())
+        .collect();
+    if a.services.is_empty() && !offered.is_empty() {
+        if let Some(answer) = ask(
+            "Endpoints to set up here (comma-separated)",
+            Some(&offered.join(", ")),
+        ) {
+            let wanted: Vec<String> = answer
+                .split(',')
+                .map(|w| w.trim().to_lowercase())
+                .filter(|w| !w.is_empty())
+                .collect();
+            if let Some(unknown) = wanted.iter().find(|w| !offered.contains(w)) {
+                bail!(
+                    "`{unknown}` is none of what was found: {}",
+                    offered.join(", ")
+                );
+            }
+            offered = wanted;
+        }
+    }
     let rows = services
         .iter()
+        .filter(|s| offered.contains(&s.name))
         .filter_map(|s| priority.get(&s.name).map(|r| (s.name.clone(), r.clone())))
         .collect();
     nodes.push(MeshNode {
