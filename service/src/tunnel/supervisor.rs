@@ -437,6 +437,15 @@ async fn retry_remote(
 /// bytes from the server.
 pub const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The proof window of a session that was receiving bulk data when asked
+/// (at most the keepalive budget, which OpenSSH's ServerAlive gives any silence).
+pub const BUSY_PROOF: Duration = Duration::from_secs(3);
+
+/// Arrivals per second (bytes read plus kernel data segments) above which the
+/// link counts as busy with bulk data: far more than keepalives and a steady
+/// stream of small requests bring.
+const BUSY_RATE: f64 = 64.0 * 1024.0;
+
 /// The session's liveness: pings every `interval`, one at a time. A session is
 /// alive while pings are answered **or bytes keep arriving** (a keepalive answer
 /// may wait behind bulk data on a slow link: that is not a dead peer). It is dead
@@ -475,15 +484,28 @@ async fn keepalive(
     // saturated link the RTO is most of a second (the queue is in the round
     // trip; CI saw a session killed 2 s into a download with a 1 s window);
     // on an idle one it is 200 ms, and the window stays 1 s.
-    let proof_now = |answers: &std::collections::VecDeque<Duration>| {
+    // And whether bulk data was arriving when the proof was asked for: a
+    // saturated link that drops (a shaper's full queue) can go quiet for
+    // several retransmission timeouts in a row, each twice the last, so it
+    // gets [`BUSY_PROOF`] (CI saw 1.9 s of such silence end a download that
+    // OpenSSH, with the same keepalive budget, carried through).
+    let proof_now = |answers: &std::collections::VecDeque<Duration>, busy: bool| {
         let slowest = answers.iter().max().copied().unwrap_or_default();
         let rto = session.arrivals.retransmit_timeout().unwrap_or_default();
         let proof = slowest
             .saturating_mul(2)
             .max(rto.saturating_mul(4))
+            .max(if busy { BUSY_PROOF } else { Duration::ZERO })
             .clamp(floor, ceiling);
-        tracing::debug!("proof window {proof:?} (slowest recent answer {slowest:?}, TCP retransmission timeout {rto:?})");
+        tracing::debug!("proof window {proof:?} (slowest recent answer {slowest:?}, TCP retransmission timeout {rto:?}, bulk arriving: {busy})");
         proof
+    };
+    // What had arrived when the last round began, and when: arriving faster
+    // than [`BUSY_RATE`] since then means bulk data is flowing.
+    let mut round_began = (session.arrivals.count(), tokio::time::Instant::now());
+    let busy = |since: (u64, tokio::time::Instant)| {
+        let got = session.arrivals.count().wrapping_sub(since.0) as f64;
+        got / since.1.elapsed().as_secs_f64().max(0.1) > BUSY_RATE
     };
     let mut misses = 0;
     let mut next = tokio::time::Instant::now() + ka.interval;
@@ -502,10 +524,12 @@ async fn keepalive(
         let ping = session.handle.send_ping();
         tokio::pin!(ping);
         let mut seen = session.arrivals.count();
+        let was_busy = busy(round_began);
+        round_began = (seen, sent);
         // How long this ping may go unanswered with nothing arriving: the proof
         // window when asked to prove itself now, else one interval.
         let mut proof = if urgent.is_some() {
-            proof_now(&answers)
+            proof_now(&answers, was_busy)
         } else {
             ka.interval
         };
@@ -525,16 +549,16 @@ async fn keepalive(
                 }
                 Ok(()) = clock.changed(), if urgent.is_none() => {
                     urgent = Some(clock.borrow_and_update().why());
+                    proof = proof_now(&answers, was_busy || busy((seen, sent)));
                     seen = session.arrivals.count();
-                    proof = proof_now(&answers);
                     deadline = deadline.min(tokio::time::Instant::now() + proof);
                 }
                 () = suspect.notified(), if urgent.is_none() => {
                     urgent = Some("when traffic through it waited");
                     everyone.traffic_waited();
                     clock.mark_unchanged();
+                    proof = proof_now(&answers, was_busy || busy((seen, sent)));
                     seen = session.arrivals.count();
-                    proof = proof_now(&answers);
                     deadline = deadline.min(tokio::time::Instant::now() + proof);
                 }
             }
