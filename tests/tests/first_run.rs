@@ -75,18 +75,7 @@ fn from_an_empty_home_to_a_served_request() {
     };
     let known_hosts = home.path().join(".ssh/known_hosts");
     let config = home.path().join(".config/robbie-mesh/config.toml");
-    let fingerprint = {
-        let out = Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(sshd.dir.path().join("host_ed25519.pub"))
-            .output()
-            .expect("ssh-keygen -lf");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .nth(1)
-            .expect("fingerprint")
-            .to_string()
-    };
+    let fingerprint = fingerprint_of(&sshd);
 
     // Never connected: the fingerprint is shown, and nothing trusted unasked.
     let out = init(&[]);
@@ -171,38 +160,7 @@ fn from_an_empty_home_to_a_served_request() {
     assert!(out.status.success(), "{text}");
 
     // The written config runs: the tunnel comes up, the endpoint serves.
-    let log = std::fs::File::create(home.path().join("service.log")).expect("log");
-    let _service = Proc(
-        on_desk(&desk, home.path(), &["run"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("robbie-mesh run"),
-    );
-    let last = std::cell::RefCell::new(String::new());
-    wait_for(
-        Duration::from_secs(30),
-        || {
-            let out = desk
-                .command("curl")
-                .args(["-si", "--max-time", "3", "http://127.0.0.1:11434/api/tags"])
-                .output()
-                .expect("curl");
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let served = text.contains("llama3.1:8b");
-            *last.borrow_mut() = text;
-            served
-        },
-        || {
-            format!(
-                "no request served through the endpoint; last answer:\n{}\nlog:\n{}",
-                last.borrow(),
-                std::fs::read_to_string(home.path().join("service.log")).unwrap_or_default()
-            )
-        },
-    );
-    let last = last.into_inner();
-    assert!(last.to_lowercase().contains("x-robbie-node: hub"), "{last}");
+    let _service = serve(&desk, home.path());
 
     // And doctor agrees.
     let out = on_desk(&desk, home.path(), &["doctor"])
@@ -285,4 +243,144 @@ async fn answering_the_questions_on_a_terminal() {
         written.contains("node = \"desk\"") && written.contains("name = \"hub-ollama\""),
         "{written}"
     );
+}
+
+/// `robbie-mesh run` on desk with the config init wrote, until a request to
+/// its Ollama endpoint is served by the hub's Ollama.
+fn serve(desk: &Netns, home: &Path) -> Proc {
+    let log = std::fs::File::create(home.join("service.log")).expect("log");
+    let service = Proc(
+        on_desk(desk, home, &["run"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("robbie-mesh run"),
+    );
+    let last = std::cell::RefCell::new(String::new());
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            let out = desk
+                .command("curl")
+                .args(["-si", "--max-time", "3", "http://127.0.0.1:11434/api/tags"])
+                .output()
+                .expect("curl");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let served = text.contains("llama3.1:8b");
+            *last.borrow_mut() = text;
+            served
+        },
+        || {
+            format!(
+                "no request served through the endpoint; last answer:\n{}\nlog:\n{}",
+                last.borrow(),
+                std::fs::read_to_string(home.join("service.log")).unwrap_or_default()
+            )
+        },
+    );
+    let last = last.into_inner();
+    assert!(last.to_lowercase().contains("x-robbie-node: hub"), "{last}");
+    service
+}
+
+/// The host key fingerprint of `sshd`, as `ssh-keygen -lf` shows it on the server.
+fn fingerprint_of(sshd: &Sshd) -> String {
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(sshd.dir.path().join("host_ed25519.pub"))
+        .output()
+        .expect("ssh-keygen -lf");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("fingerprint")
+        .to_string()
+}
+
+/// With a mesh description: `init --mesh … --connect` writes the config, then
+/// connects to the peer as the service will — the fingerprint confirmed, the
+/// user's own key file found and the command to install it printed — and once
+/// installed, the config runs and serves.
+#[test]
+fn init_from_a_mesh_file_connects_once_and_serves() {
+    let desk = Netns::create("mesh-desk");
+    let hub = Netns::create_behind(&desk, "mesh-hub");
+    let sshd = Sshd::start_behind(&hub);
+    let _hub_ollama = hub.spawn_ready(
+        Path::new(env!("CARGO_BIN_EXE_ollama-stub")),
+        &[
+            "--node",
+            "hub",
+            "--listen",
+            "127.0.0.1:11435",
+            "llama3.1:8b",
+        ],
+        "listening on",
+    );
+    let home = tempfile::tempdir().expect("home");
+    // The user's own key, as most have one.
+    std::fs::create_dir_all(home.path().join(".ssh")).expect(".ssh");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(home.path().join(".ssh/id_ed25519"))
+        .status()
+        .expect("ssh-keygen");
+    assert!(keygen.success());
+    let mesh = home.path().join("mesh.toml");
+    std::fs::write(
+        &mesh,
+        format!(
+            "[[node]]\nname = \"hub\"\nssh = \"{}@{}\"\nmesh = false\nruns = [\"ollama\"]\nports = {{ ollama = 11435 }}\n\n\
+             [[node]]\nname = \"desk\"\ndials = [\"hub\"]\npriority = {{ ollama = [\"hub\"] }}\n",
+            whoami(),
+            sshd.addr().ip()
+        ),
+    )
+    .expect("mesh");
+    let fingerprint = fingerprint_of(&sshd);
+    let mesh_arg = mesh.display().to_string();
+    let init = || {
+        on_desk(
+            &desk,
+            home.path(),
+            &[
+                "init",
+                "--mesh",
+                &mesh_arg,
+                "--node",
+                "desk",
+                "--connect",
+                "--accept-host-key",
+                &fingerprint,
+            ],
+        )
+        .output()
+        .expect("init")
+    };
+    let out = init();
+    let text = show("init --mesh --connect, key not installed", &out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&fingerprint) && text.contains("confirmed by --accept-host-key"),
+        "{text}"
+    );
+    let public = home.path().join(".ssh/id_ed25519.pub");
+    assert!(
+        text.contains(&format!(
+            "ssh-copy-id -i {} {}@{}",
+            public.display(),
+            whoami(),
+            sshd.addr().ip()
+        )),
+        "{text}"
+    );
+    sshd.authorize(std::fs::read_to_string(&public).expect("pub").trim());
+    let out = init();
+    let text = show("init --mesh --connect, key installed", &out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("✓ hub: host key trusted, logged in as"),
+        "{text}"
+    );
+    let _service = serve(&desk, home.path());
 }

@@ -118,8 +118,13 @@ pub enum Command {
         /// Trust a peer's host key with this fingerprint (SHA256:…, as
         /// `ssh-keygen -lf` shows it on the server): what a script answers to
         /// the fingerprint question. Never trusted without it or a yes.
-        #[arg(long, value_name = "FINGERPRINT", conflicts_with = "mesh")]
+        #[arg(long, value_name = "FINGERPRINT")]
         accept_host_key: Vec<String>,
+        /// With --mesh: once written, connect to each peer this node dials:
+        /// confirm its host key (shown by fingerprint), check the login, and
+        /// say which key to install where (asked on a terminal without it).
+        #[arg(long, requires = "mesh")]
+        connect: bool,
         /// Install and start the service once the config is written.
         #[arg(long, conflicts_with = "mesh")]
         install: bool,

@@ -125,6 +125,7 @@ pub fn from_mesh(
     node: Option<&str>,
     out: Option<&Path>,
     force: bool,
+    connect: Option<&[String]>,
 ) -> anyhow::Result<ExitCode> {
     let mesh = match Mesh::load(mesh_file) {
         Ok(m) => m,
@@ -165,10 +166,42 @@ pub fn from_mesh(
 
     let path = match write(text, out, force, name, &mesh_file.display().to_string())? {
         Written::To(p) => p,
+        Written::Unchanged if connect.is_some() => out
+            .map(Path::to_path_buf)
+            .or_else(config::default_path)
+            .context("the config's path")?,
         Written::Stdout | Written::Unchanged => return Ok(ExitCode::SUCCESS),
         Written::Refused => return Ok(ExitCode::from(2)),
     };
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Each peer's host key and login, now (asked on a terminal).
+    let connect = connect.map(<[String]>::to_vec).or_else(|| {
+        (!cfg.peers.is_empty()
+            && super::setup::yes(&format!(
+                "Connect to {} now, to check each host key and this machine's key",
+                cfg.peers
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        .then(Vec::new)
+    });
+    if let Some(accepted) = connect {
+        let all = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(super::setup::trust_peers(&cfg, &accepted))?;
+        if !all {
+            eprintln!(
+                "Install the keys as shown, then run this command again (what is trusted is kept)."
+            );
+            return Ok(ExitCode::from(2));
+        }
+        println!("\nNext: `robbie-mesh service install` (or `robbie-mesh run`), then `robbie-mesh doctor`.");
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("\nNext:");
     let mut step = 1;
     for p in &cfg.peers {
@@ -180,7 +213,7 @@ pub fn from_mesh(
     }
     if !cfg.peers.is_empty() {
         println!(
-            "  {step}. Trust each peer's host key: connect once with `ssh HOST` and compare the fingerprint with the server's"
+            "  {step}. Trust each peer's host key and check the login: run this again with --connect (it shows each fingerprint to compare with the server's)"
         );
         step += 1;
     }

@@ -42,8 +42,16 @@ pub fn main() -> ExitCode {
             node,
             out,
             force,
+            connect,
+            accept_host_key,
             ..
-        } => init::from_mesh(&mesh, node.as_deref(), out.as_deref(), force),
+        } => init::from_mesh(
+            &mesh,
+            node.as_deref(),
+            out.as_deref(),
+            force,
+            connect.then_some(accept_host_key.as_slice()),
+        ),
         Command::Init {
             mesh: None,
             node,
@@ -54,6 +62,7 @@ pub fn main() -> ExitCode {
             install,
             out,
             force,
+            ..
         } => setup::init(setup::Answers {
             node,
             peers: peer,

@@ -55,7 +55,7 @@ fn ask(question: &str, default: Option<&str>) -> Option<String> {
     })
 }
 
-fn yes(question: &str) -> bool {
+pub(super) fn yes(question: &str) -> bool {
     ask(&format!("{question} [y/N]"), None)
         .is_some_and(|a| a.eq_ignore_ascii_case("y") || a.eq_ignore_ascii_case("yes"))
 }
@@ -114,7 +114,7 @@ fn key(answer: Option<&str>, node: &str) -> anyhow::Result<(String, crate::sshke
 }
 
 /// How to put `line` in the peer's authorized_keys, as one command.
-fn install_command(peer: &PeerConfig, line: &str, key_file: Option<&str>) -> String {
+pub(super) fn install_command(peer: &PeerConfig, line: &str, key_file: Option<&str>) -> String {
     let t = &peer.server.target;
     let dest = if !peer.ssh.contains('@') && !peer.ssh.contains(':') {
         peer.ssh.clone()
@@ -133,7 +133,10 @@ fn install_command(peer: &PeerConfig, line: &str, key_file: Option<&str>) -> Str
 
 /// One peer's first connection: its host key confirmed (and recorded), then a
 /// login. `Ok(None)`: the key is not installed there yet.
-async fn connect(peer: &PeerConfig, accepted: &[String]) -> anyhow::Result<Option<ssh::Session>> {
+pub(super) async fn connect(
+    peer: &PeerConfig,
+    accepted: &[String],
+) -> anyhow::Result<Option<ssh::Session>> {
     let routes = || Arc::new(ssh::ReverseRoutes::default());
     let mut recorded = false;
     loop {
@@ -445,4 +448,70 @@ async fn run(a: Answers) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// After `init --mesh`: each peer of the written config connected to once, as
+/// the service will: its host key confirmed and recorded, the login checked;
+/// where the key is not installed yet, which line to install and how (a
+/// keychain entry the config names is made if there is none). `Ok(false)`: some
+/// peer still needs its key installed.
+pub(super) async fn trust_peers(cfg: &config::Config, accepted: &[String]) -> anyhow::Result<bool> {
+    let mut all = true;
+    for peer in &cfg.peers {
+        match connect(peer, accepted).await {
+            Ok(Some(session)) => {
+                println!(
+                    "✓ {}: host key trusted, logged in as {} with {}",
+                    peer.name, session.login.user, session.login.with
+                );
+                let _ = session
+                    .handle
+                    .disconnect(russh::Disconnect::ByApplication, "init is done", "en")
+                    .await;
+            }
+            Ok(None) => {
+                all = false;
+                match key_to_install(peer) {
+                    Some((line, file)) => println!(
+                        "✗ {} does not accept this machine's key yet. Install it there:\n  {}",
+                        peer.name,
+                        install_command(peer, &line, file.as_deref())
+                    ),
+                    None => println!(
+                        "✗ {}: no key to log in with: `robbie-mesh keys generate {}` (keychain) or `ssh-keygen -t ed25519` (file), then run this again",
+                        peer.name, peer.name
+                    ),
+                }
+            }
+            Err(e) => {
+                all = false;
+                println!("✗ {e:#}");
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// The public line of the first identity the peer's config names that can be
+/// had here (a keychain entry, made if missing while the keychain is usable; a
+/// key file's `.pub`), and the file when it is one.
+fn key_to_install(peer: &PeerConfig) -> Option<(String, Option<String>)> {
+    for id in &peer.server.identities {
+        match id {
+            config::IdentitySource::Keychain { entry } if crate::keychain::usable().is_ok() => {
+                let stored = crate::sshkeys::show(entry)
+                    .or_else(|_| crate::sshkeys::generate(entry))
+                    .ok()?;
+                return Some((stored.public, None));
+            }
+            config::IdentitySource::File { path } => {
+                let public = std::fs::read_to_string(format!("{}.pub", path.display())).ok();
+                if let Some(line) = public.filter(|l| !l.trim().is_empty()) {
+                    return Some((line.trim().to_string(), Some(path.display().to_string())));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
