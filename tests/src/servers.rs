@@ -23,6 +23,14 @@ pub async fn echo() -> SocketAddr {
     addr
 }
 
+/// An axum app served on a free loopback port, for as long as the test runs.
+pub async fn app(app: axum::Router) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
 /// Answers every HTTP/1.1 request with `200 OK` and the body `hello from NAME: PATH`.
 pub async fn http(name: &str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -49,12 +49,7 @@ async fn peer_api(offset: Arc<AtomicI64>) -> std::net::SocketAddr {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(l, app).await });
-    addr
+    mesh_tests::servers::app(app).await
 }
 
 struct Node {

@@ -47,23 +47,48 @@ fn show(what: &str, out: &Output) -> String {
     text
 }
 
+/// The user's machine (`desk`) and a server only it can reach (`hub`), where
+/// a real sshd and an Ollama on the hub's 127.0.0.1:11435 run.
+struct Machines {
+    desk: Netns,
+    sshd: Sshd,
+    _ollama: Proc,
+    _hub: Netns,
+}
+
+impl Machines {
+    fn start(desk: &str, hub: &str) -> Machines {
+        let desk = Netns::create(desk);
+        let hub = Netns::create_behind(&desk, hub);
+        let sshd = Sshd::start_behind(&hub);
+        let ollama = hub.spawn_ready(
+            Path::new(env!("CARGO_BIN_EXE_ollama-stub")),
+            &[
+                "--node",
+                "hub",
+                "--listen",
+                "127.0.0.1:11435",
+                "llama3.1:8b",
+            ],
+            "listening on",
+        );
+        Machines {
+            _ollama: ollama,
+            sshd,
+            _hub: hub,
+            desk,
+        }
+    }
+}
+
 #[test]
 fn from_an_empty_home_to_a_served_request() {
-    let desk = Netns::create("desk");
-    let hub = Netns::create_behind(&desk, "hub");
-    let sshd = Sshd::start_behind(&hub);
-    let stub = Path::new(env!("CARGO_BIN_EXE_ollama-stub"));
-    let _hub_ollama = hub.spawn_ready(
-        stub,
-        &[
-            "--node",
-            "hub",
-            "--listen",
-            "127.0.0.1:11435",
-            "llama3.1:8b",
-        ],
-        "listening on",
-    );
+    let Machines {
+        desk,
+        sshd,
+        _ollama,
+        _hub,
+    } = Machines::start("desk", "hub");
     let home = tempfile::tempdir().expect("home");
     let target = format!("hub={}@{}", whoami(), sshd.addr().ip());
     let init = |extra: &[&str]| {
@@ -132,7 +157,7 @@ fn from_an_empty_home_to_a_served_request() {
     // 11434, where the endpoint goes.
     sshd.authorize(&line);
     let mut local_ollama = desk.spawn_ready(
-        stub,
+        Path::new(env!("CARGO_BIN_EXE_ollama-stub")),
         &["--node", "desk", "--listen", "127.0.0.1:11434", "tinyllama"],
         "listening on",
     );
@@ -176,21 +201,12 @@ fn from_an_empty_home_to_a_served_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answering_the_questions_on_a_terminal() {
     use std::io::Write;
-    let desk = Netns::create("tty-desk");
-    let hub = Netns::create_behind(&desk, "tty-hub");
-    let sshd = Sshd::start_behind(&hub);
-    let stub = Path::new(env!("CARGO_BIN_EXE_ollama-stub"));
-    let _hub_ollama = hub.spawn_ready(
-        stub,
-        &[
-            "--node",
-            "hub",
-            "--listen",
-            "127.0.0.1:11435",
-            "llama3.1:8b",
-        ],
-        "listening on",
-    );
+    let Machines {
+        desk,
+        sshd,
+        _ollama,
+        _hub,
+    } = Machines::start("tty-desk", "tty-hub");
     let home = tempfile::tempdir().expect("home");
     let command = format!("{} init --key file", bin().display());
     // `script` gives it a terminal, as a person's shell would.
@@ -303,20 +319,12 @@ fn fingerprint_of(sshd: &Sshd) -> String {
 /// installed, the config runs and serves.
 #[test]
 fn init_from_a_mesh_file_connects_once_and_serves() {
-    let desk = Netns::create("mesh-desk");
-    let hub = Netns::create_behind(&desk, "mesh-hub");
-    let sshd = Sshd::start_behind(&hub);
-    let _hub_ollama = hub.spawn_ready(
-        Path::new(env!("CARGO_BIN_EXE_ollama-stub")),
-        &[
-            "--node",
-            "hub",
-            "--listen",
-            "127.0.0.1:11435",
-            "llama3.1:8b",
-        ],
-        "listening on",
-    );
+    let Machines {
+        desk,
+        sshd,
+        _ollama,
+        _hub,
+    } = Machines::start("mesh-desk", "mesh-hub");
     let home = tempfile::tempdir().expect("home");
     // The user's own key, as most have one.
     std::fs::create_dir_all(home.path().join(".ssh")).expect(".ssh");

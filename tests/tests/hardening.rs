@@ -34,12 +34,7 @@ async fn header_echo() -> SocketAddr {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::disable());
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(l, app).await });
-    addr
+    mesh_tests::servers::app(app).await
 }
 
 fn http_service(port: u16, backend: SocketAddr, extra: &str) -> String {

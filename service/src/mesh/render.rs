@@ -22,11 +22,19 @@ fn reach(r: &Reach) -> String {
     }
 }
 
-fn forward(out: &mut String, table: &str, f: &Forward, first: (&str, u16), second: (&str, u16)) {
+/// A `[[peer.forward]]` (local end first) or `[[peer.reverse]]` (remote end
+/// first: where it lands), with why it exists.
+fn forward(out: &mut String, reverse: bool, f: &Forward) {
+    let (table, ends) = if reverse {
+        ("reverse", [("remote", f.remote), ("local", f.local)])
+    } else {
+        ("forward", [("local", f.local), ("remote", f.remote)])
+    };
     let _ = writeln!(out, "\n  [[peer.{table}]]                  # {}", f.why);
     let _ = writeln!(out, "  name = {}", q(&f.name));
-    let _ = writeln!(out, "  {} = {}", first.0, addr(first.1));
-    let _ = writeln!(out, "  {} = {}", second.0, addr(second.1));
+    for (key, port) in ends {
+        let _ = writeln!(out, "  {key} = {}", addr(port));
+    }
 }
 
 /// The config file of `plan`'s node; `how` is the command that wrote it (its
@@ -109,22 +117,10 @@ pub fn render(mesh: &Mesh, plan: &NodePlan, how: &str, from_mesh: bool) -> Strin
             let _ = writeln!(out, "idle = {}", q(idle));
         }
         for f in &p.reverses {
-            forward(
-                &mut out,
-                "reverse",
-                f,
-                ("remote", f.remote),
-                ("local", f.local),
-            );
+            forward(&mut out, true, f);
         }
         for f in &p.forwards {
-            forward(
-                &mut out,
-                "forward",
-                f,
-                ("local", f.local),
-                ("remote", f.remote),
-            );
+            forward(&mut out, false, f);
         }
     }
 
