@@ -376,7 +376,11 @@ impl Door {
                             // A connection whose request header has all arrived is
                             // about to be busy: not the idle one to close for the
                             // next arrival, however many come before it is read.
-                            let waiting = self.evicts && request_waiting(&stream);
+                            // Looked at only near the cap, where eviction can
+                            // happen: a connection's usual accept costs no peek.
+                            let waiting = self.evicts
+                                && self.own.available_permits() < (self.cap / 4).max(2)
+                                && request_waiting(&stream);
                             let close = tokio_util::sync::CancellationToken::new();
                             let mut open = lock(&self.open);
                             let id = open.next;

@@ -28,7 +28,8 @@ impl Drop for Service {
     }
 }
 
-/// Another node's API that says the time `offset` seconds off this clock.
+/// Another node's API that says the time `offset` seconds off this clock
+/// (`i64::MIN`: a JSON answer that is not robbie-mesh's).
 async fn peer_api(offset: Arc<AtomicI64>) -> std::net::SocketAddr {
     use axum::routing::get;
     let app = axum::Router::new().route(
@@ -36,6 +37,10 @@ async fn peer_api(offset: Arc<AtomicI64>) -> std::net::SocketAddr {
         get(move || {
             let offset = offset.load(Ordering::Relaxed);
             async move {
+                // A peer that answers, but not as robbie-mesh does.
+                if offset == i64::MIN {
+                    return axum::Json(serde_json::json!({"hello": "not a health answer"}));
+                }
                 let now = SystemTime::now();
                 let time = if offset >= 0 {
                     now + Duration::from_secs(offset as u64)
@@ -362,6 +367,17 @@ async fn doctor_finds_each_fault_with_its_fix() {
             .as_deref()
             .unwrap_or("")
             .contains("timedatectl set-ntp true"),
+        "{f:?}"
+    );
+    // Something else answering where the peer's API should be.
+    offset.store(i64::MIN, Ordering::Relaxed);
+    let (report, _) = doctor(&good, &[]);
+    let f = only_failure(&report, "clock hub");
+    assert!(
+        f.fix
+            .as_deref()
+            .unwrap_or("")
+            .contains("`nodes` points at hub's"),
         "{f:?}"
     );
     offset.store(-2, Ordering::Relaxed);

@@ -323,7 +323,7 @@ fn init_from_a_mesh_file_connects_once_and_serves() {
         desk,
         sshd,
         _ollama,
-        _hub,
+        _hub: hub,
     } = Machines::start("mesh-desk", "mesh-hub");
     let home = tempfile::tempdir().expect("home");
     // The user's own key, as most have one.
@@ -391,4 +391,41 @@ fn init_from_a_mesh_file_connects_once_and_serves() {
         "{text}"
     );
     let _service = serve(&desk, home.path());
+
+    // The hub's link goes silent (a lid closed, a cable out): doctor says so
+    // within its time limits, with what to check.
+    hub.cut();
+    let started = std::time::Instant::now();
+    let out = on_desk(&desk, home.path(), &["doctor", "--json"])
+        .output()
+        .expect("doctor");
+    let took = started.elapsed();
+    let report: robbie_mesh::doctor::Report =
+        serde_json::from_slice(&out.stdout).expect("doctor --json");
+    eprintln!("--- doctor, hub's link cut ({took:?}):\n{}", report.text());
+    assert!(!out.status.success());
+    let tcp = report
+        .findings
+        .iter()
+        .find(|f| f.check == "peer hub: TCP")
+        .unwrap_or_else(|| panic!("{}", report.text()));
+    assert_eq!(
+        tcp.verdict,
+        robbie_mesh::doctor::Verdict::Fail,
+        "{}",
+        report.text()
+    );
+    assert!(
+        tcp.detail.contains("no answer within 3 s"),
+        "{}",
+        tcp.detail
+    );
+    assert!(
+        tcp.fix.as_deref().unwrap_or("").contains("firewall"),
+        "{tcp:?}"
+    );
+    assert!(
+        took < robbie_mesh::doctor::CHECK_TIMEOUT * 2,
+        "doctor took {took:?}"
+    );
 }

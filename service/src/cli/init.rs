@@ -66,7 +66,8 @@ fn which<'m>(mesh: &'m Mesh, node: Option<&str>) -> anyhow::Result<&'m str> {
 pub enum Written {
     To(std::path::PathBuf),
     Stdout,
-    Unchanged,
+    /// The file there already is exactly this config.
+    Unchanged(std::path::PathBuf),
     /// A different config is there and `--force` was not given (said why).
     Refused,
 }
@@ -96,7 +97,7 @@ pub fn write(
                 "{} is already {node}'s config from {source}: unchanged",
                 path.display()
             );
-            return Ok(Written::Unchanged);
+            return Ok(Written::Unchanged(path));
         }
         Ok(_) if !force => {
             eprintln!(
@@ -166,11 +167,8 @@ pub fn from_mesh(
 
     let path = match write(text, out, force, name, &mesh_file.display().to_string())? {
         Written::To(p) => p,
-        Written::Unchanged if connect.is_some() => out
-            .map(Path::to_path_buf)
-            .or_else(config::default_path)
-            .context("the config's path")?,
-        Written::Stdout | Written::Unchanged => return Ok(ExitCode::SUCCESS),
+        Written::Unchanged(p) if connect.is_some() => p,
+        Written::Stdout | Written::Unchanged(_) => return Ok(ExitCode::SUCCESS),
         Written::Refused => return Ok(ExitCode::from(2)),
     };
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;

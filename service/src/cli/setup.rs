@@ -428,7 +428,7 @@ async fn run(a: Answers) -> anyhow::Result<ExitCode> {
         "its peers' answers",
     )? {
         super::init::Written::To(p) => p,
-        super::init::Written::Unchanged => config::default_path().unwrap_or_default(),
+        super::init::Written::Unchanged(p) => p,
         super::init::Written::Stdout => return Ok(ExitCode::SUCCESS),
         super::init::Written::Refused => return Ok(ExitCode::from(2)),
     };

@@ -16,16 +16,15 @@ pub type Running = Arc<Status>;
 /// The config (or the fact that there is none), and the setup the other
 /// checks run against; `None` when the config cannot be used.
 pub fn config(file: Option<&Path>) -> (Option<Setup>, Finding) {
-    let path = file.map(Path::to_path_buf).or_else(config::default_path);
-    let Some(path) = path else {
-        return (
-            Some(Setup {
-                path: None,
-                config: Config::local_only(),
-                api: None,
-            }),
-            Finding::pass("config", "no default config location here: local-only mode"),
-        );
+    let setup = |config| Setup { config, api: None };
+    let local_only = |why: String| {
+        (
+            Some(setup(Config::local_only())),
+            Finding::pass("config", format!("{why}: local-only mode (no peers); to join a mesh, `robbie-mesh init` writes it")),
+        )
+    };
+    let Some(path) = file.map(Path::to_path_buf).or_else(config::default_path) else {
+        return local_only("no default config location here".into());
     };
     if !path.exists() {
         if file.is_some() {
@@ -38,20 +37,7 @@ pub fn config(file: Option<&Path>) -> (Option<Setup>, Finding) {
                 ),
             );
         }
-        return (
-            Some(Setup {
-                path: None,
-                config: Config::local_only(),
-                api: None,
-            }),
-            Finding::pass(
-                "config",
-                format!(
-                    "{} does not exist: local-only mode (no peers); to join a mesh, `robbie-mesh init --mesh mesh.toml` writes it",
-                    path.display()
-                ),
-            ),
-        );
+        return local_only(format!("{} does not exist", path.display()));
     }
     match config::load(&path) {
         Ok(cfg) => {
@@ -63,14 +49,7 @@ pub fn config(file: Option<&Path>) -> (Option<Setup>, Finding) {
                 cfg.forwards().count(),
                 cfg.services.len()
             );
-            (
-                Some(Setup {
-                    path: Some(path),
-                    config: cfg,
-                    api: None,
-                }),
-                Finding::pass("config", detail),
-            )
+            (Some(setup(cfg)), Finding::pass("config", detail))
         }
         Err(errors) => {
             let first = errors.0.first().map(|e| e.to_string()).unwrap_or_default();
@@ -223,6 +202,16 @@ pub async fn keychain(cfg: &Config) -> Vec<Finding> {
             "keychain",
             format!("locked: {} cannot be read, so those logins fall through to the next identity", uses.join(", ")),
             "unlock it: log in to the desktop session (or unlock the \"Login\" keyring in Passwords and Keys / Keychain Access)",
+        )],
+        // No keychain in this session at all (a server, a system service):
+        // those identities are passed over and the next one tried; the login
+        // check says whether one works.
+        Ok(Ok(Err(
+            e @ (crate::keychain::KeychainError::Unavailable(_)
+            | crate::keychain::KeychainError::NoBackend),
+        ))) => vec![Finding::skip(
+            "keychain",
+            format!("{e}: {} passed over, the next identity is tried", uses.join(", ")),
         )],
         Ok(Ok(Err(e))) => vec![Finding::fail(
             "keychain",

@@ -11,7 +11,7 @@ mod local;
 mod peers;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -150,8 +150,6 @@ fn bounded(name: String, check: impl Future<Output = Vec<Finding>> + Send + 'sta
 /// What the checks are run against.
 #[derive(Clone)]
 pub struct Setup {
-    /// The config file (`None`: none exists; local-only mode).
-    pub path: Option<PathBuf>,
     pub config: Config,
     /// The service's API, overriding the config's.
     pub api: Option<std::net::SocketAddr>,

@@ -298,8 +298,7 @@ pub async fn clocks(setup: &Setup, running: Option<&Running>) -> Vec<Finding> {
         let after = SystemTime::now();
         let health = match health {
             Ok(h) => h,
-            Err(e) => {
-                let _ = e;
+            Err(crate::client::ClientError::NotRunning { .. }) => {
                 return Finding::skip(
                     check,
                     format!(
@@ -311,6 +310,14 @@ pub async fn clocks(setup: &Setup, running: Option<&Running>) -> Vec<Finding> {
                             ""
                         }
                     ),
+                )
+            }
+            // Something answers there, but not as a robbie-mesh API does.
+            Err(e) => {
+                return Finding::fail(
+                    check,
+                    format!("{}'s API at {}: {e}", n.node, n.address),
+                    format!("check that `nodes` points at {}'s robbie-mesh API (its port 8007 through a tunnel)", n.node),
                 )
             }
         };

@@ -66,13 +66,12 @@ pub struct ServicePlan {
     pub candidates: Vec<(String, Reach, String)>,
 }
 
-/// What another node needs from this one, published with a reverse forward.
-fn needs(mesh: &Mesh, from: &MeshNode, of: &MeshNode) -> Vec<String> {
+/// The services `from`'s priority rows use of node `of`.
+fn needs(from: &MeshNode, of: &MeshNode) -> Vec<String> {
     from.priority
         .iter()
         .filter(|(_, row)| row.contains(&of.name))
         .map(|(s, _)| s.clone())
-        .filter(|s| mesh.service(s).is_some())
         .collect()
 }
 
@@ -84,7 +83,7 @@ pub fn plan(mesh: &Mesh, node: &MeshNode) -> NodePlan {
         let mut forwards = Vec::new();
         // What this node uses of the target: a -L forward each, landing in the
         // target's block.
-        for svc in needs(mesh, node, target) {
+        for svc in needs(node, target) {
             let (Some(m), Some(own)) = (mesh.service(&svc), target.own_port(&svc)) else {
                 continue;
             };
@@ -113,7 +112,7 @@ pub fn plan(mesh: &Mesh, node: &MeshNode) -> NodePlan {
         // published on it with -R, landing in this node's block.
         let mut reverses = Vec::new();
         if target.runs_mesh && !target.dials(here) {
-            for svc in needs(mesh, target, node) {
+            for svc in needs(target, node) {
                 let (Some(m), Some(own)) = (mesh.service(&svc), node.own_port(&svc)) else {
                     continue;
                 };
